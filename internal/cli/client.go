@@ -1,0 +1,191 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/supervisor"
+)
+
+// call sends one request to the baton the flags name.
+func call(cf controlFlags, timeout time.Duration, method string, params any) (json.RawMessage, error) {
+	path, err := cf.socketPath()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return control.Call(ctx, path, method, params)
+}
+
+func newReloadCmd() *cobra.Command {
+	var cf controlFlags
+	var noWait bool
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "reload",
+		Short: "Start a new worker generation and drain the old one once it is ready",
+		Long: `Start a new generation of workers. When every new worker is ready, the old
+generation gets the stop signal and drains. If a new worker exits or misses
+its readiness deadline, the new generation is stopped, the old one keeps
+serving, and reload exits 1 with the reason. A reload asked for while one
+runs is queued behind it (several are coalesced into one).
+
+reload waits until the reload has finished unless --no-wait is given.
+Sending SIGHUP to baton does the same without waiting.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			res, err := call(cf, timeout, "reload", map[string]bool{"wait": !noWait})
+			if err != nil {
+				return err
+			}
+			if noWait {
+				fmt.Fprintln(c.OutOrStdout(), "reload requested")
+				return nil
+			}
+			var r supervisor.ReloadResult
+			if err := json.Unmarshal(res, &r); err != nil {
+				return fmt.Errorf("reading the reload result: %w", err)
+			}
+			fmt.Fprintf(c.OutOrStdout(), "reloaded: generation %d is serving (replaced %d) after %s\n",
+				r.Generation, r.Previous, time.Duration(r.Duration).Round(time.Millisecond))
+			return nil
+		},
+	}
+	cf.register(c)
+	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the reload is requested")
+	c.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting after this long (the reload goes on)")
+	return c
+}
+
+func newStopCmd() *cobra.Command {
+	var cf controlFlags
+	var noWait bool
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "stop",
+		Short: "Drain every worker and stop baton",
+		Long: `Send every worker the stop signal, wait for them to drain (each is killed
+after the drain timeout), then baton exits 0. stop waits for that unless
+--no-wait is given. Sending SIGTERM to baton does the same.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if _, err := call(cf, timeout, "stop", map[string]bool{"wait": !noWait}); err != nil {
+				return err
+			}
+			if noWait {
+				fmt.Fprintln(c.OutOrStdout(), "stopping")
+			} else {
+				fmt.Fprintln(c.OutOrStdout(), "stopped")
+			}
+			return nil
+		},
+	}
+	cf.register(c)
+	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the stop has begun")
+	c.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting after this long (the stop goes on)")
+	return c
+}
+
+func newStatusCmd() *cobra.Command {
+	var cf controlFlags
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show listeners, workers and reloads of a running baton",
+		Long: `Show the listeners baton holds (name, address with the real port, kind,
+backlog, socket inode) and its workers (slot, generation, pid, state,
+uptime, restarts). --json prints the full snapshot; docs/status.md
+documents its fields.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			res, err := call(cf, 10*time.Second, "status", nil)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				var v any
+				json.Unmarshal(res, &v)
+				out, _ := json.MarshalIndent(v, "", "  ")
+				fmt.Fprintln(c.OutOrStdout(), string(out))
+				return nil
+			}
+			var st supervisor.Status
+			if err := json.Unmarshal(res, &st); err != nil {
+				return fmt.Errorf("reading the status: %w", err)
+			}
+			printStatus(c.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cf.register(c)
+	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	return c
+}
+
+// printStatus writes the status as tables that fit 100 columns.
+func printStatus(w io.Writer, st supervisor.Status) {
+	state := "running"
+	if st.Stopping {
+		state = "stopping"
+	}
+	fmt.Fprintf(w, "baton pid %d, %s, up %s, generation %d", st.PID, state, roundDur(st.Uptime), st.Generation)
+	if st.Pending != 0 {
+		fmt.Fprintf(w, " (generation %d starting)", st.Pending)
+	}
+	fmt.Fprintf(w, ", ready %s\ncommand: %s\n\n", st.Ready, strings.Join(st.Command, " "))
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBACKLOG\tINODE")
+	for _, l := range st.Listeners {
+		backlog := "-"
+		if l.Backlog > 0 {
+			backlog = fmt.Sprint(l.Backlog)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", l.Name, l.Address, l.Kind, backlog, l.Inode)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tSTATUS")
+	for _, wk := range st.Workers {
+		status := wk.Status
+		if len(status) > 40 {
+			status = status[:37] + "..."
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, status)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nreloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
+	if st.Reloads.Queued {
+		fmt.Fprint(w, ", one queued")
+	}
+	if l := st.Reloads.Last; l != nil {
+		outcome := "ok"
+		if !l.OK {
+			outcome = "failed: " + l.Error
+		}
+		fmt.Fprintf(w, "; last to generation %d took %s, %s", l.Generation, roundDur(l.Duration), outcome)
+	}
+	fmt.Fprintf(w, "\nbaton itself: %d fds, %d goroutines, %.1f MiB resident\n",
+		st.Process.FDs, st.Process.Goroutines, float64(st.Process.RSSBytes)/(1<<20))
+}
+
+func roundDur(d supervisor.Duration) string {
+	t := time.Duration(d)
+	switch {
+	case t < time.Second:
+		return t.Round(time.Millisecond).String()
+	case t < time.Hour:
+		return t.Round(time.Second).String()
+	}
+	return t.Round(time.Minute).String()
+}

@@ -1,0 +1,114 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/baton-dev/baton/internal/listener"
+)
+
+// Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
+var Version = "dev"
+
+// usageError marks an error in what the user typed; it exits 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+// Main runs the command line and returns the exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "baton:", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "baton",
+		Short: "Zero-downtime socket manager: hold the listeners, run and reload the workers",
+		Long: `baton binds every listening socket once and holds it for as long as it runs.
+Worker processes in any language accept on the inherited sockets (the systemd
+socket-activation protocol: LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID), and a
+reload swaps worker generations without one refused or reset connection.
+
+  baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- ./server
+  baton reload          # start a new generation, drain the old one
+  baton status          # listeners and workers
+  baton stop            # drain every worker and exit`,
+		Version:       Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
+	})
+	root.AddCommand(newRunCmd(), newReloadCmd(), newStatusCmd(), newStopCmd(), newDemoCmd())
+	root.CompletionOptions.HiddenDefaultCmd = true
+	return root
+}
+
+// noArgs rejects positional arguments with a usage error.
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("%s takes no arguments, got %q (see baton %s --help)", c.Name(), strings.Join(args, " "), c.Name())
+	}
+	return nil
+}
+
+// controlFlags are how client commands and run find the control socket.
+type controlFlags struct {
+	path string
+	name string
+}
+
+func (f *controlFlags) register(c *cobra.Command) {
+	c.Flags().StringVar(&f.path, "control", "", "control socket path (default /run/baton/NAME.sock as root, else $XDG_RUNTIME_DIR/baton/NAME.sock, else $TMPDIR/baton-UID/NAME.sock)")
+	c.Flags().StringVar(&f.name, "name", "baton", "instance name: picks the control socket file, so several batons can run")
+}
+
+// socketPath resolves the control socket path.
+func (f *controlFlags) socketPath() (string, error) {
+	p := f.path
+	if p == "" {
+		if strings.ContainsAny(f.name, "/\x00") || f.name == "" || f.name == "." || f.name == ".." {
+			return "", usagef("--name %q: want a plain name such as web or api", f.name)
+		}
+		switch {
+		case os.Geteuid() == 0:
+			p = filepath.Join("/run/baton", f.name+".sock")
+		case os.Getenv("XDG_RUNTIME_DIR") != "":
+			p = filepath.Join(os.Getenv("XDG_RUNTIME_DIR"), "baton", f.name+".sock")
+		default:
+			p = filepath.Join(os.TempDir(), fmt.Sprintf("baton-%d", os.Geteuid()), f.name+".sock")
+		}
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
+	}
+	if len(p) > listener.MaxUnixPath {
+		return "", usagef("control socket path %s is %d bytes; the kernel allows at most %d: pass a shorter --control", p, len(p), listener.MaxUnixPath)
+	}
+	return p, nil
+}

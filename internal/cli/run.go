@@ -1,0 +1,293 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/notify"
+	"github.com/baton-dev/baton/internal/spawn"
+	"github.com/baton-dev/baton/internal/supervisor"
+)
+
+type runFlags struct {
+	control      controlFlags
+	listen       []string
+	workers      int
+	ready        string
+	readyTimeout time.Duration
+	stopSignal   string
+	drainTimeout time.Duration
+	fd0          string
+	logPrefix    bool
+	logFormat    string
+	logLevel     string
+	env          []string
+}
+
+func newRunCmd() *cobra.Command {
+	var f runFlags
+	c := &cobra.Command{
+		Use:   "run [flags] -- COMMAND [ARGS...]",
+		Short: "Bind the listeners and run N workers of COMMAND on them",
+		Long: `Bind every listener once, then run --workers copies of COMMAND, each of
+which receives the listeners as fds 3, 4, ... in the order given, with
+LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set (the systemd socket-activation
+protocol) and NOTIFY_SOCKET, BATON_SOCKET, BATON_SLOT, BATON_GENERATION.
+
+Listener addresses, --listen [NAME=]ADDRESS (repeatable):
+  tcp://HOST:PORT  tcp4://HOST:PORT  tcp6://[::1]:PORT
+  udp://HOST:PORT  udp4://HOST:PORT  udp6://[::1]:PORT
+  unix:///absolute/path.sock  unix://@abstract  unixgram:///absolute/path
+Port 0 picks a free port (see baton status). The name defaults to the scheme.
+Options go in query form: ?backlog=N (stream), ?v6only=true|false (IPv6),
+?mode=0660 and ?owner=USER[:GROUP] (unix socket files).
+
+Signals: SIGHUP reloads; SIGTERM or SIGINT stops gracefully (a second one
+kills the workers at once). A worker that crashes is restarted in its slot
+with exponential backoff (100ms doubling to 30s). If baton dies, every worker
+receives the stop signal.`,
+		Example: `  baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- ./server
+  baton run -l tcp://:9000 --fd0 tcp -- ./fastcgi-app
+  baton run -l web=tcp://:80 -l admin=unix:///run/app/admin.sock?mode=0660 -- python3 app.py`,
+		RunE: func(c *cobra.Command, args []string) error { return run(c, f, args) },
+	}
+	fl := c.Flags()
+	fl.SetInterspersed(false)
+	f.control.register(c)
+	fl.StringArrayVarP(&f.listen, "listen", "l", nil, "listener [NAME=]ADDRESS, repeatable (see above)")
+	fl.IntVarP(&f.workers, "workers", "n", runtime.NumCPU(), "number of worker processes (slots)")
+	fl.StringVar(&f.ready, "ready", "delay:1s", "when a worker is ready: notify (READY=1 on NOTIFY_SOCKET) or delay:DURATION")
+	fl.DurationVar(&f.readyTimeout, "ready-timeout", 60*time.Second, "with --ready notify: how long a worker may take to send READY=1")
+	fl.StringVar(&f.stopSignal, "stop-signal", "TERM", "signal that asks a worker to drain and exit")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long a stopping worker may drain before it is killed")
+	fl.StringVar(&f.fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
+	fl.BoolVar(&f.logPrefix, "log-prefix", true, "prefix worker output lines with [gGEN sSLOT PID]; false passes it through raw")
+	fl.StringVar(&f.logFormat, "log-format", "text", "baton's log format: text or json")
+	fl.StringVar(&f.logLevel, "log-level", "info", "baton's log level: debug, info, warn or error")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "KEY=VALUE added to the workers' environment, repeatable")
+	return c
+}
+
+// runConfig is everything `baton run` needs, validated.
+type runConfig struct {
+	specs   []listener.Spec
+	sup     supervisor.Config
+	control string
+	log     *slog.Logger
+}
+
+// validate checks every flag and the command before anything is bound or
+// started; each error is a usage error.
+func (f runFlags) validate(args []string) (runConfig, error) {
+	var rc runConfig
+	if len(args) == 0 {
+		return rc, usagef("no command: give the worker command after --, for example: baton run -l tcp://127.0.0.1:8080 -- ./server")
+	}
+	for _, l := range f.listen {
+		spec, err := listener.Parse(l)
+		if err != nil {
+			return rc, &usageError{err}
+		}
+		rc.specs = append(rc.specs, spec)
+	}
+	if err := listener.CheckNames(rc.specs); err != nil {
+		return rc, &usageError{err}
+	}
+	if f.workers < 1 || f.workers > 4096 {
+		return rc, usagef("--workers %d: want 1 to 4096", f.workers)
+	}
+	ready, err := supervisor.ParseReady(f.ready)
+	if err != nil {
+		return rc, &usageError{err}
+	}
+	sig, err := supervisor.ParseSignal(f.stopSignal)
+	if err != nil {
+		return rc, usagef("--stop-signal: %w", err)
+	}
+	if f.readyTimeout <= 0 || f.drainTimeout <= 0 {
+		return rc, usagef("--ready-timeout and --drain-timeout must be positive durations such as 30s")
+	}
+	if f.fd0 != "" {
+		found := false
+		for _, s := range rc.specs {
+			found = found || s.Name == f.fd0
+		}
+		if !found {
+			return rc, usagef("--fd0 %s: no listener has that name; name one with -l %s=ADDRESS", f.fd0, f.fd0)
+		}
+	}
+	for _, kv := range f.env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return rc, usagef("--env %q: want KEY=VALUE", kv)
+		}
+	}
+	if rc.log, err = newLogger(f.logFormat, f.logLevel); err != nil {
+		return rc, err
+	}
+	path, err := resolveCommand(args[0])
+	if err != nil {
+		return rc, err
+	}
+	if rc.control, err = f.control.socketPath(); err != nil {
+		return rc, err
+	}
+	rc.sup = supervisor.Config{
+		Path: path, Args: args, Env: f.env,
+		Workers: f.workers, Ready: ready, ReadyTimeout: f.readyTimeout,
+		StopSignal: sig, DrainTimeout: f.drainTimeout,
+		Fd0: f.fd0, LogPrefix: f.logPrefix,
+	}
+	return rc, nil
+}
+
+// resolveCommand finds the worker command as the shell would and makes
+// its path absolute.
+func resolveCommand(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		switch {
+		case errors.Is(err, exec.ErrNotFound) && !strings.Contains(name, "/"):
+			return "", usagef("command %q not found in PATH: give its path (./%s) or install it", name, name)
+		case errors.Is(err, os.ErrNotExist):
+			return "", usagef("command %s: no such file", name)
+		case errors.Is(err, os.ErrPermission), errors.Is(err, exec.ErrNotFound):
+			return "", usagef("command %s is not an executable file: check the path, or chmod +x it", name)
+		}
+		return "", usagef("command %s: %w", name, err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return "", usagef("command %s is a directory", name)
+	}
+	return filepath.Abs(path)
+}
+
+func newLogger(format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", format)
+}
+
+func run(c *cobra.Command, f runFlags, args []string) error {
+	rc, err := f.validate(args)
+	if err != nil {
+		return err
+	}
+	log := rc.log
+
+	ctl, err := control.Listen(rc.control, log)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+
+	sockets, err := bindAll(rc.specs, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range sockets {
+			s.Close()
+		}
+	}()
+
+	sup, err := supervisor.New(supervisor.Options{
+		Config:      rc.sup,
+		Sockets:     sockets,
+		Spawner:     spawn.New(),
+		Log:         log,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		OnReady:     func() { tellSystemd(log, "READY=1") },
+		OnReloading: func() {
+			var ts unix.Timespec
+			unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+			tellSystemd(log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
+		},
+		OnStopping: func() { tellSystemd(log, "STOPPING=1") },
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("baton running", "pid", os.Getpid(), "control", rc.control, "version", Version)
+
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGPIPE)
+	defer signal.Stop(sigs)
+	go ctl.Serve(sup.Handle)
+	go func() {
+		stops := 0
+		for {
+			select {
+			case sig := <-sigs:
+				switch sig {
+				case syscall.SIGHUP:
+					sup.Reload("SIGHUP")
+				case syscall.SIGTERM, syscall.SIGINT:
+					stops++
+					if stops == 1 {
+						sup.Stop(supervisor.SignalName(sig.(syscall.Signal)))
+					} else {
+						log.Warn("second stop signal: killing every worker now", "signal", sig)
+						sup.Kill()
+					}
+				}
+			case <-sup.Done():
+				return
+			}
+		}
+	}()
+	return sup.Run()
+}
+
+// bindAll binds every listener, or none: on an error the sockets already
+// bound are closed.
+func bindAll(specs []listener.Spec, log *slog.Logger) ([]*listener.Socket, error) {
+	var out []*listener.Socket
+	for _, spec := range specs {
+		s, err := listener.Bind(spec)
+		if err != nil {
+			for _, b := range out {
+				b.Close()
+			}
+			return nil, err
+		}
+		if s.StaleRemoved {
+			log.Info("removed a stale socket file nothing answered on", "path", spec.Path)
+		}
+		log.Info("listening", "name", spec.Name, "address", s.Addr().String(), "kind", spec.Kind, "backlog", s.Backlog(), "inode", s.Inode())
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// tellSystemd notifies baton's own supervisor, when there is one.
+func tellSystemd(log *slog.Logger, state string) {
+	if sent, err := notify.Notify(state); err != nil {
+		log.Warn("cannot notify the service manager", "err", err)
+	} else if sent {
+		log.Debug("notified the service manager", "state", state)
+	}
+}

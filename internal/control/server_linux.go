@@ -1,0 +1,257 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrInUse is returned by Listen when another process answers on the path.
+var ErrInUse = errors.New("control socket in use")
+
+// MaxConns bounds the connections served at once; further clients wait in
+// the listen backlog.
+const MaxConns = 1024
+
+// Peer identifies the process on the other end of a connection.
+type Peer struct{ PID, UID int }
+
+// Handler answers one request. The context is cancelled when the server
+// closes. A returned error becomes {"ok":false,"error":...}.
+type Handler func(ctx context.Context, peer Peer, req Request) (any, error)
+
+// Server serves the control socket.
+type Server struct {
+	ln     *net.UnixListener
+	path   string
+	log    *slog.Logger
+	allow  func(Peer) error
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Listen creates the control socket at path, creating its directory (mode
+// 0700 when baton makes it) and removing a stale socket file that nothing
+// answers on. If a process answers, the error wraps ErrInUse and names its
+// pid.
+func Listen(path string, log *slog.Logger) (*Server, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w: create the directory or pass --control with a writable path", path, err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("control socket %s: the path exists and is not a socket; remove it or pass another --control", path)
+		}
+		if pid, alive := answering(path); alive {
+			return nil, fmt.Errorf("control socket %s: %w by pid %d (another baton?): stop it with `baton stop --control %s`, or give this one another --name or --control", path, ErrInUse, pid, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("control socket %s: removing the stale socket: %w", path, err)
+		}
+		log.Info("removed stale control socket", "path", path)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close() // never served: release and unlink it
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	return newServer(ln, path, log, sameUser), nil
+}
+
+// ListenAbstract serves the protocol on an abstract unix socket ("@name")
+// that any local process may connect to. The handler must check the peer
+// itself; baton's worker socket accepts only its workers' pids.
+func ListenAbstract(name string, log *slog.Logger) (*Server, error) {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: name, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: %w", name, err)
+	}
+	return newServer(ln, name, log, nil), nil
+}
+
+func newServer(ln *net.UnixListener, path string, log *slog.Logger, allow func(Peer) error) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{ln: ln, path: path, log: log, allow: allow, ctx: ctx, cancel: cancel}
+}
+
+// sameUser admits root and the user baton runs as.
+func sameUser(p Peer) error {
+	if uid := os.Geteuid(); p.UID != 0 && p.UID != uid {
+		return fmt.Errorf("permission denied: uid %d may not control this baton (run by uid %d); use that user or root", p.UID, uid)
+	}
+	return nil
+}
+
+// answering reports whether a process accepts connections on path, and its
+// pid (from SO_PEERCRED).
+func answering(path string) (int, bool) {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return 0, false
+	}
+	defer c.Close()
+	cred, err := peerCred(c.(*net.UnixConn))
+	if err != nil {
+		return 0, true
+	}
+	return int(cred.Pid), true
+}
+
+// Path is where the socket lives.
+func (s *Server) Path() string { return s.path }
+
+// Close stops accepting, cancels requests in progress, waits for their
+// goroutines and removes the socket file.
+func (s *Server) Close() error {
+	s.cancel()
+	err := s.ln.Close()
+	s.wg.Wait()
+	return err
+}
+
+// Serve accepts connections until Close and answers each with h.
+func (s *Server) Serve(h Handler) error {
+	sem := make(chan struct{}, MaxConns)
+	for {
+		select {
+		case sem <- struct{}{}:
+		case <-s.ctx.Done():
+			return nil
+		}
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			<-sem
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				s.log.Warn("control socket: accept failed, retrying", "err", err)
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("control socket %s: %w", s.path, err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-sem }()
+			s.serveConn(c, h)
+		}()
+	}
+}
+
+func (s *Server) serveConn(c *net.UnixConn, h Handler) {
+	defer c.Close()
+	cred, err := peerCred(c)
+	if err != nil {
+		s.log.Warn("control socket: cannot identify peer", "err", err)
+		return
+	}
+	peer := Peer{PID: int(cred.Pid), UID: int(cred.Uid)}
+	if s.allow != nil {
+		if err := s.allow(peer); err != nil {
+			s.log.Warn("control socket: refused a peer", "pid", peer.PID, "uid", peer.UID, "err", err)
+			writeReply(c, Reply{Error: err.Error()})
+			return
+		}
+	}
+	c.SetReadDeadline(time.Now().Add(RequestTimeout))
+	line, err := readLine(c)
+	if err != nil {
+		writeReply(c, Reply{Error: err.Error()})
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	req, err := DecodeRequest(line)
+	if err != nil {
+		writeReply(c, Reply{Error: err.Error()})
+		return
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	go func() {
+		// The client hanging up cancels a request it is waiting on (a
+		// reload keeps going; only the wait ends).
+		var b [1]byte
+		c.Read(b[:])
+		cancel()
+	}()
+	result, err := h(ctx, peer, req)
+	if err != nil {
+		writeReply(c, Reply{Error: err.Error()})
+		return
+	}
+	raw, err := json.Marshal(result)
+	if err != nil {
+		writeReply(c, Reply{Error: fmt.Sprintf("encoding the reply: %v", err)})
+		return
+	}
+	writeReply(c, Reply{OK: true, Result: raw})
+}
+
+// readLine reads one newline-terminated request of at most MaxRequest
+// bytes.
+func readLine(c net.Conn) ([]byte, error) {
+	var buf []byte
+	chunk := make([]byte, 4096)
+	for {
+		n, err := c.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 && i <= MaxRequest {
+			return buf[:i], nil
+		}
+		if len(buf) > MaxRequest {
+			return nil, fmt.Errorf("request is over %d bytes", MaxRequest)
+		}
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			return nil, fmt.Errorf("no complete request within %s; end the request with a newline", RequestTimeout)
+		case err == io.EOF:
+			return nil, errors.New("connection closed before a complete request; end the request with a newline")
+		case err != nil:
+			return nil, fmt.Errorf("reading the request: %w", err)
+		}
+	}
+}
+
+func writeReply(c net.Conn, r Reply) {
+	b, _ := json.Marshal(r)
+	c.SetWriteDeadline(time.Now().Add(RequestTimeout))
+	c.Write(append(b, '\n'))
+}
+
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, os.NewSyscallError("getsockopt SO_PEERCRED", cerr)
+	}
+	return cred, nil
+}

@@ -1,0 +1,346 @@
+package listener
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os/user"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// ErrSpec is wrapped by every error Parse returns, so callers can tell a
+// mistake in what the user wrote (a usage error) from a failure to bind.
+var ErrSpec = errors.New("invalid listener")
+
+// MaxUnixPath is the longest unix socket path the kernel accepts: sun_path
+// holds 108 bytes including the terminating NUL (for an abstract name, the
+// leading NUL).
+const MaxUnixPath = 107
+
+// Kind is the socket type of a listener.
+type Kind string
+
+// Socket kinds.
+const (
+	Stream   Kind = "stream"
+	Datagram Kind = "datagram"
+)
+
+// schemes maps each accepted scheme to its socket type and address family
+// ("inet" for both IPv4 and IPv6, decided by the host).
+var schemes = map[string]struct {
+	kind   Kind
+	family string
+}{
+	"tcp":      {Stream, "inet"},
+	"tcp4":     {Stream, "inet4"},
+	"tcp6":     {Stream, "inet6"},
+	"udp":      {Datagram, "inet"},
+	"udp4":     {Datagram, "inet4"},
+	"udp6":     {Datagram, "inet6"},
+	"unix":     {Stream, "unix"},
+	"unixgram": {Datagram, "unix"},
+}
+
+// options lists the query options and the schemes they apply to.
+var options = map[string]func(s *Spec) bool{
+	"backlog": func(s *Spec) bool { return s.Kind == Stream },
+	"v6only":  func(s *Spec) bool { return s.IsInet() && s.family != "inet4" },
+	"mode":    func(s *Spec) bool { return s.IsUnix() && !s.Abstract() },
+	"owner":   func(s *Spec) bool { return s.IsUnix() && !s.Abstract() },
+}
+
+// Spec is a parsed listener specification: [NAME=]SCHEME://ADDRESS[?OPTIONS].
+type Spec struct {
+	// Name is how workers find the socket (LISTEN_FDNAMES). It defaults to
+	// the scheme.
+	Name string
+	// Scheme is one of tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram.
+	Scheme string
+	// Kind is the socket type the scheme implies.
+	Kind Kind
+	// Host and Port are set for inet schemes. Host is empty for all
+	// addresses, an IP literal, or a name resolved when binding.
+	Host string
+	Port int
+	// Path is set for unix schemes: an absolute path, or "@name" for the
+	// abstract namespace.
+	Path string
+
+	// Backlog is the listen(2) backlog; 0 means the default (somaxconn).
+	Backlog int
+	// V6Only sets IPV6_V6ONLY when not nil.
+	V6Only *bool
+	// Mode is the permission of a unix socket file; 0 leaves it to umask.
+	Mode uint32
+	// Owner is "user[:group]" for a unix socket file; UID and GID are
+	// resolved from it (-1 leaves that id unchanged).
+	Owner    string
+	UID, GID int
+
+	family string
+}
+
+// IsInet reports whether the spec is a TCP or UDP address.
+func (s Spec) IsInet() bool { return strings.HasPrefix(s.family, "inet") }
+
+// IsUnix reports whether the spec is a unix socket.
+func (s Spec) IsUnix() bool { return s.family == "unix" }
+
+// Abstract reports whether the spec names a socket in the abstract namespace.
+func (s Spec) Abstract() bool { return s.IsUnix() && strings.HasPrefix(s.Path, "@") }
+
+// Address is the address part of the spec without scheme and options, as
+// given to net.Listen: "127.0.0.1:8080", "[::1]:0", "/run/app.sock".
+func (s Spec) Address() string {
+	if s.IsUnix() {
+		return s.Path
+	}
+	return net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+}
+
+// URL is the spec's canonical form without the name:
+// "tcp://127.0.0.1:8080?backlog=64". Two specs with the same URL need the
+// same socket.
+func (s Spec) URL() string {
+	q := url.Values{}
+	if s.Backlog != 0 {
+		q.Set("backlog", strconv.Itoa(s.Backlog))
+	}
+	if s.V6Only != nil {
+		q.Set("v6only", strconv.FormatBool(*s.V6Only))
+	}
+	if s.Mode != 0 {
+		q.Set("mode", fmt.Sprintf("%04o", s.Mode))
+	}
+	if s.Owner != "" {
+		q.Set("owner", s.Owner)
+	}
+	u := s.Scheme + "://" + s.Address()
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+// String is the spec as the user would write it: NAME=URL.
+func (s Spec) String() string { return s.Name + "=" + s.URL() }
+
+// Parse parses a listener specification. It checks syntax, option names
+// and values, and unix path lengths; it does not touch the network. Every
+// error wraps ErrSpec and says what is allowed.
+func Parse(text string) (Spec, error) {
+	bad := func(format string, args ...any) (Spec, error) {
+		return Spec{}, fmt.Errorf("%w %q: %s", ErrSpec, text, fmt.Sprintf(format, args...))
+	}
+	var s Spec
+	rest := text
+	if eq := strings.Index(rest, "="); eq >= 0 && eq < strings.Index(rest+"://", "://") {
+		s.Name, rest = rest[:eq], rest[eq+1:]
+		if err := checkName(s.Name); err != nil {
+			return bad("%v", err)
+		}
+	}
+	scheme, addr, ok := strings.Cut(rest, "://")
+	if !ok {
+		return bad("want SCHEME://ADDRESS, for example tcp://127.0.0.1:8080 or unix:///run/app.sock")
+	}
+	info, ok := schemes[scheme]
+	if !ok {
+		return bad("unknown scheme %q; use one of %s", scheme, strings.Join(schemeNames(), ", "))
+	}
+	s.Scheme, s.Kind, s.family = scheme, info.kind, info.family
+	if s.Name == "" {
+		s.Name = scheme
+	}
+	addr, query, _ := strings.Cut(addr, "?")
+
+	if s.IsUnix() {
+		if err := s.parseUnix(addr); err != nil {
+			return bad("%v", err)
+		}
+	} else if err := s.parseInet(addr); err != nil {
+		return bad("%v", err)
+	}
+
+	values, err := url.ParseQuery(query)
+	if err != nil {
+		return bad("options %q: %v", query, err)
+	}
+	keys := make([]string, 0, len(values))
+	for k := range values {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		applies, known := options[k]
+		if !known {
+			return bad("unknown option %q; options are %s", k, strings.Join(optionNames(), ", "))
+		}
+		if !applies(&s) {
+			return bad("option %q does not apply to %s listeners", k, s.describe())
+		}
+		if len(values[k]) != 1 {
+			return bad("option %q given %d times; give it once", k, len(values[k]))
+		}
+		if err := s.setOption(k, values[k][0]); err != nil {
+			return bad("option %s: %v", k, err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Spec) parseUnix(addr string) error {
+	switch {
+	case addr == "" || addr == "@":
+		return errors.New("no path; use unix:///absolute/path.sock or unix://@abstract-name")
+	case strings.HasPrefix(addr, "@"):
+	case !strings.HasPrefix(addr, "/"):
+		return fmt.Errorf("path %q is not absolute; write unix:///absolute/path.sock (three slashes)", addr)
+	}
+	if len(addr) > MaxUnixPath {
+		return fmt.Errorf("unix socket path is %d bytes; the kernel allows at most %d (sun_path): use a shorter path or an abstract name (unix://@NAME)", len(addr), MaxUnixPath)
+	}
+	s.Path = addr
+	s.UID, s.GID = -1, -1
+	return nil
+}
+
+func (s *Spec) parseInet(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: want HOST:PORT, [IPV6]:PORT or :PORT", addr)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("port %q: want a number from 0 to 65535 (0 picks a free port)", port)
+	}
+	s.Host, s.Port = host, int(p)
+	if ip, err := netip.ParseAddr(host); err == nil {
+		switch {
+		case s.family == "inet4" && !ip.Unmap().Is4():
+			return fmt.Errorf("%s needs an IPv4 address, not %s", s.Scheme, host)
+		case s.family == "inet6" && ip.Is4():
+			return fmt.Errorf("%s needs an IPv6 address, not %s; use %s4:// or [::ffff:%s]", s.Scheme, host, strings.TrimSuffix(s.Scheme, "6"), host)
+		}
+		s.Host = ip.String()
+	}
+	return nil
+}
+
+func (s *Spec) setOption(key, value string) error {
+	switch key {
+	case "backlog":
+		n, err := strconv.Atoi(value)
+		if err != nil || n < 1 || n > 1<<20 {
+			return fmt.Errorf("%q: want a number from 1 to %d", value, 1<<20)
+		}
+		s.Backlog = n
+	case "v6only":
+		b, err := strconv.ParseBool(value)
+		if err != nil {
+			return fmt.Errorf("%q: want true or false", value)
+		}
+		s.V6Only = &b
+	case "mode":
+		m, err := strconv.ParseUint(value, 8, 32)
+		if err != nil || m > 0o777 || m == 0 {
+			return fmt.Errorf("%q: want octal permission bits such as 0660", value)
+		}
+		s.Mode = uint32(m)
+	case "owner":
+		uid, gid, err := lookupOwner(value)
+		if err != nil {
+			return err
+		}
+		s.Owner, s.UID, s.GID = value, uid, gid
+	}
+	return nil
+}
+
+// lookupOwner resolves "user[:group]" (names or numeric ids).
+func lookupOwner(v string) (uid, gid int, err error) {
+	name, group, hasGroup := strings.Cut(v, ":")
+	uid, gid = -1, -1
+	if name != "" {
+		if uid, err = lookupID(name, user.Lookup, func(u *user.User) string { return u.Uid }); err != nil {
+			return 0, 0, fmt.Errorf("user %q: %w", name, err)
+		}
+	}
+	if hasGroup && group != "" {
+		if gid, err = lookupID(group, user.LookupGroup, func(g *user.Group) string { return g.Gid }); err != nil {
+			return 0, 0, fmt.Errorf("group %q: %w", group, err)
+		}
+	}
+	if uid < 0 && gid < 0 {
+		return 0, 0, fmt.Errorf("%q: want user, user:group or :group", v)
+	}
+	return uid, gid, nil
+}
+
+func lookupID[T any](name string, lookup func(string) (T, error), id func(T) string) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+		return n, nil
+	}
+	v, err := lookup(name)
+	if err != nil {
+		return 0, errors.New("no such name on this system; use a name from /etc/passwd or /etc/group, or a number")
+	}
+	return strconv.Atoi(id(v))
+}
+
+// checkName validates a listener name for LISTEN_FDNAMES: systemd allows
+// printable ASCII without ':' up to 255 bytes; baton is stricter so that
+// names are also safe in environment variables, metrics labels and logs.
+func checkName(name string) error {
+	if name == "" || len(name) > 255 {
+		return fmt.Errorf("name %q: want 1 to 255 characters", name)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.') {
+			return fmt.Errorf("name %q: character %q not allowed; use letters, digits, '_', '-' and '.'", name, r)
+		}
+	}
+	return nil
+}
+
+// CheckNames reports an error if two specs share a name.
+func CheckNames(specs []Spec) error {
+	seen := map[string]string{}
+	for _, s := range specs {
+		if prev, dup := seen[s.Name]; dup {
+			return fmt.Errorf("%w: two listeners are named %q (%s and %s); name each one with NAME=ADDRESS", ErrSpec, s.Name, prev, s.URL())
+		}
+		seen[s.Name] = s.URL()
+	}
+	return nil
+}
+
+func (s Spec) describe() string {
+	if s.Abstract() {
+		return "abstract " + s.Scheme
+	}
+	return s.Scheme
+}
+
+func schemeNames() []string {
+	names := make([]string, 0, len(schemes))
+	for k := range schemes {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func optionNames() []string {
+	names := make([]string, 0, len(options))
+	for k := range options {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
+}

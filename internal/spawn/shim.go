@@ -1,0 +1,46 @@
+package spawn
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// shimEnv marks a process started as the shim. It is removed before the
+// real command runs, so a worker that is itself baton (baton demo) is not
+// mistaken for a shim.
+const shimEnv = "BATON_INTERNAL_SHIM"
+
+// RunShim turns this process into the requested command when it was started
+// as the shim, and returns otherwise. It must be called before anything
+// else in main. The shim's arguments are the resolved path of the command
+// followed by its argv.
+func RunShim() {
+	if os.Getenv(shimEnv) != "1" {
+		return
+	}
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "baton shim: missing command")
+		os.Exit(127)
+	}
+	path, argv := os.Args[1], os.Args[2:]
+	env := make([]string, 0, len(os.Environ()))
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, shimEnv+"=") || strings.HasPrefix(kv, "LISTEN_PID=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	if os.Getenv("LISTEN_FDS") != "" {
+		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	}
+	err := syscall.Exec(path, argv, env)
+	fmt.Fprintf(os.Stderr, "baton: exec %s: %v\n", path, err)
+	if errors.Is(err, syscall.ENOENT) {
+		os.Exit(127)
+	}
+	os.Exit(126)
+}

@@ -1,0 +1,98 @@
+package supervisor
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ReadyMode says when a starting worker counts as ready.
+type ReadyMode struct {
+	// Notify waits for READY=1 on NOTIFY_SOCKET; otherwise a worker is
+	// ready once it has stayed up for Delay.
+	Notify bool
+	Delay  time.Duration
+}
+
+// ParseReady parses "notify" or "delay:DURATION".
+func ParseReady(s string) (ReadyMode, error) {
+	if s == "notify" {
+		return ReadyMode{Notify: true}, nil
+	}
+	if d, ok := strings.CutPrefix(s, "delay:"); ok {
+		dur, err := time.ParseDuration(d)
+		if err == nil && dur >= 0 {
+			return ReadyMode{Delay: dur}, nil
+		}
+	}
+	return ReadyMode{}, fmt.Errorf("--ready %q: want notify (wait for READY=1 on NOTIFY_SOCKET) or delay:DURATION (for example delay:1s)", s)
+}
+
+func (r ReadyMode) String() string {
+	if r.Notify {
+		return "notify"
+	}
+	return "delay:" + r.Delay.String()
+}
+
+// ParseSignal parses a signal name ("TERM", "SIGQUIT") or number.
+func ParseSignal(s string) (syscall.Signal, error) {
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err == nil && n > 0 && n < 65 && fmt.Sprint(n) == s {
+		return syscall.Signal(n), nil
+	}
+	return 0, fmt.Errorf("signal %q: want a name such as TERM, QUIT, INT or a number", s)
+}
+
+// SignalName is the conventional name of sig ("SIGTERM").
+func SignalName(sig syscall.Signal) string {
+	if n := unix.SignalName(sig); n != "" {
+		return n
+	}
+	return fmt.Sprintf("signal %d", int(sig))
+}
+
+// Config is what the supervisor runs. Listener sockets are given
+// separately, already bound.
+type Config struct {
+	// Path is the resolved command; Args its argv (Args[0] as the user
+	// wrote it).
+	Path string
+	Args []string
+	// Env is added to baton's own environment for every worker.
+	Env []string
+	// Dir is the workers' working directory; empty means baton's.
+	Dir string
+
+	Workers      int
+	Ready        ReadyMode
+	ReadyTimeout time.Duration
+	StopSignal   syscall.Signal
+	DrainTimeout time.Duration
+	// Fd0 names a listener also handed over as fd 0 (the FastCGI
+	// convention).
+	Fd0 string
+	// LogPrefix prefixes each line of worker output with generation, slot
+	// and pid; without it workers write to baton's stdout and stderr
+	// directly.
+	LogPrefix bool
+}
+
+// Restart backoff for crashed workers: the first restart waits MinBackoff,
+// each further one twice as long up to MaxBackoff; a worker that stayed up
+// for StableAfter resets the slot's backoff.
+const (
+	MinBackoff  = 100 * time.Millisecond
+	MaxBackoff  = 30 * time.Second
+	StableAfter = 10 * time.Second
+)

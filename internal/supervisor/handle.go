@@ -1,0 +1,94 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/baton-dev/baton/internal/control"
+)
+
+// Methods are the control socket's methods.
+var Methods = []string{"status", "reload", "stop"}
+
+// waitParams are the params of reload and stop.
+type waitParams struct {
+	// Wait, true unless given, makes the reply wait for the outcome.
+	Wait *bool `json:"wait"`
+}
+
+func (p waitParams) wait() bool { return p.Wait == nil || *p.Wait }
+
+// Handle answers a request on the control socket.
+func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
+	switch req.Method {
+	case "status":
+		st, ok := s.Status()
+		if !ok {
+			return nil, ErrStopping
+		}
+		return st, nil
+	case "reload":
+		var p waitParams
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		ch := s.Reload(fmt.Sprintf("asked by pid %d", peer.PID))
+		if !p.wait() {
+			return map[string]bool{"queued": true}, nil
+		}
+		select {
+		case o := <-ch:
+			if o.Err != nil {
+				return nil, o.Err
+			}
+			return o.Result, nil
+		case <-ctx.Done():
+			return nil, errors.New("stopped waiting for the reload; it goes on")
+		}
+	case "stop":
+		var p waitParams
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		s.Stop(fmt.Sprintf("asked by pid %d", peer.PID))
+		if p.wait() {
+			select {
+			case <-s.done:
+			case <-ctx.Done():
+				return nil, errors.New("stopped waiting for baton to stop; it goes on")
+			}
+		}
+		return map[string]bool{"stopping": true}, nil
+	}
+	return nil, fmt.Errorf("unknown method %q; methods are %v", req.Method, Methods)
+}
+
+// WorkerInfo is the answer to "hello" on the worker socket.
+type WorkerInfo struct {
+	Slot       int      `json:"slot"`
+	Generation int      `json:"generation"`
+	PID        int      `json:"pid"`
+	Listeners  []string `json:"listeners"`
+}
+
+// handleWorker answers requests on BATON_SOCKET, from workers only.
+func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
+	var info *WorkerInfo
+	s.call(func() {
+		if w := s.workerFor(peer.PID); w != nil {
+			info = &WorkerInfo{Slot: w.slot.index, Generation: w.gen.id, PID: w.pid}
+			for _, l := range s.sockets {
+				info.Listeners = append(info.Listeners, l.Spec.Name)
+			}
+		}
+	})
+	if info == nil {
+		return nil, fmt.Errorf("pid %d is not a worker of this baton", peer.PID)
+	}
+	switch req.Method {
+	case "hello":
+		return info, nil
+	}
+	return nil, fmt.Errorf("unknown method %q; the worker socket answers hello", req.Method)
+}

@@ -1,0 +1,138 @@
+package supervisor
+
+import (
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Status is a snapshot of a running baton, as `baton status --json` prints
+// it. docs/status.md documents every field.
+type Status struct {
+	PID          int              `json:"pid"`
+	Started      time.Time        `json:"started"`
+	Uptime       Duration         `json:"uptime"`
+	Command      []string         `json:"command"`
+	Generation   int              `json:"generation"`
+	Pending      int              `json:"pending_generation,omitempty"`
+	Stopping     bool             `json:"stopping"`
+	Ready        string           `json:"ready"`
+	Listeners    []ListenerStatus `json:"listeners"`
+	Workers      []WorkerStatus   `json:"workers"`
+	Reloads      ReloadStats      `json:"reloads"`
+	Process      ProcessStatus    `json:"process"`
+	WorkersTotal int              `json:"workers_started"`
+}
+
+// ListenerStatus describes one socket baton holds.
+type ListenerStatus struct {
+	Name    string `json:"name"`
+	URL     string `json:"url"`
+	Kind    string `json:"kind"`
+	Address string `json:"address"`
+	Port    int    `json:"port,omitempty"`
+	Backlog int    `json:"backlog,omitempty"`
+	Inode   uint64 `json:"inode"`
+	Fd      int    `json:"fd"`
+}
+
+// WorkerStatus describes one live worker.
+type WorkerStatus struct {
+	Slot       int       `json:"slot"`
+	Generation int       `json:"generation"`
+	PID        int       `json:"pid"`
+	State      State     `json:"state"`
+	Started    time.Time `json:"started"`
+	Uptime     Duration  `json:"uptime"`
+	Restarts   int       `json:"restarts"`
+	Status     string    `json:"status,omitempty"`
+}
+
+// ReloadStats counts reloads.
+type ReloadStats struct {
+	OK     int           `json:"ok"`
+	Failed int           `json:"failed"`
+	Queued bool          `json:"queued"`
+	Last   *ReloadResult `json:"last,omitempty"`
+}
+
+// ProcessStatus is baton's own resource use, for leak checks and capacity.
+type ProcessStatus struct {
+	FDs         int `json:"fds"`
+	Goroutines  int `json:"goroutines"`
+	RSSBytes    int `json:"rss_bytes"`
+	OrphansReap int `json:"orphans_reaped"`
+}
+
+// Status returns a snapshot. It returns false if baton has finished.
+func (s *Supervisor) Status() (Status, bool) {
+	var st Status
+	ok := s.call(func() { st = s.status() })
+	return st, ok
+}
+
+func (s *Supervisor) status() Status {
+	now := time.Now()
+	st := Status{
+		PID:          os.Getpid(),
+		Started:      s.start,
+		Uptime:       Duration(now.Sub(s.start)),
+		Command:      s.cfg.Args,
+		Generation:   s.active.id,
+		Stopping:     s.stopping,
+		Ready:        s.cfg.Ready.String(),
+		WorkersTotal: s.stats.workersStarted,
+		Reloads: ReloadStats{
+			OK:     s.stats.reloadsOK,
+			Failed: s.stats.reloadsFailed,
+			Queued: s.reload.queued,
+			Last:   s.stats.lastReload,
+		},
+		Process: processStatus(),
+	}
+	st.Process.OrphansReap = s.spawner.Orphans()
+	if s.pending != nil {
+		st.Pending = s.pending.id
+	}
+	for _, l := range s.sockets {
+		ls := ListenerStatus{
+			Name: l.Spec.Name, URL: l.Spec.URL(), Kind: string(l.Spec.Kind),
+			Address: l.Addr().String(), Port: l.Port(), Backlog: l.Backlog(),
+			Inode: l.Inode(), Fd: l.Fd(),
+		}
+		st.Listeners = append(st.Listeners, ls)
+	}
+	for _, w := range s.workers {
+		st.Workers = append(st.Workers, WorkerStatus{
+			Slot: w.slot.index, Generation: w.gen.id, PID: w.pid, State: w.state,
+			Started: w.started, Uptime: Duration(now.Sub(w.started)),
+			Restarts: w.slot.restarts, Status: w.status,
+		})
+	}
+	sort.Slice(st.Workers, func(i, j int) bool {
+		a, b := st.Workers[i], st.Workers[j]
+		if a.Generation != b.Generation {
+			return a.Generation > b.Generation
+		}
+		return a.Slot < b.Slot
+	})
+	return st
+}
+
+// processStatus reads baton's own descriptor count and resident memory.
+func processStatus() ProcessStatus {
+	p := ProcessStatus{Goroutines: runtime.NumGoroutine()}
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		p.FDs = len(fds) - 1 // the directory's own descriptor
+	}
+	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 1 {
+			pages, _ := strconv.Atoi(f[1])
+			p.RSSBytes = pages * os.Getpagesize()
+		}
+	}
+	return p
+}

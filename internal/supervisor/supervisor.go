@@ -1,0 +1,272 @@
+package supervisor
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/notify"
+	"github.com/baton-dev/baton/internal/spawn"
+)
+
+// ErrStopping is returned for reloads asked for while baton stops.
+var ErrStopping = errors.New("baton is stopping")
+
+// Options are what New needs besides the configuration.
+type Options struct {
+	Config  Config
+	Sockets []*listener.Socket // bound listeners, in the order workers get them
+	Spawner *spawn.Spawner
+	Log     *slog.Logger
+	// Stdout and Stderr receive worker output. With Config.LogPrefix off
+	// they must be *os.File, which workers then inherit directly.
+	Stdout, Stderr io.Writer
+	// OnReady, if set, is called from the loop when the first generation
+	// is ready, and again after each reload ends; OnReloading when a
+	// reload starts; OnStopping when baton begins to stop. baton uses them
+	// to tell systemd.
+	OnReady, OnReloading, OnStopping func()
+}
+
+// Supervisor runs worker generations. Create it with New, then call Run.
+type Supervisor struct {
+	cfg     Config
+	sockets []*listener.Socket
+	spawner *spawn.Spawner
+	log     *slog.Logger
+	opts    Options
+
+	stdout, stderr *sink
+	devnull        *os.File
+	notify         *notify.Server
+	workerSock     *control.Server
+
+	events chan func()
+	done   chan struct{} // closed when Run has finished
+	start  time.Time
+
+	// Everything below is owned by the loop goroutine.
+	active, pending *generation
+	nextGen         int
+	workers         map[int]*worker // live workers by pid
+	slots           []*slot
+	reload          reloadState
+	stopping        bool
+	everReady       bool
+	stats           stats
+}
+
+type stats struct {
+	reloadsOK, reloadsFailed int
+	lastReload               *ReloadResult
+	workersStarted           int
+}
+
+// New prepares a supervisor: it opens the notify socket and the worker
+// socket (BATON_SOCKET), both in the abstract namespace under a random
+// name, but starts no worker.
+func New(o Options) (*Supervisor, error) {
+	s := &Supervisor{
+		cfg:     o.Config,
+		sockets: o.Sockets,
+		spawner: o.Spawner,
+		log:     o.Log,
+		opts:    o,
+		stdout:  &sink{w: o.Stdout},
+		stderr:  &sink{w: o.Stderr},
+		events:  make(chan func(), 1024),
+		done:    make(chan struct{}),
+		workers: map[int]*worker{},
+		start:   time.Now(),
+	}
+	for i := 0; i < s.cfg.Workers; i++ {
+		s.slots = append(s.slots, &slot{index: i})
+	}
+	if s.cfg.Fd0 != "" && s.socket(s.cfg.Fd0) == nil {
+		return nil, fmt.Errorf("--fd0 %s: no listener has that name", s.cfg.Fd0)
+	}
+	var err error
+	if s.devnull, err = os.Open(os.DevNull); err != nil {
+		return nil, err
+	}
+	id := randomID()
+	if s.notify, err = notify.Listen("@baton/" + id + "/notify"); err != nil {
+		s.devnull.Close()
+		return nil, err
+	}
+	if s.workerSock, err = control.ListenAbstract("@baton/"+id+"/worker", o.Log); err != nil {
+		s.devnull.Close()
+		s.notify.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (s *Supervisor) socket(name string) *listener.Socket {
+	for _, l := range s.sockets {
+		if l.Spec.Name == name {
+			return l
+		}
+	}
+	return nil
+}
+
+// Run starts the first generation and supervises until Stop has finished:
+// every worker has exited. It closes the notify and worker sockets before
+// returning; the listeners stay open for the caller to close.
+func (s *Supervisor) Run() error {
+	defer close(s.done)
+	go s.notify.Serve(func(m notify.Message) { s.post(func() { s.notified(m) }) })
+	go s.workerSock.Serve(s.handleWorker)
+	defer s.workerSock.Close()
+	defer s.notify.Close()
+	defer s.devnull.Close()
+
+	s.active = s.newGeneration()
+	s.log.Info("starting workers", "generation", s.active.id, "workers", s.cfg.Workers, "command", s.cfg.Args, "ready", s.cfg.Ready.String())
+	for _, sl := range s.slots {
+		s.startWorker(s.active, sl)
+	}
+	for !s.finished() {
+		f := <-s.events
+		f()
+	}
+	s.log.Info("all workers exited")
+	return nil
+}
+
+// finished reports whether baton has stopped and every worker is gone.
+func (s *Supervisor) finished() bool { return s.stopping && len(s.workers) == 0 }
+
+// post runs f on the loop. It returns false, without running f, when the
+// loop has ended.
+func (s *Supervisor) post(f func()) bool {
+	select {
+	case s.events <- f:
+		return true
+	case <-s.done:
+		return false
+	}
+}
+
+// call runs f on the loop and waits for it. It returns false when the loop
+// has ended.
+func (s *Supervisor) call(f func()) bool {
+	ran := make(chan struct{})
+	if !s.post(func() { f(); close(ran) }) {
+		return false
+	}
+	select {
+	case <-ran:
+		return true
+	case <-s.done:
+		// The loop may have run f just before finishing.
+		select {
+		case <-ran:
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// after runs f on the loop once d has passed. Callbacks check that what
+// they act on is still current, so a timer that fires late is harmless.
+func (s *Supervisor) after(d time.Duration, f func()) *time.Timer {
+	return time.AfterFunc(d, func() { s.post(f) })
+}
+
+// Reload asks for a reload and returns a channel that receives its outcome.
+// A reload asked for while one runs is queued; all queued requests are
+// served by one more reload.
+func (s *Supervisor) Reload(reason string) <-chan ReloadOutcome {
+	ch := make(chan ReloadOutcome, 1)
+	if !s.post(func() { s.requestReload(reason, ch) }) {
+		ch <- ReloadOutcome{Err: ErrStopping}
+	}
+	return ch
+}
+
+// Stop begins a graceful stop: every worker gets the stop signal and has
+// the drain timeout to exit. Run returns when all have exited.
+func (s *Supervisor) Stop(reason string) {
+	s.post(func() { s.beginStop(reason) })
+}
+
+// Kill sends SIGKILL to every worker's process group at once.
+func (s *Supervisor) Kill() {
+	s.post(func() {
+		s.beginStop("killed")
+		for _, w := range s.workers {
+			w.kill()
+		}
+	})
+}
+
+// Done is closed when Run has returned.
+func (s *Supervisor) Done() <-chan struct{} { return s.done }
+
+func (s *Supervisor) beginStop(reason string) {
+	if s.stopping {
+		return
+	}
+	s.stopping = true
+	s.log.Info("stopping", "reason", reason, "workers", len(s.workers), "drain_timeout", s.cfg.DrainTimeout)
+	if s.opts.OnStopping != nil {
+		s.opts.OnStopping()
+	}
+	if s.pending != nil {
+		s.endReload(ErrStopping)
+	}
+	s.reload.failQueued(ErrStopping)
+	for _, sl := range s.slots {
+		sl.cancelRestart()
+	}
+	for _, w := range s.workers {
+		s.stopWorker(w, "baton is stopping")
+	}
+}
+
+// notified handles a datagram on NOTIFY_SOCKET.
+func (s *Supervisor) notified(m notify.Message) {
+	w := s.workerFor(m.PID)
+	if w == nil {
+		s.log.Debug("notification from a process that is not a worker", "pid", m.PID)
+		return
+	}
+	if st, ok := m.Fields["STATUS"]; ok {
+		w.status = st
+	}
+	if m.Fields["READY"] == "1" && w.state == Starting && s.cfg.Ready.Notify {
+		s.workerReady(w)
+	}
+	if m.Fields["STOPPING"] == "1" {
+		s.log.Debug("worker says it is stopping", w.attrs()...)
+	}
+}
+
+// workerFor finds the worker a pid belongs to: the worker itself, or a
+// descendant of it (a worker started through a shell script, or a process
+// that forks its servers).
+func (s *Supervisor) workerFor(pid int) *worker {
+	for i := 0; i < 8 && pid > 1; i++ {
+		if w, ok := s.workers[pid]; ok {
+			return w
+		}
+		pid = parentPID(pid)
+	}
+	return nil
+}

@@ -1,0 +1,384 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/baton-dev/baton/internal/spawn"
+)
+
+// State is where a worker is in its life.
+type State string
+
+// Worker states.
+const (
+	Starting State = "starting"
+	Ready    State = "ready"
+	Draining State = "draining"
+	Exited   State = "exited"
+)
+
+// slot is a worker position that keeps its identity across generations.
+type slot struct {
+	index    int
+	restarts int
+	backoff  time.Duration
+	restart  *time.Timer // a pending crash restart
+}
+
+func (sl *slot) cancelRestart() {
+	if sl.restart != nil {
+		sl.restart.Stop()
+		sl.restart = nil
+	}
+}
+
+// generation is the set of workers started by one start or reload.
+type generation struct {
+	id      int
+	workers []*worker // current worker of each slot
+	started time.Time
+}
+
+func (s *Supervisor) newGeneration() *generation {
+	s.nextGen++
+	return &generation{id: s.nextGen, workers: make([]*worker, len(s.slots)), started: time.Now()}
+}
+
+// allReady reports whether every slot of g has a ready worker.
+func (g *generation) allReady() bool {
+	for _, w := range g.workers {
+		if w == nil || w.state != Ready {
+			return false
+		}
+	}
+	return true
+}
+
+type worker struct {
+	slot    *slot
+	gen     *generation
+	proc    *spawn.Process
+	pid     int
+	state   State
+	started time.Time
+	readyAt time.Time
+	stopAt  time.Time
+	status  string // last STATUS= the worker sent
+
+	// stopped is set when baton asked the worker to stop, so its exit is
+	// not a crash; restart is set when baton stopped it to start a
+	// replacement in its slot (it missed its readiness deadline).
+	stopped, restart bool
+	timer            *time.Timer // readiness or drain deadline
+	output           *tail
+	spawned          chan struct{} // closed once the start was attempted
+	outputDone       chan struct{} // closed when its stdout and stderr reached EOF
+}
+
+func (w *worker) attrs(extra ...any) []any {
+	return append([]any{"slot", w.slot.index, "generation", w.gen.id, "pid", w.pid}, extra...)
+}
+
+func (w *worker) setTimer(t *time.Timer) {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.timer = t
+}
+
+// kill sends SIGKILL to the worker's whole process group.
+func (w *worker) kill() {
+	w.proc.SignalGroup(syscall.SIGKILL)
+}
+
+// startWorker starts the worker of slot sl in generation g. It returns the
+// error when the process could not be started.
+func (s *Supervisor) startWorker(g *generation, sl *slot) error {
+	w := &worker{slot: sl, gen: g, state: Starting, output: &tail{}, spawned: make(chan struct{}), outputDone: make(chan struct{})}
+	defer close(w.spawned)
+	files, closeAfter, err := s.workerFiles(w)
+	if err != nil {
+		return s.startFailed(w, err)
+	}
+	proc, err := s.spawner.Start(spawn.Spec{
+		Path:      s.cfg.Path,
+		Args:      s.cfg.Args,
+		Env:       s.workerEnv(g, sl),
+		Dir:       s.cfg.Dir,
+		Files:     files,
+		Pdeathsig: s.cfg.StopSignal,
+	}, func(e spawn.Exit) {
+		go func() {
+			// Let the output readers drain what the worker wrote before it
+			// exited, so its last lines come before the exit in the log
+			// and can be quoted in an error.
+			select {
+			case <-w.outputDone:
+			case <-time.After(200 * time.Millisecond):
+			}
+			s.post(func() { s.workerExited(w, e.Status) })
+		}()
+	})
+	for _, f := range closeAfter {
+		f.Close() // the child has its copies; ours would keep the pipes open
+	}
+	if err != nil {
+		return s.startFailed(w, err)
+	}
+	w.proc, w.pid, w.started = proc, proc.Pid, time.Now()
+	g.workers[sl.index] = w
+	s.workers[w.pid] = w
+	s.stats.workersStarted++
+	s.log.Info("worker started", w.attrs()...)
+	if s.cfg.Ready.Notify {
+		w.setTimer(s.after(s.cfg.ReadyTimeout, func() { s.readyDeadline(w) }))
+	} else {
+		w.setTimer(s.after(s.cfg.Ready.Delay, func() {
+			if w.state == Starting {
+				s.workerReady(w)
+			}
+		}))
+	}
+	return nil
+}
+
+// startFailed handles a worker that could not be started at all.
+func (s *Supervisor) startFailed(w *worker, err error) error {
+	err = fmt.Errorf("starting worker slot %d of generation %d: %w", w.slot.index, w.gen.id, err)
+	s.log.Error("cannot start worker", "slot", w.slot.index, "generation", w.gen.id, "err", err)
+	switch {
+	case w.gen == s.pending:
+		s.endReload(err)
+	case w.gen == s.active && !s.stopping:
+		s.scheduleRestart(w)
+	}
+	return err
+}
+
+// workerFiles lays out a worker's descriptors: fd 0 is /dev/null (or the
+// --fd0 listener), 1 and 2 its output, 3.. the listeners in order. It
+// returns the files to close once the worker has started.
+func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File, err error) {
+	stdin := int(s.devnull.Fd())
+	if s.cfg.Fd0 != "" {
+		stdin = s.socket(s.cfg.Fd0).Fd()
+	}
+	files = []int{stdin, -1, -1}
+	for _, l := range s.sockets {
+		files = append(files, l.Fd())
+	}
+	if !s.cfg.LogPrefix {
+		close(w.outputDone)
+		files[1] = int(s.opts.Stdout.(*os.File).Fd())
+		files[2] = int(s.opts.Stderr.(*os.File).Fd())
+		return files, nil, nil
+	}
+	var readers []*os.File
+	for i := range 2 {
+		r, wr, err := os.Pipe()
+		if err != nil {
+			for _, f := range append(readers, closeAfter...) {
+				f.Close() // no reader was started: release what was made
+			}
+			close(w.outputDone)
+			return nil, nil, fmt.Errorf("output pipe: %w", err)
+		}
+		readers = append(readers, r)
+		closeAfter = append(closeAfter, wr)
+		// Fd switches the child's end to blocking mode, which is what
+		// programs expect of their stdout and stderr.
+		files[1+i] = int(wr.Fd())
+	}
+	var wg sync.WaitGroup
+	for i, dst := range []*sink{s.stdout, s.stderr} {
+		wg.Add(1)
+		go func(r *os.File) {
+			defer wg.Done()
+			defer r.Close()
+			<-w.spawned // the prefix needs the pid
+			copyLines(r, dst, fmt.Sprintf("[g%d s%d %d] ", w.gen.id, w.slot.index, w.pid), w.output)
+		}(readers[i])
+	}
+	go func() {
+		wg.Wait()
+		close(w.outputDone)
+	}()
+	return files, closeAfter, nil
+}
+
+// workerEnv is baton's environment without what belongs to baton's own
+// supervisor (systemd's LISTEN_* and NOTIFY_SOCKET), plus the socket
+// activation variables and baton's own.
+func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case k == "LISTEN_FDS", k == "LISTEN_PID", k == "LISTEN_FDNAMES", k == "NOTIFY_SOCKET",
+			k == "WATCHDOG_USEC", k == "WATCHDOG_PID", strings.HasPrefix(k, "BATON_"):
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, s.cfg.Env...)
+	if len(s.sockets) > 0 {
+		names := make([]string, len(s.sockets))
+		for i, l := range s.sockets {
+			names[i] = l.Spec.Name
+		}
+		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(s.sockets)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
+	}
+	return append(env,
+		"NOTIFY_SOCKET="+s.notify.Addr(),
+		"BATON_SOCKET="+s.workerSock.Path(),
+		"BATON_SLOT="+strconv.Itoa(sl.index),
+		"BATON_GENERATION="+strconv.Itoa(g.id),
+		"BATON_STOP_SIGNAL="+SignalName(s.cfg.StopSignal),
+	)
+}
+
+// workerReady marks w ready and completes a reload waiting for it.
+func (s *Supervisor) workerReady(w *worker) {
+	w.state, w.readyAt = Ready, time.Now()
+	w.setTimer(nil)
+	s.log.Info("worker ready", w.attrs("after", w.readyAt.Sub(w.started).Round(time.Millisecond))...)
+	switch {
+	case w.gen == s.pending && w.gen.allReady():
+		s.endReload(nil)
+	case w.gen == s.active && !s.everReady && w.gen.allReady():
+		s.everReady = true
+		s.log.Info("all workers ready", "generation", w.gen.id, "after", time.Since(s.start).Round(time.Millisecond))
+		if s.opts.OnReady != nil {
+			s.opts.OnReady()
+		}
+	}
+}
+
+// readyDeadline handles a worker that did not report ready in time.
+func (s *Supervisor) readyDeadline(w *worker) {
+	if w.state != Starting {
+		return
+	}
+	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not send READY=1 within %s", w.slot.index, w.pid, w.gen.id, s.cfg.ReadyTimeout)
+	s.log.Warn("worker missed its readiness deadline", w.attrs("timeout", s.cfg.ReadyTimeout)...)
+	if w.gen == s.pending {
+		s.endReload(err)
+		return
+	}
+	w.restart = true
+	s.stopWorker(w, "missed its readiness deadline")
+}
+
+// stopWorker sends the stop signal and arms the drain deadline, after which
+// the worker's process group is killed.
+func (s *Supervisor) stopWorker(w *worker, reason string) {
+	if w.stopped || w.state == Exited {
+		return
+	}
+	w.stopped, w.state, w.stopAt = true, Draining, time.Now()
+	s.log.Info("stopping worker", w.attrs("signal", SignalName(s.cfg.StopSignal), "reason", reason)...)
+	if err := w.proc.Signal(s.cfg.StopSignal); err != nil {
+		s.log.Debug("stop signal not delivered", w.attrs("err", err)...)
+	}
+	w.setTimer(s.after(s.cfg.DrainTimeout, func() {
+		if w.state == Exited {
+			return
+		}
+		s.log.Warn("worker did not exit within the drain timeout; killing it", w.attrs("drain_timeout", s.cfg.DrainTimeout)...)
+		w.kill()
+	}))
+}
+
+// workerExited handles a reaped worker.
+func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
+	prev := w.state
+	w.state = Exited
+	w.setTimer(nil)
+	delete(s.workers, w.pid)
+	how := describeExit(status)
+	level := slog.LevelInfo
+	if !w.stopped {
+		level = slog.LevelWarn
+	}
+	s.log.Log(context.Background(), level, "worker exited", w.attrs("status", how, "uptime", time.Since(w.started).Round(time.Millisecond))...)
+
+	switch {
+	case w.gen == s.pending:
+		msg := fmt.Sprintf("worker slot %d (pid %d) of generation %d %s before it was ready", w.slot.index, w.pid, w.gen.id, how)
+		if prev == Ready {
+			msg = fmt.Sprintf("worker slot %d (pid %d) of generation %d %s while the generation was starting", w.slot.index, w.pid, w.gen.id, how)
+		}
+		if out := w.output.String(); out != "" {
+			msg += "; its last output: " + out
+		}
+		s.endReload(fmt.Errorf("%s", msg))
+	case w.gen == s.active && !s.stopping && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
+		s.scheduleRestart(w)
+	}
+}
+
+// scheduleRestart restarts a crashed worker's slot after the slot's
+// backoff.
+func (s *Supervisor) scheduleRestart(w *worker) {
+	sl, g := w.slot, w.gen
+	if !w.started.IsZero() && time.Since(w.started) >= StableAfter {
+		sl.backoff = 0
+	}
+	if sl.backoff == 0 {
+		sl.backoff = MinBackoff
+	} else {
+		sl.backoff = min(2*sl.backoff, MaxBackoff)
+	}
+	sl.restarts++
+	s.log.Warn("restarting worker", "slot", sl.index, "generation", g.id, "in", sl.backoff, "restarts", sl.restarts)
+	sl.cancelRestart()
+	sl.restart = s.after(sl.backoff, func() {
+		sl.restart = nil
+		if g == s.active && !s.stopping && g.workers[sl.index] == w {
+			s.startWorker(g, sl)
+		}
+	})
+}
+
+// describeExit says how a process ended, as a shell would.
+func describeExit(ws syscall.WaitStatus) string {
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
+	case ws.Signaled():
+		s := "killed by " + SignalName(ws.Signal())
+		if ws.CoreDump() {
+			s += " (core dumped)"
+		}
+		return s
+	}
+	return fmt.Sprintf("ended (wait status %#x)", uint32(ws))
+}
+
+// parentPID reads a process's parent pid from /proc, or 0.
+func parentPID(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name may contain spaces and parentheses: fields start
+	// after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}

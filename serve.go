@@ -1,0 +1,168 @@
+package baton
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var stopping struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+// Stopping returns a channel that is closed when the stop signal arrives:
+// the signal named in BATON_STOP_SIGNAL (SIGTERM unless baton was told
+// otherwise), or SIGINT. Once Stopping has been called those signals no
+// longer end the process by themselves: the program drains and exits.
+func Stopping() <-chan struct{} {
+	stopping.once.Do(func() {
+		stopping.ch = make(chan struct{})
+		sigs := []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+		if name := os.Getenv("BATON_STOP_SIGNAL"); name != "" {
+			if sig := unix.SignalNum(name); sig != 0 {
+				sigs = append(sigs, sig)
+			}
+		}
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, sigs...)
+		go func() {
+			<-c
+			close(stopping.ch)
+		}()
+	})
+	return stopping.ch
+}
+
+// ServeOptions tune Serve. The zero value is ready to use.
+type ServeOptions struct {
+	// Listener is the name of the inherited socket to serve; empty means
+	// "http" if there is one, else the only stream socket.
+	Listener string
+	// DrainWindow is how long, after the stop signal, connections that
+	// are still open may come back with another request; each answer in
+	// that window carries "Connection: close", so a keep-alive client
+	// moves to a new connection (served by the next generation) instead
+	// of having its idle connection closed under it. Default 2s; the
+	// window ends early once every connection has closed.
+	DrainWindow time.Duration
+	// ShutdownTimeout bounds the wait for requests still running after
+	// the window. Default 30s.
+	ShutdownTimeout time.Duration
+}
+
+// Serve serves srv with the default ServeOptions.
+func Serve(srv *http.Server) error { return ServeOptions{}.Serve(srv) }
+
+// Serve serves srv on its inherited socket (or on srv.Addr when not
+// socket-activated), reports ready, and when the stop signal arrives
+// drains without losing a request:
+//
+//  1. it closes its listener and waits for http.Server.Serve to return,
+//     so no connection is left between accept and the server's tracking;
+//  2. for DrainWindow, or until no connection is left, every response
+//     says "Connection: close", so keep-alive clients reconnect, to the
+//     next generation, instead of racing a close of their idle connection;
+//  3. it calls Shutdown for what is left.
+//
+// It returns nil after a clean drain.
+func (o ServeOptions) Serve(srv *http.Server) error {
+	if o.DrainWindow == 0 {
+		o.DrainWindow = 2 * time.Second
+	}
+	if o.ShutdownTimeout == 0 {
+		o.ShutdownTimeout = 30 * time.Second
+	}
+	ln, err := o.listener(srv)
+	if err != nil {
+		return err
+	}
+	stop := Stopping()
+
+	var draining atomic.Bool
+	var open atomic.Int64
+	inner := srv.Handler
+	if inner == nil {
+		inner = http.DefaultServeMux
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		inner.ServeHTTP(w, r)
+	})
+	userState := srv.ConnState
+	srv.ConnState = func(c net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+		if userState != nil {
+			userState(c, s)
+		}
+	}
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	if err := Ready(); err != nil {
+		ln.Close()
+		<-served
+		return err
+	}
+	select {
+	case err := <-served:
+		return err
+	case <-stop:
+	}
+	draining.Store(true)
+	ln.Close()
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	deadline := time.Now().Add(o.DrainWindow)
+	for open.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
+	defer cancel()
+	return srv.Shutdown(ctx)
+}
+
+// listener picks the socket Serve uses.
+func (o ServeOptions) listener(srv *http.Server) (net.Listener, error) {
+	addr := srv.Addr
+	if addr == "" {
+		addr = ":http"
+	}
+	if o.Listener != "" {
+		return Listener(o.Listener, addr)
+	}
+	if !Activated() {
+		return listenOwn(addr)
+	}
+	if ln, err := Listener("http", addr); err == nil {
+		return ln, nil
+	}
+	all, err := Listeners()
+	if err != nil {
+		return nil, err
+	}
+	if len(all) != 1 {
+		return nil, errors.New("baton.Serve: this process has several stream sockets and none is called \"http\"; set ServeOptions.Listener")
+	}
+	for _, ln := range all {
+		return ln, nil
+	}
+	return nil, nil
+}
