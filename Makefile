@@ -1,0 +1,37 @@
+# baton: make run (the demo under baton), make test (every test), make help.
+GO      ?= go
+BIN     := bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/baton-dev/baton/internal/cli.Version=$(VERSION)
+
+.PHONY: all build run test test-short lint fuzz bench-reload help
+
+all: build
+
+build: ## build bin/baton and the examples
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
+	$(GO) build -o $(BIN)/hello ./examples/hello
+
+run: build ## baton supervising its bundled demo server on 127.0.0.1:8080 with 2 workers
+	$(BIN)/baton run --name demo -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- $(BIN)/baton demo
+
+test: ## every test, with the race detector
+	$(GO) vet ./...
+	$(GO) test -race -timeout 20m ./...
+
+test-short: ## unit tests only (skips the end-to-end suite)
+	$(GO) test -short -timeout 5m ./...
+
+lint: ## vet, gofmt and staticcheck (when installed)
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"; fi
+
+fuzz: ## run every fuzz target for FUZZTIME each (default 20s)
+	@./scripts/fuzz.sh $(or $(FUZZTIME),20s)
+
+bench-reload: build ## wrk for 30s while reloading every 100ms, and the overhead against hello standalone
+	./bench/reload.sh
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
