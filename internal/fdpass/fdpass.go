@@ -107,18 +107,18 @@ func (l Limits) withDefaults() (Limits, error) {
 // Errors for errors.Is. Every error the package returns says more.
 var (
 	// ErrPeer: the peer's credentials were refused; nothing was sent.
-	ErrPeer = errors.New("peer refused")
+	ErrPeer = errors.New("peer not trusted")
 	// ErrTruncated: the kernel cut a message short (MSG_CTRUNC or
 	// MSG_TRUNC), dropping descriptors or bytes. The descriptors that did
 	// arrive have been closed.
-	ErrTruncated = errors.New("message truncated")
+	ErrTruncated = errors.New("truncated by the kernel")
 	// ErrTooLarge: the transfer, or a description in it, is over a limit.
-	ErrTooLarge = errors.New("over the limit")
+	ErrTooLarge = errors.New("too large")
 	// ErrProtocol: the peer does not speak this protocol, or broke it.
-	ErrProtocol = errors.New("protocol violation")
+	ErrProtocol = errors.New("protocol error")
 	// ErrRefused: the receiver answered a batch with a refusal; its
 	// reason is in the message.
-	ErrRefused = errors.New("receiver refused the transfer")
+	ErrRefused = errors.New("refused by the receiver")
 	// ErrNotSupported: the platform or the socket type cannot pass
 	// descriptors this way.
 	ErrNotSupported = errors.New("not supported")
