@@ -509,13 +509,21 @@ func (c *conn) bind(ctx context.Context) (release func()) {
 	}
 }
 
-// ctxErr reports a deadline that bind set for a done context as the
+// ctxErr reports a deadline that bind set for the context as the
 // context's error.
 func (c *conn) ctxErr(err error) error {
-	if err != nil && c.ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("%w (the peer did not answer in time)", context.Cause(c.ctx))
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
 	}
-	return err
+	if _, ok := c.ctx.Deadline(); ok {
+		// The conn's deadline is the context's (bind replaced any
+		// other), and may pass a moment before the context notices.
+		<-c.ctx.Done()
+	}
+	if c.ctx.Err() == nil {
+		return err // the caller's own deadline on the conn
+	}
+	return fmt.Errorf("%w (the peer did not answer in time)", context.Cause(c.ctx))
 }
 
 // readFull reads exactly len(b) bytes: never more, since what follows

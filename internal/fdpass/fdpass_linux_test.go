@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -93,8 +94,9 @@ func pair(t testing.TB, typ int) (*net.UnixConn, *net.UnixConn) {
 }
 
 // rawPair returns a *net.UnixConn and the raw, blocking descriptor of its
-// peer, for a fake peer that writes whatever it likes.
-func rawPair(t testing.TB, typ int) (*net.UnixConn, int) {
+// peer, for a fake peer that writes whatever it likes, and a function that
+// hangs the fake peer up (once; cleanup calls it too).
+func rawPair(t testing.TB, typ int) (*net.UnixConn, int, func()) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -102,8 +104,9 @@ func rawPair(t testing.TB, typ int) (*net.UnixConn, int) {
 	}
 	unix.SetNonblock(fds[0], true)
 	c := fileConn(t, fds[0])
-	t.Cleanup(func() { c.Close(); unix.Close(fds[1]) })
-	return c, fds[1]
+	hangup := sync.OnceFunc(func() { unix.Close(fds[1]) })
+	t.Cleanup(func() { c.Close(); hangup() })
+	return c, fds[1], hangup
 }
 
 // fileConn wraps a socket descriptor, taking it over.
@@ -684,5 +687,114 @@ func helperNobody(ctx context.Context) error {
 			fmt.Printf("received %s\n", f.Name)
 		}
 		closeFDs(got)
+	}
+}
+
+// TestDeadlines checks that a peer that stops cannot hang Send or Recv:
+// a context's deadline or cancellation ends them, and so does the conn's
+// own deadline. Afterwards the conn carries no leftover deadline.
+func TestDeadlines(t *testing.T) {
+	checkLeaks(t)
+	a, b := pair(t, unix.SOCK_STREAM)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := Recv(ctx, b, Limits{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Recv with a cancelled context: %v, want context.Canceled", err)
+	}
+
+	b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := Recv(context.Background(), b, Limits{}); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Recv past the conn's deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	b.SetReadDeadline(time.Time{})
+
+	// The receiver never reads: Send blocks writing a big frame, then
+	// gives up at the context's deadline.
+	big, err := describe(sockets(t, 4), MetaHardMax)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := Send(ctxTimeout(t, 100*time.Millisecond), a, big); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Send to a receiver that does not read: %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Send took %v to give up", d)
+	}
+	// That Send left half a frame behind: start over on a fresh pair,
+	// and check that a timed-out Recv leaves the conn usable.
+	a, b = pair(t, unix.SOCK_STREAM)
+	if _, err := Recv(ctxTimeout(t, 30*time.Millisecond), b, Limits{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Recv from a silent peer: %v, want context.DeadlineExceeded", err)
+	}
+	sent, err := describe(sockets(t, 2), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A deadline left behind would have passed by now.
+	res := goRecv(context.Background(), b, Limits{})
+	if err := Send(context.Background(), a, sent); err != nil {
+		t.Fatalf("Send after a timed-out Recv: %v", err)
+	}
+	r := <-res
+	closeFDs(r.fds)
+	if r.err != nil {
+		t.Fatalf("Recv after a timed-out Recv: %v", r.err)
+	}
+}
+
+func TestUnsupportedUse(t *testing.T) {
+	checkLeaks(t)
+	a, b := pair(t, unix.SOCK_DGRAM)
+	ctx := ctxTimeout(t, 5*time.Second)
+	if err := Send(ctx, a, nil); !errors.Is(err, ErrNotSupported) {
+		t.Errorf("Send on SOCK_DGRAM: %v, want ErrNotSupported", err)
+	}
+	if _, err := Recv(ctx, b, Limits{}); !errors.Is(err, ErrNotSupported) {
+		t.Errorf("Recv on SOCK_DGRAM: %v, want ErrNotSupported", err)
+	}
+	if err := Send(ctx, nil, nil); err == nil {
+		t.Error("Send on a nil conn: no error")
+	}
+	s, _ := pair(t, unix.SOCK_STREAM)
+	if _, err := Recv(ctx, s, Limits{MaxMeta: MetaHardMax + 1}); err == nil || !strings.Contains(err.Error(), "MaxMeta") {
+		t.Errorf("Recv with MaxMeta over the hard cap: %v, want an error naming MaxMeta", err)
+	}
+}
+
+// TestReceiverLimits checks that a transfer over the receiver's limits is
+// refused on both sides with the receiver's reason.
+func TestReceiverLimits(t *testing.T) {
+	tests := []struct {
+		name    string
+		n, meta int
+		lim     Limits
+		wantMsg string
+	}{
+		{name: "MaxFDs", n: 20, meta: 8, lim: Limits{MaxFDs: 10}, wantMsg: "Limits.MaxFDs 10"},
+		{name: "MaxMeta", n: 3, meta: 5000, lim: Limits{MaxMeta: 4096}, wantMsg: "Limits.MaxMeta 4096"},
+		{name: "MaxBytes", n: 600, meta: 100, lim: Limits{MaxBytes: 50_000}, wantMsg: "Limits.MaxBytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkLeaks(t)
+			a, b := pair(t, unix.SOCK_STREAM)
+			sent, err := describe(sockets(t, tt.n), tt.meta)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := ctxTimeout(t, 5*time.Second)
+			res := goRecv(ctx, b, tt.lim)
+			serr := Send(ctx, a, sent)
+			r := <-res
+			closeFDs(r.fds)
+			if !errors.Is(r.err, ErrTooLarge) || !strings.Contains(r.err.Error(), tt.wantMsg) {
+				t.Errorf("Recv: %v, want ErrTooLarge naming %s", r.err, tt.wantMsg)
+			}
+			if !errors.Is(serr, ErrRefused) || !errors.Is(serr, ErrTooLarge) || !strings.Contains(serr.Error(), tt.wantMsg) {
+				t.Errorf("Send: %v, want the refusal naming %s", serr, tt.wantMsg)
+			}
+		})
 	}
 }
