@@ -71,15 +71,18 @@ func helperCloseWait() error {
 		return err
 	}
 	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
-	var held []net.Conn
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return err
 		}
-		held = append(held, c)
+		helperHeld = append(helperHeld, c)
 	}
 }
+
+// helperHeld keeps the accepted connections reachable: the finalizer of
+// an unreachable net.Conn would close it.
+var helperHeld []net.Conn
 
 // helperHold opens n loopback connections to its own listener and holds
 // both ends: 2n sockets in ESTABLISHED for the benchmark's crowded host.
@@ -133,12 +136,15 @@ type helper struct {
 	pid   int
 }
 
-// startHelper runs the test binary as a helper in mode and waits for its
-// first line, which it returns. Cleanup closes its stdin and reaps it.
-func startHelper(tb testing.TB, mode, arg string) (*helper, string) {
+// startHelper runs the test binary as a helper in mode, with files as its
+// fds 3 and up, and waits for its first line, which it returns. Cleanup
+// closes its stdin and reaps it.
+func startHelper(tb testing.TB, mode, arg string, files ...*os.File) (*helper, string) {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$", arg)
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
+	// Under -race a process sleeps a second at exit unless told not to.
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	cmd.ExtraFiles = files
 	cmd.Stderr = os.Stderr
 	// Pdeathsig fires when the thread that started the child exits, so
 	// lock it for the start; stdin EOF is the main way out anyway.
