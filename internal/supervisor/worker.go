@@ -221,9 +221,9 @@ func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		switch {
-		case k == "LISTEN_FDS", k == "LISTEN_PID", k == "LISTEN_FDNAMES", k == "NOTIFY_SOCKET",
-			k == "WATCHDOG_USEC", k == "WATCHDOG_PID", strings.HasPrefix(k, "BATON_"):
+		switch k {
+		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+			"BATON_SOCKET", "BATON_SLOT", "BATON_GENERATION", "BATON_STOP_SIGNAL":
 			continue
 		}
 		env = append(env, kv)

@@ -1,0 +1,320 @@
+// Package e2e holds baton's end-to-end tests: they build the real baton
+// binary (with the race detector) and drive it as a user would, with real
+// workers, sockets and load on loopback.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/supervisor"
+)
+
+var (
+	binDir   string // baton and hello, world-readable so a dropped uid can run them
+	batonBin string
+	helloBin string
+	testBin  string // this test binary, which doubles as a worker
+)
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(workerEnv); mode != "" {
+		os.Exit(runWorker(mode))
+	}
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	code, err := buildAndRun(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func buildAndRun(m *testing.M) (int, error) {
+	var err error
+	if binDir, err = os.MkdirTemp("", "baton-e2e-"); err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(binDir)
+	if err := os.Chmod(binDir, 0o755); err != nil {
+		return 0, err
+	}
+	batonBin, helloBin = filepath.Join(binDir, "baton"), filepath.Join(binDir, "hello")
+	for pkg, out := range map[string]string{"../../cmd/baton": batonBin, "../../examples/hello": helloBin} {
+		cmd := exec.Command("go", "build", "-race", "-o", out, pkg)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("building %s: %v\n%s", pkg, err, b)
+		}
+	}
+	if testBin, err = os.Executable(); err != nil {
+		return 0, err
+	}
+	return m.Run(), nil
+}
+
+func requireE2E(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (to change uid or make namespaces); run the tests as root")
+	}
+}
+
+// logBuffer collects a process's output safely.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// instance is a running `baton run`.
+type instance struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	ctl  string
+	log  *logBuffer
+	done chan struct{}
+	err  error // Wait's result, once done is closed
+}
+
+// startBaton runs `baton run --control DIR/ctl.sock ARGS...` with extra
+// environment and stops it when the test ends.
+func startBaton(t *testing.T, env []string, args ...string) *instance {
+	t.Helper()
+	ctl := filepath.Join(shortDir(t), "ctl.sock")
+	b := &instance{t: t, ctl: ctl, log: &logBuffer{}, done: make(chan struct{})}
+	b.cmd = exec.Command(batonBin, append([]string{"run", "--control", ctl}, args...)...)
+	b.cmd.Env = append(os.Environ(), env...)
+	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		b.err = b.cmd.Wait()
+		close(b.done)
+	}()
+	t.Cleanup(func() {
+		b.stop(20 * time.Second)
+		if t.Failed() {
+			t.Logf("baton output:\n%s", b.log)
+		}
+	})
+	return b
+}
+
+// stop sends SIGTERM and waits, then SIGKILL.
+func (b *instance) stop(wait time.Duration) {
+	select {
+	case <-b.done:
+		return
+	default:
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-b.done:
+	case <-time.After(wait):
+		b.t.Errorf("baton did not stop within %s of SIGTERM; killing it", wait)
+		b.cmd.Process.Kill()
+		<-b.done
+	}
+}
+
+// waitExit waits for baton to exit and returns its exit code.
+func (b *instance) waitExit(wait time.Duration) int {
+	b.t.Helper()
+	select {
+	case <-b.done:
+	case <-time.After(wait):
+		b.t.Fatalf("baton still running after %s", wait)
+	}
+	var ee *exec.ExitError
+	if errors.As(b.err, &ee) {
+		return ee.ExitCode()
+	}
+	return 0
+}
+
+// status asks the running baton for its status.
+func (b *instance) status() supervisor.Status {
+	b.t.Helper()
+	st, err := b.tryStatus()
+	if err != nil {
+		b.t.Fatalf("status: %v\nbaton output:\n%s", err, b.log)
+	}
+	return st
+}
+
+func (b *instance) tryStatus() (supervisor.Status, error) {
+	var st supervisor.Status
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, err := control.Call(ctx, b.ctl, "status", nil)
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(raw, &st)
+}
+
+// waitReady waits until generation gen (0: any) has n ready workers and
+// nothing else is running, and returns the status.
+func (b *instance) waitReady(n int) supervisor.Status {
+	b.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-b.done:
+			b.t.Fatalf("baton exited: %v\n%s", b.err, b.log)
+		default:
+		}
+		if st, err := b.tryStatus(); err == nil && settled(st, n) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("workers not ready within 60s; last status: %+v\n%s", b.status(), b.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// settled reports whether exactly n workers run, all ready and of the
+// active generation.
+func settled(st supervisor.Status, n int) bool {
+	if len(st.Workers) != n || st.Pending != 0 {
+		return false
+	}
+	for _, w := range st.Workers {
+		if w.State != supervisor.Ready || w.Generation != st.Generation {
+			return false
+		}
+	}
+	return true
+}
+
+// addr is the real address of the listener called name.
+func (b *instance) addr(name string) string {
+	b.t.Helper()
+	for _, l := range b.status().Listeners {
+		if l.Name == name {
+			return l.Address
+		}
+	}
+	b.t.Fatalf("no listener %q", name)
+	return ""
+}
+
+// cli runs a baton client command against this instance and returns its
+// combined output and exit code.
+func (b *instance) cli(args ...string) (string, int) {
+	b.t.Helper()
+	return runBaton(b.t, nil, append(args, "--control", b.ctl)...)
+}
+
+// runBaton runs the baton binary to completion (bounded to 2 minutes).
+func runBaton(t *testing.T, env []string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, batonBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return string(out), ee.ExitCode()
+	case err != nil:
+		t.Fatalf("baton %v: %v", args, err)
+	}
+	return string(out), 0
+}
+
+// shortDir is a fresh directory with a short path, for unix sockets (at
+// most 107 bytes).
+func shortDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "bt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// pidAlive reports whether pid exists and is not a zombie.
+func pidAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
+}
+
+// waitGone waits until none of pids is alive.
+func waitGone(t *testing.T, pids []int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for _, p := range pids {
+		for pidAlive(p) {
+			if time.Now().After(deadline) {
+				t.Fatalf("pid %d still alive after %s", p, within)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func workerPIDs(st supervisor.Status) []int {
+	var pids []int
+	for _, w := range st.Workers {
+		pids = append(pids, w.PID)
+	}
+	return pids
+}
+
+func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }

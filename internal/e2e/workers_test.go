@@ -1,0 +1,225 @@
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/fcgi"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton"
+)
+
+// The test binary doubles as a worker: baton runs it with workerEnv set to
+// a mode. Workers read their knobs from the environment, which baton passes
+// through from its own.
+const workerEnv = "E2E_WORKER"
+
+// Knobs (environment variables) the workers read:
+const (
+	// failFile: when it exists and holds "fail", the http worker exits 1
+	// at start, like a bad deploy. When it holds "noready" the worker
+	// serves but never sends READY=1.
+	failFile = "E2E_FAIL_FILE"
+	// drainDelay: the http worker lingers this long after it has drained,
+	// like a worker with long-lived connections.
+	drainDelay = "E2E_DRAIN_DELAY"
+	// reportDir: the env and activation workers write a JSON report
+	// there, one file per process.
+	reportDir = "E2E_REPORT_DIR"
+)
+
+func runWorker(mode string) int {
+	var err error
+	switch mode {
+	case "http":
+		err = httpWorker()
+	case "crash":
+		fmt.Println("crashing on purpose")
+		return 3
+	case "env":
+		err = envWorker()
+	case "gosystemd":
+		err = goSystemdWorker()
+	case "udp-echo":
+		err = udpEchoWorker()
+	case "fcgi":
+		err = fcgiWorker()
+	case "orphan":
+		err = orphanWorker()
+	default:
+		err = fmt.Errorf("unknown worker mode %q", mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		return 1
+	}
+	return 0
+}
+
+func httpWorker() error {
+	if f := os.Getenv(failFile); f != "" {
+		b, _ := os.ReadFile(f)
+		switch strings.TrimSpace(string(b)) {
+		case "fail":
+			return errors.New("bad deploy: refusing to start")
+		case "noready":
+			<-baton.Stopping()
+			return nil
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "ok generation %d slot %d pid %d\n", baton.Generation(), baton.Slot(), os.Getpid())
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		fmt.Fprintf(w, "slow ok pid %d\n", os.Getpid())
+	})
+	err := baton.Serve(&http.Server{Handler: mux})
+	if d, perr := time.ParseDuration(os.Getenv(drainDelay)); perr == nil {
+		fmt.Println("drained; lingering for", d)
+		time.Sleep(d)
+	}
+	return err
+}
+
+// envReport is what the env worker writes.
+type envReport struct {
+	PID       int               `json:"pid"`
+	Env       map[string]string `json:"env"`
+	Fds       map[string]string `json:"fds"` // fd number -> readlink
+	Fd3Flags  int               `json:"fd3_flags"`
+	Fd0IsSock bool              `json:"fd0_is_socket"`
+}
+
+func writeReport(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	name := filepath.Join(os.Getenv(reportDir), strconv.Itoa(os.Getpid())+".json")
+	if err := os.WriteFile(name+".tmp", b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(name+".tmp", name)
+}
+
+func envWorker() error {
+	r := envReport{PID: os.Getpid(), Env: map[string]string{}, Fds: map[string]string{}}
+	// Look before the Go runtime or anything else opens descriptors of
+	// its own: ReadDir's own fd shows up as the highest, and is dropped.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+			r.Fds[e.Name()] = link
+		}
+	}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		r.Env[k] = v
+	}
+	if r.Fd3Flags, err = unix.FcntlInt(3, unix.F_GETFL, 0); err != nil {
+		r.Fd3Flags = -1
+	}
+	_, err = unix.GetsockoptInt(0, unix.SOL_SOCKET, unix.SO_TYPE)
+	r.Fd0IsSock = err == nil
+	if err := writeReport(r); err != nil {
+		return err
+	}
+	baton.Ready()
+	<-baton.Stopping()
+	return nil
+}
+
+// activationReport is what the go-systemd worker writes.
+type activationReport struct {
+	PID   int                 `json:"pid"`
+	Names map[string][]string `json:"names"` // name -> Go types of its sockets
+}
+
+// goSystemdWorker takes its sockets with go-systemd, an implementation of
+// the activation protocol independent of baton's.
+func goSystemdWorker() error {
+	r := activationReport{PID: os.Getpid(), Names: map[string][]string{}}
+	for _, f := range activation.Files(false) {
+		kind := "other"
+		if l, err := net.FileListener(f); err == nil {
+			kind = fmt.Sprintf("%T", l)
+			l.Close()
+		} else if pc, err := net.FilePacketConn(f); err == nil {
+			kind = fmt.Sprintf("%T", pc)
+			pc.Close()
+		}
+		r.Names[f.Name()] = append(r.Names[f.Name()], kind)
+	}
+	if err := writeReport(r); err != nil {
+		return err
+	}
+	baton.Ready()
+	<-baton.Stopping()
+	return nil
+}
+
+// udpEchoWorker answers each datagram on the "echo" socket with
+// "PID:payload". On the stop signal it stops reading: datagrams it has
+// not read stay in the shared socket for the next generation.
+func udpEchoWorker() error {
+	pc, err := baton.PacketConn("echo", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	stop := baton.Stopping()
+	baton.Ready()
+	buf := make([]byte, 2048)
+	prefix := []byte(strconv.Itoa(os.Getpid()) + ":")
+	for {
+		select {
+		case <-stop:
+			return pc.Close()
+		default:
+		}
+		pc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		pc.WriteTo(append(append([]byte(nil), prefix...), buf[:n]...), from)
+	}
+}
+
+// fcgiWorker serves FastCGI on fd 0, as net/http/fcgi does when given no
+// listener: the convention fcgistarter and spawn-fcgi use.
+func fcgiWorker() error {
+	return fcgi.Serve(nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "fastcgi ok %s pid %d\n", r.URL.Path, os.Getpid())
+	}))
+}
+
+// orphanWorker leaves an orphan behind, the classic double fork (a shell
+// that backgrounds a sleep and exits), then serves HTTP. When baton is
+// PID 1 the orphan is re-parented to baton, which must reap it.
+func orphanWorker() error {
+	if err := exec.Command("/bin/sh", "-c", "sleep 0.3 &").Run(); err != nil {
+		return err
+	}
+	return httpWorker()
+}
