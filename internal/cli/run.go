@@ -214,13 +214,13 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 	}()
 
 	sup, err := supervisor.New(supervisor.Options{
-		Config:      rc.sup,
-		Sockets:     sockets,
-		Spawner:     spawn.New(),
-		Log:         log,
-		Stdout:      os.Stdout,
-		Stderr:      os.Stderr,
-		OnReady:     func() { tellSystemd(log, "READY=1") },
+		Config:  rc.sup,
+		Sockets: sockets,
+		Spawner: spawn.New(),
+		Log:     log,
+		Stdout:  os.Stdout,
+		Stderr:  os.Stderr,
+		OnReady: func() { tellSystemd(log, "READY=1") },
 		OnReloading: func() {
 			var ts unix.Timespec
 			unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
