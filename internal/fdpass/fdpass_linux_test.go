@@ -798,3 +798,70 @@ func TestReceiverLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestPython speaks the protocol with testdata/peer.py, the Python peer
+// docs/fdpass.md describes: Go sends, Python receives and sends the same
+// descriptors back.
+func TestPython(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed: the Python peer cannot be checked")
+	}
+	checkLeaks(t)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.SetNonblock(fds[0], true)
+	c := fileConn(t, fds[0])
+	child := os.NewFile(uintptr(fds[1]), "child-socket")
+	ctx := ctxTimeout(t, 20*time.Second)
+	cmd := exec.CommandContext(ctx, py, "testdata/peer.py")
+	cmd.ExtraFiles = []*os.File{child}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Start()
+	child.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		c.Close() // a Python peer still reading sees the end
+		cmd.Wait()
+	}()
+
+	sent, err := describe(sockets(t, 300), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent[7].Name, sent[7].Kind = "", "" // empty strings are entries too
+	if err := Send(ctx, c, sent); err != nil {
+		t.Fatalf("Send to Python: %v (stderr: %s)", err, stderr.String())
+	}
+	back, err := Recv(ctx, c, Limits{})
+	if err != nil {
+		t.Fatalf("Recv from Python: %v (stderr: %s)", err, stderr.String())
+	}
+	defer closeFDs(back)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("peer.py: %v: %s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(lines) != len(sent) || len(back) != len(sent) {
+		t.Fatalf("Python printed %d descriptors and sent back %d, want %d", len(lines), len(back), len(sent))
+	}
+	for i := range sent {
+		ino := binary.BigEndian.Uint64(sent[i].Meta)
+		want := fmt.Sprintf(`{"name": %q, "kind": %q, "meta": "%x", "ino": %d}`, sent[i].Name, sent[i].Kind, sent[i].Meta, ino)
+		if lines[i] != want {
+			t.Fatalf("Python saw descriptor %d as %s, want %s", i, lines[i], want)
+		}
+		got, err := inode(back[i].Fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if back[i].Name != sent[i].Name || string(back[i].Meta) != "py:"+string(sent[i].Meta) || got != ino {
+			t.Fatalf("descriptor %d came back as %q, meta %q, inode %d", i, back[i].Name, back[i].Meta, got)
+		}
+	}
+}

@@ -164,6 +164,7 @@ func appendEntry(b []byte, f *FD) []byte {
 // which must hold exactly len(dst) entries. Meta slices alias body.
 func decodeBody(body []byte, dst []FD, lim Limits) error {
 	b := body
+	var prevName, prevKind string // batches of one listener's conns repeat these
 	for i := range dst {
 		name, rest, ok := cut8(b)
 		if !ok {
@@ -184,8 +185,13 @@ func decodeBody(body []byte, dst []FD, lim Limits) error {
 		if uint64(n) > uint64(len(rest)) {
 			return fmt.Errorf("%w: entry %d (%q): %d bytes of meta run past the end of the frame", ErrProtocol, i, name, n)
 		}
-		dst[i].Name = string(name)
-		dst[i].Kind = string(kind)
+		if string(name) != prevName {
+			prevName = string(name)
+		}
+		if string(kind) != prevKind {
+			prevKind = string(kind)
+		}
+		dst[i].Name, dst[i].Kind = prevName, prevKind
 		dst[i].Meta = nil
 		if n > 0 {
 			dst[i].Meta = rest[:n:n]

@@ -331,3 +331,56 @@ func TestSendChecksFirst(t *testing.T) {
 		})
 	}
 }
+
+// FuzzRecv writes bytes from the fuzzer, with up to 5 descriptors on the
+// first byte, to a stream socket and runs Recv on the other end. Recv
+// must not panic, must return no descriptors with an error, and must
+// leave the descriptor count as it found it.
+func FuzzRecv(f *testing.F) {
+	f.Add(uint8(1), frameBytes(header{last: true, nfds: 1, total: 1}, FD{Name: "http", Kind: "listener"}))
+	f.Add(uint8(0), frameBytes(header{last: true}))
+	f.Add(uint8(2), append(frameBytes(header{nfds: 2, total: 3}, FD{Name: "a"}, FD{Name: "b"}), frameBytes(header{seq: 1, last: true, nfds: 1, total: 3}, FD{Name: "c"})...))
+	f.Add(uint8(3), rawHeader("BFDB", 1, flagLast, 3, 0, 3, 18))
+	f.Fuzz(func(t *testing.T, nfds uint8, data []byte) {
+		before := fdCount(t)
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.SetNonblock(sp[0], true)
+		c := fileConn(t, sp[0])
+		fds, err := makeSockets(int(nfds % 6))
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			// The bytes may be more than the socket buffer holds:
+			// write them while Recv reads. Errors mean Recv gave up.
+			defer close(done)
+			defer unix.Close(sp[1])
+			var oob []byte
+			if len(fds) > 0 && len(data) > 0 {
+				oob = unix.UnixRights(fds...)
+			}
+			for len(data) > 0 {
+				n, err := unix.SendmsgN(sp[1], data, oob, nil, unix.MSG_NOSIGNAL)
+				if err != nil {
+					return
+				}
+				data, oob = data[n:], nil
+			}
+		}()
+		got, err := Recv(ctxTimeout(t, 5*time.Second), c, Limits{MaxMeta: 4096, MaxFDs: 1000})
+		if err != nil && len(got) != 0 {
+			t.Errorf("Recv returned %d descriptors with an error", len(got))
+		}
+		closeFDs(got)
+		c.Close()
+		<-done
+		closeAll(fds)
+		if after := fdCount(t); after != before {
+			t.Fatalf("%d descriptors open after Recv, %d before (Recv: %v)", after, before, err)
+		}
+	})
+}
