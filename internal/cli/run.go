@@ -196,6 +196,12 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 		return err
 	}
 	log := rc.log
+	// Descriptors baton inherited by accident (a shell's, a CI runner's)
+	// must not reach the workers: mark every one above stderr
+	// close-on-exec. Those baton hands over are passed explicitly.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		log.Warn("cannot mark inherited descriptors close-on-exec; they may leak into workers", "err", err)
+	}
 
 	ctl, err := control.Listen(rc.control, log)
 	if err != nil {

@@ -118,21 +118,22 @@ func writeReport(v any) error {
 
 func envWorker() error {
 	r := envReport{PID: os.Getpid(), Env: map[string]string{}, Fds: map[string]string{}}
-	// Look before the Go runtime or anything else opens descriptors of
-	// its own: ReadDir's own fd shows up as the highest, and is dropped.
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
-			r.Fds[e.Name()] = link
+	// Probe descriptor numbers instead of reading /proc/self/fd: opening
+	// a directory would itself add descriptors (the directory and the
+	// runtime's poller). Only descriptors without close-on-exec can have
+	// come from baton: what the Go runtime opens at start (cgroup files)
+	// has it set.
+	for fd := 0; fd < 1024; fd++ {
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			link, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+			r.Fds[strconv.Itoa(fd)] = link
 		}
 	}
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
 		r.Env[k] = v
 	}
+	var err error
 	if r.Fd3Flags, err = unix.FcntlInt(3, unix.F_GETFL, 0); err != nil {
 		r.Fd3Flags = -1
 	}

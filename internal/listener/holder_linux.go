@@ -39,10 +39,14 @@ func holderOfUnixPath(path string) string {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// Num RefCount Protocol Flags Type St Inode Path
+		// Connections queued on a listener carry its path too and belong
+		// to no process yet: keep looking until a holder is found.
 		fields := strings.Fields(sc.Text())
 		if len(fields) == 8 && fields[7] == path {
 			if ino, err := strconv.ParseUint(fields[6], 10, 64); err == nil {
-				return processWithSocket(ino)
+				if who := processWithSocket(ino); who != "" {
+					return who
+				}
 			}
 		}
 	}
