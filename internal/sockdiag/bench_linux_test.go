@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkPortQuery measures what `baton status` asks for one listener —
@@ -117,6 +119,33 @@ func BenchmarkPortQuery(b *testing.B) {
 	b.Run("sockdiag", func(b *testing.B) {
 		for b.Loop() {
 			portQuery(c)
+		}
+	})
+	b.Run("sockdiag-ipv4", func(b *testing.B) {
+		// baton knows its listener's family: one walk of the kernel's
+		// connection table instead of one per family.
+		q := q
+		q.Family = unix.AF_INET
+		for b.Loop() {
+			socks, err := c.Query(q)
+			if err != nil {
+				b.Fatal(err)
+			}
+			CountByState(socks)
+		}
+	})
+	b.Run("listenqueues", func(b *testing.B) {
+		// The listener's queue alone, by inode: only the kernel's table
+		// of listening sockets is walked.
+		_, ino := connFD(b, ln.(*net.TCPListener))
+		for b.Loop() {
+			q, err := c.ListenQueues(ino)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if q[ino].State != Listen {
+				b.Fatalf("inode %d: %+v", ino, q)
+			}
 		}
 	})
 	b.Run("sockdiag-dial", func(b *testing.B) {
