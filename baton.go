@@ -144,6 +144,10 @@ func take(name string, want int) (any, error) {
 	inherited.mu.Lock()
 	defer inherited.mu.Unlock()
 	if v, ok := inherited.taken[name]; ok {
+		if _, isListener := v.(net.Listener); isListener != (want == unix.SOCK_STREAM) {
+			other := map[bool]int{true: unix.SOCK_STREAM, false: unix.SOCK_DGRAM}[isListener]
+			return nil, fmt.Errorf("socket %q is a %s socket: %w", name, kindName(other), errWrongType)
+		}
 		return v, nil
 	}
 	fd, ok := inherited.fds[name]
@@ -157,8 +161,7 @@ func take(name string, want int) (any, error) {
 		return nil, fmt.Errorf("socket %q (fd %d): %w", name, fd, os.NewSyscallError("getsockopt SO_TYPE", err))
 	}
 	if typ != want {
-		kind := map[int]string{unix.SOCK_STREAM: "stream (use Listener)", unix.SOCK_DGRAM: "datagram (use PacketConn)"}[typ]
-		return nil, fmt.Errorf("socket %q (fd %d) is a %s socket: %w", name, fd, kind, errWrongType)
+		return nil, fmt.Errorf("socket %q (fd %d) is a %s socket: %w", name, fd, kindName(typ), errWrongType)
 	}
 	// os.NewFile keeps the descriptor's non-blocking mode (only sockets
 	// from net's own File method are switched to blocking); net dups it,
@@ -178,6 +181,16 @@ func take(name string, want int) (any, error) {
 	delete(inherited.fds, name)
 	inherited.taken[name] = v
 	return v, nil
+}
+
+func kindName(typ int) string {
+	switch typ {
+	case unix.SOCK_STREAM:
+		return "stream (use Listener)"
+	case unix.SOCK_DGRAM:
+		return "datagram (use PacketConn)"
+	}
+	return fmt.Sprintf("type %d", typ)
 }
 
 // listenOwn listens on addr when the process was not socket-activated:

@@ -34,13 +34,15 @@ type Handler func(ctx context.Context, peer Peer, req Request) (any, error)
 
 // Server serves the control socket.
 type Server struct {
-	ln     *net.UnixListener
-	path   string
-	log    *slog.Logger
-	allow  func(Peer) error
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ln    *net.UnixListener
+	path  string
+	log   *slog.Logger
+	allow func(Peer) error
+	// requestTimeout bounds reading a request (RequestTimeout).
+	requestTimeout time.Duration
+	ctx            context.Context
+	cancel         context.CancelFunc
+	wg             sync.WaitGroup
 }
 
 // Listen creates the control socket at path, creating its directory (mode
@@ -87,7 +89,7 @@ func ListenAbstract(name string, log *slog.Logger) (*Server, error) {
 
 func newServer(ln *net.UnixListener, path string, log *slog.Logger, allow func(Peer) error) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{ln: ln, path: path, log: log, allow: allow, ctx: ctx, cancel: cancel}
+	return &Server{ln: ln, path: path, log: log, allow: allow, requestTimeout: RequestTimeout, ctx: ctx, cancel: cancel}
 }
 
 // sameUser admits root and the user baton runs as.
@@ -172,8 +174,8 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 			return
 		}
 	}
-	c.SetReadDeadline(time.Now().Add(RequestTimeout))
-	line, err := readLine(c)
+	c.SetReadDeadline(time.Now().Add(s.requestTimeout))
+	line, err := readLine(c, s.requestTimeout)
 	if err != nil {
 		writeReply(c, Reply{Error: err.Error()})
 		return
@@ -208,7 +210,7 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 
 // readLine reads one newline-terminated request of at most MaxRequest
 // bytes.
-func readLine(c net.Conn) ([]byte, error) {
+func readLine(c net.Conn, timeout time.Duration) ([]byte, error) {
 	var buf []byte
 	chunk := make([]byte, 4096)
 	for {
@@ -223,7 +225,7 @@ func readLine(c net.Conn) ([]byte, error) {
 		var ne net.Error
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
-			return nil, fmt.Errorf("no complete request within %s; end the request with a newline", RequestTimeout)
+			return nil, fmt.Errorf("no complete request within %s; end the request with a newline", timeout)
 		case err == io.EOF:
 			return nil, errors.New("connection closed before a complete request; end the request with a newline")
 		case err != nil:

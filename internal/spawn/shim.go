@@ -7,12 +7,18 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // shimEnv marks a process started as the shim. It is removed before the
 // real command runs, so a worker that is itself baton (baton demo) is not
-// mistaken for a shim.
-const shimEnv = "BATON_INTERNAL_SHIM"
+// mistaken for a shim. keepEnv says how many descriptors (0..N-1) the
+// command gets; every other one is closed on exec.
+const (
+	shimEnv = "BATON_INTERNAL_SHIM"
+	keepEnv = "BATON_INTERNAL_KEEP_FDS"
+)
 
 // RunShim turns this process into the requested command when it was started
 // as the shim, and returns otherwise. It must be called before anything
@@ -27,9 +33,14 @@ func RunShim() {
 		os.Exit(127)
 	}
 	path, argv := os.Args[1], os.Args[2:]
+	// Whatever the parent leaked by accident (a descriptor without
+	// close-on-exec) stops here: the command gets exactly what was asked.
+	if keep, err := strconv.Atoi(os.Getenv(keepEnv)); err == nil && keep >= 3 {
+		unix.CloseRange(uint(keep), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	}
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, shimEnv+"=") || strings.HasPrefix(kv, "LISTEN_PID=") {
+		if strings.HasPrefix(kv, shimEnv+"=") || strings.HasPrefix(kv, keepEnv+"=") || strings.HasPrefix(kv, "LISTEN_PID=") {
 			continue
 		}
 		env = append(env, kv)

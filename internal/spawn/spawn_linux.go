@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 
@@ -134,7 +135,7 @@ func New() *Spawner {
 // it has exited and been reaped.
 func (s *Spawner) Start(spec Spec, onExit func(Exit)) (*Process, error) {
 	path, argv := s.shim, append([]string{"baton-shim", spec.Path}, spec.Args...)
-	env := append(spec.Env[:len(spec.Env):len(spec.Env)], shimEnv+"=1")
+	env := append(spec.Env[:len(spec.Env):len(spec.Env)], shimEnv+"=1", keepEnv+"="+strconv.Itoa(max(len(spec.Files), 3)))
 	if spec.Direct {
 		path, argv, env = spec.Path, spec.Args, spec.Env
 	}

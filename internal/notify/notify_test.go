@@ -1,0 +1,113 @@
+package notify
+
+import (
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+)
+
+func listen(t *testing.T) (*Server, chan Message) {
+	t.Helper()
+	s, err := Listen(fmt.Sprintf("@baton-notify-test-%d-%s", os.Getpid(), t.Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	got := make(chan Message, 16)
+	go s.Serve(func(m Message) { got <- m })
+	return s, got
+}
+
+func recv(t *testing.T, got chan Message) Message {
+	t.Helper()
+	select {
+	case m := <-got:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no notification within 10s")
+	}
+	return Message{}
+}
+
+func TestNotifyCarriesSenderPID(t *testing.T) {
+	s, got := listen(t)
+	t.Setenv("NOTIFY_SOCKET", s.Addr())
+	if sent, err := Notify("READY=1\nSTATUS=serving 3 clients\nnot an assignment"); !sent || err != nil {
+		t.Fatalf("Notify: %v, %v", sent, err)
+	}
+	m := recv(t, got)
+	if m.PID != os.Getpid() || m.UID != os.Getuid() {
+		t.Errorf("sender pid %d uid %d, want %d %d", m.PID, m.UID, os.Getpid(), os.Getuid())
+	}
+	want := map[string]string{"READY": "1", "STATUS": "serving 3 clients"}
+	if diff := cmp.Diff(want, m.Fields); diff != "" {
+		t.Errorf("fields (-want +got):\n%s", diff)
+	}
+}
+
+func TestNotifyWithoutSocket(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "")
+	if sent, err := Notify("READY=1"); sent || err != nil {
+		t.Errorf("Notify without NOTIFY_SOCKET = %v, %v; want false, nil", sent, err)
+	}
+}
+
+func TestServerDropsOversizeAndClosesPassedFds(t *testing.T) {
+	s, got := listen(t)
+	before := countFds(t)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	to := &unix.SockaddrUnix{Name: s.Addr()}
+	big := make([]byte, MaxMessage+100)
+	for i := range big {
+		big[i] = 'x'
+	}
+	if err := unix.Sendto(fd, big, 0, to); err != nil {
+		t.Fatal(err)
+	}
+	// A notification with descriptors attached (FDSTORE=1): baton does not
+	// keep them, and must not leak them.
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Sendmsg(fd, []byte("FDSTORE=1\nREADY=1"), unix.UnixRights(p[0], p[1]), to, 0); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(p[0])
+	unix.Close(p[1])
+	m := recv(t, got)
+	if m.Fields["READY"] != "1" || m.Fields["FDSTORE"] != "1" {
+		t.Errorf("got %v; the oversize datagram should have been dropped and this one delivered", m.Fields)
+	}
+	if after := countFds(t); after != before+1 { // +1: the client socket
+		t.Errorf("descriptors: %d before, %d after; passed fds leaked", before, after)
+	}
+}
+
+func countFds(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("READY=1\nSTATUS=x"))
+	f.Add([]byte("=\n\n==\nA=B=C"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for k := range Parse(b) {
+			if k == "" {
+				t.Fatal("empty key")
+			}
+		}
+	})
+}
