@@ -13,6 +13,4 @@ const (
 	// sysBind is bind(2) in arch/x86/entry/syscalls/syscall_64.tbl. An
 	// x32 bind has __X32_SYSCALL_BIT (0x40000000) set and does not match.
 	sysBind uint32 = 49
-	// compatNote names the programs whose binds are not trapped.
-	compatNote = "32-bit x86 (i386) and x32 programs"
 )

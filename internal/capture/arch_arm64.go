@@ -11,6 +11,4 @@ const (
 	auditArch = unix.AUDIT_ARCH_AARCH64
 	// sysBind is __NR_bind in include/uapi/asm-generic/unistd.h.
 	sysBind uint32 = 200
-	// compatNote names the programs whose binds are not trapped.
-	compatNote = "32-bit ARM (AArch32) programs"
 )

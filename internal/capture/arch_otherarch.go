@@ -7,7 +7,6 @@ package capture
 // auditArch 0 makes Supported, InstallAndSend and Serve refuse to start,
 // so the filter below is never installed.
 const (
-	auditArch         = 0
-	sysBind    uint32 = 0
-	compatNote        = "programs of any other architecture"
+	auditArch        = 0
+	sysBind   uint32 = 0
 )

@@ -82,6 +82,12 @@ func TestCapture(t *testing.T) {
 	before := openFds(t)
 	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
 
+	// The program inherits neither the shim's end of the socketpair nor
+	// the notification descriptor.
+	if fds := c.must("fds").Addr; strings.Contains(fds, "socket:") || strings.Contains(fds, "seccomp") {
+		t.Errorf("the program starts with descriptors %s, want no socket and no notification descriptor", fds)
+	}
+
 	t.Run("held port", func(t *testing.T) {
 		r := c.must("listen tcp4 " + heldAddr)
 		ev := srv.event(heldAddr)
@@ -217,6 +223,36 @@ func TestCaptureChecksSocketType(t *testing.T) {
 	}
 	if got := socketInode(t, r.Pid, r.Fd); got == sock.Inode() {
 		t.Error("the program's UDP socket was replaced by the held TCP socket")
+	}
+}
+
+// TestCaptureRebind: a second bind of a socket the program already bound
+// goes ahead (the kernel refuses it), unless the socket is already the
+// held one: then it is answered as the first, which is what a bind
+// restarted after a signal needs.
+func TestCaptureRebind(t *testing.T) {
+	requireCapture(t)
+	sock := holdSpec(t, "http=tcp4://127.0.0.1:0")
+	addr := fmt.Sprintf("127.0.0.1:%d", sock.Port())
+	c := startProgram(t)
+	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+
+	r := c.do("rebind 127.0.0.1:0 " + addr)
+	if want := unix.EINVAL.Error(); !strings.Contains(r.Err, want) {
+		t.Errorf("binding a bound socket to the held port: %q, want %q", r.Err, want)
+	}
+	if ev := srv.event(addr); ev.Action != Passed {
+		t.Errorf("event %s, want passed", ev)
+	}
+
+	r = c.must("rebind " + addr + " " + addr)
+	for i := range 2 {
+		if ev := srv.event(addr); ev.Action != Captured {
+			t.Errorf("bind %d: %s, want captured", i+1, ev)
+		}
+	}
+	if got := socketInode(t, r.Pid, r.Fd); got != sock.Inode() {
+		t.Errorf("fd %d is not the held socket", r.Fd)
 	}
 }
 

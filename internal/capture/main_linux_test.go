@@ -87,10 +87,12 @@ type program struct {
 //	listen NETWORK ADDRESS      net.Listen; connections get "pid=PID\n"
 //	listenpacket NETWORK ADDR   net.ListenPacket
 //	raw ADDRESS cloexec|inherit socket(2), bind(2), listen(2) by hand
+//	rebind FIRST SECOND         bind(2) one socket twice, by hand
 //	close FD                    close a listener opened above
 //	spawn                       start a grandchild program helper
 //	gc COMMAND...               pass a command to the grandchild
 //	supported                   Supported() in here
+//	fds                         what its descriptors are, comma-separated
 //	exit                        wait for the grandchild, then exit
 func runProgram() {
 	p := &program{out: json.NewEncoder(os.Stdout), closers: map[int]func() error{}}
@@ -179,6 +181,22 @@ func (p *program) do(f []string) reply {
 		}
 		p.closers[fd] = func() error { return unix.Close(fd) }
 		return reply{Fd: fd, Pid: os.Getpid()}
+	case "rebind":
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fail(err)
+		}
+		p.closers[fd] = func() error { return unix.Close(fd) }
+		for _, a := range f[1:3] {
+			ap, err := net.ResolveTCPAddr("tcp4", a)
+			if err != nil {
+				return fail(err)
+			}
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Port: ap.Port, Addr: [4]byte(ap.IP.To4())}); err != nil {
+				return reply{Fd: fd, Pid: os.Getpid(), Err: fmt.Sprintf("bind %s: %v", a, err)}
+			}
+		}
+		return reply{Fd: fd, Pid: os.Getpid()}
 	case "close":
 		fd, _ := strconv.Atoi(arg(1))
 		c, ok := p.closers[fd]
@@ -211,6 +229,18 @@ func (p *program) do(f []string) reply {
 		}
 		p.gc, p.gcStdin, p.gcIn, p.gcOut = cmd, in, bufio.NewWriter(in), bufio.NewReader(out)
 		return reply{Pid: cmd.Process.Pid}
+	case "fds":
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			return fail(err)
+		}
+		var links []string
+		for _, e := range ents {
+			if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+				links = append(links, e.Name()+"="+link)
+			}
+		}
+		return reply{Addr: strings.Join(links, ",")}
 	case "supported":
 		if err := Supported(); err != nil {
 			return fail(err)
