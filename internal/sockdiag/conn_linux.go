@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
@@ -213,7 +214,7 @@ func diagError(what string, err error) error {
 		switch {
 		case what == "unix":
 			mod = "unix_diag"
-		case len(what) >= 3 && what[:3] == "udp":
+		case strings.HasPrefix(what, "udp"):
 			mod = "udp_diag"
 		}
 		return fmt.Errorf("sock_diag %s: %w: the kernel has no diag handler for it (%w): load %s (modprobe) or build the kernel with it", what, ErrNotSupported, err, mod)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 
@@ -477,7 +478,7 @@ func TestConnNoLeak(t *testing.T) {
 		}
 		return len(ents)
 	}
-	before := fds()
+	before, goroutines := fds(), runtime.NumGoroutine()
 	for range 20 {
 		c, err := Dial()
 		if err != nil {
@@ -499,4 +500,8 @@ func TestConnNoLeak(t *testing.T) {
 	if after := fds(); after != before {
 		t.Errorf("open fds: %d before, %d after 20 Dial/Close", before, after)
 	}
+	waitFor(t, "goroutines to go back", func() (bool, string) {
+		n := runtime.NumGoroutine()
+		return n <= goroutines, fmt.Sprintf("%d before, %d now", goroutines, n)
+	})
 }

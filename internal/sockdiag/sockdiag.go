@@ -110,7 +110,8 @@ type Socket struct {
 	RecvQ, SendQ uint32
 	UID          uint32
 	// Inode is the inode of the socket's file, 0 for sockets no process
-	// holds: TIME-WAIT, SYN-RECV requests, orphans.
+	// holds: connections not yet accepted, SYN-RECV requests, TIME-WAIT
+	// and other orphans.
 	Inode uint64
 	// Cookie is the kernel's unique, never reused id for the socket.
 	Cookie uint64
