@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every go test -fuzz target in the module for a bounded time each.
+# Usage: scripts/fuzz.sh [FUZZTIME]   (default 20s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t=${1:-20s}
+grep -rl --include='*_test.go' '^func Fuzz' . | while read -r f; do
+  pkg=./$(dirname "${f#./}")
+  for fn in $(grep -oE '^func Fuzz[A-Za-z0-9_]+' "$f" | awk '{print $2}'); do
+    echo "== $pkg $fn ($t)"
+    go test -run='^$' -fuzz="^${fn}\$" -fuzztime="$t" "$pkg"
+  done
+done
