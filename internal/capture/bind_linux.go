@@ -177,8 +177,9 @@ func miss(a bindAddr, held []heldSocket) error {
 			continue
 		}
 		if h.kind.family != a.family {
-			return fmt.Errorf("%w: listener %q is %s %s and the program binds an %s socket to %s; a socket cannot change family: give baton a listener of the program's family on %s (a program that binds both families needs one listener for each, the IPv6 one with ?v6only=true)",
-				ErrNoMatch, h.name, h.kind, h.addr, familyName(a.family), a.ap, a.ap)
+			want := sockKind{a.family, h.kind.sotype, h.kind.proto}
+			return fmt.Errorf("%w: listener %q is %s %s and the program binds an %s socket to %s; a socket cannot change family: add a listener %s://%s (a program that binds both families needs one listener for each, the IPv6 one with ?v6only=true)",
+				ErrNoMatch, h.name, h.kind, h.addr, familyName(a.family), a.ap, want, a.ap)
 		}
 		return fmt.Errorf("%w: listener %q is on %s and the program binds %s: bind the listener to %s or to the wildcard address, or configure the program for %s",
 			ErrNoMatch, h.name, h.addr, a.ap, a.ap.Addr(), h.addr)

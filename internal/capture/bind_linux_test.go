@@ -143,7 +143,7 @@ func TestMatch(t *testing.T) {
 		{"port 0", sockaddrIn4("127.0.0.1", 0), tcp4, "", ""},
 		{"unix", sockaddrUnix("/run/x.sock"), tcp4, "", ""},
 		{"other address", sockaddrIn4("127.0.0.1", 81), tcp4, "", `listener "other" is on 10.0.0.1:81`},
-		{"other family", sockaddrIn4("0.0.0.0", 82), tcp4, "", "cannot change family"},
+		{"other family", sockaddrIn4("0.0.0.0", 82), tcp4, "", "add a listener tcp4://0.0.0.0:82"},
 		{"IPv4-mapped is IPv6", sockaddrIn6("::ffff:127.0.0.1", 80), tcp6, "", "cannot change family"},
 		{"other type", sockaddrIn4("127.0.0.1", 80), udp4, "", "is a tcp4 socket and the program's is udp4"},
 	} {
