@@ -25,9 +25,8 @@ var ErrNotSupported = errors.New("bind capture not supported")
 // likely fails with EADDRINUSE; the message says which listener to add.
 var ErrNoMatch = errors.New("held socket does not fit this bind")
 
-// ErrGone is wrapped by the Err of a Gone event: the process that called
-// bind died, or a signal interrupted its bind, before baton answered.
-var ErrGone = errors.New("the bind is no longer pending")
+// ErrGone is the Err of a Gone event.
+var ErrGone = errors.New("the process died, or a signal interrupted its bind, before baton answered")
 
 // Listener is a socket baton holds and offers to the programs it serves.
 // Serve reads the family, type, protocol and address from the socket

@@ -32,5 +32,27 @@
 // stopped and started again on the same descriptor (after a baton re-exec,
 // say); notifications that arrive in between wait in the kernel.
 //
+// # Wiring
+//
+// The shim learns that it must install the filter from EnvFD, which names
+// its end of the socketpair. spawn.RunShim calls InstallFromEnv once it
+// knows it is the shim and before it copies the environment for the
+// program (InstallFromEnv removes EnvFD), from the goroutine that then
+// execs:
+//
+//	if _, err := capture.InstallFromEnv(); err != nil {
+//		fmt.Fprintf(os.Stderr, "baton: %v\n", err)
+//		os.Exit(126)
+//	}
+//
+// The supervisor, for each worker started with capture (through the shim,
+// never Direct): Supported once before the first start; Socketpair; the
+// shim's end as the descriptor after the listeners (Files[3+n] with
+// LISTEN_FDS=n) and EnvFD=3+n in the environment; Start; close its copy of
+// the shim's end; ReceiveNotifFd on its own end, then close that end; and
+// Serve with the worker's listeners until it returns nil, when the
+// notification descriptor can be closed. The descriptor goes with the
+// worker's state across a baton upgrade.
+//
 // docs/capture-bind.md describes the limits for users.
 package capture

@@ -30,9 +30,10 @@ func FromSockets(socks []*listener.Socket) []Listener {
 // returning nil.
 //
 // A bind to an address of a held inet listener (see below), from a socket
-// of the same family, type and protocol that is not bound yet, gets that
-// listener's socket installed at the program's descriptor number, keeping
-// the descriptor's close-on-exec flag, and returns 0. Every other bind
+// of the same family, type and protocol (an MPTCP socket counts as TCP)
+// that is not bound yet, gets that listener's socket installed at the
+// program's descriptor number, keeping the descriptor's close-on-exec
+// flag, and returns 0. Every other bind
 // goes ahead unchanged. An address matches a listener of the same family
 // and port when the addresses are equal, when the listener is on the
 // family's wildcard address (0.0.0.0, [::]), or when the program asks for
