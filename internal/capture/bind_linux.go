@@ -112,11 +112,12 @@ func (k sockKind) fits(prog sockKind) bool {
 
 // heldSocket is a socket baton holds, as Serve sees it.
 type heldSocket struct {
-	name string
-	fd   int // Serve's duplicate, closed when Serve returns
-	kind sockKind
-	addr netip.AddrPort // bound address, no zone
-	ino  uint64
+	name  string
+	fd    int // Serve's duplicate, closed when Serve returns
+	kind  sockKind
+	addr  netip.AddrPort // bound address, no zone
+	ino   uint64
+	netns uint64 // inode of its network namespace
 }
 
 // candidates lists the held sockets whose address serves a bind to a,

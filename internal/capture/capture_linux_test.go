@@ -256,6 +256,32 @@ func TestCaptureRebind(t *testing.T) {
 	}
 }
 
+// TestCaptureChecksNetns: a program that binds in a network namespace of
+// its own keeps its own socket: baton's would serve another network.
+func TestCaptureChecksNetns(t *testing.T) {
+	requireCapture(t)
+	sock := holdSpec(t, "http=tcp4://127.0.0.1:0")
+	// The wildcard, because loopback is down in a new namespace; by the
+	// wildcard rule it would get the held socket.
+	addr := fmt.Sprintf("0.0.0.0:%d", sock.Port())
+	c := startProgram(t)
+	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+	r := c.do("netns " + addr)
+	if strings.Contains(r.Err, "unshare") {
+		t.Skipf("cannot make a network namespace here: %s", r.Err)
+	}
+	if r.Err != "" {
+		t.Fatalf("bind in a new network namespace: %s", r.Err)
+	}
+	ev := srv.event(addr)
+	if ev.Action != Passed || !errors.Is(ev.Err, ErrNoMatch) || !strings.Contains(ev.Err.Error(), "network namespace") {
+		t.Errorf("event %s, want passed with an error wrapping ErrNoMatch about the network namespace", ev)
+	}
+	if got := socketInode(t, r.Pid, r.Fd); got == sock.Inode() {
+		t.Error("the program's socket in its own network namespace was replaced by the held socket")
+	}
+}
+
 // TestCaptureKeepsCloseOnExec: the installed descriptor keeps the
 // program's close-on-exec flag either way (nginx passes its listening
 // sockets to its next binary across exec).

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -88,6 +89,7 @@ type program struct {
 //	listenpacket NETWORK ADDR   net.ListenPacket
 //	raw ADDRESS cloexec|inherit socket(2), bind(2), listen(2) by hand
 //	rebind FIRST SECOND         bind(2) one socket twice, by hand
+//	netns ADDRESS               like raw, in a new network namespace
 //	close FD                    close a listener opened above
 //	spawn                       start a grandchild program helper
 //	gc COMMAND...               pass a command to the grandchild
@@ -181,6 +183,19 @@ func (p *program) do(f []string) reply {
 		}
 		p.closers[fd] = func() error { return unix.Close(fd) }
 		return reply{Fd: fd, Pid: os.Getpid()}
+	case "netns":
+		done := make(chan reply, 1)
+		go func() {
+			// Never unlocked: the thread leaves the process with its
+			// namespace. The socket stays in the shared descriptor table.
+			runtime.LockOSThread()
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				done <- fail(fmt.Errorf("unshare: %w", err))
+				return
+			}
+			done <- p.do([]string{"raw", arg(1), "cloexec"})
+		}()
+		return <-done
 	case "rebind":
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {

@@ -256,7 +256,7 @@ func (s *server) capture(n *seccompNotif, ev Event, a bindAddr, cands []int) (Ev
 		}
 		return s.fail(n, ev, fmt.Errorf("looking at the program's socket: %w", os.NewSyscallError("pidfd_getfd", err)))
 	}
-	prog, err := inspect(own)
+	prog, err := inspect(own, "/proc/"+strconv.Itoa(tid)+"/ns/net")
 	unix.Close(own) // only looked at: the program keeps its own
 	if err != nil {
 		if errors.Is(err, unix.ENOTSOCK) {
@@ -278,6 +278,9 @@ func (s *server) capture(n *seccompNotif, ev Event, a bindAddr, cands []int) (Ev
 	}
 	if prog.kind.family != a.family {
 		return s.pass(n, ev, nil) // the kernel answers EAFNOSUPPORT
+	}
+	if cands, why := sameNetns(prog.netns, s.held, cands); len(cands) == 0 {
+		return s.pass(n, ev, why)
 	}
 	i, why := choose(a, prog.kind, s.held, cands)
 	if i < 0 {
@@ -416,14 +419,35 @@ func fdCloexec(tid, fd int) (bool, error) {
 	return false, fmt.Errorf("%s has no flags line", name)
 }
 
-// progSocket is what Serve learns about the program's own socket.
+// sameNetns keeps the candidates in network namespace netns: a socket
+// of baton's namespace would serve a program that made its own in another
+// the wrong network. Without any it explains, wrapping ErrNoMatch.
+func sameNetns(netns uint64, held []heldSocket, cands []int) ([]int, error) {
+	var out []int
+	for _, i := range cands {
+		if held[i].netns == netns {
+			out = append(out, i)
+		}
+	}
+	if len(out) == 0 && len(cands) > 0 {
+		return nil, fmt.Errorf("%w: the program's socket is in another network namespace than listener %q; baton's sockets serve their own namespace only",
+			ErrNoMatch, held[cands[0]].name)
+	}
+	return out, nil
+}
+
+// progSocket is what Serve learns about a socket.
 type progSocket struct {
 	kind  sockKind
 	bound bool
 	ino   uint64
+	netns uint64 // inode of its network namespace
 }
 
-func inspect(fd int) (progSocket, error) {
+// inspect looks at a socket. nsPath names the network namespace to assume
+// when the kernel does not tell the socket's own (SIOCGSKNS needs
+// CAP_NET_ADMIN): the one of the process that made it.
+func inspect(fd int, nsPath string) (progSocket, error) {
 	var p progSocket
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
@@ -442,7 +466,27 @@ func inspect(fd int) (progSocket, error) {
 		return p, err
 	}
 	p.bound = ap.Port() != 0
+	if p.netns, err = netnsOf(fd); err != nil {
+		if err := unix.Stat(nsPath, &st); err != nil {
+			return p, fmt.Errorf("network namespace: %w", &os.PathError{Op: "stat", Path: nsPath, Err: err})
+		}
+		p.netns = st.Ino
+	}
 	return p, nil
+}
+
+// netnsOf is the inode of the network namespace socket fd belongs to.
+func netnsOf(fd int) (uint64, error) {
+	ns, err := unix.IoctlRetInt(fd, unix.SIOCGSKNS)
+	if err != nil {
+		return 0, os.NewSyscallError("ioctl(SIOCGSKNS)", err)
+	}
+	defer unix.Close(ns) // only looked at
+	var st unix.Stat_t
+	if err := unix.Fstat(ns, &st); err != nil {
+		return 0, os.NewSyscallError("fstat", err)
+	}
+	return st.Ino, nil
 }
 
 func kindOf(fd int) (sockKind, error) {
@@ -504,7 +548,7 @@ func hold(l Listener) (heldSocket, bool, error) {
 	if err != nil {
 		return h, false, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
 	}
-	p, err := inspect(fd)
+	p, err := inspect(fd, "/proc/self/ns/net")
 	if err == nil && p.kind.family != unix.AF_INET && p.kind.family != unix.AF_INET6 {
 		unix.Close(fd) // never offered
 		return h, false, nil
@@ -519,7 +563,7 @@ func hold(l Listener) (heldSocket, bool, error) {
 		unix.Close(fd) // not kept: the caller gets an error
 		return h, false, err
 	}
-	h.fd, h.kind, h.ino = fd, p.kind, p.ino
+	h.fd, h.kind, h.ino, h.netns = fd, p.kind, p.ino, p.netns
 	return h, true, nil
 }
 
