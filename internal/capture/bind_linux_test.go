@@ -260,3 +260,18 @@ func TestStructSizes(t *testing.T) {
 		t.Errorf("seccomp_data is %d bytes, want 64", unsafe.Sizeof(seccompData{}))
 	}
 }
+
+func TestEventString(t *testing.T) {
+	for _, tc := range []struct {
+		ev   Event
+		want string
+	}{
+		{Event{PID: 7, Fd: 3, Addr: "127.0.0.1:80", Listener: "http", Action: Captured}, `pid 7 fd 3 bind 127.0.0.1:80: captured (listener "http")`},
+		{Event{PID: 7, Fd: 3, Action: Gone, Err: ErrGone}, "pid 7 fd 3 bind (address not read): gone: " + ErrGone.Error()},
+		{Event{PID: 7, Fd: 4, Addr: "/run/a.sock", Action: Passed}, "pid 7 fd 4 bind /run/a.sock: passed"},
+	} {
+		if got := tc.ev.String(); got != tc.want {
+			t.Errorf("got  %s\nwant %s", got, tc.want)
+		}
+	}
+}

@@ -67,7 +67,11 @@ type Event struct {
 }
 
 func (e Event) String() string {
-	s := fmt.Sprintf("pid %d fd %d bind %s: %s", e.PID, e.Fd, e.Addr, e.Action)
+	addr := e.Addr
+	if addr == "" {
+		addr = "(address not read)"
+	}
+	s := fmt.Sprintf("pid %d fd %d bind %s: %s", e.PID, e.Fd, addr, e.Action)
 	if e.Listener != "" {
 		s += fmt.Sprintf(" (listener %q)", e.Listener)
 	}
