@@ -52,13 +52,13 @@ func InstallFromEnv() (bool, error) {
 	// nothing on this thread.
 	t, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
-		return true, fmt.Errorf("bind capture: %s=%d is not the capture socketpair: %w", EnvFD, sock, os.NewSyscallError("getsockopt", err))
+		return true, fmt.Errorf("bind capture: %s=%d is not the capture socketpair (%w); this is baton's internal variable, do not set it", EnvFD, sock, os.NewSyscallError("getsockopt", err))
 	}
 	if t != unix.SOCK_SEQPACKET {
 		return true, fmt.Errorf("bind capture: %s=%d is a socket of type %d, not the capture socketpair; this is baton's internal variable, do not set it", EnvFD, sock, t)
 	}
 	err = InstallAndSend(sock)
-	// The program must not inherit baton's end of the conversation.
+	// The program must not inherit the shim's end of the socketpair.
 	unix.Close(sock)
 	return true, err
 }
