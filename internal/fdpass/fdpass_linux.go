@@ -275,7 +275,9 @@ func recv(ctx context.Context, conn *net.UnixConn, lim Limits, oobLen int) (fds 
 	if err != nil {
 		return nil, err
 	}
-	c.oob = make([]byte, oobLen)
+	if oobLen != len(c.oob) {
+		c.oob = make([]byte, oobLen)
+	}
 	release := c.bind(ctx)
 	defer release()
 
@@ -523,7 +525,10 @@ func (c *conn) ctxErr(err error) error {
 	if c.ctx.Err() == nil {
 		return err // the caller's own deadline on the conn
 	}
-	return fmt.Errorf("%w (the peer did not answer in time)", context.Cause(c.ctx))
+	if cause := context.Cause(c.ctx); !errors.Is(cause, context.DeadlineExceeded) {
+		return cause
+	}
+	return fmt.Errorf("%w: the peer did not answer in time", context.Cause(c.ctx))
 }
 
 // readFull reads exactly len(b) bytes: never more, since what follows

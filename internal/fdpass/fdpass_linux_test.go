@@ -103,6 +103,10 @@ func rawPair(t testing.TB, typ int) (*net.UnixConn, int, func()) {
 		t.Fatal(err)
 	}
 	unix.SetNonblock(fds[0], true)
+	// The fake peer blocks, but never for long.
+	tv := unix.NsecToTimeval((10 * time.Second).Nanoseconds())
+	unix.SetsockoptTimeval(fds[1], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	unix.SetsockoptTimeval(fds[1], unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	c := fileConn(t, fds[0])
 	hangup := sync.OnceFunc(func() { unix.Close(fds[1]) })
 	t.Cleanup(func() { c.Close(); hangup() })
@@ -240,6 +244,8 @@ func TestKernelStreamSemantics(t *testing.T) {
 	}
 	defer unix.Close(sp[0])
 	defer unix.Close(sp[1])
+	tv := unix.NsecToTimeval((10 * time.Second).Nanoseconds())
+	unix.SetsockoptTimeval(sp[1], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	fds := sockets(t, 5)
 	send := func(data string, fds ...int) {
 		t.Helper()
@@ -334,11 +340,13 @@ func TestRoundTrip(t *testing.T) {
 			a, b := pair(t, tt.typ)
 			if tt.sockopt != 0 {
 				raw, _ := b.SyscallConn()
+				var err error
 				raw.Control(func(fd uintptr) {
-					if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, tt.sockopt, 1); err != nil {
-						t.Skipf("setsockopt %d: %v (kernel too old?)", tt.sockopt, err)
-					}
+					err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, tt.sockopt, 1)
 				})
+				if err != nil {
+					t.Skipf("setsockopt %d: %v: this kernel lacks the option", tt.sockopt, err)
+				}
 			}
 			sent, err := describe(sockets(t, tt.n), max(tt.metaLen, 8))
 			if err != nil {
@@ -392,6 +400,7 @@ func TestConnectionReuse(t *testing.T) {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		line := make([]byte, 4)
+		a.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.ReadFull(a, line); err != nil || string(line) != "bye\n" {
 			t.Fatalf("round %d: after Send read %q, %v; want \"bye\\n\"", round, line, err)
 		}
@@ -732,9 +741,13 @@ func TestDeadlines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A deadline left behind would have passed by now.
-	res := goRecv(context.Background(), b, Limits{})
-	if err := Send(context.Background(), a, sent); err != nil {
+	// A deadline left behind would have passed by now. This context
+	// has none (it would replace what it should find), only a bound.
+	bounded, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	time.AfterFunc(10*time.Second, cancel)
+	res := goRecv(bounded, b, Limits{})
+	if err := Send(bounded, a, sent); err != nil {
 		t.Fatalf("Send after a timed-out Recv: %v", err)
 	}
 	r := <-res
