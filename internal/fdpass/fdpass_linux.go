@@ -49,9 +49,8 @@ func Send(ctx context.Context, conn *net.UnixConn, fds []FD) error {
 // CheckPeer's same-user-or-root rule: allow gets the peer's SO_PEERCRED
 // credentials, and an error from it stops the transfer before anything is
 // sent (the error returned matches ErrPeer). A nil allow means
-// CheckPeer's rule. baton uses it to pass
-// connections to a worker it started under another user, identified by
-// its pid.
+// CheckPeer's rule. baton uses it to pass connections to a worker it
+// started under another user, identified by its pid.
 func SendAllow(ctx context.Context, conn *net.UnixConn, fds []FD, allow func(Cred) error) error {
 	if allow == nil {
 		allow = sameUser // never send unchecked by accident
@@ -69,9 +68,9 @@ func SendAllow(ctx context.Context, conn *net.UnixConn, fds []FD, allow func(Cre
 	}
 	if err := allow(cred); err != nil {
 		if !errors.Is(err, ErrPeer) {
-			err = fmt.Errorf("%w: %w", ErrPeer, err)
+			err = fmt.Errorf("%w: pid %d (uid %d): %w", ErrPeer, cred.PID, cred.UID, err)
 		}
-		return fmt.Errorf("fdpass: not sending to pid %d (uid %d): %w", cred.PID, cred.UID, err)
+		return fmt.Errorf("fdpass: not sending: %w", err)
 	}
 	release := c.bind(ctx)
 	defer release()
@@ -97,7 +96,7 @@ func SendAllow(ctx context.Context, conn *net.UnixConn, fds []FD, allow func(Cre
 			ints = append(ints, fds[k].Fd)
 		}
 		if err := c.sendBatch(frame, ints); err != nil {
-			return fmt.Errorf("fdpass: sending batch %d (descriptors %d to %d of %d): %w", seq, i, j, len(fds), c.explain(err, fds[i:j]))
+			return fmt.Errorf("fdpass: sending batch %d of a %d-descriptor transfer: %w", seq, len(fds), c.explain(err, fds[i:j]))
 		}
 		if h.last {
 			return nil
@@ -237,7 +236,7 @@ func (c *conn) explain(err error, batch []FD) error {
 			}
 		}
 	case errors.Is(err, unix.ETOOMANYREFS):
-		return fmt.Errorf("%w: the kernel limits descriptors in flight to this user's RLIMIT_NOFILE: raise it, or make the receiver read faster", err)
+		return fmt.Errorf("%w: the kernel allows a user no more descriptors in flight than the sender's RLIMIT_NOFILE: raise it, or have the receiver read sooner", err)
 	case errors.Is(err, unix.EMSGSIZE) && c.seqpacket:
 		return fmt.Errorf("%w: a %d-byte record does not fit the socket's send buffer: raise SO_SNDBUF", err, MaxRecord)
 	}
@@ -588,7 +587,7 @@ func (c *conn) checkFlags(flags, got int) error {
 	case flags&unix.MSG_CTRUNC != 0:
 		var lim unix.Rlimit
 		unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
-		return fmt.Errorf("%w: %d descriptors arrived, now closed, and the kernel dropped the rest (MSG_CTRUNC): this process's RLIMIT_NOFILE (soft limit %d) cannot hold the transfer, or the control buffer is short: raise the limit (ulimit -n, LimitNOFILE=) or send fewer", ErrTruncated, got, lim.Cur)
+		return fmt.Errorf("%w: %d descriptors arrived, now closed, and the kernel dropped the rest (MSG_CTRUNC): the receiving process (pid %d) has RLIMIT_NOFILE %d, too low for the transfer, or its control buffer is short: raise the limit (ulimit -n, LimitNOFILE=) or send fewer", ErrTruncated, got, os.Getpid(), lim.Cur)
 	case flags&unix.MSG_TRUNC != 0:
 		return fmt.Errorf("%w: a record was longer than %d bytes and the kernel dropped the rest (MSG_TRUNC): on SOCK_SEQPACKET write frames in records of at most MaxRecord bytes", ErrTruncated, MaxRecord)
 	}
