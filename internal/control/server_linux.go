@@ -32,6 +32,19 @@ type Peer struct{ PID, UID int }
 // closes. A returned error becomes {"ok":false,"error":...}.
 type Handler func(ctx context.Context, peer Peer, req Request) (any, error)
 
+// Takeover carries on an exchange after the reply to its request: it owns
+// the connection until it returns, and the server closes it then. The
+// context is cancelled when the server closes.
+type Takeover func(ctx context.Context, c *net.UnixConn)
+
+// ConnHandler answers one request like a Handler and may keep the
+// connection: when it returns a Takeover and no error, the server writes
+// the reply, clears the connection's deadlines and calls the Takeover.
+// Unlike Serve, ServeConns does not read from the connection while the
+// handler runs (a client hanging up does not cancel the context), since
+// what the client sends after its request belongs to the Takeover.
+type ConnHandler func(ctx context.Context, peer Peer, req Request) (any, Takeover, error)
+
 // Server serves the control socket.
 type Server struct {
 	ln    *net.UnixListener
@@ -129,6 +142,24 @@ func (s *Server) Close() error {
 
 // Serve accepts connections until Close and answers each with h.
 func (s *Server) Serve(h Handler) error {
+	return s.serve(func(c *net.UnixConn) {
+		s.serveConn(c, func(ctx context.Context, p Peer, r Request) (any, Takeover, error) {
+			v, err := h(ctx, p, r)
+			return v, nil, err
+		}, true)
+	})
+}
+
+// ServeConns accepts connections until Close and answers each with h,
+// which may take a connection over after its reply (baton's worker socket
+// moves descriptors that way). A client must send nothing after its
+// request line until it has read the reply: a request followed by more
+// bytes is refused.
+func (s *Server) ServeConns(h ConnHandler) error {
+	return s.serve(func(c *net.UnixConn) { s.serveConn(c, h, false) })
+}
+
+func (s *Server) serve(handle func(*net.UnixConn)) error {
 	sem := make(chan struct{}, MaxConns)
 	for {
 		select {
@@ -154,12 +185,14 @@ func (s *Server) Serve(h Handler) error {
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-sem }()
-			s.serveConn(c, h)
+			handle(c)
 		}()
 	}
 }
 
-func (s *Server) serveConn(c *net.UnixConn, h Handler) {
+// serveConn answers one request on c. With watchHangup, the client
+// hanging up cancels the handler's context.
+func (s *Server) serveConn(c *net.UnixConn, h ConnHandler, watchHangup bool) {
 	defer c.Close()
 	cred, err := peerCred(c)
 	if err != nil {
@@ -175,7 +208,7 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 		}
 	}
 	c.SetReadDeadline(time.Now().Add(s.requestTimeout))
-	line, err := readLine(c, s.requestTimeout)
+	line, extra, err := readLine(c, s.requestTimeout)
 	if err != nil {
 		writeReply(c, Reply{Error: err.Error()})
 		return
@@ -188,14 +221,21 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	go func() {
-		// The client hanging up cancels a request it is waiting on (a
-		// reload keeps going; only the wait ends).
-		var b [1]byte
-		c.Read(b[:])
-		cancel()
-	}()
-	result, err := h(ctx, peer, req)
+	if watchHangup {
+		go func() {
+			// The client hanging up cancels a request it is waiting on (a
+			// reload keeps going; only the wait ends).
+			var b [1]byte
+			c.Read(b[:])
+			cancel()
+		}()
+	}
+	result, takeover, err := h(ctx, peer, req)
+	if err == nil && takeover != nil && extra > 0 {
+		// Those bytes were read as part of the request and are gone:
+		// the exchange that follows cannot work.
+		err = fmt.Errorf("%d bytes followed the %s request before its reply; send nothing more until baton answers", extra, req.Method)
+	}
 	if err != nil {
 		writeReply(c, Reply{Error: err.Error()})
 		return
@@ -205,39 +245,44 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 		writeReply(c, Reply{Error: fmt.Sprintf("encoding the reply: %v", err)})
 		return
 	}
-	writeReply(c, Reply{OK: true, Result: raw})
+	if err := writeReply(c, Reply{OK: true, Result: raw}); err != nil || takeover == nil {
+		return
+	}
+	c.SetDeadline(time.Time{})
+	takeover(ctx, c)
 }
 
 // readLine reads one newline-terminated request of at most MaxRequest
-// bytes.
-func readLine(c net.Conn, timeout time.Duration) ([]byte, error) {
+// bytes. extra counts the bytes read past the newline.
+func readLine(c net.Conn, timeout time.Duration) (line []byte, extra int, err error) {
 	var buf []byte
 	chunk := make([]byte, 4096)
 	for {
 		n, err := c.Read(chunk)
 		buf = append(buf, chunk[:n]...)
 		if i := bytes.IndexByte(buf, '\n'); i >= 0 && i <= MaxRequest {
-			return buf[:i], nil
+			return buf[:i], len(buf) - i - 1, nil
 		}
 		if len(buf) > MaxRequest {
-			return nil, fmt.Errorf("request is over %d bytes", MaxRequest)
+			return nil, 0, fmt.Errorf("request is over %d bytes", MaxRequest)
 		}
 		var ne net.Error
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
-			return nil, fmt.Errorf("no complete request within %s; end the request with a newline", timeout)
+			return nil, 0, fmt.Errorf("no complete request within %s; end the request with a newline", timeout)
 		case err == io.EOF:
-			return nil, errors.New("connection closed before a complete request; end the request with a newline")
+			return nil, 0, errors.New("connection closed before a complete request; end the request with a newline")
 		case err != nil:
-			return nil, fmt.Errorf("reading the request: %w", err)
+			return nil, 0, fmt.Errorf("reading the request: %w", err)
 		}
 	}
 }
 
-func writeReply(c net.Conn, r Reply) {
+func writeReply(c net.Conn, r Reply) error {
 	b, _ := json.Marshal(r)
 	c.SetWriteDeadline(time.Now().Add(RequestTimeout))
-	c.Write(append(b, '\n'))
+	_, err := c.Write(append(b, '\n'))
+	return err
 }
 
 func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
