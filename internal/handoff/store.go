@@ -326,7 +326,7 @@ func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Gran
 		if err := waitReadableCtx(ctx, c, raw); err != nil {
 			return err
 		}
-		tctx, cancel := context.WithTimeout(ctx, TransferTimeout)
+		tctx, cancel := context.WithTimeout(ctx, transferTimeout)
 		fds, err := fdpass.Recv(tctx, c, fdpass.Limits{MaxFDs: g.MaxFDs, MaxMeta: s.cfg.MaxState, MaxBytes: MaxTransferBytes})
 		cancel()
 		if errors.Is(err, io.EOF) {
@@ -612,7 +612,7 @@ func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, b []*
 	for i, e := range b {
 		fds[i] = fdpass.FD{Fd: e.fd, Name: e.name, Kind: Kind, Meta: e.state}
 	}
-	pctx, cancel := context.WithTimeout(ctx, TransferTimeout)
+	pctx, cancel := context.WithTimeout(ctx, transferTimeout)
 	err := fdpass.SendAllow(pctx, c, fds, func(cr fdpass.Cred) error {
 		if cr.PID != me.w.PID {
 			return fmt.Errorf("the subscription belongs to pid %d", me.w.PID)
@@ -643,6 +643,9 @@ func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, b []*
 	s.requeueLocked(b)
 	return err
 }
+
+// transferTimeout is TransferTimeout; tests shorten it.
+var transferTimeout = TransferTimeout
 
 // aLongTimeAgo is a deadline that has passed: setting it wakes a blocked
 // read.
