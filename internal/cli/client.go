@@ -177,6 +177,16 @@ func printStatus(w io.Writer, st supervisor.Status) {
 	}
 	fmt.Fprintf(w, "\nbaton itself: %d fds, %d goroutines, %.1f MiB resident\n",
 		st.Process.FDs, st.Process.Goroutines, float64(st.Process.RSSBytes)/(1<<20))
+	printHandoff(w, st.Handoff)
+}
+
+// printHandoff writes the fd store's line.
+func printHandoff(w io.Writer, h supervisor.HandoffStatus) {
+	fmt.Fprintf(w, "handoff: %d held, %d stored, %d adopted, %d expired, %d refused", h.Held, h.Stored, h.Adopted, h.Expired, h.Refused)
+	if h.Unconfirmed > 0 {
+		fmt.Fprintf(w, ", %d unconfirmed", h.Unconfirmed)
+	}
+	fmt.Fprintf(w, " (timeout %s); fd headroom %d of %d\n", roundDur(h.Timeout), h.FDHeadroom, h.FDLimit)
 }
 
 func roundDur(d supervisor.Duration) string {

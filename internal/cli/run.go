@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
@@ -36,6 +37,7 @@ type runFlags struct {
 	logFormat    string
 	logLevel     string
 	env          []string
+	handoff      supervisor.HandoffConfig
 }
 
 func newRunCmd() *cobra.Command {
@@ -79,6 +81,8 @@ receives the stop signal.`,
 	fl.StringVar(&f.logFormat, "log-format", "text", "baton's log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "baton's log level: debug, info, warn or error")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "KEY=VALUE added to the workers' environment, repeatable")
+	fl.DurationVar(&f.handoff.Timeout, "handoff-timeout", handoff.DefaultTimeout, "how long a handed-off connection waits for a worker to adopt it before baton closes it")
+	fl.IntVar(&f.handoff.MaxState, "handoff-max-state", handoff.DefaultMaxState, "the most bytes of state a worker may hand off with one connection")
 	return c
 }
 
@@ -135,6 +139,12 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 			return rc, usagef("--env %q: want KEY=VALUE", kv)
 		}
 	}
+	if f.handoff.Timeout <= 0 {
+		return rc, usagef("--handoff-timeout must be a positive duration such as 30s")
+	}
+	if f.handoff.MaxState < 1 || f.handoff.MaxState > handoff.MaxStateLimit {
+		return rc, usagef("--handoff-max-state %d: want 1 to %d bytes", f.handoff.MaxState, handoff.MaxStateLimit)
+	}
 	if rc.log, err = newLogger(f.logFormat, f.logLevel); err != nil {
 		return rc, err
 	}
@@ -149,7 +159,7 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 		Path: path, Args: args, Env: f.env,
 		Workers: f.workers, Ready: ready, ReadyTimeout: f.readyTimeout,
 		StopSignal: sig, DrainTimeout: f.drainTimeout,
-		Fd0: f.fd0, LogPrefix: f.logPrefix,
+		Fd0: f.fd0, LogPrefix: f.logPrefix, Handoff: f.handoff,
 	}
 	return rc, nil
 }
@@ -201,6 +211,13 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 	// close-on-exec. Those baton hands over are passed explicitly.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		log.Warn("cannot mark inherited descriptors close-on-exec; they may leak into workers", "err", err)
+	}
+	// Handed-off connections wait in baton's fd store: take all the room
+	// the hard limit allows (workers keep the soft limit baton had).
+	if lim, err := handoff.RaiseNOFILE(); err != nil {
+		log.Warn("cannot raise the descriptor limit", "err", err, "soft", lim.Soft, "hard", lim.Hard)
+	} else {
+		log.Debug("descriptor limit", "soft", lim.Soft, "hard", lim.Hard)
 	}
 
 	ctl, err := control.Listen(rc.control, log)

@@ -552,12 +552,18 @@ func (s *Store) Adopt(ctx context.Context, c *net.UnixConn, w Worker, sub Subscr
 	if err != nil {
 		return err
 	}
+	// Pushes go to the process that subscribed (the worker, or a process
+	// it started), and only while it is the peer.
+	peer, err := fdpass.PeerCred(c)
+	if err != nil {
+		return err
+	}
 	for {
 		b, err := s.nextBatch(ctx, c, raw, me)
 		if b == nil {
 			return err
 		}
-		if err := s.push(ctx, c, me, b); err != nil {
+		if err := s.push(ctx, c, me, peer.PID, b); err != nil {
 			return err
 		}
 	}
@@ -607,15 +613,15 @@ func (s *Store) nextBatch(ctx context.Context, c *net.UnixConn, raw syscall.RawC
 // queue (the worker refused or is gone: it does not hold them), or closed
 // as unconfirmed (no answer in time: it might hold them, so they are
 // never sent to another worker).
-func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, b []*entry) error {
+func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, peer int, b []*entry) error {
 	fds := make([]fdpass.FD, len(b))
 	for i, e := range b {
 		fds[i] = fdpass.FD{Fd: e.fd, Name: e.name, Kind: Kind, Meta: e.state}
 	}
 	pctx, cancel := context.WithTimeout(ctx, transferTimeout)
 	err := fdpass.SendAllow(pctx, c, fds, func(cr fdpass.Cred) error {
-		if cr.PID != me.w.PID {
-			return fmt.Errorf("the subscription belongs to pid %d", me.w.PID)
+		if cr.PID != peer {
+			return fmt.Errorf("the subscription belongs to pid %d", peer)
 		}
 		return nil
 	})

@@ -86,6 +86,8 @@ type Config struct {
 	// and pid; without it workers write to baton's stdout and stderr
 	// directly.
 	LogPrefix bool
+	// Handoff configures the store of handed-off connections.
+	Handoff HandoffConfig
 }
 
 // Restart backoff for crashed workers: the first restart waits MinBackoff,

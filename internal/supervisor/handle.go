@@ -90,5 +90,5 @@ func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req co
 	case "hello":
 		return info, nil
 	}
-	return nil, fmt.Errorf("unknown method %q; the worker socket answers hello", req.Method)
+	return nil, fmt.Errorf("unknown method %q; the worker socket answers hello, handoff and adopt", req.Method)
 }

@@ -25,6 +25,7 @@ type Status struct {
 	Reloads      ReloadStats      `json:"reloads"`
 	Process      ProcessStatus    `json:"process"`
 	WorkersTotal int              `json:"workers_started"`
+	Handoff      HandoffStatus    `json:"handoff"`
 }
 
 // ListenerStatus describes one socket baton holds.
@@ -94,6 +95,7 @@ func (s *Supervisor) status() Status {
 		Process: processStatus(),
 	}
 	st.Process.OrphansReap = s.spawner.Orphans()
+	st.Handoff = s.handoffStatus(st.Process.FDs)
 	if s.pending != nil {
 		st.Pending = s.pending.id
 	}

@@ -47,6 +47,7 @@ type Supervisor struct {
 	devnull        *os.File
 	notify         *notify.Server
 	workerSock     *control.Server
+	handoff        *handoffState // fd store of handed-off connections (handoff.go)
 
 	events chan func()
 	done   chan struct{} // closed when Run has finished
@@ -93,6 +94,9 @@ func New(o Options) (*Supervisor, error) {
 		return nil, fmt.Errorf("--fd0 %s: no listener has that name", s.cfg.Fd0)
 	}
 	var err error
+	if s.handoff, err = newHandoff(s.cfg.Handoff, s); err != nil {
+		return nil, err
+	}
 	if s.devnull, err = os.Open(os.DevNull); err != nil {
 		return nil, err
 	}
@@ -130,8 +134,9 @@ func (s *Supervisor) socket(name string) *listener.Socket {
 func (s *Supervisor) Run() error {
 	defer close(s.done)
 	go s.notify.Serve(func(m notify.Message) { s.post(func() { s.notified(m) }) })
-	go s.workerSock.Serve(s.handleWorker)
+	go s.workerSock.ServeConns(s.handleWorkerConn)
 	defer s.workerSock.Close()
+	defer s.closeHandoff()
 	defer s.notify.Close()
 	defer s.devnull.Close()
 
@@ -143,6 +148,7 @@ func (s *Supervisor) Run() error {
 	for !s.finished() {
 		f := <-s.events
 		f()
+		s.syncHandoff()
 	}
 	s.log.Info("all workers exited")
 	return nil

@@ -1,0 +1,157 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/handoff"
+)
+
+// This file is the supervisor's side of live connection handoff: the
+// worker socket's handoff and adopt methods, and the one decision the
+// loop makes for the fd store: which workers may adopt. The transfers run
+// on the worker socket's connection goroutines (internal/handoff); the
+// loop never waits on them.
+
+// HandoffConfig configures the fd store.
+type HandoffConfig struct {
+	// Timeout is how long a handed-off connection waits for a worker of
+	// the next generation to adopt it before baton closes it
+	// (handoff.DefaultTimeout).
+	Timeout time.Duration
+	// MaxState bounds one connection's state blob, in bytes
+	// (handoff.DefaultMaxState).
+	MaxState int
+}
+
+// HandoffStatus is the fd store's counts, its settings, and the room
+// baton's RLIMIT_NOFILE leaves for it.
+type HandoffStatus struct {
+	handoff.Stats
+	Timeout Duration `json:"timeout"`
+	// FDLimit and FDLimitHard are baton's soft and hard RLIMIT_NOFILE;
+	// FDHeadroom is the soft limit minus the descriptors baton holds.
+	FDLimit     uint64 `json:"fd_limit"`
+	FDLimitHard uint64 `json:"fd_limit_hard"`
+	FDHeadroom  int    `json:"fd_headroom"`
+}
+
+// handoffState is what the supervisor keeps for the fd store.
+type handoffState struct {
+	store    *handoff.Store
+	told     []handoff.Worker // the last list given to SetWorkers
+	buf      []handoff.Worker
+	stopping bool
+}
+
+func newHandoff(cfg HandoffConfig, s *Supervisor) (*handoffState, error) {
+	st, err := handoff.NewStore(handoff.Config{Timeout: cfg.Timeout, MaxState: cfg.MaxState, Log: s.log})
+	if err != nil {
+		return nil, err
+	}
+	return &handoffState{store: st}, nil
+}
+
+// closeHandoff closes what the store still holds; Run calls it once every
+// worker has exited.
+func (s *Supervisor) closeHandoff() { s.handoff.store.Close() }
+
+// syncHandoff tells the store, after each event of the loop, which live
+// workers may adopt: the ready workers of the active generation, unless
+// they or baton are stopping. A worker that is asked to stop leaves the
+// list in the same step, so its subscription gets nothing more.
+func (s *Supervisor) syncHandoff() {
+	h := s.handoff
+	if s.stopping && !h.stopping {
+		h.stopping = true
+		h.store.StopAccepting(errors.New("baton is stopping: no generation will adopt connections; close them yourself"))
+	}
+	ws := h.buf[:0]
+	for _, w := range s.workers {
+		if w.stopped || w.state == Exited {
+			continue
+		}
+		ws = append(ws, handoff.Worker{PID: w.pid, Slot: w.slot.index, Generation: w.gen.id,
+			Adopt: w.state == Ready && w.gen == s.active && !s.stopping})
+	}
+	slices.SortFunc(ws, func(a, b handoff.Worker) int { return a.PID - b.PID })
+	h.buf = ws
+	if slices.Equal(ws, h.told) {
+		return
+	}
+	h.told = slices.Clone(ws)
+	h.store.SetWorkers(h.told)
+}
+
+// handoffStatus reports the store; fds is how many descriptors baton
+// holds.
+func (s *Supervisor) handoffStatus(fds int) HandoffStatus {
+	st := HandoffStatus{Stats: s.handoff.store.Stats(), Timeout: Duration(s.handoff.store.Config().Timeout)}
+	if lim, err := handoff.GetNOFILE(); err == nil {
+		st.FDLimit, st.FDLimitHard = lim.Soft, lim.Hard
+		st.FDHeadroom = int(min(lim.Soft, 1<<31)) - fds
+	}
+	return st
+}
+
+// handleWorkerConn answers requests on BATON_SOCKET. handoff and adopt
+// keep the connection to move descriptors on it; every other method is
+// handleWorker's.
+func (s *Supervisor) handleWorkerConn(ctx context.Context, peer control.Peer, req control.Request) (any, control.Takeover, error) {
+	if req.Method != handoff.MethodHandoff && req.Method != handoff.MethodAdopt {
+		v, err := s.handleWorker(ctx, peer, req)
+		return v, nil, err
+	}
+	var (
+		w        handoff.Worker
+		found    bool
+		stopping bool
+	)
+	s.call(func() {
+		if wk := s.workerFor(peer.PID); wk != nil {
+			found = true
+			w = handoff.Worker{PID: wk.pid, Slot: wk.slot.index, Generation: wk.gen.id}
+			stopping = wk.stopped || s.stopping
+		}
+	})
+	if !found {
+		return nil, nil, fmt.Errorf("pid %d is not a worker of this baton", peer.PID)
+	}
+	store := s.handoff.store
+	if req.Method == handoff.MethodHandoff {
+		if err := control.DecodeParams(req.Params, &struct{}{}); err != nil {
+			return nil, nil, err
+		}
+		g, err := store.Grant()
+		if err != nil {
+			return nil, nil, err
+		}
+		src := handoff.Source{PID: w.PID, Slot: w.Slot, Generation: w.Generation}
+		return g, func(ctx context.Context, c *net.UnixConn) {
+			if err := store.Receive(ctx, c, src, g); err != nil && ctx.Err() == nil {
+				s.log.Debug("handoff connection ended", "pid", w.PID, "err", err)
+			}
+		}, nil
+	}
+	if stopping {
+		return nil, nil, fmt.Errorf("worker pid %d is stopping: it adopts nothing more", w.PID)
+	}
+	var p handoff.AdoptParams
+	if err := control.DecodeParams(req.Params, &p); err != nil {
+		return nil, nil, err
+	}
+	sub, err := store.Subscribe(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sub, func(ctx context.Context, c *net.UnixConn) {
+		if err := store.Adopt(ctx, c, w, sub); err != nil && ctx.Err() == nil {
+			s.log.Debug("adopt subscription ended", "pid", w.PID, "err", err)
+		}
+	}, nil
+}
