@@ -1,0 +1,442 @@
+package baton
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/handoff"
+)
+
+// Errors of Handoff, for errors.Is. Whatever the error, the connection
+// is still the caller's, untouched: serve it on, or close it.
+var (
+	// ErrNoHandoff: the connection was not handed off: the process does
+	// not run under baton, baton refused (it is stopping, or holds as
+	// many connections as its RLIMIT_NOFILE allows), or the exchange
+	// with baton failed. The message says which.
+	ErrNoHandoff = errors.New("connection not handed off")
+	// ErrStateTooLarge: the state is over baton's bound
+	// (baton run --handoff-max-state, 64 KiB by default).
+	ErrStateTooLarge = errors.New("handoff state too large")
+)
+
+// AdoptedConn is a connection that a worker of an earlier generation
+// handed over, as Adopted delivers it.
+type AdoptedConn struct {
+	// Conn is the connection itself (a *net.TCPConn or *net.UnixConn),
+	// with what the peer sent and the old worker never read still queued
+	// in it, and what the old worker wrote still on its way to the peer.
+	Conn net.Conn
+	// State is what the old worker passed to Handoff.
+	State []byte
+	// Listener is the name of the listener the connection was accepted
+	// on.
+	Listener string
+}
+
+// Handoff gives conn, with state, to baton, which passes it to a worker
+// of the next generation: that worker receives it from Adopted, with the
+// same state. It returns nil once baton holds the connection, and then
+// closes conn in this process (the connection itself stays open). On an
+// error conn is untouched and still the caller's.
+//
+// Stop at a message boundary first, so that the next worker can carry
+// on: stop reading (conn.SetReadDeadline(time.Now()) interrupts a Read),
+// finish what was read whole, and put in state what the next worker must
+// know, including bytes already read but not processed. Bytes not read
+// yet stay in the kernel's receive buffer and travel with the
+// connection; bytes written have been sent or are queued in the socket
+// and go on being sent.
+//
+// conn must be the *net.TCPConn or *net.UnixConn accepted from one of the
+// process's inherited listeners (or adopted); a TLS connection cannot be
+// handed off (its keys are in this process). Handoff may be called from
+// many goroutines at once: their connections go to baton together, up to
+// 253 per transfer.
+func Handoff(conn net.Conn, state []byte) error {
+	path := os.Getenv("BATON_SOCKET")
+	if path == "" {
+		return fmt.Errorf("baton.Handoff: %w: not running under baton (no BATON_SOCKET); close the connection instead", ErrNoHandoff)
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("baton.Handoff: %w: a %T has no socket of its own to hand off; pass the *net.TCPConn or *net.UnixConn", ErrNoHandoff, conn)
+	}
+	name, err := listenerOf(conn)
+	if err != nil {
+		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, err)
+	}
+	// Hand off a duplicate: the connection's own descriptor could be
+	// closed, and its number reused, while the transfer runs.
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, err)
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(f uintptr) { fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, err)
+	}
+	if derr != nil {
+		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr))
+	}
+	r := &handoffReq{conn: handoff.Conn{Fd: fd, Listener: name, State: state}, done: make(chan error, 1)}
+	sendq.add(r, path)
+	err = <-r.done
+	unix.Close(fd) // baton holds its own copy, or the caller keeps conn
+	if err != nil {
+		var tooLarge handoff.StateTooLarge
+		if errors.As(err, &tooLarge) {
+			return fmt.Errorf("baton.Handoff: %w: %w", ErrStateTooLarge, err)
+		}
+		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, err)
+	}
+	conn.Close()
+	return nil
+}
+
+// handoffReq is one Handoff waiting for its transfer.
+type handoffReq struct {
+	conn handoff.Conn
+	done chan error
+}
+
+// sendq batches concurrent Handoff calls: one goroutine sends them, as
+// many per transfer as baton grants, over one handoff connection that it
+// closes when nothing is left to send.
+var sendq handoffQueue
+
+type handoffQueue struct {
+	mu      sync.Mutex
+	pending []*handoffReq
+	running bool
+}
+
+func (q *handoffQueue) add(r *handoffReq, path string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.pending = append(q.pending, r)
+	if !q.running {
+		q.running = true
+		go q.run(path)
+	}
+}
+
+// dialTimeout bounds connecting to baton and its first answer. A
+// transfer itself has no timeout here: baton bounds it, and answers or
+// closes the connection, so the worker always learns whether baton holds
+// its connections.
+const dialTimeout = 10 * time.Second
+
+func (q *handoffQueue) run(path string) {
+	var s *handoff.Sender
+	defer func() {
+		if s != nil {
+			s.Close()
+		}
+	}()
+	for {
+		q.mu.Lock()
+		if len(q.pending) == 0 {
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+		if s == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+			var err error
+			s, err = handoff.DialSender(ctx, path)
+			cancel()
+			if err != nil {
+				q.failAll(err)
+				continue
+			}
+		}
+		batch := q.take(s.Grant())
+		if len(batch) == 0 {
+			continue
+		}
+		conns := make([]handoff.Conn, len(batch))
+		for i, r := range batch {
+			conns[i] = r.conn
+		}
+		err := s.Send(context.Background(), conns)
+		for _, r := range batch {
+			r.done <- err
+		}
+		if err != nil {
+			s.Close()
+			s = nil
+		}
+	}
+}
+
+// take removes the requests the next transfer carries: as many as g
+// allows, oldest first. A request whose state is over g's bound fails at
+// once, alone.
+func (q *handoffQueue) take(g handoff.Grant) []*handoffReq {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var batch []*handoffReq
+	bytes, i := 0, 0
+	for ; i < len(q.pending) && len(batch) < g.MaxFDs; i++ {
+		r := q.pending[i]
+		if len(r.conn.State) > g.MaxState {
+			r.done <- handoff.StateTooLarge{Size: len(r.conn.State), Max: g.MaxState}
+			continue
+		}
+		size := 6 + len(r.conn.Listener) + len(handoff.Kind) + len(r.conn.State)
+		if len(batch) > 0 && bytes+size > g.MaxBytes {
+			break
+		}
+		batch = append(batch, r)
+		bytes += size
+	}
+	clear(q.pending[:i])
+	q.pending = q.pending[i:]
+	return batch
+}
+
+func (q *handoffQueue) failAll(err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, r := range q.pending {
+		r.done <- err
+	}
+	q.pending = nil
+}
+
+// listeners caches the local address of each inherited stream listener.
+var listeners struct {
+	once  sync.Once
+	names []string
+	addrs []net.Addr
+}
+
+// listenerOf names the inherited listener conn was accepted on, by its
+// local address.
+func listenerOf(conn net.Conn) (string, error) {
+	listeners.once.Do(func() {
+		if loadInherited() != nil {
+			return
+		}
+		inherited.mu.Lock()
+		defer inherited.mu.Unlock()
+		for _, name := range inherited.order {
+			var addr net.Addr
+			if v, ok := inherited.taken[name]; ok {
+				if ln, ok := v.(net.Listener); ok {
+					addr = ln.Addr()
+				}
+			} else if fd, ok := inherited.fds[name]; ok {
+				addr = streamAddr(fd)
+			}
+			if addr != nil {
+				listeners.names = append(listeners.names, name)
+				listeners.addrs = append(listeners.addrs, addr)
+			}
+		}
+	})
+	local := conn.LocalAddr()
+	for i, a := range listeners.addrs {
+		if sameListener(a, local) {
+			return listeners.names[i], nil
+		}
+	}
+	var have []string
+	for i, a := range listeners.addrs {
+		have = append(have, listeners.names[i]+"="+a.String())
+	}
+	if len(have) == 0 {
+		return "", fmt.Errorf("this process inherited no stream listener, so %s came from none", local)
+	}
+	return "", fmt.Errorf("the connection's local address %s is none of this process's listeners (%s)", local, strings.Join(have, ", "))
+}
+
+// streamAddr is the address of the stream socket fd, or nil.
+func streamAddr(fd int) net.Addr {
+	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+		return nil
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	case *unix.SockaddrUnix:
+		return &net.UnixAddr{Name: a.Name, Net: "unix"}
+	}
+	return nil
+}
+
+// sameListener reports whether a connection with local address c was
+// accepted on a listener bound to l.
+func sameListener(l, c net.Addr) bool {
+	switch la := l.(type) {
+	case *net.TCPAddr:
+		ca, ok := c.(*net.TCPAddr)
+		return ok && la.Port == ca.Port && (la.IP.IsUnspecified() || la.IP.Equal(ca.IP))
+	case *net.UnixAddr:
+		ca, ok := c.(*net.UnixAddr)
+		return ok && la.Name == ca.Name
+	}
+	return false
+}
+
+var adoption struct {
+	once sync.Once
+	ch   chan AdoptedConn
+}
+
+// Adopted returns the channel on which connections handed over by
+// workers of earlier generations arrive. The first call subscribes on
+// BATON_SOCKET; call it before Ready, so that the subscription is open
+// when baton stops the old generation. baton ends the subscription when
+// it asks this worker to stop; the channel is closed then, once every
+// connection received is delivered. Not under baton, the channel is
+// closed at once.
+//
+// Serve each AdoptedConn as the old worker would have carried on:
+// restore its State, read on where it stopped.
+func Adopted() <-chan AdoptedConn {
+	adoption.once.Do(func() {
+		adoption.ch = make(chan AdoptedConn)
+		path := os.Getenv("BATON_SOCKET")
+		if path == "" {
+			close(adoption.ch)
+			return
+		}
+		q := &adoptQueue{out: adoption.ch, wake: make(chan struct{}, 1)}
+		go q.deliver()
+		go adoptLoop(path, q)
+	})
+	return adoption.ch
+}
+
+// adoptLoop keeps the subscription open until baton ends it. A broken
+// subscription (a transfer this process could not take) is opened again,
+// asking for transfers small enough for its descriptor room.
+func adoptLoop(path string, q *adoptQueue) {
+	defer q.finish()
+	backoff := 50 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+		a, err := handoff.DialAdopter(ctx, path, adoptRoom())
+		cancel()
+		if errors.Is(err, handoff.ErrRefused) {
+			return // this worker may not adopt (it is stopping)
+		}
+		if err == nil {
+			err = adoptFrom(a, q)
+			a.Close()
+			if err == nil {
+				return // baton ended the subscription
+			}
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// adoptFrom receives transfers until baton ends the subscription (nil)
+// or one fails.
+func adoptFrom(a *handoff.Adopter, q *adoptQueue) error {
+	for {
+		fds, err := a.Next(context.Background())
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var got []AdoptedConn
+		for _, f := range fds {
+			file := os.NewFile(uintptr(f.Fd), "adopted:"+f.Name)
+			c, err := net.FileConn(file)
+			file.Close() // FileConn holds a duplicate
+			if err != nil {
+				continue // not a stream socket: nothing this process can serve
+			}
+			got = append(got, AdoptedConn{Conn: c, State: f.Meta, Listener: f.Name})
+		}
+		q.push(got)
+	}
+}
+
+// adoptRoom is how many descriptors a transfer may bring, from this
+// process's RLIMIT_NOFILE room.
+func adoptRoom() int {
+	lim, err := handoff.GetNOFILE()
+	open, cerr := handoff.CountFDs()
+	if err != nil || cerr != nil {
+		return handoff.MaxFDs
+	}
+	room := int(min(lim.Soft, 1<<30)) - open - 64
+	return max(1, min(room, handoff.MaxFDs))
+}
+
+// adoptQueue hands adopted connections to the channel without ever
+// holding up the subscription, which must acknowledge promptly.
+type adoptQueue struct {
+	out  chan AdoptedConn
+	wake chan struct{}
+
+	mu    sync.Mutex
+	items []AdoptedConn
+	done  bool
+}
+
+func (q *adoptQueue) push(cs []AdoptedConn) {
+	q.mu.Lock()
+	q.items = append(q.items, cs...)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *adoptQueue) finish() {
+	q.mu.Lock()
+	q.done = true
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *adoptQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *adoptQueue) deliver() {
+	for {
+		q.mu.Lock()
+		items, done := q.items, q.done
+		q.items = nil
+		q.mu.Unlock()
+		for _, c := range items {
+			q.out <- c
+		}
+		if len(items) > 0 {
+			continue
+		}
+		if done {
+			close(q.out)
+			return
+		}
+		<-q.wake
+	}
+}
