@@ -33,6 +33,8 @@ type runFlags struct {
 	drainTimeout time.Duration
 	fd0          string
 	logPrefix    bool
+	balance      string
+	migrateReq   bool
 	logFormat    string
 	logLevel     string
 	env          []string
@@ -75,6 +77,8 @@ receives the stop signal.`,
 	fl.StringVar(&f.stopSignal, "stop-signal", "TERM", "signal that asks a worker to drain and exit")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long a stopping worker may drain before it is killed")
 	fl.StringVar(&f.fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
+	fl.StringVar(&f.balance, "balance", listener.Shared, "default for TCP/UDP listeners without ?balance=: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fl.BoolVar(&f.migrateReq, "enable-migrate-req", false, "let a scale-down set net.ipv4.tcp_migrate_req=1 (root), so closing a reuseport slot's socket moves its queue to the other slots")
 	fl.BoolVar(&f.logPrefix, "log-prefix", true, "prefix worker output lines with [gGEN sSLOT PID]; false passes it through raw")
 	fl.StringVar(&f.logFormat, "log-format", "text", "baton's log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "baton's log level: debug, info, warn or error")
@@ -97,10 +101,16 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 	if len(args) == 0 {
 		return rc, usagef("no command: give the worker command after --, for example: baton run -l tcp://127.0.0.1:8080 -- ./server")
 	}
+	if f.balance != listener.Shared && f.balance != listener.Reuseport {
+		return rc, usagef("--balance %q: want %s or %s", f.balance, listener.Shared, listener.Reuseport)
+	}
 	for _, l := range f.listen {
 		spec, err := listener.Parse(l)
 		if err != nil {
 			return rc, &usageError{err}
+		}
+		if spec.Balance == "" && spec.IsInet() {
+			spec.Balance = f.balance
 		}
 		rc.specs = append(rc.specs, spec)
 	}
@@ -149,7 +159,7 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 		Path: path, Args: args, Env: f.env,
 		Workers: f.workers, Ready: ready, ReadyTimeout: f.readyTimeout,
 		StopSignal: sig, DrainTimeout: f.drainTimeout,
-		Fd0: f.fd0, LogPrefix: f.logPrefix,
+		Fd0: f.fd0, LogPrefix: f.logPrefix, EnableMigrateReq: f.migrateReq,
 	}
 	return rc, nil
 }
@@ -209,24 +219,24 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 	}
 	defer ctl.Close()
 
-	sockets, err := bindAll(rc.specs, log)
+	listeners, err := bindAll(rc.specs, rc.sup.Workers, log)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		for _, s := range sockets {
-			s.Close()
+		for _, l := range listeners {
+			l.Close()
 		}
 	}()
 
 	sup, err := supervisor.New(supervisor.Options{
-		Config:  rc.sup,
-		Sockets: sockets,
-		Spawner: spawn.New(),
-		Log:     log,
-		Stdout:  os.Stdout,
-		Stderr:  os.Stderr,
-		OnReady: func() { tellSystemd(log, "READY=1") },
+		Config:    rc.sup,
+		Listeners: listeners,
+		Spawner:   spawn.New(),
+		Log:       log,
+		Stdout:    os.Stdout,
+		Stderr:    os.Stderr,
+		OnReady:   func() { tellSystemd(log, "READY=1") },
 		OnReloading: func() {
 			var ts unix.Timespec
 			unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
@@ -268,23 +278,35 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 	return sup.Run()
 }
 
-// bindAll binds every listener, or none: on an error the sockets already
-// bound are closed.
-func bindAll(specs []listener.Spec, log *slog.Logger) ([]*listener.Socket, error) {
-	var out []*listener.Socket
+// bindAll binds every listener (one socket per slot for reuseport ones),
+// or none: on an error the sockets already bound are closed.
+func bindAll(specs []listener.Spec, slots int, log *slog.Logger) ([]*listener.Group, error) {
+	var out []*listener.Group
 	for _, spec := range specs {
-		s, err := listener.Bind(spec)
+		g, err := listener.OpenGroup(spec, slots)
 		if err != nil {
 			for _, b := range out {
 				b.Close()
 			}
 			return nil, err
 		}
-		if s.StaleRemoved {
+		socks := g.Sockets()
+		if socks[0].StaleRemoved {
 			log.Info("removed a stale socket file nothing answered on", "path", spec.Path)
 		}
-		log.Info("listening", "name", spec.Name, "address", s.Addr().String(), "kind", spec.Kind, "backlog", s.Backlog(), "inode", s.Inode())
-		out = append(out, s)
+		attrs := []any{"name", spec.Name, "address", socks[0].Addr().String(), "kind", spec.Kind, "backlog", socks[0].Backlog()}
+		if g.Reuseport() {
+			attrs = append(attrs, "balance", listener.Reuseport, "sockets", len(socks))
+			if spec.Kind == listener.Stream {
+				if err := listener.MigrateReq(false); err != nil {
+					log.Info("a scale-down will need net.ipv4.tcp_migrate_req=1 (or --enable-migrate-req) to close a slot's socket without resetting its queue", "listener", spec.Name)
+				}
+			}
+		} else {
+			attrs = append(attrs, "inode", socks[0].Inode())
+		}
+		log.Info("listening", attrs...)
+		out = append(out, g)
 	}
 	return out, nil
 }

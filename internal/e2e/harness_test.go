@@ -210,6 +210,27 @@ func (b *instance) waitReady(n int) supervisor.Status {
 	}
 }
 
+// waitReplaced waits until baton has noticed that pid exited and n ready
+// workers run again.
+func (b *instance) waitReplaced(pid, n int) supervisor.Status {
+	b.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st := b.waitReady(n)
+		gone := true
+		for _, w := range st.Workers {
+			gone = gone && w.PID != pid
+		}
+		if gone {
+			return st
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("worker %d still listed 60s after it was killed", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // settled reports whether exactly n workers run, all ready and of the
 // active generation.
 func settled(st supervisor.Status, n int) bool {

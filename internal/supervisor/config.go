@@ -82,6 +82,10 @@ type Config struct {
 	// Fd0 names a listener also handed over as fd 0 (the FastCGI
 	// convention).
 	Fd0 string
+	// EnableMigrateReq lets a scale-down set net.ipv4.tcp_migrate_req=1
+	// when it is off, so closing a reuseport slot's socket moves its
+	// queued connections to the other slots instead of resetting them.
+	EnableMigrateReq bool
 	// LogPrefix prefixes each line of worker output with generation, slot
 	// and pid; without it workers write to baton's stdout and stderr
 	// directly.

@@ -28,6 +28,7 @@ const (
 // slot is a worker position that keeps its identity across generations.
 type slot struct {
 	index    int
+	removed  bool // by a scale-down
 	restarts int
 	backoff  time.Duration
 	restart  *time.Timer // a pending crash restart
@@ -43,19 +44,19 @@ func (sl *slot) cancelRestart() {
 // generation is the set of workers started by one start or reload.
 type generation struct {
 	id      int
-	workers []*worker // current worker of each slot
+	workers map[int]*worker // the current worker of each slot, by slot index
 	started time.Time
 }
 
 func (s *Supervisor) newGeneration() *generation {
 	s.nextGen++
-	return &generation{id: s.nextGen, workers: make([]*worker, len(s.slots)), started: time.Now()}
+	return &generation{id: s.nextGen, workers: map[int]*worker{}, started: time.Now()}
 }
 
-// allReady reports whether every slot of g has a ready worker.
-func (g *generation) allReady() bool {
-	for _, w := range g.workers {
-		if w == nil || w.state != Ready {
+// allReady reports whether every current slot has a ready worker of g.
+func (s *Supervisor) allReady(g *generation) bool {
+	for _, sl := range s.slots {
+		if w := g.workers[sl.index]; w == nil || w.state != Ready {
 			return false
 		}
 	}
@@ -72,6 +73,9 @@ type worker struct {
 	readyAt time.Time
 	stopAt  time.Time
 	status  string // last STATUS= the worker sent
+	// accepted is the connection count the worker last reported with
+	// X_BATON_ACCEPTED= (baton's library does), -1 when it never did.
+	accepted int64
 
 	// stopped is set when baton asked the worker to stop, so its exit is
 	// not a crash; restart is set when baton stopped it to start a
@@ -102,7 +106,7 @@ func (w *worker) kill() {
 // startWorker starts the worker of slot sl in generation g. It returns the
 // error when the process could not be started.
 func (s *Supervisor) startWorker(g *generation, sl *slot) error {
-	w := &worker{slot: sl, gen: g, state: Starting, output: &tail{}, spawned: make(chan struct{}), outputDone: make(chan struct{})}
+	w := &worker{slot: sl, gen: g, state: Starting, accepted: -1, output: &tail{}, spawned: make(chan struct{}), outputDone: make(chan struct{})}
 	defer close(w.spawned)
 	files, closeAfter, err := s.workerFiles(w)
 	if err != nil {
@@ -169,11 +173,11 @@ func (s *Supervisor) startFailed(w *worker, err error) error {
 func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File, err error) {
 	stdin := int(s.devnull.Fd())
 	if s.cfg.Fd0 != "" {
-		stdin = s.socket(s.cfg.Fd0).Fd()
+		stdin = s.listener(s.cfg.Fd0).Socket(w.slot.index).Fd()
 	}
 	files = []int{stdin, -1, -1}
-	for _, l := range s.sockets {
-		files = append(files, l.Fd())
+	for _, l := range s.listeners {
+		files = append(files, l.Socket(w.slot.index).Fd())
 	}
 	if !s.cfg.LogPrefix {
 		close(w.outputDone)
@@ -229,12 +233,12 @@ func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 		env = append(env, kv)
 	}
 	env = append(env, s.cfg.Env...)
-	if len(s.sockets) > 0 {
-		names := make([]string, len(s.sockets))
-		for i, l := range s.sockets {
+	if len(s.listeners) > 0 {
+		names := make([]string, len(s.listeners))
+		for i, l := range s.listeners {
 			names[i] = l.Spec.Name
 		}
-		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(s.sockets)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
+		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(s.listeners)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
 	return append(env,
 		"NOTIFY_SOCKET="+s.notify.Addr(),
@@ -251,9 +255,9 @@ func (s *Supervisor) workerReady(w *worker) {
 	w.setTimer(nil)
 	s.log.Info("worker ready", w.attrs("after", w.readyAt.Sub(w.started).Round(time.Millisecond))...)
 	switch {
-	case w.gen == s.pending && w.gen.allReady():
+	case w.gen == s.pending && s.allReady(w.gen):
 		s.endReload(nil)
-	case w.gen == s.active && !s.everReady && w.gen.allReady():
+	case w.gen == s.active && !s.everReady && s.allReady(w.gen):
 		s.everReady = true
 		s.log.Info("all workers ready", "generation", w.gen.id, "after", time.Since(s.start).Round(time.Millisecond))
 		if s.opts.OnReady != nil {
@@ -320,7 +324,7 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 			msg += "; its last output: " + out
 		}
 		s.endReload(fmt.Errorf("%s", msg))
-	case w.gen == s.active && !s.stopping && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
+	case w.gen == s.active && !s.stopping && !w.slot.removed && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
 		s.scheduleRestart(w)
 	}
 }
@@ -342,7 +346,7 @@ func (s *Supervisor) scheduleRestart(w *worker) {
 	sl.cancelRestart()
 	sl.restart = s.after(sl.backoff, func() {
 		sl.restart = nil
-		if g == s.active && !s.stopping && g.workers[sl.index] == w {
+		if g == s.active && !s.stopping && !sl.removed && g.workers[sl.index] == w {
 			s.startWorker(g, sl)
 		}
 	})
