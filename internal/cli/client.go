@@ -235,6 +235,16 @@ func printStatus(w io.Writer, st supervisor.Status) {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, accepted, status)
 	}
 	tw.Flush()
+	var captured []string
+	for _, wk := range st.Workers {
+		for _, c := range wk.Captures {
+			captured = append(captured, fmt.Sprintf("  slot %d pid %d: %s bound %s (pid %d, fd %d) at %s",
+				wk.Slot, wk.PID, c.Listener, c.Addr, c.PID, c.Fd, c.Time.Local().Format("15:04:05.000")))
+		}
+	}
+	if len(captured) > 0 {
+		fmt.Fprintf(w, "\ncaptured binds:\n%s\n", strings.Join(captured, "\n"))
+	}
 	fmt.Fprintf(w, "\nreloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
 	if st.Reloads.Queued {
 		fmt.Fprint(w, ", one queued")

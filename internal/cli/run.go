@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/capture"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
@@ -35,6 +36,8 @@ type runFlags struct {
 	logPrefix    bool
 	balance      string
 	migrateReq   bool
+	captureBind  bool
+	stopIdle     time.Duration
 	logFormat    string
 	logLevel     string
 	env          []string
@@ -72,12 +75,14 @@ receives the stop signal.`,
 	f.control.register(c)
 	fl.StringArrayVarP(&f.listen, "listen", "l", nil, "listener [NAME=]ADDRESS, repeatable (see above)")
 	fl.IntVarP(&f.workers, "workers", "n", runtime.NumCPU(), "number of worker processes (slots)")
-	fl.StringVar(&f.ready, "ready", "delay:1s", "when a worker is ready: notify (READY=1 on NOTIFY_SOCKET) or delay:DURATION")
+	fl.StringVar(&f.ready, "ready", "delay:1s", "when a worker is ready: notify (READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: it bound every listener) or delay:DURATION")
 	fl.DurationVar(&f.readyTimeout, "ready-timeout", 60*time.Second, "with --ready notify: how long a worker may take to send READY=1")
 	fl.StringVar(&f.stopSignal, "stop-signal", "TERM", "signal that asks a worker to drain and exit")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long a stopping worker may drain before it is killed")
+	fl.DurationVar(&f.stopIdle, "stop-when-idle", 0, "hold the stop signal until the worker holds no connection on the TCP listeners (checked with it frozen), at most this long: for programs that die on the stop signal")
 	fl.StringVar(&f.fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
 	fl.StringVar(&f.balance, "balance", listener.Shared, "default for TCP/UDP listeners without ?balance=: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fl.BoolVar(&f.captureBind, "capture-bind", false, "run unmodified programs that bind their own port: their bind(2) of a listener's address gets baton's socket (seccomp user notification; see docs/capture-bind.md)")
 	fl.BoolVar(&f.migrateReq, "enable-migrate-req", false, "let a scale-down set net.ipv4.tcp_migrate_req=1 (root), so closing a reuseport slot's socket moves its queue to the other slots")
 	fl.BoolVar(&f.logPrefix, "log-prefix", true, "prefix worker output lines with [gGEN sSLOT PID]; false passes it through raw")
 	fl.StringVar(&f.logFormat, "log-format", "text", "baton's log format: text or json")
@@ -124,9 +129,15 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 	if err != nil {
 		return rc, &usageError{err}
 	}
+	if ready.Bind && !f.captureBind {
+		return rc, usagef("--ready bind needs --capture-bind: without it baton does not see the program's binds")
+	}
 	sig, err := supervisor.ParseSignal(f.stopSignal)
 	if err != nil {
 		return rc, usagef("--stop-signal: %w", err)
+	}
+	if f.stopIdle < 0 || f.stopIdle > f.drainTimeout {
+		return rc, usagef("--stop-when-idle %s: want 0 (off) up to the drain timeout (%s)", f.stopIdle, f.drainTimeout)
 	}
 	if f.readyTimeout <= 0 || f.drainTimeout <= 0 {
 		return rc, usagef("--ready-timeout and --drain-timeout must be positive durations such as 30s")
@@ -159,7 +170,7 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 		Path: path, Args: args, Env: f.env,
 		Workers: f.workers, Ready: ready, ReadyTimeout: f.readyTimeout,
 		StopSignal: sig, DrainTimeout: f.drainTimeout,
-		Fd0: f.fd0, LogPrefix: f.logPrefix, EnableMigrateReq: f.migrateReq,
+		Fd0: f.fd0, LogPrefix: f.logPrefix, EnableMigrateReq: f.migrateReq, CaptureBind: f.captureBind, StopWhenIdle: f.stopIdle,
 	}
 	return rc, nil
 }
@@ -211,6 +222,14 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 	// close-on-exec. Those baton hands over are passed explicitly.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		log.Warn("cannot mark inherited descriptors close-on-exec; they may leak into workers", "err", err)
+	}
+
+	if rc.sup.CaptureBind {
+		// Probed before anything is bound or started: a kernel or sandbox
+		// without seccomp user notification fails here, with the reason.
+		if err := capture.Supported(); err != nil {
+			return fmt.Errorf("--capture-bind: %w", err)
+		}
 	}
 
 	ctl, err := control.Listen(rc.control, log)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,9 +26,10 @@ import (
 )
 
 var (
-	binDir   string // baton and hello, world-readable so a dropped uid can run them
-	batonBin string
-	helloBin string
+	binDir      string // baton and hello, world-readable so a dropped uid can run them
+	batonBin    string
+	helloBin    string
+	selfbindBin string // examples/selfbind, built static (CGO_ENABLED=0)
 	testBin  string // this test binary, which doubles as a worker
 )
 
@@ -56,12 +58,18 @@ func buildAndRun(m *testing.M) (int, error) {
 	if err := os.Chmod(binDir, 0o755); err != nil {
 		return 0, err
 	}
-	batonBin, helloBin = filepath.Join(binDir, "baton"), filepath.Join(binDir, "hello")
+	batonBin, helloBin, selfbindBin = filepath.Join(binDir, "baton"), filepath.Join(binDir, "hello"), filepath.Join(binDir, "selfbind")
 	for pkg, out := range map[string]string{"../../cmd/baton": batonBin, "../../examples/hello": helloBin} {
 		cmd := exec.Command("go", "build", "-race", "-o", out, pkg)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("building %s: %v\n%s", pkg, err, b)
 		}
+	}
+	// A program that knows nothing of baton, statically linked.
+	cmd := exec.Command("go", "build", "-o", selfbindBin, "../../examples/selfbind")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("building examples/selfbind: %v\n%s", err, b)
 	}
 	if testBin, err = os.Executable(); err != nil {
 		return 0, err
@@ -316,6 +324,17 @@ func waitGone(t *testing.T, pids []int, within time.Duration) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 func workerPIDs(st supervisor.Status) []int {

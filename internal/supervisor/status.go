@@ -68,6 +68,9 @@ type WorkerStatus struct {
 	// Accepted is the number of connections the worker says it accepted
 	// (X_BATON_ACCEPTED=, sent by baton's library); absent when unknown.
 	Accepted *int64 `json:"accepted,omitempty"`
+	// Captures lists the binds baton answered with its own socket (with
+	// --capture-bind).
+	Captures []CaptureStatus `json:"captures,omitempty"`
 }
 
 // ReloadStats counts reloads.
@@ -141,7 +144,7 @@ func (s *Supervisor) status() Status {
 		ws := WorkerStatus{
 			Slot: w.slot.index, Generation: w.gen.id, PID: w.pid, State: w.state,
 			Started: w.started, Uptime: Duration(now.Sub(w.started)),
-			Restarts: w.slot.restarts, Status: w.status,
+			Restarts: w.slot.restarts, Status: w.status, Captures: w.captures,
 		}
 		if w.accepted >= 0 {
 			n := w.accepted

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -53,6 +54,9 @@ type Supervisor struct {
 	events chan func()
 	done   chan struct{} // closed when Run has finished
 	start  time.Time
+	// ctx is cancelled when Run returns; goroutines serving workers end.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// Everything below is owned by the loop goroutine.
 	active, pending *generation
@@ -89,6 +93,7 @@ func New(o Options) (*Supervisor, error) {
 		workers:   map[int]*worker{},
 		start:     time.Now(),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for i := 0; i < s.cfg.Workers; i++ {
 		s.slots = append(s.slots, &slot{index: i})
 	}
@@ -132,6 +137,7 @@ func (s *Supervisor) listener(name string) *listener.Group {
 // returning; the listeners stay open for the caller to close.
 func (s *Supervisor) Run() error {
 	defer close(s.done)
+	defer s.cancel()
 	go s.notify.Serve(func(m notify.Message) { s.post(func() { s.notified(m) }) })
 	go s.workerSock.Serve(s.handleWorker)
 	defer s.workerSock.Close()

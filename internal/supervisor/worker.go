@@ -76,6 +76,7 @@ type worker struct {
 	// accepted is the connection count the worker last reported with
 	// X_BATON_ACCEPTED= (baton's library does), -1 when it never did.
 	accepted int64
+	captures []CaptureStatus // binds baton answered with its own socket
 
 	// stopped is set when baton asked the worker to stop, so its exit is
 	// not a crash; restart is set when baton stopped it to start a
@@ -112,10 +113,22 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	if err != nil {
 		return s.startFailed(w, err)
 	}
+	env := s.workerEnv(g, sl)
+	var capt *captureStart
+	if s.cfg.CaptureBind {
+		if capt, err = newCaptureStart(len(files)); err != nil {
+			for _, f := range closeAfter {
+				f.Close()
+			}
+			return s.startFailed(w, err)
+		}
+		files = append(files, capt.shim)
+		env = append(env, capt.env())
+	}
 	proc, err := s.spawner.Start(spawn.Spec{
 		Path:      s.cfg.Path,
 		Args:      s.cfg.Args,
-		Env:       s.workerEnv(g, sl),
+		Env:       env,
 		Dir:       s.cfg.Dir,
 		Files:     files,
 		Pdeathsig: s.cfg.StopSignal,
@@ -134,15 +147,21 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	for _, f := range closeAfter {
 		f.Close() // the child has its copies; ours would keep the pipes open
 	}
+	if capt != nil {
+		capt.started(err == nil)
+	}
 	if err != nil {
 		return s.startFailed(w, err)
 	}
 	w.proc, w.pid, w.started = proc, proc.Pid, time.Now()
+	if capt != nil {
+		go s.serveCapture(w, capt.baton)
+	}
 	g.workers[sl.index] = w
 	s.workers[w.pid] = w
 	s.stats.workersStarted++
 	s.log.Info("worker started", w.attrs()...)
-	if s.cfg.Ready.Notify {
+	if s.cfg.Ready.deadline() {
 		w.setTimer(s.after(s.cfg.ReadyTimeout, func() { s.readyDeadline(w) }))
 	} else {
 		w.setTimer(s.after(s.cfg.Ready.Delay, func() {
@@ -271,7 +290,11 @@ func (s *Supervisor) readyDeadline(w *worker) {
 	if w.state != Starting {
 		return
 	}
-	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not send READY=1 within %s", w.slot.index, w.pid, w.gen.id, s.cfg.ReadyTimeout)
+	what := "send READY=1"
+	if s.cfg.Ready.Bind {
+		what = "bind every listener"
+	}
+	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, what, s.cfg.ReadyTimeout)
 	s.log.Warn("worker missed its readiness deadline", w.attrs("timeout", s.cfg.ReadyTimeout)...)
 	if w.gen == s.pending {
 		s.endReload(err)
@@ -289,8 +312,10 @@ func (s *Supervisor) stopWorker(w *worker, reason string) {
 	}
 	w.stopped, w.state, w.stopAt = true, Draining, time.Now()
 	s.log.Info("stopping worker", w.attrs("signal", SignalName(s.cfg.StopSignal), "reason", reason)...)
-	if err := w.proc.Signal(s.cfg.StopSignal); err != nil {
-		s.log.Debug("stop signal not delivered", w.attrs("err", err)...)
+	if ports := s.tcpPorts(); s.cfg.StopWhenIdle > 0 && len(ports) > 0 {
+		go s.quiesceThenSignal(w, ports, s.cfg.StopWhenIdle)
+	} else {
+		s.signalStop(w)
 	}
 	w.setTimer(s.after(s.cfg.DrainTimeout, func() {
 		if w.state == Exited {
