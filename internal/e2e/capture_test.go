@@ -189,7 +189,9 @@ func TestCaptureNginx(t *testing.T) {
 	// `nginx -s reload` on the same load.
 	ka := func(addr string, reload func()) *loadgen.Result {
 		ch := make(chan *loadgen.Result, 1)
-		go func() { ch <- loadgen.Run(context.Background(), loadgen.Config{Addr: addr, KeepAlive: 8, Duration: 5 * time.Second}) }()
+		go func() {
+			ch <- loadgen.Run(context.Background(), loadgen.Config{Addr: addr, KeepAlive: 8, Duration: 5 * time.Second})
+		}()
 		for i := 0; i < 10; i++ {
 			time.Sleep(400 * time.Millisecond)
 			reload()

@@ -30,7 +30,7 @@ var (
 	batonBin    string
 	helloBin    string
 	selfbindBin string // examples/selfbind, built static (CGO_ENABLED=0)
-	testBin  string // this test binary, which doubles as a worker
+	testBin     string // this test binary, which doubles as a worker
 )
 
 func TestMain(m *testing.M) {
