@@ -30,6 +30,7 @@ var (
 	batonBin    string
 	helloBin    string
 	selfbindBin string // examples/selfbind, built static (CGO_ENABLED=0)
+	chatBin     string // examples/chat
 	testBin     string // this test binary, which doubles as a worker
 )
 
@@ -59,8 +60,11 @@ func buildAndRun(m *testing.M) (int, error) {
 		return 0, err
 	}
 	batonBin, helloBin, selfbindBin = filepath.Join(binDir, "baton"), filepath.Join(binDir, "hello"), filepath.Join(binDir, "selfbind")
-	for pkg, out := range map[string]string{"../../cmd/baton": batonBin, "../../examples/hello": helloBin} {
-		cmd := exec.Command("go", "build", "-race", "-o", out, pkg)
+	chatBin = filepath.Join(binDir, "chat")
+	for pkg, out := range map[string]string{"../../cmd/baton": batonBin, "../../examples/hello": helloBin, "../../examples/chat": chatBin} {
+		// With the race detector when the tests have it (benchmarks run
+		// without, and measure binaries without it).
+		cmd := exec.Command("go", "build", raceFlag, "-o", out, pkg)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("building %s: %v\n%s", pkg, err, b)
 		}

@@ -57,6 +57,8 @@ func runWorker(mode string) int {
 		err = fcgiWorker()
 	case "orphan":
 		err = orphanWorker()
+	case "hold":
+		err = holdWorker()
 	default:
 		err = fmt.Errorf("unknown worker mode %q", mode)
 	}
