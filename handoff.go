@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/fdpass"
 	"github.com/baton-dev/baton/internal/handoff"
 )
 
@@ -64,7 +67,7 @@ type AdoptedConn struct {
 // many goroutines at once: their connections go to baton together, up to
 // 253 per transfer.
 func Handoff(conn net.Conn, state []byte) error {
-	path := os.Getenv("BATON_SOCKET")
+	path := batonSocket()
 	if path == "" {
 		return fmt.Errorf("baton.Handoff: %w: not running under baton (no BATON_SOCKET); close the connection instead", ErrNoHandoff)
 	}
@@ -76,37 +79,30 @@ func Handoff(conn net.Conn, state []byte) error {
 	if err != nil {
 		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, err)
 	}
-	// Hand off a duplicate: the connection's own descriptor could be
-	// closed, and its number reused, while the transfer runs.
 	raw, err := sc.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, err)
 	}
-	fd, derr := -1, error(nil)
-	if err := raw.Control(func(f uintptr) { fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, err)
-	}
-	if derr != nil {
-		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr))
-	}
-	r := &handoffReq{conn: handoff.Conn{Fd: fd, Listener: name, State: state}, done: make(chan error, 1)}
+	r := &handoffReq{raw: raw, conn: handoff.Conn{Listener: name, State: state}, done: make(chan error, 1)}
 	sendq.add(r, path)
-	err = <-r.done
-	unix.Close(fd) // baton holds its own copy, or the caller keeps conn
-	if err != nil {
+	if err := <-r.done; err != nil {
 		var tooLarge handoff.StateTooLarge
 		if errors.As(err, &tooLarge) {
 			return fmt.Errorf("baton.Handoff: %w: %w", ErrStateTooLarge, err)
 		}
 		return fmt.Errorf("baton.Handoff: %w: %w", ErrNoHandoff, err)
 	}
-	conn.Close()
+	conn.Close() // baton holds the connection now
 	return nil
 }
 
+// batonSocket is BATON_SOCKET, read once.
+var batonSocket = sync.OnceValue(func() string { return os.Getenv("BATON_SOCKET") })
+
 // handoffReq is one Handoff waiting for its transfer.
 type handoffReq struct {
-	conn handoff.Conn
+	raw  syscall.RawConn
+	conn handoff.Conn // Fd is set while the transfer holds it
 	done chan error
 }
 
@@ -166,18 +162,43 @@ func (q *handoffQueue) run(path string) {
 		if len(batch) == 0 {
 			continue
 		}
-		conns := make([]handoff.Conn, len(batch))
-		for i, r := range batch {
-			conns[i] = r.conn
-		}
-		err := s.Send(context.Background(), conns)
-		for _, r := range batch {
-			r.done <- err
-		}
+		var err error
+		holding(batch, nil, nil, func(conns []handoff.Conn, held []*handoffReq) {
+			if len(conns) == 0 {
+				return
+			}
+			err = s.Send(context.Background(), conns)
+			for _, r := range held {
+				r.done <- err
+			}
+		})
 		if err != nil {
 			s.Close()
 			s = nil
 		}
+	}
+}
+
+// holding calls f with the descriptors of the connections of rest (after
+// conns and held, those gathered so far), each held open by its RawConn's
+// Control while f runs: a Close in another goroutine waits until the
+// transfer is over, so the descriptor number cannot be reused under it. A
+// request whose connection is closed already fails alone.
+func holding(rest []*handoffReq, conns []handoff.Conn, held []*handoffReq, f func([]handoff.Conn, []*handoffReq)) {
+	if len(rest) == 0 {
+		f(conns, held)
+		return
+	}
+	r, ran := rest[0], false
+	err := r.raw.Control(func(fd uintptr) {
+		ran = true
+		c := r.conn
+		c.Fd = int(fd)
+		holding(rest[1:], append(conns, c), append(held, r), f)
+	})
+	if !ran {
+		r.done <- fmt.Errorf("the connection is closed: %w", err)
+		holding(rest[1:], conns, held, f)
 	}
 }
 
@@ -315,7 +336,7 @@ var adoption struct {
 func Adopted() <-chan AdoptedConn {
 	adoption.once.Do(func() {
 		adoption.ch = make(chan AdoptedConn)
-		path := os.Getenv("BATON_SOCKET")
+		path := batonSocket()
 		if path == "" {
 			close(adoption.ch)
 			return
@@ -363,18 +384,34 @@ func adoptFrom(a *handoff.Adopter, q *adoptQueue) error {
 		if err != nil {
 			return err
 		}
-		var got []AdoptedConn
-		for _, f := range fds {
-			file := os.NewFile(uintptr(f.Fd), "adopted:"+f.Name)
-			c, err := net.FileConn(file)
-			file.Close() // FileConn holds a duplicate
-			if err != nil {
-				continue // not a stream socket: nothing this process can serve
-			}
-			got = append(got, AdoptedConn{Conn: c, State: f.Meta, Listener: f.Name})
-		}
-		q.push(got)
+		q.push(fileConns(fds))
 	}
+}
+
+// fileConns turns received descriptors into connections, in parallel:
+// each takes a dozen system calls (net.FileConn).
+func fileConns(fds []fdpass.FD) []AdoptedConn {
+	out := make([]AdoptedConn, len(fds))
+	workers := min(runtime.GOMAXPROCS(0), (len(fds)+31)/32)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(fds); i += workers {
+				f := fds[i]
+				file := os.NewFile(uintptr(f.Fd), "adopted:"+f.Name)
+				c, err := net.FileConn(file)
+				file.Close() // FileConn holds a duplicate
+				if err == nil {
+					out[i] = AdoptedConn{Conn: c, State: f.Meta, Listener: f.Name}
+				}
+				// Otherwise not a stream socket: nothing to serve.
+			}
+		}()
+	}
+	wg.Wait()
+	return slices.DeleteFunc(out, func(a AdoptedConn) bool { return a.Conn == nil })
 }
 
 // adoptRoom is how many descriptors a transfer may bring, from this

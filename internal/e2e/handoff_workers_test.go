@@ -8,9 +8,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/baton-dev/baton"
@@ -43,6 +45,17 @@ type holdReport struct {
 	HandedNS     int64 `json:"handed_ns,omitempty"`
 	FirstAdoptNS int64 `json:"first_adopt_ns,omitempty"`
 	LastAdoptNS  int64 `json:"last_adopt_ns,omitempty"`
+	// CPU time (user and system) the process had used at the stop
+	// signal, and when it exits.
+	CPUStopNS int64 `json:"cpu_stop_ns,omitempty"`
+	CPUExitNS int64 `json:"cpu_exit_ns,omitempty"`
+}
+
+// cpuNS is the CPU time this process has used.
+func cpuNS() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // holdWorker serves the "echo" listener: each line is answered with
@@ -55,7 +68,8 @@ func holdWorker() error {
 	if err != nil {
 		return err
 	}
-	w := &holder{rep: holdReport{PID: os.Getpid(), Generation: baton.Generation()}, conns: map[net.Conn]bool{}}
+	w := &holder{rep: holdReport{PID: os.Getpid(), Generation: baton.Generation()}, conns: map[net.Conn]bool{},
+		prefix: fmt.Sprintf("%d %d ", os.Getpid(), baton.Generation())}
 	if n, err := strconv.Atoi(os.Getenv(handoffPause)); err == nil {
 		w.pause = int64(n)
 	}
@@ -107,12 +121,26 @@ func holdWorker() error {
 		}
 	}()
 	go w.reportLoop()
+	if dir := os.Getenv("E2E_CPUPROFILE"); dir != "" && baton.Generation() > 1 {
+		f, _ := os.Create(filepath.Join(dir, fmt.Sprintf("start-%d.prof", os.Getpid())))
+		pprof.StartCPUProfile(f)
+		go func() {
+			<-stop
+			pprof.StopCPUProfile()
+		}()
+	}
 	if err := baton.Ready(); err != nil {
 		return err
 	}
 	<-stop
+	if dir := os.Getenv("E2E_CPUPROFILE"); dir != "" {
+		f, _ := os.Create(filepath.Join(dir, fmt.Sprintf("stop-%d.prof", os.Getpid())))
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	w.mu.Lock()
 	w.rep.StopNS = time.Now().UnixNano()
+	w.rep.CPUStopNS = cpuNS()
 	w.stopping = true
 	for c := range w.conns {
 		c.SetReadDeadline(time.Now())
@@ -121,6 +149,9 @@ func holdWorker() error {
 	ln.Close()
 	adopted.Wait()
 	w.wg.Wait()
+	w.mu.Lock()
+	w.rep.CPUExitNS = cpuNS()
+	w.mu.Unlock()
 	return w.writeReport()
 }
 
@@ -129,11 +160,13 @@ type holder struct {
 	rep      holdReport
 	conns    map[net.Conn]bool
 	stopping bool
-	pause    int64 // hand off this many, then hang
+	prefix   string // of every answer: pid and generation
+	pause    int64  // hand off this many, then hang
 	started  atomic.Int64
 	paused   []string
 	wg       sync.WaitGroup
 	dirty    atomic.Bool
+	wmu      sync.Mutex // one report written at a time
 }
 
 func (w *holder) serve(c net.Conn, pending []byte) {
@@ -153,10 +186,11 @@ func (w *holder) serve(c net.Conn, pending []byte) {
 			w.mu.Unlock()
 			w.dirty.Store(true)
 		}()
-		prefix := fmt.Sprintf("%d %d ", os.Getpid(), baton.Generation())
-		r := bufio.NewReader(c)
+		// Idle connections with short lines: a small buffer each.
+		prefix := w.prefix
+		r := bufio.NewReaderSize(c, 256)
 		if len(pending) > 0 {
-			r = bufio.NewReader(&prefixReader{pending: pending, r: c})
+			r = bufio.NewReaderSize(&prefixReader{pending: pending, r: c}, 256)
 		}
 		for {
 			line, err := r.ReadString('\n')
@@ -194,7 +228,10 @@ func (w *holder) handOff(c net.Conn, state []byte) bool {
 			select {} // the test kills this process
 		}
 	}
-	remote := c.RemoteAddr().String()
+	var remote string
+	if w.pause > 0 {
+		remote = c.RemoteAddr().String()
+	}
 	err := baton.Handoff(c, state)
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -240,6 +277,8 @@ func (w *holder) reportLoop() {
 }
 
 func (w *holder) writeReport() error {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
 	w.mu.Lock()
 	b, err := json.Marshal(w.rep)
 	w.mu.Unlock()

@@ -262,3 +262,30 @@ func readAll(c net.Conn) (string, error) {
 	b, err := io.ReadAll(c)
 	return string(b), err
 }
+
+// newBenchHarness is newHarness for a benchmark.
+func newBenchHarness(b *testing.B) *harness {
+	st, err := NewStore(Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	name := fmt.Sprintf("@baton-handoff-bench/%d/%d", os.Getpid(), time.Now().UnixNano())
+	srv, err := control.ListenAbstract(name, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := &harness{store: st, srv: srv, path: name}
+	h.source.Store(fakeSource)
+	go srv.ServeConns(h.handle)
+	b.Cleanup(func() {
+		st.Close()
+		srv.Close()
+	})
+	return h
+}
+
+func ctxB(b *testing.B) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	b.Cleanup(cancel)
+	return c
+}

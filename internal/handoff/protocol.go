@@ -104,7 +104,7 @@ func readLine(c *net.UnixConn, max int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, max+1)
+	buf := make([]byte, 4096)
 	var line []byte
 	for {
 		var n int

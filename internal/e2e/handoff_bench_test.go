@@ -1,0 +1,330 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/supervisor"
+)
+
+// BenchmarkHandoffMove measures the move of every idle connection from
+// one generation to the next: baton runs HANDOFF_BENCH_WORKERS hold
+// workers (default 2) that accept HANDOFF_BENCH_CONNS connections
+// (default 15,000) from this process; each iteration is one reload, timed
+// from the first old worker's stop signal to the last adoption in the
+// new generation (the workers' own clocks). It reports the move's
+// duration, connections per second, and baton's peak resident memory
+// during the move (VmHWM, reset before each). The clients are checked
+// afterwards: each is answered by the new generation.
+//
+//	go test -run '^$' -bench HandoffMove -benchtime 5x ./internal/e2e
+//
+// Without -race, the binaries under test are built without it too.
+func BenchmarkHandoffMove(b *testing.B) {
+	if testing.Short() {
+		b.Skip("end-to-end benchmark: skipped with -short")
+	}
+	n := benchEnv("HANDOFF_BENCH_CONNS", 15000)
+	workers := benchEnv("HANDOFF_BENCH_WORKERS", 2)
+	dir := b.TempDir()
+	bt := startBenchBaton(b, dir, workers)
+	addr := bt.status(b).Listeners[0].Address
+
+	// n idle connections from n source addresses spread over 127.0.0.0/8,
+	// so that neither side runs short of ports; SO_LINGER 0 on close so
+	// that none is left in TIME-WAIT for the next run.
+	clients := make([]*holdClient, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 64 {
+				local := &net.TCPAddr{IP: net.IPv4(127, 1, byte(i>>8), byte(i))}
+				c, err := (&net.Dialer{LocalAddr: local, Timeout: 30 * time.Second}).Dial("tcp", addr)
+				if err != nil {
+					errs <- err
+					return
+				}
+				c.(*net.TCPConn).SetLinger(0)
+				clients[i] = &holdClient{conn: c.(*net.TCPConn), r: bufio.NewReader(c)}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		for _, c := range clients {
+			c.conn.Close()
+		}
+	}()
+	gen := 1
+	waitReports(b, dir, func(r map[int]holdReport) bool {
+		return sumGen(r, gen, func(h holdReport) int64 { return h.Accepted }) == int64(n)
+	})
+
+	b.ResetTimer()
+	var moves []time.Duration
+	var peaks []float64
+	for range b.N {
+		b.StopTimer()
+		os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", bt.cmd.Process.Pid), []byte("5"), 0)
+		batonCPU := procCPU(bt.cmd.Process.Pid)
+		b.StartTimer()
+		if _, err := bt.call("reload", map[string]bool{"wait": true}); err != nil {
+			b.Fatal(err)
+		}
+		gen++
+		// The new workers' CPU time from here on is the adoption's (and
+		// their last steps of starting).
+		newCPU := map[int]int64{}
+		for _, w := range bt.status(b).Workers {
+			if w.Generation == gen {
+				newCPU[w.PID] = -procCPU(w.PID)
+			}
+		}
+		reps := waitReports(b, dir, func(r map[int]holdReport) bool {
+			return sumGen(r, gen, func(h holdReport) int64 { return h.Adopted }) == int64(n)
+		})
+		for pid := range newCPU {
+			newCPU[pid] += procCPU(pid)
+		}
+		b.StopTimer()
+		batonCPU = procCPU(bt.cmd.Process.Pid) - batonCPU
+		// The old workers exit once they have handed everything off.
+		reps = waitReports(b, dir, func(r map[int]holdReport) bool {
+			for _, h := range r {
+				if h.Generation == gen-1 && h.CPUExitNS == 0 {
+					return false
+				}
+			}
+			return true
+		})
+		var start, end, handed, first, oldCPU, adoptCPU int64
+		for _, r := range reps {
+			switch r.Generation {
+			case gen - 1:
+				if start == 0 || r.StopNS < start {
+					start = r.StopNS
+				}
+				handed = max(handed, r.HandedNS)
+				oldCPU += r.CPUExitNS - r.CPUStopNS
+			case gen:
+				end = max(end, r.LastAdoptNS)
+				if first == 0 || r.FirstAdoptNS < first {
+					first = r.FirstAdoptNS
+				}
+			}
+		}
+		for _, c := range newCPU {
+			adoptCPU += c
+		}
+		b.Logf("phases: first adoption after %s, last Handoff returned after %s; CPU per connection: old workers %.1fµs, baton %.1fµs, new workers %.1fµs",
+			time.Duration(first-start).Round(time.Millisecond), time.Duration(handed-start).Round(time.Millisecond),
+			float64(oldCPU)/1e3/float64(n), float64(batonCPU)/1e3/float64(n), float64(adoptCPU)/1e3/float64(n))
+		move := time.Duration(end - start)
+		moves = append(moves, move)
+		peak := vmHWM(bt.cmd.Process.Pid)
+		peaks = append(peaks, peak)
+		st := bt.status(b)
+		b.Logf("generation %d: %d connections moved in %s (%.0f/s); baton peak RSS %.1f MiB, %d fds; store %+v",
+			gen, n, move.Round(time.Millisecond), float64(n)/move.Seconds(), peak, st.Process.FDs, st.Handoff.Stats)
+		checkServedBy(b, clients, gen)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(moves)
+	med := moves[len(moves)/2]
+	b.ReportMetric(float64(med.Microseconds())/1000, "ms/move")
+	b.ReportMetric(float64(n)/med.Seconds(), "conns/s")
+	b.ReportMetric(slices.Max(peaks), "peak-RSS-MiB")
+}
+
+func benchEnv(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// sumGen adds up f over the reports of generation gen.
+func sumGen(reps map[int]holdReport, gen int, f func(holdReport) int64) int64 {
+	var n int64
+	for _, r := range reps {
+		if r.Generation == gen {
+			n += f(r)
+		}
+	}
+	return n
+}
+
+func waitReports(tb testing.TB, dir string, ok func(map[int]holdReport) bool) map[int]holdReport {
+	tb.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		reps, err := readHoldReports(dir)
+		if err == nil && ok(reps) {
+			return reps
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("workers' reports never got there: %+v, %v", reps, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// checkServedBy checks that every client is answered by generation gen.
+func checkServedBy(tb testing.TB, clients []*holdClient, gen int) {
+	tb.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	bad := 0
+	var first error
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(clients); i += 64 {
+				_, g, err := clients[i].echo("check")
+				if err == nil && g != gen {
+					err = fmt.Errorf("answered by generation %d", g)
+				}
+				if err != nil {
+					mu.Lock()
+					if bad++; first == nil {
+						first = fmt.Errorf("client %d: %w", i, err)
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if bad > 0 {
+		tb.Fatalf("%d clients not served by generation %d: first %v", bad, gen, first)
+	}
+}
+
+// vmHWM is a process's peak resident memory in MiB.
+func vmHWM(pid int) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+// benchBaton is a baton run for a benchmark (the test harness needs a
+// *testing.T).
+type benchBaton struct {
+	cmd *exec.Cmd
+	ctl string
+}
+
+func startBenchBaton(tb testing.TB, dir string, workers int) *benchBaton {
+	tb.Helper()
+	sock, err := os.MkdirTemp("", "bt")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(sock) })
+	bt := &benchBaton{ctl: filepath.Join(sock, "ctl.sock")}
+	logf, err := os.Create(filepath.Join(dir, "baton.log"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	bt.cmd = exec.Command(batonBin, "run", "--control", bt.ctl, "-l", "echo=tcp://127.0.0.1:0", "-n", strconv.Itoa(workers),
+		"--ready", "notify", "--", testBin)
+	bt.cmd.Env = append(os.Environ(), workerEnv+"=hold", reportDir+"="+dir)
+	bt.cmd.Stdout, bt.cmd.Stderr = logf, logf
+	if err := bt.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		bt.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { bt.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			bt.cmd.Process.Kill()
+			<-done
+		}
+		logf.Close()
+		if tb.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			tb.Logf("baton output:\n%s", b)
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if st, err := bt.tryStatus(); err == nil && settled(st, workers) {
+			return bt
+		}
+		if time.Now().After(deadline) {
+			tb.Fatal("baton's workers not ready within 60s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (bt *benchBaton) call(method string, params any) (json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return control.Call(ctx, bt.ctl, method, params)
+}
+
+func (bt *benchBaton) tryStatus() (supervisor.Status, error) {
+	var st supervisor.Status
+	raw, err := bt.call("status", nil)
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(raw, &st)
+}
+
+func (bt *benchBaton) status(tb testing.TB) supervisor.Status {
+	tb.Helper()
+	st, err := bt.tryStatus()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+// procCPU is the CPU time process pid has used, in nanoseconds.
+func procCPU(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return (ut + st) * int64(time.Second) / 100 // USER_HZ
+}
