@@ -11,6 +11,7 @@ all: build
 build: ## build bin/baton and the examples
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
 	$(GO) build -o $(BIN)/hello ./examples/hello
+	$(GO) build -o $(BIN)/chat ./examples/chat
 
 run: build ## baton supervising its bundled demo server on 127.0.0.1:8080 with 2 workers
 	$(BIN)/baton run --name demo -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- $(BIN)/baton demo
