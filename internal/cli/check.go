@@ -55,4 +55,3 @@ and what is allowed; check exits 2 then.`,
 	config.Register(fl, &flags)
 	return c
 }
-
