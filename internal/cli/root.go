@@ -64,7 +64,7 @@ reload swaps worker generations without one refused or reset connection.
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
 	})
-	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newStatusCmd(), newStopCmd(), newDemoCmd())
+	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newStopCmd(), newDemoCmd())
 	root.CompletionOptions.HiddenDefaultCmd = true
 	return root
 }

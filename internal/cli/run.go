@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
 	"github.com/baton-dev/baton/internal/supervisor"
+	"github.com/baton-dev/baton/internal/takeover"
 )
 
 func newRunCmd() *cobra.Command {
@@ -88,9 +90,29 @@ func newLogger(format, level string) (*slog.Logger, error) {
 }
 
 func run(c *cobra.Command, configPath string, flags *config.Settings, args []string) error {
+	// A previous baton may have re-executed itself as this binary (an
+	// upgrade), or runs it to check that it could (the pre-flight).
+	state, preflight, err := takeover.Inherited()
+	if err != nil {
+		return err
+	}
 	r, err := load(configPath, flags, c.Flags(), args)
 	if err != nil {
 		return err
+	}
+	var h *supervisor.Handover
+	if state != nil {
+		h = &supervisor.Handover{}
+		if err := json.Unmarshal(state, h); err != nil {
+			return fmt.Errorf("reading the state the previous baton handed over: %w", err)
+		}
+		if preflight {
+			if err := h.Check(); err != nil {
+				return fmt.Errorf("pre-flight: %w", err)
+			}
+			fmt.Fprintf(c.OutOrStdout(), "pre-flight ok: %d listeners, %d workers, state version %d\n", len(h.Listeners), len(h.Workers), h.Version)
+			return nil
+		}
 	}
 	log, err := newLogger(r.LogFormat, r.LogLevel)
 	if err != nil {
@@ -110,7 +132,12 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 		}
 	}
 
-	ctl, err := control.Listen(r.ControlPath, log)
+	var ctl *control.Server
+	if h != nil && h.ControlFd >= 0 {
+		ctl, err = control.FromFd(h.ControlFd, h.ControlPath, log)
+	} else {
+		ctl, err = control.Listen(r.ControlPath, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -121,13 +148,8 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 		}
 	}
 
-	listeners, err := bindAll(r.Specs, r.Supervisor.Workers, log)
-	if err != nil {
-		return err
-	}
 	prev := r
-	sup, err := supervisor.New(supervisor.Options{
-		Plan: supervisor.Plan{Config: r.Supervisor, Listeners: listeners},
+	opts := supervisor.Options{
 		Prepare: func(current []*listener.Group, workers int) (*supervisor.Plan, error) {
 			next, err := load(configPath, flags, c.Flags(), args)
 			if err != nil {
@@ -148,6 +170,8 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 		Log:     log,
 		Stdout:  os.Stdout,
 		Stderr:  os.Stderr,
+		Args:    os.Args,
+		Control: ctl,
 		OnReady: func() { tellSystemd(log, "READY=1") },
 		OnReloading: func() {
 			var ts unix.Timespec
@@ -155,17 +179,29 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 			tellSystemd(log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
 		},
 		OnStopping: func() { tellSystemd(log, "STOPPING=1") },
-	})
-	if err != nil {
-		for _, l := range listeners {
-			l.Close()
-		}
-		return err
 	}
-	log.Info("baton running", "pid", os.Getpid(), "control", r.ControlPath, "config", configPath, "version", Version)
+	var sup *supervisor.Supervisor
+	if h != nil {
+		if sup, err = supervisor.Restore(h, opts); err != nil {
+			return fmt.Errorf("upgrade: taking over from the previous baton: %w", err)
+		}
+	} else {
+		listeners, err := bindAll(r.Specs, r.Supervisor.Workers, log)
+		if err != nil {
+			return err
+		}
+		opts.Plan = supervisor.Plan{Config: r.Supervisor, Listeners: listeners}
+		if sup, err = supervisor.New(opts); err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return err
+		}
+	}
+	log.Info("baton running", "pid", os.Getpid(), "control", ctl.Path(), "config", configPath, "version", Version)
 
 	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGPIPE)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2, syscall.SIGPIPE)
 	defer signal.Stop(sigs)
 	go ctl.Serve(sup.Handle)
 	go func() {
@@ -176,6 +212,8 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 				switch sig {
 				case syscall.SIGHUP:
 					sup.Reload("SIGHUP")
+				case syscall.SIGUSR2:
+					go sup.Upgrade("", false)
 				case syscall.SIGTERM, syscall.SIGINT:
 					stops++
 					if stops == 1 {

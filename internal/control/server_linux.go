@@ -157,6 +157,53 @@ func inGroup(p Peer, gid int) bool {
 	return false
 }
 
+// Fd is the listening socket's descriptor, for a handover across an
+// execve of baton. It stays owned by the server.
+func (s *Server) Fd() int {
+	fd := -1
+	if rc, err := s.ln.SyscallConn(); err == nil {
+		rc.Control(func(u uintptr) { fd = int(u) })
+	}
+	return fd
+}
+
+// FromFd rebuilds a control socket server from a descriptor a previous
+// baton handed over; the socket file at path stays. The descriptor is
+// taken over.
+func FromFd(fd int, path string, log *slog.Logger) (*Server, error) {
+	ln, err := fileListener(fd, path)
+	if err != nil {
+		return nil, err
+	}
+	// This process did not create the file, but it owns it now.
+	ln.SetUnlinkOnClose(true)
+	return newServer(ln, path, log, sameUser), nil
+}
+
+// AbstractFromFd is FromFd for the worker socket (ListenAbstract).
+func AbstractFromFd(fd int, name string, log *slog.Logger) (*Server, error) {
+	ln, err := fileListener(fd, name)
+	if err != nil {
+		return nil, err
+	}
+	return newServer(ln, name, log, nil), nil
+}
+
+func fileListener(fd int, path string) (*net.UnixListener, error) {
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close() // net dups it
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s (fd %d): %w", path, fd, err)
+	}
+	ln, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("socket %s (fd %d) is not a unix stream socket", path, fd)
+	}
+	return ln, nil
+}
+
 // Path is where the socket lives.
 func (s *Server) Path() string { return s.path }
 
@@ -248,7 +295,15 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 		return
 	}
 	writeReply(c, Reply{OK: true, Result: raw})
+	if a, ok := result.(Afterward); ok {
+		c.Close()
+		a.AfterReply()
+	}
 }
+
+// Afterward is a result with something to do once its reply has been
+// written and the connection closed (an upgrade execs baton then).
+type Afterward interface{ AfterReply() }
 
 // readLine reads one newline-terminated request of at most MaxRequest
 // bytes.
