@@ -326,10 +326,10 @@ var adoption struct {
 // Adopted returns the channel on which connections handed over by
 // workers of earlier generations arrive. The first call subscribes on
 // BATON_SOCKET; call it before Ready, so that the subscription is open
-// when baton stops the old generation. baton ends the subscription when
-// it asks this worker to stop; the channel is closed then, once every
-// connection received is delivered. Not under baton, the channel is
-// closed at once.
+// when baton stops the old generation. The subscription lasts until baton
+// asks this worker to stop (it survives a baton upgrade); the channel is
+// closed then, once every connection received is delivered. Not under
+// baton, the channel is closed at once.
 //
 // Serve each AdoptedConn as the old worker would have carried on:
 // restore its State, read on where it stopped.
@@ -348,9 +348,12 @@ func Adopted() <-chan AdoptedConn {
 	return adoption.ch
 }
 
-// adoptLoop keeps the subscription open until baton ends it. A broken
-// subscription (a transfer this process could not take) is opened again,
-// asking for transfers small enough for its descriptor room.
+// adoptLoop keeps the subscription open until baton refuses it (it asked
+// this worker to stop). When baton ends a subscription, which it does when
+// it stops the worker and when it re-executes itself (baton upgrade), the
+// loop asks again; a broken subscription (a transfer this process could
+// not take) is opened again too, asking for transfers that fit its
+// descriptor room.
 func adoptLoop(path string, q *adoptQueue) {
 	defer q.finish()
 	backoff := 50 * time.Millisecond
@@ -359,13 +362,14 @@ func adoptLoop(path string, q *adoptQueue) {
 		a, err := handoff.DialAdopter(ctx, path, adoptRoom())
 		cancel()
 		if errors.Is(err, handoff.ErrRefused) {
-			return // this worker may not adopt (it is stopping)
+			return // this worker may not adopt: it is stopping
 		}
 		if err == nil {
 			err = adoptFrom(a, q)
 			a.Close()
 			if err == nil {
-				return // baton ended the subscription
+				backoff = 50 * time.Millisecond
+				continue // baton ended the subscription: ask again
 			}
 		}
 		time.Sleep(backoff)

@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +28,7 @@ var ErrInUse = errors.New("control socket in use")
 const MaxConns = 1024
 
 // Peer identifies the process on the other end of a connection.
-type Peer struct{ PID, UID int }
+type Peer struct{ PID, UID, GID int }
 
 // Handler answers one request. The context is cancelled when the server
 // closes. A returned error becomes {"ok":false,"error":...}.
@@ -128,6 +130,93 @@ func answering(path string) (int, bool) {
 	return int(cred.Pid), true
 }
 
+// AllowGroup lets members of group gid use the socket besides root and
+// baton's own user: the socket file gets that group and mode 0660.
+func (s *Server) AllowGroup(gid int) error {
+	if err := os.Chown(s.path, -1, gid); err != nil {
+		return fmt.Errorf("control socket %s: giving it group %d: %w", s.path, gid, err)
+	}
+	if err := os.Chmod(s.path, 0o660); err != nil {
+		return fmt.Errorf("control socket %s: %w", s.path, err)
+	}
+	s.allow = func(p Peer) error {
+		if sameUser(p) == nil || inGroup(p, gid) {
+			return nil
+		}
+		return fmt.Errorf("permission denied: uid %d is neither root, baton's user, nor in group %d; ask for that group or use root", p.UID, gid)
+	}
+	return nil
+}
+
+// inGroup reports whether a peer process has gid as its group or one of
+// its supplementary groups (read from /proc, which SO_PEERCRED lacks).
+func inGroup(p Peer, gid int) bool {
+	if p.GID == gid {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Groups:"); ok {
+			for _, g := range strings.Fields(v) {
+				if g == strconv.Itoa(gid) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// Fd is the listening socket's descriptor, for a handover across an
+// execve of baton. It stays owned by the server.
+func (s *Server) Fd() int {
+	fd := -1
+	if rc, err := s.ln.SyscallConn(); err == nil {
+		rc.Control(func(u uintptr) { fd = int(u) })
+	}
+	return fd
+}
+
+// FromFd rebuilds a control socket server from a descriptor a previous
+// baton handed over; the socket file at path stays. The descriptor is
+// taken over.
+func FromFd(fd int, path string, log *slog.Logger) (*Server, error) {
+	ln, err := fileListener(fd, path)
+	if err != nil {
+		return nil, err
+	}
+	// This process did not create the file, but it owns it now.
+	ln.SetUnlinkOnClose(true)
+	return newServer(ln, path, log, sameUser), nil
+}
+
+// AbstractFromFd is FromFd for the worker socket (ListenAbstract).
+func AbstractFromFd(fd int, name string, log *slog.Logger) (*Server, error) {
+	ln, err := fileListener(fd, name)
+	if err != nil {
+		return nil, err
+	}
+	return newServer(ln, name, log, nil), nil
+}
+
+func fileListener(fd int, path string) (*net.UnixListener, error) {
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close() // net dups it
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s (fd %d): %w", path, fd, err)
+	}
+	ln, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("socket %s (fd %d) is not a unix stream socket", path, fd)
+	}
+	return ln, nil
+}
+
 // Path is where the socket lives.
 func (s *Server) Path() string { return s.path }
 
@@ -199,7 +288,7 @@ func (s *Server) serveConn(c *net.UnixConn, h ConnHandler, watchHangup bool) {
 		s.log.Warn("control socket: cannot identify peer", "err", err)
 		return
 	}
-	peer := Peer{PID: int(cred.Pid), UID: int(cred.Uid)}
+	peer := Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}
 	if s.allow != nil {
 		if err := s.allow(peer); err != nil {
 			s.log.Warn("control socket: refused a peer", "pid", peer.PID, "uid", peer.UID, "err", err)
@@ -245,12 +334,23 @@ func (s *Server) serveConn(c *net.UnixConn, h ConnHandler, watchHangup bool) {
 		writeReply(c, Reply{Error: fmt.Sprintf("encoding the reply: %v", err)})
 		return
 	}
-	if err := writeReply(c, Reply{OK: true, Result: raw}); err != nil || takeover == nil {
+	if err := writeReply(c, Reply{OK: true, Result: raw}); err != nil {
 		return
 	}
-	c.SetDeadline(time.Time{})
-	takeover(ctx, c)
+	if a, ok := result.(Afterward); ok {
+		c.Close()
+		a.AfterReply()
+		return
+	}
+	if takeover != nil {
+		c.SetDeadline(time.Time{})
+		takeover(ctx, c)
+	}
 }
+
+// Afterward is a result with something to do once its reply has been
+// written and the connection closed (an upgrade execs baton then).
+type Afterward interface{ AfterReply() }
 
 // readLine reads one newline-terminated request of at most MaxRequest
 // bytes. extra counts the bytes read past the newline.

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,13 +42,14 @@ func (b *instance) waitStatus(what string, within time.Duration, ok func(supervi
 // chatClient is one connection to examples/chat that sends numbered
 // lines and checks their acknowledgements.
 type chatClient struct {
-	id    int
-	conn  *net.TCPConn
-	r     *bufio.Reader
-	rnd   *rand.Rand
-	sent  int   // lines sent, numbered from 1
-	acked int   // acknowledged, in order
-	moves []int // generations it was moved to, from the notices
+	id      int
+	conn    *net.TCPConn
+	r       *bufio.Reader
+	rnd     *rand.Rand
+	sent    int          // lines sent, numbered from 1
+	acked   int          // acknowledged, in order
+	moves   []int        // generations it was moved to, from the notices
+	lastGen atomic.Int64 // the last of moves, for the test to wait on
 }
 
 func dialChat(addr string, id int) (*chatClient, error) {
@@ -91,6 +93,7 @@ func (c *chatClient) next() (string, error) {
 				return "", fmt.Errorf("%v: moved to generation %d after %d", c, gen, c.moves[len(c.moves)-1])
 			}
 			c.moves = append(c.moves, gen)
+			c.lastGen.Store(int64(gen))
 			continue
 		}
 		return line, nil
@@ -161,10 +164,11 @@ func (c *chatClient) finish(gen int) error {
 }
 
 // TestHandoffChatKeepsEveryClient runs examples/chat with 2,000 clients
-// that each send numbered lines while baton reloads five times: every
-// client keeps its connection (same port, never an EOF), every line is
-// acknowledged exactly once and in order, and every connection moved
-// through each generation.
+// that each send numbered lines while baton reloads five times (the third
+// time by upgrading itself, which re-executes baton: the new workers'
+// subscriptions must survive it): every client keeps its connection (same
+// port, never an EOF), every line is acknowledged exactly once and in
+// order, and every connection moved through each generation.
 func TestHandoffChatKeepsEveryClient(t *testing.T) {
 	requireE2E(t)
 	const clients, reloads = 2000, 5
@@ -190,15 +194,28 @@ func TestHandoffChatKeepsEveryClient(t *testing.T) {
 			errs[i] = c.talk(stop)
 		}()
 	}
+	const upgradeAt = 3
 	for i := 1; i <= reloads; i++ {
 		time.Sleep(300 * time.Millisecond)
-		if out, code := b.cli("reload"); code != 0 {
+		cmd := "reload"
+		if i == upgradeAt {
+			cmd = "upgrade"
+		}
+		if out, code := b.cli(cmd); code != 0 {
 			close(stop)
 			wg.Wait()
-			t.Fatalf("reload %d exited %d: %s", i, code, out)
+			t.Fatalf("%s %d exited %d: %s", cmd, i, code, out)
 		}
-		b.waitStatus(fmt.Sprintf("reload %d: every connection adopted by generation %d", i, i+1), 2*time.Minute, func(st supervisor.Status) bool {
-			return st.Handoff.Adopted == clients*i && st.Handoff.Held == 0 && settled(st, 2)
+		b.waitStatus(fmt.Sprintf("%s %d: every connection moved to generation %d", cmd, i, i+1), 2*time.Minute, func(st supervisor.Status) bool {
+			if !settled(st, 2) || st.Generation != i+1 || st.Handoff.Held != 0 {
+				return false
+			}
+			for _, c := range cs {
+				if c.lastGen.Load() != int64(i+1) {
+					return false
+				}
+			}
+			return true
 		})
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -229,8 +246,10 @@ func TestHandoffChatKeepsEveryClient(t *testing.T) {
 	st := b.status()
 	h := st.Handoff
 	t.Logf("%d clients, %d lines acknowledged, %d reloads; store: %+v", clients, lines, reloads, h)
-	if h.Stored != clients*reloads || h.Adopted != clients*reloads || h.Expired != 0 || h.Refused != 0 || h.Unconfirmed != 0 {
-		t.Errorf("store counts %+v; want %d stored and adopted, nothing else", h, clients*reloads)
+	// The counts start again with the upgraded baton, which made the
+	// upgrade's move and those after it.
+	if moves := reloads - upgradeAt + 1; st.Upgrades != 1 || h.Stored != clients*moves || h.Adopted != clients*moves || h.Expired != 0 || h.Refused != 0 || h.Unconfirmed != 0 {
+		t.Errorf("%d upgrades; store counts %+v; want 1 upgrade, %d stored and adopted, nothing else", st.Upgrades, h, clients*moves)
 	}
 }
 

@@ -148,7 +148,28 @@ func NewStore(cfg Config) (*Store, error) {
 }
 
 // Config returns the store's configuration, defaults filled in.
-func (s *Store) Config() Config { return s.cfg }
+func (s *Store) Config() Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
+// Configure changes the timeout and the state bound (zero: the default).
+// Connections stored from now on wait the new timeout; grants and
+// subscriptions from now on carry the new bound.
+func (s *Store) Configure(timeout time.Duration, maxState int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cfg := s.cfg
+	cfg.Timeout, cfg.MaxState = timeout, maxState
+	cfg, err := cfg.WithDefaults()
+	if err != nil {
+		return err
+	}
+	s.cfg = cfg
+	s.stats.MaxState = cfg.MaxState
+	return nil
+}
 
 // Stats returns the store's counts.
 func (s *Store) Stats() Stats {
@@ -327,7 +348,7 @@ func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Gran
 			return err
 		}
 		tctx, cancel := context.WithTimeout(ctx, transferTimeout)
-		fds, err := fdpass.Recv(tctx, c, fdpass.Limits{MaxFDs: g.MaxFDs, MaxMeta: s.cfg.MaxState, MaxBytes: MaxTransferBytes})
+		fds, err := fdpass.Recv(tctx, c, fdpass.Limits{MaxFDs: g.MaxFDs, MaxMeta: max(g.MaxState, 1), MaxBytes: MaxTransferBytes})
 		cancel()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -370,12 +391,17 @@ func (s *Store) storeLocked(fds []fdpass.FD, src int) {
 	}
 	deadline := time.Now().Add(s.cfg.Timeout)
 	wasEmpty := len(s.queue) == 0
+	sorted := wasEmpty || !deadline.Before(s.queue[len(s.queue)-1].deadline)
 	for _, f := range fds {
 		s.queue = append(s.queue, &entry{fd: f.Fd, name: f.Name, state: f.Meta, src: src, deadline: deadline})
 	}
 	s.stats.Stored += len(fds)
 	s.stats.Held += len(fds)
-	if wasEmpty {
+	if !sorted {
+		// The timeout was shortened: keep the queue in deadline order.
+		slices.SortStableFunc(s.queue, func(a, b *entry) int { return a.deadline.Compare(b.deadline) })
+	}
+	if wasEmpty || !sorted {
 		s.armLocked()
 	}
 	s.dispatchLocked()
@@ -511,6 +537,8 @@ func (s *Store) Subscribe(p AdoptParams) (Subscription, error) {
 	if n == 0 {
 		n = MaxFDs
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return Subscription{MaxFDs: n, MaxState: s.cfg.MaxState, MaxBytes: MaxTransferBytes}, nil
 }
 

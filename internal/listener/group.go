@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Group is one named listener and the sockets baton holds for it: a single
@@ -150,4 +153,114 @@ func MigrateReq(set bool) error {
 		return fmt.Errorf("%w, and setting it failed: %v: run `sysctl -w net.ipv4.tcp_migrate_req=1` as root", ErrNoMigrate, err)
 	}
 	return nil
+}
+
+// Shrink closes the reuseport sockets of slots n and above (a shared
+// listener keeps its socket). See Release.
+func (g *Group) Shrink(n int) {
+	for i := n; i < len(g.sockets); i++ {
+		g.Release(i)
+	}
+	if g.Reuseport() && n < len(g.sockets) {
+		g.sockets = g.sockets[:max(n, 0)]
+	}
+}
+
+// InPlace reports whether a listener may go from spec a to spec b keeping
+// its sockets: they differ at most in what Adjust changes on a live socket
+// (the backlog, a socket file's mode and owner).
+func InPlace(a, b Spec) bool {
+	for _, s := range []*Spec{&a, &b} {
+		s.Backlog, s.Mode, s.Owner, s.UID, s.GID = 0, 0, "", -1, -1
+	}
+	return a.URL() == b.URL() && a.Name == b.Name
+}
+
+// Adjust applies spec to the group's live sockets: listen(2) again with a
+// new backlog (Linux updates the queue limit of a listening socket), chmod
+// and chown a socket file. Only differences InPlace allows are applied.
+func (g *Group) Adjust(spec Spec) error {
+	var errs []error
+	for _, s := range g.Sockets() {
+		if spec.Kind == Stream && spec.Backlog != s.Spec.Backlog {
+			backlog := spec.Backlog
+			if backlog == 0 {
+				backlog = DefaultBacklog()
+			}
+			if err := unix.Listen(s.fd, backlog); err != nil {
+				errs = append(errs, &Error{Op: "listen", Spec: spec, Err: os.NewSyscallError("listen", err)})
+			} else {
+				s.backlog = backlog
+			}
+		}
+		if spec.IsUnix() && !spec.Abstract() && (spec.Mode != s.Spec.Mode || spec.UID != s.Spec.UID || spec.GID != s.Spec.GID) {
+			errs = append(errs, applyOwnership(spec))
+		}
+		s.Spec = spec
+	}
+	g.Spec = spec
+	return errors.Join(errs...)
+}
+
+// Adopt takes over a socket baton inherited across an execve of itself
+// (baton upgrade): it checks that fd is a socket of the spec's kind bound
+// to the spec's port, and makes it close-on-exec again. backlog and
+// pathIno are what the previous baton recorded.
+func Adopt(spec Spec, fd, backlog int, pathIno uint64) (*Socket, error) {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return nil, fmt.Errorf("fd %d is not a socket: %w", fd, os.NewSyscallError("getsockopt", err))
+	}
+	want := unix.SOCK_STREAM
+	if spec.Kind == Datagram {
+		want = unix.SOCK_DGRAM
+	}
+	if typ != want {
+		return nil, fmt.Errorf("fd %d is a socket of type %d, want %d (%s)", fd, typ, want, spec.Kind)
+	}
+	local, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, fmt.Errorf("fd %d: %w", fd, os.NewSyscallError("getsockname", err))
+	}
+	s := &Socket{Spec: spec, fd: fd, addr: netAddr(spec, local), backlog: backlog, pathIno: pathIno}
+	if spec.IsInet() && spec.Port != 0 && s.Port() != spec.Port {
+		return nil, fmt.Errorf("fd %d is bound to port %d, want %d", fd, s.Port(), spec.Port)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("fd %d: %w", fd, os.NewSyscallError("fstat", err))
+	}
+	s.ino = st.Ino
+	unix.CloseOnExec(fd)
+	return s, nil
+}
+
+// AdoptGroup rebuilds a group from adopted sockets: the shared socket at
+// slot -1, or one per slot.
+func AdoptGroup(spec Spec, sockets map[int]*Socket) *Group {
+	g := &Group{Spec: spec}
+	if !g.Reuseport() {
+		g.sockets = []*Socket{sockets[-1]}
+		return g
+	}
+	for slot, s := range sockets {
+		for len(g.sockets) <= slot {
+			g.sockets = append(g.sockets, nil)
+		}
+		g.sockets[slot] = s
+	}
+	return g
+}
+
+// PathIno is the inode of the socket file Bind created (0 for none), which
+// Close removes only while it is still that file.
+func (s *Socket) PathIno() uint64 { return s.pathIno }
+
+// SlotOf is the slot of a socket of a reuseport group, -1 for a shared
+// socket or one not in the group.
+func (g *Group) SlotOf(s *Socket) int {
+	if !g.Reuseport() {
+		return -1
+	}
+	return slices.Index(g.sockets, s)
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // Methods are the control socket's methods.
-var Methods = []string{"status", "reload", "scale", "stop"}
+var Methods = []string{"status", "reload", "scale", "upgrade", "stop"}
 
 // waitParams are the params of reload and stop.
 type waitParams struct {
@@ -54,6 +54,12 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 			return nil, err
 		}
 		return s.Scale(p.Workers)
+	case "upgrade":
+		var p upgradeParams
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		return s.upgrade(ctx, p)
 	case "stop":
 		var p waitParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
@@ -86,7 +92,7 @@ func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req co
 	s.call(func() {
 		if w := s.workerFor(peer.PID); w != nil {
 			info = &WorkerInfo{Slot: w.slot.index, Generation: w.gen.id, PID: w.pid}
-			for _, l := range s.listeners {
+			for _, l := range w.gen.listeners {
 				info.Listeners = append(info.Listeners, l.Spec.Name)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"time"
@@ -44,17 +45,20 @@ type HandoffStatus struct {
 // handoffState is what the supervisor keeps for the fd store.
 type handoffState struct {
 	store    *handoff.Store
+	cfg      HandoffConfig    // the configuration the store has
 	told     []handoff.Worker // the last list given to SetWorkers
 	buf      []handoff.Worker
 	stopping bool
 }
 
-func newHandoff(cfg HandoffConfig, s *Supervisor) (*handoffState, error) {
-	st, err := handoff.NewStore(handoff.Config{Timeout: cfg.Timeout, MaxState: cfg.MaxState, Log: s.log})
+// newHandoff makes an empty store with the default configuration;
+// syncHandoff gives it the serving generation's.
+func newHandoff(log *slog.Logger) *handoffState {
+	st, err := handoff.NewStore(handoff.Config{Log: log})
 	if err != nil {
-		return nil, err
+		panic(err) // the defaults are valid
 	}
-	return &handoffState{store: st}, nil
+	return &handoffState{store: st}
 }
 
 // closeHandoff closes what the store still holds; Run calls it once every
@@ -67,6 +71,14 @@ func (s *Supervisor) closeHandoff() { s.handoff.store.Close() }
 // list in the same step, so its subscription gets nothing more.
 func (s *Supervisor) syncHandoff() {
 	h := s.handoff
+	if s.active != nil && s.active.cfg.Handoff != h.cfg {
+		// The first generation's settings, or a reload's new ones.
+		cfg := s.active.cfg.Handoff
+		if err := h.store.Configure(cfg.Timeout, cfg.MaxState); err != nil {
+			s.log.Warn("handoff settings not applied", "err", err)
+		}
+		h.cfg = cfg
+	}
 	if s.stopping && !h.stopping {
 		h.stopping = true
 		h.store.StopAccepting(errors.New("baton is stopping: no generation will adopt connections; close them yourself"))
@@ -86,6 +98,16 @@ func (s *Supervisor) syncHandoff() {
 	}
 	h.told = slices.Clone(ws)
 	h.store.SetWorkers(h.told)
+}
+
+// handoffBusy is why baton cannot upgrade now, or nil: an upgrade
+// re-executes baton, which would close the connections it holds for the
+// next generation and break the transfers under way.
+func (s *Supervisor) handoffBusy() error {
+	if st := s.handoff.store.Stats(); st.Held > 0 || st.Senders > 0 {
+		return fmt.Errorf("upgrade: workers are handing off connections (%d held for adoption, %d handoff connections open); try again when baton status shows none held", st.Held, st.Senders)
+	}
+	return nil
 }
 
 // handoffStatus reports the store; fds is how many descriptors baton

@@ -14,21 +14,25 @@ import (
 // Status is a snapshot of a running baton, as `baton status --json` prints
 // it. docs/status.md documents every field.
 type Status struct {
-	PID          int              `json:"pid"`
-	Started      time.Time        `json:"started"`
-	Uptime       Duration         `json:"uptime"`
-	Command      []string         `json:"command"`
-	Generation   int              `json:"generation"`
-	Pending      int              `json:"pending_generation,omitempty"`
-	Stopping     bool             `json:"stopping"`
-	Ready        string           `json:"ready"`
-	Listeners    []ListenerStatus `json:"listeners"`
-	Workers      []WorkerStatus   `json:"workers"`
-	Slots        int              `json:"slots"`
-	Reloads      ReloadStats      `json:"reloads"`
-	Process      ProcessStatus    `json:"process"`
-	WorkersTotal int              `json:"workers_started"`
-	Handoff      HandoffStatus    `json:"handoff"`
+	PID        int              `json:"pid"`
+	Started    time.Time        `json:"started"`
+	Uptime     Duration         `json:"uptime"`
+	Command    []string         `json:"command"`
+	Generation int              `json:"generation"`
+	Pending    int              `json:"pending_generation,omitempty"`
+	Stopping   bool             `json:"stopping"`
+	Ready      string           `json:"ready"`
+	Listeners  []ListenerStatus `json:"listeners"`
+	Workers    []WorkerStatus   `json:"workers"`
+	Slots      int              `json:"slots"`
+	Reloads    ReloadStats      `json:"reloads"`
+	Process    ProcessStatus    `json:"process"`
+	// Upgrades counts baton's re-executions of itself (baton upgrade);
+	// UpgradeError says why the last one failed, if it did.
+	Upgrades     int           `json:"upgrades"`
+	UpgradeError string        `json:"upgrade_error,omitempty"`
+	WorkersTotal int           `json:"workers_started"`
+	Handoff      HandoffStatus `json:"handoff"`
 }
 
 // ListenerStatus describes one listener baton holds.
@@ -103,26 +107,28 @@ func (s *Supervisor) status() Status {
 		PID:          os.Getpid(),
 		Started:      s.start,
 		Uptime:       Duration(now.Sub(s.start)),
-		Command:      s.cfg.Args,
+		Command:      s.active.cfg.Args,
 		Generation:   s.active.id,
 		Stopping:     s.stopping,
-		Ready:        s.cfg.Ready.String(),
+		Ready:        s.active.cfg.Ready.String(),
 		WorkersTotal: s.stats.workersStarted,
-		Slots:        len(s.slots),
+		Slots:        len(s.active.slots),
 		Reloads: ReloadStats{
 			OK:     s.stats.reloadsOK,
 			Failed: s.stats.reloadsFailed,
 			Queued: s.reload.queued,
 			Last:   s.stats.lastReload,
 		},
-		Process: processStatus(),
+		Process:      processStatus(),
+		Upgrades:     s.upgrades,
+		UpgradeError: s.lastUpgradeErr,
 	}
 	st.Process.OrphansReap = s.spawner.Orphans()
 	st.Handoff = s.handoffStatus(st.Process.FDs)
 	if s.pending != nil {
 		st.Pending = s.pending.id
 	}
-	for _, l := range s.listeners {
+	for _, l := range s.active.listeners {
 		socks := l.Sockets()
 		first := socks[0]
 		ls := ListenerStatus{
@@ -132,7 +138,7 @@ func (s *Supervisor) status() Status {
 		}
 		if l.Reuseport() {
 			ls.Balance = listener.Reuseport
-			for _, sl := range s.slots {
+			for _, sl := range s.active.slots {
 				if sock := l.Socket(sl.index); sock != nil {
 					ls.Sockets = append(ls.Sockets, SocketStatus{Slot: sl.index, Inode: sock.Inode(), Fd: sock.Fd()})
 				}
