@@ -335,7 +335,10 @@ var adoption struct {
 // restore its State, read on where it stopped.
 func Adopted() <-chan AdoptedConn {
 	adoption.once.Do(func() {
-		adoption.ch = make(chan AdoptedConn)
+		// Buffered: a transfer brings up to 253 at once, and handing
+		// them over one goroutine switch at a time would cost more than
+		// the move itself.
+		adoption.ch = make(chan AdoptedConn, handoff.MaxFDs)
 		path := batonSocket()
 		if path == "" {
 			close(adoption.ch)

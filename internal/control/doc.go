@@ -14,4 +14,11 @@
 //
 // The peer is checked with SO_PEERCRED before the request is read: only
 // root and baton's own user are served.
+//
+// The same protocol serves baton's worker socket (ListenAbstract), where
+// the handler checks the peer's pid itself. There, with ServeConns, a
+// handler may keep the connection after its reply (a Takeover): the
+// handoff and adopt methods move descriptors on it (internal/handoff).
+// Such a client sends nothing after its request line until it has read
+// the reply.
 package control
