@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(child())
 	}
+	if mode := os.Getenv(handoffChildEnv); mode != "" {
+		os.Exit(handoffChild(mode))
+	}
 	os.Exit(m.Run())
 }
 
