@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,9 +34,9 @@ var (
 // AdoptedConn is a connection that a worker of an earlier generation
 // handed over, as Adopted delivers it.
 type AdoptedConn struct {
-	// Conn is the connection itself (a *net.TCPConn or *net.UnixConn),
-	// with what the peer sent and the old worker never read still queued
-	// in it, and what the old worker wrote still on its way to the peer.
+	// Conn is the connection itself, a *Conn, with what the peer sent
+	// and the old worker never read still queued in it, and what the old
+	// worker wrote still on its way to the peer.
 	Conn net.Conn
 	// State is what the old worker passed to Handoff.
 	State []byte
@@ -106,23 +104,28 @@ type handoffReq struct {
 	done chan error
 }
 
-// sendq batches concurrent Handoff calls: one goroutine sends them, as
-// many per transfer as baton grants, over one handoff connection that it
-// closes when nothing is left to send.
+// sendq batches concurrent Handoff calls: a goroutine sends them, as many
+// per transfer as baton grants, over a handoff connection that it closes
+// when nothing is left to send. While more wait than one transfer takes,
+// up to maxSenders goroutines do, each on its own connection, so that
+// transfers overlap instead of each waiting for the last one's
+// acknowledgement.
 var sendq handoffQueue
+
+const maxSenders = 2
 
 type handoffQueue struct {
 	mu      sync.Mutex
 	pending []*handoffReq
-	running bool
+	running int
 }
 
 func (q *handoffQueue) add(r *handoffReq, path string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.pending = append(q.pending, r)
-	if !q.running {
-		q.running = true
+	if q.running == 0 || q.running < maxSenders && len(q.pending) > q.running*handoff.MaxFDs {
+		q.running++
 		go q.run(path)
 	}
 }
@@ -143,7 +146,7 @@ func (q *handoffQueue) run(path string) {
 	for {
 		q.mu.Lock()
 		if len(q.pending) == 0 {
-			q.running = false
+			q.running--
 			q.mu.Unlock()
 			return
 		}
@@ -360,9 +363,10 @@ func Adopted() <-chan AdoptedConn {
 func adoptLoop(path string, q *adoptQueue) {
 	defer q.finish()
 	backoff := 50 * time.Millisecond
+	maxFDs := adoptRoom()
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
-		a, err := handoff.DialAdopter(ctx, path, adoptRoom())
+		a, err := handoff.DialAdopter(ctx, path, maxFDs)
 		cancel()
 		if errors.Is(err, handoff.ErrRefused) {
 			return // this worker may not adopt: it is stopping
@@ -374,6 +378,9 @@ func adoptLoop(path string, q *adoptQueue) {
 				backoff = 50 * time.Millisecond
 				continue // baton ended the subscription: ask again
 			}
+			// A transfer failed, perhaps for want of descriptors: ask for
+			// what fits now.
+			maxFDs = adoptRoom()
 		}
 		time.Sleep(backoff)
 		backoff = min(2*backoff, 2*time.Second)
@@ -395,30 +402,18 @@ func adoptFrom(a *handoff.Adopter, q *adoptQueue) error {
 	}
 }
 
-// fileConns turns received descriptors into connections, in parallel:
-// each takes a dozen system calls (net.FileConn).
+// fileConns turns received descriptors into connections.
 func fileConns(fds []fdpass.FD) []AdoptedConn {
-	out := make([]AdoptedConn, len(fds))
-	workers := min(runtime.GOMAXPROCS(0), (len(fds)+31)/32)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(fds); i += workers {
-				f := fds[i]
-				file := os.NewFile(uintptr(f.Fd), "adopted:"+f.Name)
-				c, err := net.FileConn(file)
-				file.Close() // FileConn holds a duplicate
-				if err == nil {
-					out[i] = AdoptedConn{Conn: c, State: f.Meta, Listener: f.Name}
-				}
-				// Otherwise not a stream socket: nothing to serve.
-			}
-		}()
+	out := make([]AdoptedConn, 0, len(fds))
+	for _, f := range fds {
+		c, err := newConn(f.Fd, "adopted:"+f.Name)
+		if err != nil {
+			unix.Close(f.Fd) // nothing this process can serve
+			continue
+		}
+		out = append(out, AdoptedConn{Conn: c, State: f.Meta, Listener: f.Name})
 	}
-	wg.Wait()
-	return slices.DeleteFunc(out, func(a AdoptedConn) bool { return a.Conn == nil })
+	return out
 }
 
 // adoptRoom is how many descriptors a transfer may bring, from this
