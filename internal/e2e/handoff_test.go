@@ -490,3 +490,43 @@ func TestHandoffLowRLIMIT(t *testing.T) {
 		t.Errorf("%d clients served by the new generation, %d by the old; want %d and %d", byNew, byOld, stored, n-stored)
 	}
 }
+
+// TestHandoffHoldsUpgrade refuses baton upgrade while connections wait
+// in the store for adoption (the new program would not have them), and
+// allows it once they are adopted.
+func TestHandoffHoldsUpgrade(t *testing.T) {
+	requireE2E(t)
+	const n = 20
+	gate := filepath.Join(t.TempDir(), "adopt")
+	b, _, cs := holdBaton(t, n, []string{adoptGate + "=" + gate}, "-n", "1")
+	if out, code := b.cli("reload"); code != 0 {
+		t.Fatalf("reload: %d %s", code, out)
+	}
+	b.waitStatus("every connection stored", 30*time.Second, func(st supervisor.Status) bool {
+		return st.Handoff.Held == n && st.Handoff.Senders == 0
+	})
+	out, code := b.cli("upgrade")
+	if code != 1 || !strings.Contains(out, fmt.Sprintf("workers are handing off connections (%d held for adoption", n)) {
+		t.Errorf("upgrade while connections are held: exit %d: %s", code, out)
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.waitStatus("the connections adopted", 30*time.Second, func(st supervisor.Status) bool {
+		return st.Handoff.Adopted == n && st.Handoff.Held == 0
+	})
+	if out, code := b.cli("upgrade"); code != 0 {
+		t.Fatalf("upgrade once adopted: exit %d: %s", code, out)
+	}
+	st := b.waitStatus("the upgrade's generation serving", 60*time.Second, func(st supervisor.Status) bool {
+		return st.Upgrades == 1 && settled(st, 1) && st.Generation == 3
+	})
+	// The upgrade started generation 3, and the connections moved to it
+	// through the new baton.
+	b.waitStatus("moved again", 30*time.Second, func(st supervisor.Status) bool { return st.Handoff.Adopted == n })
+	for i, c := range cs {
+		if pid, gen, err := c.echo("after"); err != nil || gen != 3 || pid != workerOf(st, 3) {
+			t.Errorf("client %d: answered by pid %d generation %d, %v", i, pid, gen, err)
+		}
+	}
+}
