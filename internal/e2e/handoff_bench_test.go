@@ -101,7 +101,7 @@ func BenchmarkHandoffMove(b *testing.B) {
 				newCPU[w.PID] = -procCPU(w.PID)
 			}
 		}
-		reps := waitReports(b, dir, func(r map[int]holdReport) bool {
+		waitReports(b, dir, func(r map[int]holdReport) bool {
 			return sumGen(r, gen, func(h holdReport) int64 { return h.Adopted }) == int64(n)
 		})
 		for pid := range newCPU {
@@ -110,7 +110,7 @@ func BenchmarkHandoffMove(b *testing.B) {
 		b.StopTimer()
 		batonCPU = procCPU(bt.cmd.Process.Pid) - batonCPU
 		// The old workers exit once they have handed everything off.
-		reps = waitReports(b, dir, func(r map[int]holdReport) bool {
+		reps := waitReports(b, dir, func(r map[int]holdReport) bool {
 			for _, h := range r {
 				if h.Generation == gen-1 && h.CPUExitNS == 0 {
 					return false

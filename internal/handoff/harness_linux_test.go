@@ -47,10 +47,9 @@ type harness struct {
 	// source is the Source.PID of handoff connections (fakeSource unless
 	// set before the first one).
 	source atomic.Int64
-	// done is closed when a takeover has returned, with its error.
-	mu     sync.Mutex
-	errs   []error
-	served sync.WaitGroup
+	// errs are the errors the takeovers returned.
+	mu   sync.Mutex
+	errs []error
 }
 
 func newHarness(t *testing.T, cfg Config) *harness {
