@@ -23,7 +23,7 @@ func (p waitParams) wait() bool { return p.Wait == nil || *p.Wait }
 func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
 	switch req.Method {
 	case "status":
-		st, ok := s.Status()
+		st, ok := s.KernelStatus(ctx)
 		if !ok {
 			return nil, ErrStopping
 		}

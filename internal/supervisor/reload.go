@@ -126,6 +126,7 @@ func (s *Supervisor) endReload(err error) {
 		}
 	}
 	s.stats.lastReload = &res
+	s.emit(Event{Kind: EventReload, OK: err == nil, Duration: time.Duration(res.Duration), Generation: g.id})
 	for _, ch := range s.reload.waiters {
 		ch <- ReloadOutcome{Result: res, Err: err}
 	}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/baton-dev/baton/internal/inspect"
 )
 
 // Status is a snapshot of a running baton, as `baton status --json` prints
@@ -25,6 +27,9 @@ type Status struct {
 	Reloads      ReloadStats      `json:"reloads"`
 	Process      ProcessStatus    `json:"process"`
 	WorkersTotal int              `json:"workers_started"`
+	// Kernel is the kernel's view of the listeners and workers, added
+	// outside the loop by KernelStatus; nil without Options.Inspector.
+	Kernel *inspect.View `json:"kernel,omitempty"`
 }
 
 // ListenerStatus describes one socket baton holds.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
@@ -33,6 +34,12 @@ type Options struct {
 	// reload starts; OnStopping when baton begins to stop. baton uses them
 	// to tell systemd.
 	OnReady, OnReloading, OnStopping func()
+	// Inspector, if set, adds the kernel's view to status replies
+	// (KernelStatus); it is asked outside the loop.
+	Inspector *inspect.Inspector
+	// Events, if set, is called from the loop for each Event. It must
+	// never block: it runs on the state machine's only goroutine.
+	Events func(Event)
 }
 
 // Supervisor runs worker generations. Create it with New, then call Run.
