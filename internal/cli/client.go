@@ -102,8 +102,12 @@ func newStatusCmd() *cobra.Command {
 		Use:   "status",
 		Short: "Show listeners, workers and reloads of a running baton",
 		Long: `Show the listeners baton holds (name, address with the real port, kind,
-backlog, socket inode) and its workers (slot, generation, pid, state,
-uptime, restarts). --json prints the full snapshot; docs/status.md
+backlog, accept queue now/max as the kernel reports it, socket inode), the
+TCP connections on each by state, and the workers (slot, generation, pid,
+state, uptime, restarts, open fds against RLIMIT_NOFILE, connections held),
+with warnings about the classic traps: a backlog capped by somaxconn, the
+1024 fd default, a full accept queue or listen overflows, CLOSE-WAIT leaks,
+TIME-WAIT pile-ups. --json prints the full snapshot; docs/status.md
 documents its fields.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -131,8 +135,13 @@ documents its fields.`,
 	return c
 }
 
-// printStatus writes the status as tables that fit 100 columns.
-func printStatus(w io.Writer, st supervisor.Status) {
+// printStatus writes the status as tables that fit 100 columns: the
+// listeners with their accept queues (a row per slot for SO_REUSEPORT
+// sockets), connections by state, the workers with their fds and
+// connections, warnings, and the counters behind them.
+func printStatus(out io.Writer, st supervisor.Status) {
+	w := &fitWriter{w: out, width: statusWidth}
+	defer w.Flush()
 	state := "running"
 	if st.Stopping {
 		state = "stopping"
@@ -144,38 +153,57 @@ func printStatus(w io.Writer, st supervisor.Status) {
 	fmt.Fprintf(w, ", ready %s\ncommand: %s\n\n", st.Ready, strings.Join(st.Command, " "))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBACKLOG\tINODE")
+	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBACKLOG\tQUEUE\tINODE")
 	for _, l := range st.Listeners {
 		backlog := "-"
 		if l.Backlog > 0 {
 			backlog = fmt.Sprint(l.Backlog)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", l.Name, l.Address, l.Kind, backlog, l.Inode)
+		lv := kernelListener(st, l.Name)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", middle(l.Name, 16), middle(l.Address, 40), l.Kind, backlog, listenerQueue(lv), l.Inode)
+		if lv != nil && len(lv.Sockets) > 1 {
+			for _, s := range lv.Sockets {
+				slot := "  shared"
+				if s.Slot != nil {
+					slot = fmt.Sprintf("  slot %d", *s.Slot)
+				}
+				fmt.Fprintf(tw, "%s\t\t\t\t%s\t%d\n", slot, queueCell(s), s.Inode)
+			}
+		}
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
+	printConnections(w, st)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tSTATUS")
+	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tFDS\tESTAB\tCLOSE-WAIT\tSTATUS")
 	for _, wk := range st.Workers {
 		status := wk.Status
 		if len(status) > 40 {
 			status = status[:37] + "..."
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, status)
+		wv := kernelWorker(st, wk.PID)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts,
+			fdsCell(wv), countCell(wv, "ESTAB"), countCell(wv, "CLOSE-WAIT"), status)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\nreloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
+	fmt.Fprintln(w)
+	printWarnings(w, st)
+	reloads := fmt.Sprintf("reloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
 	if st.Reloads.Queued {
-		fmt.Fprint(w, ", one queued")
+		reloads += ", one queued"
 	}
 	if l := st.Reloads.Last; l != nil {
 		outcome := "ok"
 		if !l.OK {
 			outcome = "failed: " + l.Error
 		}
-		fmt.Fprintf(w, "; last to generation %d took %s, %s", l.Generation, roundDur(l.Duration), outcome)
+		reloads += fmt.Sprintf("; last to generation %d took %s, %s", l.Generation, roundDur(l.Duration), outcome)
 	}
-	fmt.Fprintf(w, "\nbaton itself: %d fds, %d goroutines, %.1f MiB resident\n",
+	for _, line := range wrap(reloads, statusWidth, "", "    ") {
+		fmt.Fprintln(w, line)
+	}
+	printHost(w, st)
+	fmt.Fprintf(w, "baton itself: %d fds, %d goroutines, %.1f MiB resident\n",
 		st.Process.FDs, st.Process.Goroutines, float64(st.Process.RSSBytes)/(1<<20))
 }
 

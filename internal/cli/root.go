@@ -55,7 +55,8 @@ reload swaps worker generations without one refused or reset connection.
 
   baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- ./server
   baton reload          # start a new generation, drain the old one
-  baton status          # listeners and workers
+  baton status          # listeners, workers and the kernel's view of them
+  baton top             # the same, refreshing
   baton stop            # drain every worker and exit`,
 		Version:       Version,
 		SilenceUsage:  true,
@@ -64,7 +65,7 @@ reload swaps worker generations without one refused or reset connection.
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
 	})
-	root.AddCommand(newRunCmd(), newReloadCmd(), newStatusCmd(), newStopCmd(), newDemoCmd())
+	root.AddCommand(newRunCmd(), newReloadCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd())
 	root.CompletionOptions.HiddenDefaultCmd = true
 	return root
 }

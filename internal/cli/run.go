@@ -36,6 +36,7 @@ type runFlags struct {
 	logFormat    string
 	logLevel     string
 	env          []string
+	observe      observeFlags
 }
 
 func newRunCmd() *cobra.Command {
@@ -79,6 +80,7 @@ receives the stop signal.`,
 	fl.StringVar(&f.logFormat, "log-format", "text", "baton's log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "baton's log level: debug, info, warn or error")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "KEY=VALUE added to the workers' environment, repeatable")
+	f.observe.register(fl)
 	return c
 }
 
@@ -134,6 +136,9 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return rc, usagef("--env %q: want KEY=VALUE", kv)
 		}
+	}
+	if err := f.observe.validate(); err != nil {
+		return rc, err
 	}
 	if rc.log, err = newLogger(f.logFormat, f.logLevel); err != nil {
 		return rc, err
@@ -219,6 +224,12 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 		}
 	}()
 
+	obs, err := f.observe.start(log)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
+	inspector, events := obs.options()
 	sup, err := supervisor.New(supervisor.Options{
 		Config:  rc.sup,
 		Sockets: sockets,
@@ -233,6 +244,8 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 			tellSystemd(log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
 		},
 		OnStopping: func() { tellSystemd(log, "STOPPING=1") },
+		Inspector:  inspector,
+		Events:     events,
 	})
 	if err != nil {
 		return err
@@ -243,6 +256,7 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGPIPE)
 	defer signal.Stop(sigs)
 	go ctl.Serve(sup.Handle)
+	obs.run(sup)
 	go func() {
 		stops := 0
 		for {
