@@ -57,6 +57,8 @@ func runWorker(mode string) int {
 		err = fcgiWorker()
 	case "orphan":
 		err = orphanWorker()
+	case "stall", "leak", "fds":
+		err = observeWorker(mode)
 	default:
 		err = fmt.Errorf("unknown worker mode %q", mode)
 	}
