@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/baton-dev/baton/internal/cli.Version=$(VERSION)
 
-.PHONY: all build run test test-short lint fuzz bench-reload help
+.PHONY: all build run test test-short lint fuzz bench-reload bench-balance help
 
 all: build
 
@@ -32,6 +32,9 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 20s)
 
 bench-reload: build ## wrk for 30s while reloading every 100ms, and the overhead against hello standalone
 	./bench/reload.sh
+
+bench-balance: ## 4 workers, new connection per request: each worker's share, shared vs reuseport
+	./bench/balance.sh
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'

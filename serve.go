@@ -7,12 +7,15 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/notify"
 )
 
 var stopping struct {
@@ -82,23 +85,26 @@ func (o ServeOptions) Serve(srv *http.Server) error {
 	if o.ShutdownTimeout == 0 {
 		o.ShutdownTimeout = 30 * time.Second
 	}
-	ln, err := o.listener(srv)
+	inner, err := o.listener(srv)
 	if err != nil {
 		return err
 	}
+	ln := &countingListener{Listener: inner}
+	stopReports := reportAccepted(ln)
+	defer stopReports()
 	stop := Stopping()
 
 	var draining atomic.Bool
 	var open atomic.Int64
-	inner := srv.Handler
-	if inner == nil {
-		inner = http.DefaultServeMux
+	handler := srv.Handler
+	if handler == nil {
+		handler = http.DefaultServeMux
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if draining.Load() {
 			w.Header().Set("Connection", "close")
 		}
-		inner.ServeHTTP(w, r)
+		handler.ServeHTTP(w, r)
 	})
 	userState := srv.ConnState
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
@@ -165,4 +171,50 @@ func (o ServeOptions) listener(srv *http.Server) (net.Listener, error) {
 		return ln, nil
 	}
 	return nil, nil
+}
+
+// countingListener counts accepted connections.
+type countingListener struct {
+	net.Listener
+	n atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// reportAccepted tells baton, twice a second when it changed, how many
+// connections the worker accepted (X_BATON_ACCEPTED=, shown in baton
+// status), until the returned function is called.
+func reportAccepted(l *countingListener) (stop func()) {
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		last := int64(-1)
+		for {
+			if n := l.n.Load(); n != last {
+				notify.Notify("X_BATON_ACCEPTED=" + strconv.FormatInt(n, 10))
+				last = n
+			}
+			select {
+			case <-t.C:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
 }

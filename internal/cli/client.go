@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -95,6 +96,56 @@ after the drain timeout), then baton exits 0. stop waits for that unless
 	return c
 }
 
+func newScaleCmd() *cobra.Command {
+	var cf controlFlags
+	c := &cobra.Command{
+		Use:   "scale N",
+		Short: "Change the number of worker slots",
+		Long: `Change the number of workers (slots) of a running baton.
+
+Adding slots starts their workers in the serving generation; with
+balance=reuseport each new slot's socket joins the SO_REUSEPORT group first.
+Removing slots drains their workers. A reuseport slot's socket is closed
+once its worker has let go of it, and only if the kernel moves what is
+queued in it to the other slots (net.ipv4.tcp_migrate_req=1; baton sets it
+when started with --enable-migrate-req as root): otherwise the scale-down is
+refused and nothing changes. A scale asked for during a reload is applied
+when the reload ends.`,
+		Example: "  baton scale 8\n  baton scale 2 --name api",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("scale takes the number of workers, for example: baton scale 4")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return usagef("scale %q: want a number of workers, 1 or more", args[0])
+			}
+			res, err := call(cf, time.Minute, "scale", map[string]int{"workers": n})
+			if err != nil {
+				return err
+			}
+			var r supervisor.ScaleResult
+			if err := json.Unmarshal(res, &r); err != nil {
+				return fmt.Errorf("reading the scale result: %w", err)
+			}
+			switch {
+			case len(r.Started) > 0:
+				fmt.Fprintf(c.OutOrStdout(), "scaled from %d to %d workers: starting slots %v\n", r.From, r.To, r.Started)
+			case len(r.Stopped) > 0:
+				fmt.Fprintf(c.OutOrStdout(), "scaled from %d to %d workers: draining slots %v\n", r.From, r.To, r.Stopped)
+			default:
+				fmt.Fprintf(c.OutOrStdout(), "already %d workers\n", r.To)
+			}
+			return nil
+		},
+	}
+	cf.register(c)
+	return c
+}
+
 func newStatusCmd() *cobra.Command {
 	var cf controlFlags
 	var asJSON bool
@@ -136,9 +187,9 @@ documents its fields.`,
 }
 
 // printStatus writes the status as tables that fit 100 columns: the
-// listeners with their accept queues (a row per slot for SO_REUSEPORT
-// sockets), connections by state, the workers with their fds and
-// connections, warnings, and the counters behind them.
+// listeners with their accept queues (with balance=reuseport, the sums,
+// and a row per slot's socket below), connections by state, the workers
+// with their fds and connections, warnings, and the counters behind them.
 func printStatus(out io.Writer, st supervisor.Status) {
 	w := &fitWriter{w: out, width: statusWidth}
 	defer w.Flush()
@@ -153,39 +204,61 @@ func printStatus(out io.Writer, st supervisor.Status) {
 	fmt.Fprintf(w, ", ready %s\ncommand: %s\n\n", st.Ready, strings.Join(st.Command, " "))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBACKLOG\tQUEUE\tINODE")
+	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBALANCE\tBACKLOG\tQUEUE\tINODE")
+	var perSlot []supervisor.ListenerStatus
 	for _, l := range st.Listeners {
-		backlog := "-"
+		backlog, inode := "-", fmt.Sprint(l.Inode)
 		if l.Backlog > 0 {
 			backlog = fmt.Sprint(l.Backlog)
 		}
-		lv := kernelListener(st, l.Name)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", middle(l.Name, 16), middle(l.Address, 40), l.Kind, backlog, listenerQueue(lv), l.Inode)
-		if lv != nil && len(lv.Sockets) > 1 {
-			for _, s := range lv.Sockets {
-				slot := "  shared"
-				if s.Slot != nil {
-					slot = fmt.Sprintf("  slot %d", *s.Slot)
-				}
-				fmt.Fprintf(tw, "%s\t\t\t\t%s\t%d\n", slot, queueCell(s), s.Inode)
-			}
+		if l.Balance == "reuseport" {
+			inode = "per slot"
+			perSlot = append(perSlot, l)
 		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", middle(l.Name, 14), middle(l.Address, 28), l.Kind, l.Balance, backlog,
+			listenerQueue(kernelListener(st, l.Name)), inode)
 	}
 	tw.Flush()
+	if len(perSlot) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SLOT\tLISTENER\tINODE\tFD\tQUEUE")
+		for _, l := range perSlot {
+			lv := kernelListener(st, l.Name)
+			for _, s := range l.Sockets {
+				fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\n", s.Slot, middle(l.Name, 14), s.Inode, s.Fd, socketQueue(lv, s.Inode))
+			}
+		}
+		tw.Flush()
+	}
 	fmt.Fprintln(w)
 	printConnections(w, st)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tFDS\tESTAB\tCLOSE-WAIT\tSTATUS")
+	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tACCEPTED\tFDS\tESTAB\tCLOSE-WAIT\tSTATUS")
 	for _, wk := range st.Workers {
 		status := wk.Status
-		if len(status) > 40 {
-			status = status[:37] + "..."
+		if len(status) > 30 {
+			status = status[:27] + "..."
+		}
+		accepted := "-"
+		if wk.Accepted != nil {
+			accepted = fmt.Sprint(*wk.Accepted)
 		}
 		wv := kernelWorker(st, wk.PID)
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts,
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, accepted,
 			fdsCell(wv), countCell(wv, "ESTAB"), countCell(wv, "CLOSE-WAIT"), status)
 	}
 	tw.Flush()
+	var captured []string
+	for _, wk := range st.Workers {
+		for _, c := range wk.Captures {
+			captured = append(captured, fmt.Sprintf("  slot %d pid %d: %s bound %s (pid %d, fd %d) at %s",
+				wk.Slot, wk.PID, c.Listener, c.Addr, c.PID, c.Fd, c.Time.Local().Format("15:04:05.000")))
+		}
+	}
+	if len(captured) > 0 {
+		fmt.Fprintf(w, "\ncaptured binds:\n%s\n", strings.Join(captured, "\n"))
+	}
 	fmt.Fprintln(w)
 	printWarnings(w, st)
 	reloads := fmt.Sprintf("reloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)

@@ -65,7 +65,7 @@ reload swaps worker generations without one refused or reset connection.
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
 	})
-	root.AddCommand(newRunCmd(), newReloadCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd())
+	root.AddCommand(newRunCmd(), newReloadCmd(), newScaleCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd())
 	root.CompletionOptions.HiddenDefaultCmd = true
 	return root
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/capture"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
@@ -33,6 +34,10 @@ type runFlags struct {
 	drainTimeout time.Duration
 	fd0          string
 	logPrefix    bool
+	balance      string
+	migrateReq   bool
+	captureBind  bool
+	stopIdle     time.Duration
 	logFormat    string
 	logLevel     string
 	env          []string
@@ -71,11 +76,15 @@ receives the stop signal.`,
 	f.control.register(c)
 	fl.StringArrayVarP(&f.listen, "listen", "l", nil, "listener [NAME=]ADDRESS, repeatable (see above)")
 	fl.IntVarP(&f.workers, "workers", "n", runtime.NumCPU(), "number of worker processes (slots)")
-	fl.StringVar(&f.ready, "ready", "delay:1s", "when a worker is ready: notify (READY=1 on NOTIFY_SOCKET) or delay:DURATION")
+	fl.StringVar(&f.ready, "ready", "delay:1s", "when a worker is ready: notify (READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: it bound every listener) or delay:DURATION")
 	fl.DurationVar(&f.readyTimeout, "ready-timeout", 60*time.Second, "with --ready notify: how long a worker may take to send READY=1")
 	fl.StringVar(&f.stopSignal, "stop-signal", "TERM", "signal that asks a worker to drain and exit")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long a stopping worker may drain before it is killed")
+	fl.DurationVar(&f.stopIdle, "stop-when-idle", 0, "hold the stop signal until the worker holds no connection on the TCP listeners (checked with it frozen), at most this long: for programs that die on the stop signal")
 	fl.StringVar(&f.fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
+	fl.StringVar(&f.balance, "balance", listener.Shared, "default for TCP/UDP listeners without ?balance=: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fl.BoolVar(&f.captureBind, "capture-bind", false, "run unmodified programs that bind their own port: their bind(2) of a listener's address gets baton's socket (seccomp user notification; see docs/capture-bind.md)")
+	fl.BoolVar(&f.migrateReq, "enable-migrate-req", false, "let a scale-down set net.ipv4.tcp_migrate_req=1 (root), so closing a reuseport slot's socket moves its queue to the other slots")
 	fl.BoolVar(&f.logPrefix, "log-prefix", true, "prefix worker output lines with [gGEN sSLOT PID]; false passes it through raw")
 	fl.StringVar(&f.logFormat, "log-format", "text", "baton's log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "baton's log level: debug, info, warn or error")
@@ -99,10 +108,16 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 	if len(args) == 0 {
 		return rc, usagef("no command: give the worker command after --, for example: baton run -l tcp://127.0.0.1:8080 -- ./server")
 	}
+	if f.balance != listener.Shared && f.balance != listener.Reuseport {
+		return rc, usagef("--balance %q: want %s or %s", f.balance, listener.Shared, listener.Reuseport)
+	}
 	for _, l := range f.listen {
 		spec, err := listener.Parse(l)
 		if err != nil {
 			return rc, &usageError{err}
+		}
+		if spec.Balance == "" && spec.IsInet() {
+			spec.Balance = f.balance
 		}
 		rc.specs = append(rc.specs, spec)
 	}
@@ -116,9 +131,15 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 	if err != nil {
 		return rc, &usageError{err}
 	}
+	if ready.Bind && !f.captureBind {
+		return rc, usagef("--ready bind needs --capture-bind: without it baton does not see the program's binds")
+	}
 	sig, err := supervisor.ParseSignal(f.stopSignal)
 	if err != nil {
 		return rc, usagef("--stop-signal: %w", err)
+	}
+	if f.stopIdle < 0 || f.stopIdle > f.drainTimeout {
+		return rc, usagef("--stop-when-idle %s: want 0 (off) up to the drain timeout (%s)", f.stopIdle, f.drainTimeout)
 	}
 	if f.readyTimeout <= 0 || f.drainTimeout <= 0 {
 		return rc, usagef("--ready-timeout and --drain-timeout must be positive durations such as 30s")
@@ -154,7 +175,7 @@ func (f runFlags) validate(args []string) (runConfig, error) {
 		Path: path, Args: args, Env: f.env,
 		Workers: f.workers, Ready: ready, ReadyTimeout: f.readyTimeout,
 		StopSignal: sig, DrainTimeout: f.drainTimeout,
-		Fd0: f.fd0, LogPrefix: f.logPrefix,
+		Fd0: f.fd0, LogPrefix: f.logPrefix, EnableMigrateReq: f.migrateReq, CaptureBind: f.captureBind, StopWhenIdle: f.stopIdle,
 	}
 	return rc, nil
 }
@@ -208,19 +229,27 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 		log.Warn("cannot mark inherited descriptors close-on-exec; they may leak into workers", "err", err)
 	}
 
+	if rc.sup.CaptureBind {
+		// Probed before anything is bound or started: a kernel or sandbox
+		// without seccomp user notification fails here, with the reason.
+		if err := capture.Supported(); err != nil {
+			return fmt.Errorf("--capture-bind: %w", err)
+		}
+	}
+
 	ctl, err := control.Listen(rc.control, log)
 	if err != nil {
 		return err
 	}
 	defer ctl.Close()
 
-	sockets, err := bindAll(rc.specs, log)
+	listeners, err := bindAll(rc.specs, rc.sup.Workers, log)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		for _, s := range sockets {
-			s.Close()
+		for _, l := range listeners {
+			l.Close()
 		}
 	}()
 
@@ -231,13 +260,13 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 	defer obs.close()
 	inspector, events := obs.options()
 	sup, err := supervisor.New(supervisor.Options{
-		Config:  rc.sup,
-		Sockets: sockets,
-		Spawner: spawn.New(),
-		Log:     log,
-		Stdout:  os.Stdout,
-		Stderr:  os.Stderr,
-		OnReady: func() { tellSystemd(log, "READY=1") },
+		Config:    rc.sup,
+		Listeners: listeners,
+		Spawner:   spawn.New(),
+		Log:       log,
+		Stdout:    os.Stdout,
+		Stderr:    os.Stderr,
+		OnReady:   func() { tellSystemd(log, "READY=1") },
 		OnReloading: func() {
 			var ts unix.Timespec
 			unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
@@ -282,23 +311,35 @@ func run(c *cobra.Command, f runFlags, args []string) error {
 	return sup.Run()
 }
 
-// bindAll binds every listener, or none: on an error the sockets already
-// bound are closed.
-func bindAll(specs []listener.Spec, log *slog.Logger) ([]*listener.Socket, error) {
-	var out []*listener.Socket
+// bindAll binds every listener (one socket per slot for reuseport ones),
+// or none: on an error the sockets already bound are closed.
+func bindAll(specs []listener.Spec, slots int, log *slog.Logger) ([]*listener.Group, error) {
+	var out []*listener.Group
 	for _, spec := range specs {
-		s, err := listener.Bind(spec)
+		g, err := listener.OpenGroup(spec, slots)
 		if err != nil {
 			for _, b := range out {
 				b.Close()
 			}
 			return nil, err
 		}
-		if s.StaleRemoved {
+		socks := g.Sockets()
+		if socks[0].StaleRemoved {
 			log.Info("removed a stale socket file nothing answered on", "path", spec.Path)
 		}
-		log.Info("listening", "name", spec.Name, "address", s.Addr().String(), "kind", spec.Kind, "backlog", s.Backlog(), "inode", s.Inode())
-		out = append(out, s)
+		attrs := []any{"name", spec.Name, "address", socks[0].Addr().String(), "kind", spec.Kind, "backlog", socks[0].Backlog()}
+		if g.Reuseport() {
+			attrs = append(attrs, "balance", listener.Reuseport, "sockets", len(socks))
+			if spec.Kind == listener.Stream {
+				if err := listener.MigrateReq(false); err != nil {
+					log.Info("a scale-down will need net.ipv4.tcp_migrate_req=1 (or --enable-migrate-req) to close a slot's socket without resetting its queue", "listener", spec.Name)
+				}
+			}
+		} else {
+			attrs = append(attrs, "inode", socks[0].Inode())
+		}
+		log.Info("listening", attrs...)
+		out = append(out, g)
 	}
 	return out, nil
 }

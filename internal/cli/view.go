@@ -152,6 +152,18 @@ func listenerQueue(lv *inspect.ListenerView) string {
 	return fmt.Sprintf("%d/%d", recvQ, sendQ)
 }
 
+// socketQueue is the QUEUE cell of one socket of a listener, by inode.
+func socketQueue(lv *inspect.ListenerView, inode uint64) string {
+	if lv != nil {
+		for _, s := range lv.Sockets {
+			if s.Inode == inode {
+				return queueCell(s)
+			}
+		}
+	}
+	return "-"
+}
+
 func fdsCell(wv *inspect.WorkerView) string {
 	switch {
 	case wv == nil || wv.FDLimit == 0:

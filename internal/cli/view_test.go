@@ -25,9 +25,10 @@ func wideStatus() supervisor.Status {
 		PID: 4120, Uptime: supervisor.Duration(5 * time.Minute), Generation: 12345, Pending: 12346, Ready: "notify",
 		Command: []string{"/usr/local/bin/some-server", "--config", "/etc/some/very/long/path/to/a/config/file.toml", "--verbose"},
 		Listeners: []supervisor.ListenerStatus{
-			{Name: "http", Address: "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535", Kind: "stream", Backlog: 65535, Inode: 4294967295},
-			{Name: long, Address: path, Kind: "stream", Backlog: 4096, Inode: 12},
-			{Name: "dns", Address: "127.0.0.1:53", Kind: "datagram", Inode: 13},
+			{Name: "http", Address: "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535", Kind: "stream", Balance: "reuseport", Backlog: 65535, Inode: 4294967290,
+				Sockets: []supervisor.SocketStatus{{Slot: 0, Inode: 4294967290, Fd: 1000}, {Slot: 4095, Inode: 4294967291, Fd: 1001}}},
+			{Name: long, Address: path, Kind: "stream", Balance: "shared", Backlog: 4096, Inode: 12, Sockets: []supervisor.SocketStatus{{Slot: -1, Inode: 12, Fd: 5}}},
+			{Name: "dns", Address: "127.0.0.1:53", Kind: "datagram", Balance: "shared", Inode: 13, Sockets: []supervisor.SocketStatus{{Slot: -1, Inode: 13, Fd: 6}}},
 		},
 		Workers: []supervisor.WorkerStatus{
 			{Slot: 4095, Generation: 12345, PID: 4194304, State: supervisor.Draining, Uptime: supervisor.Duration(100 * time.Hour), Restarts: 99999, Status: strings.Repeat("s", 200)},
@@ -70,7 +71,8 @@ func TestStatusFits100Columns(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"QUEUE", "4100/8192", "  slot 0", "4097/4096", "  slot 4095", "3/4096",
+		"QUEUE", "4100/8192  per slot", "SLOT  LISTENER  INODE       FD    QUEUE",
+		"0     http      4294967290  1000  4097/4096", "4095  http      4294967291  1001  3/4096",
 		"CONNECTIONS", "OTHER", "123456", "20000", // http: ESTAB, TIME-WAIT; OTHER is 5
 		"FDS", "1048576/1048576", "12/unlim", "88888",
 		"warnings (2):", "! backlog_clamped, since 03:04:05: listener http: backlog 65535 is capped",

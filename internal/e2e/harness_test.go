@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,10 +26,11 @@ import (
 )
 
 var (
-	binDir   string // baton and hello, world-readable so a dropped uid can run them
-	batonBin string
-	helloBin string
-	testBin  string // this test binary, which doubles as a worker
+	binDir      string // baton and hello, world-readable so a dropped uid can run them
+	batonBin    string
+	helloBin    string
+	selfbindBin string // examples/selfbind, built static (CGO_ENABLED=0)
+	testBin     string // this test binary, which doubles as a worker
 )
 
 func TestMain(m *testing.M) {
@@ -56,12 +58,18 @@ func buildAndRun(m *testing.M) (int, error) {
 	if err := os.Chmod(binDir, 0o755); err != nil {
 		return 0, err
 	}
-	batonBin, helloBin = filepath.Join(binDir, "baton"), filepath.Join(binDir, "hello")
+	batonBin, helloBin, selfbindBin = filepath.Join(binDir, "baton"), filepath.Join(binDir, "hello"), filepath.Join(binDir, "selfbind")
 	for pkg, out := range map[string]string{"../../cmd/baton": batonBin, "../../examples/hello": helloBin} {
 		cmd := exec.Command("go", "build", "-race", "-o", out, pkg)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("building %s: %v\n%s", pkg, err, b)
 		}
+	}
+	// A program that knows nothing of baton, statically linked.
+	cmd := exec.Command("go", "build", "-o", selfbindBin, "../../examples/selfbind")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("building examples/selfbind: %v\n%s", err, b)
 	}
 	if testBin, err = os.Executable(); err != nil {
 		return 0, err
@@ -210,6 +218,27 @@ func (b *instance) waitReady(n int) supervisor.Status {
 	}
 }
 
+// waitReplaced waits until baton has noticed that pid exited and n ready
+// workers run again.
+func (b *instance) waitReplaced(pid, n int) supervisor.Status {
+	b.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st := b.waitReady(n)
+		gone := true
+		for _, w := range st.Workers {
+			gone = gone && w.PID != pid
+		}
+		if gone {
+			return st
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("worker %d still listed 60s after it was killed", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // settled reports whether exactly n workers run, all ready and of the
 // active generation.
 func settled(st supervisor.Status, n int) bool {
@@ -295,6 +324,17 @@ func waitGone(t *testing.T, pids []int, within time.Duration) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 func workerPIDs(st supervisor.Status) []int {

@@ -183,6 +183,56 @@ func TestStatusAcceptQueueMatchesSS(t *testing.T) {
 	}
 }
 
+// With balance=reuseport each slot's socket has its own accept queue: the
+// status has a row per slot, each equal to what ss shows for that inode,
+// and the metrics a series per slot.
+func TestStatusPerSlotQueues(t *testing.T) {
+	requireE2E(t)
+	const slots, k = 3, 12
+	b := startBaton(t, []string{workerEnv + "=stall"},
+		"-l", "http=tcp://127.0.0.1:0?balance=reuseport&backlog=64", "-n", strconv.Itoa(slots), "--ready", "notify",
+		"--metrics", "127.0.0.1:0", "--", testBin)
+	st := b.waitReady(slots)
+	l := st.Listeners[0]
+	if len(l.Sockets) != slots {
+		t.Fatalf("listener sockets %+v, want one per slot", l.Sockets)
+	}
+	// The kernel spreads connections over the group by a hash of the
+	// client's address and port; k of them land somewhere.
+	dialHeld(t, l.Address, k)
+	st = b.waitStatus(fmt.Sprintf("%d connections queued over the slots", k), func(st supervisor.Status) bool {
+		n := uint32(0)
+		for _, s := range st.Kernel.Listeners[0].Sockets {
+			n += s.RecvQ
+		}
+		return n == k
+	})
+	mf := scrapeMetrics(t, b.metricsAddr())
+	socks := st.Kernel.Listeners[0].Sockets
+	if len(socks) != slots {
+		t.Fatalf("kernel view sockets %+v, want %d", socks, slots)
+	}
+	for i, s := range socks {
+		want := l.Sockets[i]
+		if s.Slot == nil || *s.Slot != want.Slot || s.Inode != want.Inode || s.State != "LISTEN" || s.SendQ != 64 {
+			t.Errorf("socket %d: %+v, want slot %d inode %d LISTEN max 64", i, s, want.Slot, want.Inode)
+			continue
+		}
+		recvQ, sendQ := ssListenQueue(t, l.Port, s.Inode)
+		if recvQ != int(s.RecvQ) || sendQ != int(s.SendQ) {
+			t.Errorf("slot %d: ss shows Recv-Q %d Send-Q %d; baton %d/%d", want.Slot, recvQ, sendQ, s.RecvQ, s.SendQ)
+		}
+		slot := "slot=" + strconv.Itoa(want.Slot)
+		if v, ok := value(mf, "baton_accept_queue_connections", "listener=http", slot); !ok || v != float64(s.RecvQ) {
+			t.Errorf("baton_accept_queue_connections{%s} = %v (present %v), want %d", slot, v, ok, s.RecvQ)
+		}
+	}
+	out, _ := b.cli("status")
+	if !strings.Contains(out, fmt.Sprintf("%d/%d", k, 64*slots)) || !strings.Contains(out, "SLOT  LISTENER  INODE") {
+		t.Errorf("baton status lacks the summed queue %d/%d or the per-slot rows:\n%s", k, 64*slots, out)
+	}
+}
+
 // `baton top` quits on a line "q" when its input is not a terminal.
 func TestTopQuitsOnQ(t *testing.T) {
 	requireE2E(t)

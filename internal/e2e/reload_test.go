@@ -176,8 +176,7 @@ func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
 	if err := killPID(victim.PID); err != nil {
 		t.Fatal(err)
 	}
-	waitGone(t, []int{victim.PID}, 10*time.Second)
-	after := b.waitReady(2)
+	after := b.waitReplaced(victim.PID, 2)
 	var found bool
 	for _, w := range after.Workers {
 		if w.Slot == victim.Slot {

@@ -136,6 +136,13 @@ func (s *Socket) setup(sa unix.Sockaddr, family int) error {
 			return fail("setsockopt", err, "")
 		}
 	}
+	if spec.Balance == Reuseport {
+		// Each slot's socket joins one group; the kernel hashes every new
+		// connection (or datagram flow) to one socket of the group.
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("setsockopt SO_REUSEPORT", err, "")
+		}
+	}
 	if family == unix.AF_INET6 {
 		v6only := spec.Scheme == "tcp6" || spec.Scheme == "udp6"
 		if spec.V6Only != nil {

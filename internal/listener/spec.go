@@ -52,7 +52,18 @@ var options = map[string]func(s *Spec) bool{
 	"v6only":  func(s *Spec) bool { return s.IsInet() && s.family != "inet4" },
 	"mode":    func(s *Spec) bool { return s.IsUnix() && !s.Abstract() },
 	"owner":   func(s *Spec) bool { return s.IsUnix() && !s.Abstract() },
+	"balance": func(s *Spec) bool { return s.IsInet() },
 }
+
+// Balance modes: how connections are spread over the workers.
+const (
+	// Shared gives every worker the same socket: one accept queue, and
+	// every idle worker is woken for each connection.
+	Shared = "shared"
+	// Reuseport gives each slot a socket of its own in one SO_REUSEPORT
+	// group: the kernel spreads connections evenly over the slots' queues.
+	Reuseport = "reuseport"
+)
 
 // Spec is a parsed listener specification: [NAME=]SCHEME://ADDRESS[?OPTIONS].
 type Spec struct {
@@ -81,6 +92,9 @@ type Spec struct {
 	// resolved from it (-1 leaves that id unchanged).
 	Owner    string
 	UID, GID int
+	// Balance is Shared or Reuseport (inet listeners only); empty means
+	// the default the caller picks.
+	Balance string
 
 	family string
 }
@@ -119,6 +133,9 @@ func (s Spec) URL() string {
 	}
 	if s.Owner != "" {
 		q.Set("owner", s.Owner)
+	}
+	if s.Balance != "" {
+		q.Set("balance", s.Balance)
 	}
 	u := s.Scheme + "://" + s.Address()
 	if len(q) > 0 {
@@ -252,6 +269,11 @@ func (s *Spec) setOption(key, value string) error {
 			return fmt.Errorf("%q: want octal permission bits such as 0660", value)
 		}
 		s.Mode = uint32(m)
+	case "balance":
+		if value != Shared && value != Reuseport {
+			return fmt.Errorf("%q: want %s or %s", value, Shared, Reuseport)
+		}
+		s.Balance = value
 	case "owner":
 		uid, gid, err := lookupOwner(value)
 		if err != nil {

@@ -26,6 +26,7 @@ func TestParse(t *testing.T) {
 		{"unix path", "unix:///run/app.sock?mode=0660&owner=0:0", Spec{Name: "unix", Scheme: "unix", Kind: Stream, Path: "/run/app.sock", Mode: 0o660, Owner: "0:0", UID: 0, GID: 0}},
 		{"abstract", "adm=unix://@baton-admin", Spec{Name: "adm", Scheme: "unix", Kind: Stream, Path: "@baton-admin", UID: -1, GID: -1}},
 		{"unixgram", "unixgram:///tmp/log.sock", Spec{Name: "unixgram", Scheme: "unixgram", Kind: Datagram, Path: "/tmp/log.sock", UID: -1, GID: -1}},
+		{"reuseport", "udp://127.0.0.1:0?balance=reuseport", Spec{Name: "udp", Scheme: "udp", Kind: Datagram, Host: "127.0.0.1", Balance: Reuseport}},
 		{"equals in query", "tcp://127.0.0.1:1?backlog=2", Spec{Name: "tcp", Scheme: "tcp", Kind: Stream, Host: "127.0.0.1", Port: 1, Backlog: 2}},
 	}
 	for _, tt := range tests {
@@ -63,7 +64,9 @@ func TestParseErrors(t *testing.T) {
 		{"tcp6://127.0.0.1:80", "tcp6 needs an IPv6 address"},
 		{"tcp://:1?backlog=0", "option backlog: \"0\": want a number from 1"},
 		{"tcp://:1?backlog=x", "want a number"},
-		{"tcp://:1?bogus=1", `unknown option "bogus"; options are backlog, mode, owner, v6only`},
+		{"tcp://:1?bogus=1", `unknown option "bogus"; options are backlog, balance, mode, owner, v6only`},
+		{"tcp://:1?balance=random", `want shared or reuseport`},
+		{"unix:///a.sock?balance=reuseport", `option "balance" does not apply to unix`},
 		{"tcp://:1?mode=0600", `option "mode" does not apply to tcp listeners`},
 		{"tcp4://:1?v6only=true", `option "v6only" does not apply to tcp4`},
 		{"udp://:1?backlog=4", `option "backlog" does not apply to udp`},

@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/capture"
 )
 
 // shimEnv marks a process started as the shim. It is removed before the
@@ -37,6 +39,12 @@ func RunShim() {
 	// close-on-exec) stops here: the command gets exactly what was asked.
 	if keep, err := strconv.Atoi(os.Getenv(keepEnv)); err == nil && keep >= 3 {
 		unix.CloseRange(uint(keep), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	}
+	// With --capture-bind: the seccomp filter that hands the program's
+	// bind(2) calls to baton goes on this thread, which then execs.
+	if _, err := capture.InstallFromEnv(); err != nil {
+		fmt.Fprintf(os.Stderr, "baton: %v\n", err)
+		os.Exit(126)
 	}
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {

@@ -11,16 +11,21 @@ import (
 
 // ReadyMode says when a starting worker counts as ready.
 type ReadyMode struct {
-	// Notify waits for READY=1 on NOTIFY_SOCKET; otherwise a worker is
-	// ready once it has stayed up for Delay.
+	// Notify waits for READY=1 on NOTIFY_SOCKET; Bind (with bind capture)
+	// waits until the program has bound every listener; otherwise a
+	// worker is ready once it has stayed up for Delay.
 	Notify bool
+	Bind   bool
 	Delay  time.Duration
 }
 
-// ParseReady parses "notify" or "delay:DURATION".
+// ParseReady parses "notify", "bind" or "delay:DURATION".
 func ParseReady(s string) (ReadyMode, error) {
-	if s == "notify" {
+	switch s {
+	case "notify":
 		return ReadyMode{Notify: true}, nil
+	case "bind":
+		return ReadyMode{Bind: true}, nil
 	}
 	if d, ok := strings.CutPrefix(s, "delay:"); ok {
 		dur, err := time.ParseDuration(d)
@@ -28,15 +33,22 @@ func ParseReady(s string) (ReadyMode, error) {
 			return ReadyMode{Delay: dur}, nil
 		}
 	}
-	return ReadyMode{}, fmt.Errorf("--ready %q: want notify (wait for READY=1 on NOTIFY_SOCKET) or delay:DURATION (for example delay:1s)", s)
+	return ReadyMode{}, fmt.Errorf("--ready %q: want notify (wait for READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: wait until the program has bound every listener) or delay:DURATION (for example delay:1s)", s)
 }
 
 func (r ReadyMode) String() string {
-	if r.Notify {
+	switch {
+	case r.Notify:
 		return "notify"
+	case r.Bind:
+		return "bind"
 	}
 	return "delay:" + r.Delay.String()
 }
+
+// deadline reports whether the mode has a readiness deadline (the
+// ready timeout); delay has none, it only waits.
+func (r ReadyMode) deadline() bool { return r.Notify || r.Bind }
 
 // ParseSignal parses a signal name ("TERM", "SIGQUIT") or number.
 func ParseSignal(s string) (syscall.Signal, error) {
@@ -82,6 +94,20 @@ type Config struct {
 	// Fd0 names a listener also handed over as fd 0 (the FastCGI
 	// convention).
 	Fd0 string
+	// StopWhenIdle, when positive, holds the stop signal back until the
+	// worker holds no connection on baton's TCP listeners (checked while
+	// it is stopped with SIGSTOP, so it cannot accept one in between), for
+	// at most this long: for programs that die on the stop signal.
+	StopWhenIdle time.Duration
+	// CaptureBind starts workers under a seccomp filter that hands their
+	// bind(2) calls to baton, which installs its held socket when the
+	// address matches a listener: unmodified programs share baton's
+	// sockets.
+	CaptureBind bool
+	// EnableMigrateReq lets a scale-down set net.ipv4.tcp_migrate_req=1
+	// when it is off, so closing a reuseport slot's socket moves its
+	// queued connections to the other slots instead of resetting them.
+	EnableMigrateReq bool
 	// LogPrefix prefixes each line of worker output with generation, slot
 	// and pid; without it workers write to baton's stdout and stderr
 	// directly.

@@ -9,7 +9,7 @@ import (
 )
 
 // Methods are the control socket's methods.
-var Methods = []string{"status", "reload", "stop"}
+var Methods = []string{"status", "reload", "scale", "stop"}
 
 // waitParams are the params of reload and stop.
 type waitParams struct {
@@ -46,6 +46,14 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		case <-ctx.Done():
 			return nil, errors.New("stopped waiting for the reload; it goes on")
 		}
+	case "scale":
+		var p struct {
+			Workers int `json:"workers"`
+		}
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		return s.Scale(p.Workers)
 	case "stop":
 		var p waitParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
@@ -78,7 +86,7 @@ func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req co
 	s.call(func() {
 		if w := s.workerFor(peer.PID); w != nil {
 			info = &WorkerInfo{Slot: w.slot.index, Generation: w.gen.id, PID: w.pid}
-			for _, l := range s.sockets {
+			for _, l := range s.listeners {
 				info.Listeners = append(info.Listeners, l.Spec.Name)
 			}
 		}

@@ -73,9 +73,19 @@ func KernelInput(st Status) inspect.Input {
 	return in
 }
 
-// listenerSockets lists the sockets of a listener: today the one socket
-// every worker shares. A listener with one SO_REUSEPORT socket per slot
-// lists each, with its slot.
+// listenerSockets lists the sockets of a listener: the one every worker
+// shares, or one SO_REUSEPORT socket per slot.
 func listenerSockets(l ListenerStatus) []inspect.Socket {
-	return []inspect.Socket{{Slot: inspect.Shared, Inode: l.Inode}}
+	if len(l.Sockets) == 0 {
+		return []inspect.Socket{{Slot: inspect.Shared, Inode: l.Inode}}
+	}
+	socks := make([]inspect.Socket, 0, len(l.Sockets))
+	for _, s := range l.Sockets {
+		slot := s.Slot
+		if slot < 0 {
+			slot = inspect.Shared
+		}
+		socks = append(socks, inspect.Socket{Slot: slot, Inode: s.Inode})
+	}
+	return socks
 }

@@ -134,6 +134,7 @@ func (s *Supervisor) endReload(err error) {
 	if s.opts.OnReady != nil && s.everReady {
 		s.opts.OnReady()
 	}
+	s.applyQueuedScales()
 	if s.reload.queued && !s.stopping {
 		waiters, reason := s.reload.queuedFor, s.reload.queuedReason
 		s.reload.queued, s.reload.queuedFor, s.reload.queuedReason = false, nil, ""

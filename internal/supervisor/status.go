@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/baton-dev/baton/internal/inspect"
+	"github.com/baton-dev/baton/internal/listener"
 )
 
 // Status is a snapshot of a running baton, as `baton status --json` prints
@@ -24,6 +25,7 @@ type Status struct {
 	Ready        string           `json:"ready"`
 	Listeners    []ListenerStatus `json:"listeners"`
 	Workers      []WorkerStatus   `json:"workers"`
+	Slots        int              `json:"slots"`
 	Reloads      ReloadStats      `json:"reloads"`
 	Process      ProcessStatus    `json:"process"`
 	WorkersTotal int              `json:"workers_started"`
@@ -32,16 +34,29 @@ type Status struct {
 	Kernel *inspect.View `json:"kernel,omitempty"`
 }
 
-// ListenerStatus describes one socket baton holds.
+// ListenerStatus describes one listener baton holds.
 type ListenerStatus struct {
 	Name    string `json:"name"`
 	URL     string `json:"url"`
 	Kind    string `json:"kind"`
+	Balance string `json:"balance"`
 	Address string `json:"address"`
 	Port    int    `json:"port,omitempty"`
 	Backlog int    `json:"backlog,omitempty"`
-	Inode   uint64 `json:"inode"`
-	Fd      int    `json:"fd"`
+	// Inode and Fd are those of the first socket (the only one of a
+	// shared listener).
+	Inode uint64 `json:"inode"`
+	Fd    int    `json:"fd"`
+	// Sockets lists every socket: one for a shared listener (slot -1),
+	// one per slot with balance=reuseport.
+	Sockets []SocketStatus `json:"sockets"`
+}
+
+// SocketStatus is one socket of a listener.
+type SocketStatus struct {
+	Slot  int    `json:"slot"`
+	Inode uint64 `json:"inode"`
+	Fd    int    `json:"fd"`
 }
 
 // WorkerStatus describes one live worker.
@@ -54,6 +69,12 @@ type WorkerStatus struct {
 	Uptime     Duration  `json:"uptime"`
 	Restarts   int       `json:"restarts"`
 	Status     string    `json:"status,omitempty"`
+	// Accepted is the number of connections the worker says it accepted
+	// (X_BATON_ACCEPTED=, sent by baton's library); absent when unknown.
+	Accepted *int64 `json:"accepted,omitempty"`
+	// Captures lists the binds baton answered with its own socket (with
+	// --capture-bind).
+	Captures []CaptureStatus `json:"captures,omitempty"`
 }
 
 // ReloadStats counts reloads.
@@ -90,6 +111,7 @@ func (s *Supervisor) status() Status {
 		Stopping:     s.stopping,
 		Ready:        s.cfg.Ready.String(),
 		WorkersTotal: s.stats.workersStarted,
+		Slots:        len(s.slots),
 		Reloads: ReloadStats{
 			OK:     s.stats.reloadsOK,
 			Failed: s.stats.reloadsFailed,
@@ -102,20 +124,37 @@ func (s *Supervisor) status() Status {
 	if s.pending != nil {
 		st.Pending = s.pending.id
 	}
-	for _, l := range s.sockets {
+	for _, l := range s.listeners {
+		socks := l.Sockets()
+		first := socks[0]
 		ls := ListenerStatus{
-			Name: l.Spec.Name, URL: l.Spec.URL(), Kind: string(l.Spec.Kind),
-			Address: l.Addr().String(), Port: l.Port(), Backlog: l.Backlog(),
-			Inode: l.Inode(), Fd: l.Fd(),
+			Name: l.Spec.Name, URL: l.Spec.URL(), Kind: string(l.Spec.Kind), Balance: listener.Shared,
+			Address: first.Addr().String(), Port: first.Port(), Backlog: first.Backlog(),
+			Inode: first.Inode(), Fd: first.Fd(),
+		}
+		if l.Reuseport() {
+			ls.Balance = listener.Reuseport
+			for _, sl := range s.slots {
+				if sock := l.Socket(sl.index); sock != nil {
+					ls.Sockets = append(ls.Sockets, SocketStatus{Slot: sl.index, Inode: sock.Inode(), Fd: sock.Fd()})
+				}
+			}
+		} else {
+			ls.Sockets = []SocketStatus{{Slot: -1, Inode: first.Inode(), Fd: first.Fd()}}
 		}
 		st.Listeners = append(st.Listeners, ls)
 	}
 	for _, w := range s.workers {
-		st.Workers = append(st.Workers, WorkerStatus{
+		ws := WorkerStatus{
 			Slot: w.slot.index, Generation: w.gen.id, PID: w.pid, State: w.state,
 			Started: w.started, Uptime: Duration(now.Sub(w.started)),
-			Restarts: w.slot.restarts, Status: w.status,
-		})
+			Restarts: w.slot.restarts, Status: w.status, Captures: w.captures,
+		}
+		if w.accepted >= 0 {
+			n := w.accepted
+			ws.Accepted = &n
+		}
+		st.Workers = append(st.Workers, ws)
 	}
 	sort.Slice(st.Workers, func(i, j int) bool {
 		a, b := st.Workers[i], st.Workers[j]

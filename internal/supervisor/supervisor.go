@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/baton-dev/baton/internal/control"
@@ -22,10 +24,11 @@ var ErrStopping = errors.New("baton is stopping")
 
 // Options are what New needs besides the configuration.
 type Options struct {
-	Config  Config
-	Sockets []*listener.Socket // bound listeners, in the order workers get them
-	Spawner *spawn.Spawner
-	Log     *slog.Logger
+	Config Config
+	// Listeners are bound, in the order workers get them (fds 3, 4, ...).
+	Listeners []*listener.Group
+	Spawner   *spawn.Spawner
+	Log       *slog.Logger
 	// Stdout and Stderr receive worker output. With Config.LogPrefix off
 	// they must be *os.File, which workers then inherit directly.
 	Stdout, Stderr io.Writer
@@ -44,11 +47,11 @@ type Options struct {
 
 // Supervisor runs worker generations. Create it with New, then call Run.
 type Supervisor struct {
-	cfg     Config
-	sockets []*listener.Socket
-	spawner *spawn.Spawner
-	log     *slog.Logger
-	opts    Options
+	cfg       Config
+	listeners []*listener.Group
+	spawner   *spawn.Spawner
+	log       *slog.Logger
+	opts      Options
 
 	stdout, stderr *sink
 	devnull        *os.File
@@ -58,12 +61,16 @@ type Supervisor struct {
 	events chan func()
 	done   chan struct{} // closed when Run has finished
 	start  time.Time
+	// ctx is cancelled when Run returns; goroutines serving workers end.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// Everything below is owned by the loop goroutine.
 	active, pending *generation
 	nextGen         int
 	workers         map[int]*worker // live workers by pid
-	slots           []*slot
+	slots           []*slot         // the current slots, by index
+	scaleQueue      []scaleRequest  // scale requests waiting for the reload in progress
 	reload          reloadState
 	stopping        bool
 	everReady       bool
@@ -81,22 +88,23 @@ type stats struct {
 // name, but starts no worker.
 func New(o Options) (*Supervisor, error) {
 	s := &Supervisor{
-		cfg:     o.Config,
-		sockets: o.Sockets,
-		spawner: o.Spawner,
-		log:     o.Log,
-		opts:    o,
-		stdout:  &sink{w: o.Stdout},
-		stderr:  &sink{w: o.Stderr},
-		events:  make(chan func(), 1024),
-		done:    make(chan struct{}),
-		workers: map[int]*worker{},
-		start:   time.Now(),
+		cfg:       o.Config,
+		listeners: o.Listeners,
+		spawner:   o.Spawner,
+		log:       o.Log,
+		opts:      o,
+		stdout:    &sink{w: o.Stdout},
+		stderr:    &sink{w: o.Stderr},
+		events:    make(chan func(), 1024),
+		done:      make(chan struct{}),
+		workers:   map[int]*worker{},
+		start:     time.Now(),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for i := 0; i < s.cfg.Workers; i++ {
 		s.slots = append(s.slots, &slot{index: i})
 	}
-	if s.cfg.Fd0 != "" && s.socket(s.cfg.Fd0) == nil {
+	if s.cfg.Fd0 != "" && s.listener(s.cfg.Fd0) == nil {
 		return nil, fmt.Errorf("--fd0 %s: no listener has that name", s.cfg.Fd0)
 	}
 	var err error
@@ -122,8 +130,8 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
-func (s *Supervisor) socket(name string) *listener.Socket {
-	for _, l := range s.sockets {
+func (s *Supervisor) listener(name string) *listener.Group {
+	for _, l := range s.listeners {
 		if l.Spec.Name == name {
 			return l
 		}
@@ -136,6 +144,7 @@ func (s *Supervisor) socket(name string) *listener.Socket {
 // returning; the listeners stay open for the caller to close.
 func (s *Supervisor) Run() error {
 	defer close(s.done)
+	defer s.cancel()
 	go s.notify.Serve(func(m notify.Message) { s.post(func() { s.notified(m) }) })
 	go s.workerSock.Serve(s.handleWorker)
 	defer s.workerSock.Close()
@@ -239,6 +248,7 @@ func (s *Supervisor) beginStop(reason string) {
 		s.endReload(ErrStopping)
 	}
 	s.reload.failQueued(ErrStopping)
+	s.applyQueuedScales() // they fail: baton is stopping
 	for _, sl := range s.slots {
 		sl.cancelRestart()
 	}
@@ -256,6 +266,9 @@ func (s *Supervisor) notified(m notify.Message) {
 	}
 	if st, ok := m.Fields["STATUS"]; ok {
 		w.status = st
+	}
+	if n, err := strconv.ParseInt(m.Fields["X_BATON_ACCEPTED"], 10, 64); err == nil && n >= 0 {
+		w.accepted = n
 	}
 	if m.Fields["READY"] == "1" && w.state == Starting && s.cfg.Ready.Notify {
 		s.workerReady(w)

@@ -28,6 +28,7 @@ const (
 // slot is a worker position that keeps its identity across generations.
 type slot struct {
 	index    int
+	removed  bool // by a scale-down
 	restarts int
 	backoff  time.Duration
 	restart  *time.Timer // a pending crash restart
@@ -43,19 +44,19 @@ func (sl *slot) cancelRestart() {
 // generation is the set of workers started by one start or reload.
 type generation struct {
 	id      int
-	workers []*worker // current worker of each slot
+	workers map[int]*worker // the current worker of each slot, by slot index
 	started time.Time
 }
 
 func (s *Supervisor) newGeneration() *generation {
 	s.nextGen++
-	return &generation{id: s.nextGen, workers: make([]*worker, len(s.slots)), started: time.Now()}
+	return &generation{id: s.nextGen, workers: map[int]*worker{}, started: time.Now()}
 }
 
-// allReady reports whether every slot of g has a ready worker.
-func (g *generation) allReady() bool {
-	for _, w := range g.workers {
-		if w == nil || w.state != Ready {
+// allReady reports whether every current slot has a ready worker of g.
+func (s *Supervisor) allReady(g *generation) bool {
+	for _, sl := range s.slots {
+		if w := g.workers[sl.index]; w == nil || w.state != Ready {
 			return false
 		}
 	}
@@ -72,6 +73,10 @@ type worker struct {
 	readyAt time.Time
 	stopAt  time.Time
 	status  string // last STATUS= the worker sent
+	// accepted is the connection count the worker last reported with
+	// X_BATON_ACCEPTED= (baton's library does), -1 when it never did.
+	accepted int64
+	captures []CaptureStatus // binds baton answered with its own socket
 
 	// stopped is set when baton asked the worker to stop, so its exit is
 	// not a crash; restart is set when baton stopped it to start a
@@ -102,16 +107,28 @@ func (w *worker) kill() {
 // startWorker starts the worker of slot sl in generation g. It returns the
 // error when the process could not be started.
 func (s *Supervisor) startWorker(g *generation, sl *slot) error {
-	w := &worker{slot: sl, gen: g, state: Starting, output: &tail{}, spawned: make(chan struct{}), outputDone: make(chan struct{})}
+	w := &worker{slot: sl, gen: g, state: Starting, accepted: -1, output: &tail{}, spawned: make(chan struct{}), outputDone: make(chan struct{})}
 	defer close(w.spawned)
 	files, closeAfter, err := s.workerFiles(w)
 	if err != nil {
 		return s.startFailed(w, err)
 	}
+	env := s.workerEnv(g, sl)
+	var capt *captureStart
+	if s.cfg.CaptureBind {
+		if capt, err = newCaptureStart(len(files)); err != nil {
+			for _, f := range closeAfter {
+				f.Close()
+			}
+			return s.startFailed(w, err)
+		}
+		files = append(files, capt.shim)
+		env = append(env, capt.env())
+	}
 	proc, err := s.spawner.Start(spawn.Spec{
 		Path:      s.cfg.Path,
 		Args:      s.cfg.Args,
-		Env:       s.workerEnv(g, sl),
+		Env:       env,
 		Dir:       s.cfg.Dir,
 		Files:     files,
 		Pdeathsig: s.cfg.StopSignal,
@@ -130,15 +147,21 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	for _, f := range closeAfter {
 		f.Close() // the child has its copies; ours would keep the pipes open
 	}
+	if capt != nil {
+		capt.started(err == nil)
+	}
 	if err != nil {
 		return s.startFailed(w, err)
 	}
 	w.proc, w.pid, w.started = proc, proc.Pid, time.Now()
+	if capt != nil {
+		go s.serveCapture(w, capt.baton)
+	}
 	g.workers[sl.index] = w
 	s.workers[w.pid] = w
 	s.stats.workersStarted++
 	s.log.Info("worker started", w.attrs()...)
-	if s.cfg.Ready.Notify {
+	if s.cfg.Ready.deadline() {
 		w.setTimer(s.after(s.cfg.ReadyTimeout, func() { s.readyDeadline(w) }))
 	} else {
 		w.setTimer(s.after(s.cfg.Ready.Delay, func() {
@@ -169,11 +192,11 @@ func (s *Supervisor) startFailed(w *worker, err error) error {
 func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File, err error) {
 	stdin := int(s.devnull.Fd())
 	if s.cfg.Fd0 != "" {
-		stdin = s.socket(s.cfg.Fd0).Fd()
+		stdin = s.listener(s.cfg.Fd0).Socket(w.slot.index).Fd()
 	}
 	files = []int{stdin, -1, -1}
-	for _, l := range s.sockets {
-		files = append(files, l.Fd())
+	for _, l := range s.listeners {
+		files = append(files, l.Socket(w.slot.index).Fd())
 	}
 	if !s.cfg.LogPrefix {
 		close(w.outputDone)
@@ -229,12 +252,12 @@ func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 		env = append(env, kv)
 	}
 	env = append(env, s.cfg.Env...)
-	if len(s.sockets) > 0 {
-		names := make([]string, len(s.sockets))
-		for i, l := range s.sockets {
+	if len(s.listeners) > 0 {
+		names := make([]string, len(s.listeners))
+		for i, l := range s.listeners {
 			names[i] = l.Spec.Name
 		}
-		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(s.sockets)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
+		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(s.listeners)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
 	return append(env,
 		"NOTIFY_SOCKET="+s.notify.Addr(),
@@ -251,9 +274,9 @@ func (s *Supervisor) workerReady(w *worker) {
 	w.setTimer(nil)
 	s.log.Info("worker ready", w.attrs("after", w.readyAt.Sub(w.started).Round(time.Millisecond))...)
 	switch {
-	case w.gen == s.pending && w.gen.allReady():
+	case w.gen == s.pending && s.allReady(w.gen):
 		s.endReload(nil)
-	case w.gen == s.active && !s.everReady && w.gen.allReady():
+	case w.gen == s.active && !s.everReady && s.allReady(w.gen):
 		s.everReady = true
 		s.log.Info("all workers ready", "generation", w.gen.id, "after", time.Since(s.start).Round(time.Millisecond))
 		if s.opts.OnReady != nil {
@@ -267,7 +290,11 @@ func (s *Supervisor) readyDeadline(w *worker) {
 	if w.state != Starting {
 		return
 	}
-	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not send READY=1 within %s", w.slot.index, w.pid, w.gen.id, s.cfg.ReadyTimeout)
+	what := "send READY=1"
+	if s.cfg.Ready.Bind {
+		what = "bind every listener"
+	}
+	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, what, s.cfg.ReadyTimeout)
 	s.log.Warn("worker missed its readiness deadline", w.attrs("timeout", s.cfg.ReadyTimeout)...)
 	if w.gen == s.pending {
 		s.endReload(err)
@@ -285,8 +312,10 @@ func (s *Supervisor) stopWorker(w *worker, reason string) {
 	}
 	w.stopped, w.state, w.stopAt = true, Draining, time.Now()
 	s.log.Info("stopping worker", w.attrs("signal", SignalName(s.cfg.StopSignal), "reason", reason)...)
-	if err := w.proc.Signal(s.cfg.StopSignal); err != nil {
-		s.log.Debug("stop signal not delivered", w.attrs("err", err)...)
+	if ports := s.tcpPorts(); s.cfg.StopWhenIdle > 0 && len(ports) > 0 {
+		go s.quiesceThenSignal(w, ports, s.cfg.StopWhenIdle)
+	} else {
+		s.signalStop(w)
 	}
 	w.setTimer(s.after(s.cfg.DrainTimeout, func() {
 		if w.state == Exited {
@@ -321,7 +350,7 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 			msg += "; its last output: " + out
 		}
 		s.endReload(fmt.Errorf("%s", msg))
-	case w.gen == s.active && !s.stopping && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
+	case w.gen == s.active && !s.stopping && !w.slot.removed && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
 		s.scheduleRestart(w)
 	}
 }
@@ -344,7 +373,7 @@ func (s *Supervisor) scheduleRestart(w *worker) {
 	sl.cancelRestart()
 	sl.restart = s.after(sl.backoff, func() {
 		sl.restart = nil
-		if g == s.active && !s.stopping && g.workers[sl.index] == w {
+		if g == s.active && !s.stopping && !sl.removed && g.workers[sl.index] == w {
 			s.startWorker(g, sl)
 		}
 	})

@@ -1,0 +1,153 @@
+package listener
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Group is one named listener and the sockets baton holds for it: a single
+// socket every worker shares, or, with balance=reuseport, one SO_REUSEPORT
+// socket per slot. A slot keeps its socket for as long as the slot exists,
+// so a worker that replaces another in its slot (a reload, a crash restart)
+// accepts from the very queue its predecessor did, and nothing queued there
+// is ever reset.
+type Group struct {
+	Spec    Spec
+	sockets []*Socket // shared: one; reuseport: index = slot, nil once released
+}
+
+// OpenGroup binds the sockets of a listener for the given number of slots.
+// On an error nothing stays bound.
+func OpenGroup(spec Spec, slots int) (*Group, error) {
+	g := &Group{Spec: spec}
+	if !g.Reuseport() {
+		slots = 1
+	}
+	if err := g.Grow(slots); err != nil {
+		g.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// Reuseport reports whether the group has one socket per slot.
+func (g *Group) Reuseport() bool { return g.Spec.Balance == Reuseport }
+
+// Socket is the socket the worker of a slot receives: the shared socket,
+// or the slot's own. It is nil for a reuseport slot that has none.
+func (g *Group) Socket(slot int) *Socket {
+	if !g.Reuseport() {
+		return g.sockets[0]
+	}
+	if slot < 0 || slot >= len(g.sockets) {
+		return nil
+	}
+	return g.sockets[slot]
+}
+
+// Sockets lists the sockets held, by slot (one for a shared listener).
+func (g *Group) Sockets() []*Socket {
+	var out []*Socket
+	for _, s := range g.sockets {
+		if s != nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Grow makes sure slots 0..slots-1 each have a socket (a shared listener
+// has one socket whatever the number of slots). New reuseport sockets
+// join the group on the address the first one got, so port 0 means one
+// real port for every slot.
+func (g *Group) Grow(slots int) error {
+	if !g.Reuseport() {
+		slots = 1
+	}
+	for len(g.sockets) < slots {
+		g.sockets = append(g.sockets, nil)
+	}
+	for i := 0; i < slots; i++ {
+		if g.sockets[i] != nil {
+			continue
+		}
+		spec := g.Spec
+		if first := g.Sockets(); len(first) > 0 {
+			spec = first[0].sibling()
+		}
+		s, err := Bind(spec)
+		if err != nil {
+			return fmt.Errorf("listener %s, slot %d: %w", g.Spec.Name, i, err)
+		}
+		g.sockets[i] = s
+	}
+	return nil
+}
+
+// sibling is the spec of another socket in the same reuseport group: the
+// same options on the address this one is bound to.
+func (s *Socket) sibling() Spec {
+	spec := s.Spec
+	if a, ok := s.addr.(*net.TCPAddr); ok {
+		spec.Host, spec.Port = a.IP.String(), a.Port
+	}
+	if a, ok := s.addr.(*net.UDPAddr); ok {
+		spec.Host, spec.Port = a.IP.String(), a.Port
+	}
+	return spec
+}
+
+// Release closes a reuseport slot's socket, when the slot is removed. What
+// is queued in it is reset unless net.ipv4.tcp_migrate_req is 1 (then the
+// kernel moves it to another socket of the group): check MigrateReq first.
+func (g *Group) Release(slot int) error {
+	if !g.Reuseport() || slot >= len(g.sockets) || g.sockets[slot] == nil {
+		return nil
+	}
+	err := g.sockets[slot].Close()
+	g.sockets[slot] = nil
+	return err
+}
+
+// Close closes every socket of the group.
+func (g *Group) Close() {
+	for i, s := range g.sockets {
+		if s != nil {
+			s.Close()
+			g.sockets[i] = nil
+		}
+	}
+}
+
+// MigrateReqPath is the sysctl that lets the kernel move the connections
+// queued on a closing SO_REUSEPORT socket to another socket of its group
+// (Linux 5.14).
+const MigrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+// ErrNoMigrate is returned by MigrateReq when closing a reuseport socket
+// would reset what is queued in it.
+var ErrNoMigrate = errors.New("net.ipv4.tcp_migrate_req is 0")
+
+// MigrateReq checks that closing a reuseport socket loses nothing queued
+// in it. With set, it turns the sysctl on when it is off (root only; the
+// setting belongs to the network namespace).
+func MigrateReq(set bool) error {
+	b, err := os.ReadFile(MigrateReqPath)
+	if err != nil {
+		return fmt.Errorf("%w: %s cannot be read (%v); this kernel (before 5.14?) cannot move queued connections off a closing reuseport socket", ErrNoMigrate, MigrateReqPath, err)
+	}
+	if v, _ := strconv.Atoi(strings.TrimSpace(string(b))); v == 1 {
+		return nil
+	}
+	if !set {
+		return fmt.Errorf("%w: closing a slot's socket would reset the connections queued in it; run `sysctl -w net.ipv4.tcp_migrate_req=1`, or start baton with --enable-migrate-req", ErrNoMigrate)
+	}
+	if err := os.WriteFile(MigrateReqPath, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("%w, and setting it failed: %v: run `sysctl -w net.ipv4.tcp_migrate_req=1` as root", ErrNoMigrate, err)
+	}
+	return nil
+}
