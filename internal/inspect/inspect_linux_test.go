@@ -260,7 +260,7 @@ func TestInspectExitedWorker(t *testing.T) {
 	}
 }
 
-func inodeOf(t *testing.T, c syscall.Conn) uint64 {
+func inodeOf(t testing.TB, c syscall.Conn) uint64 {
 	t.Helper()
 	rc, err := c.SyscallConn()
 	if err != nil {
