@@ -79,18 +79,31 @@ func Serve(srv *http.Server) error { return ServeOptions{}.Serve(srv) }
 //
 // It returns nil after a clean drain.
 func (o ServeOptions) Serve(srv *http.Server) error {
+	ln, err := o.listener(srv)
+	if err != nil {
+		return err
+	}
+	return o.ServeListeners(srv, ln)
+}
+
+// ServeListeners is Serve on listeners the caller chose (several sockets
+// served by one http.Server, say every one from Listeners), with the same
+// readiness report and the same drain.
+func (o ServeOptions) ServeListeners(srv *http.Server, listeners ...net.Listener) error {
 	if o.DrainWindow == 0 {
 		o.DrainWindow = 2 * time.Second
 	}
 	if o.ShutdownTimeout == 0 {
 		o.ShutdownTimeout = 30 * time.Second
 	}
-	inner, err := o.listener(srv)
-	if err != nil {
-		return err
+	if len(listeners) == 0 {
+		return errors.New("baton.ServeListeners: no listener to serve")
 	}
-	ln := &countingListener{Listener: inner}
-	stopReports := reportAccepted(ln)
+	var counted []*countingListener
+	for _, ln := range listeners {
+		counted = append(counted, &countingListener{Listener: ln})
+	}
+	stopReports := reportAccepted(counted)
 	defer stopReports()
 	stop := Stopping()
 
@@ -119,21 +132,39 @@ func (o ServeOptions) Serve(srv *http.Server) error {
 		}
 	}
 
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	served := make(chan error, len(counted))
+	for _, ln := range counted {
+		go func() { served <- srv.Serve(ln) }()
+	}
+	closeAll := func() error {
+		for _, ln := range counted {
+			ln.Close()
+		}
+		var first error
+		for range counted {
+			if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
 	if err := Ready(); err != nil {
-		ln.Close()
-		<-served
+		closeAll()
 		return err
 	}
 	select {
 	case err := <-served:
+		served <- err // closeAll collects every Serve's result
+		if cerr := closeAll(); cerr != nil {
+			return cerr
+		}
 		return err
 	case <-stop:
 	}
 	draining.Store(true)
-	ln.Close()
-	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+	// Every Serve returns before Shutdown: no connection is left between
+	// Accept and the server's tracking.
+	if err := closeAll(); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(o.DrainWindow)
@@ -190,7 +221,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 // reportAccepted tells baton, twice a second when it changed, how many
 // connections the worker accepted (X_BATON_ACCEPTED=, shown in baton
 // status), until the returned function is called.
-func reportAccepted(l *countingListener) (stop func()) {
+func reportAccepted(ls []*countingListener) (stop func()) {
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return func() {}
 	}
@@ -202,7 +233,11 @@ func reportAccepted(l *countingListener) (stop func()) {
 		defer t.Stop()
 		last := int64(-1)
 		for {
-			if n := l.n.Load(); n != last {
+			var n int64
+			for _, l := range ls {
+				n += l.n.Load()
+			}
+			if n != last {
 				notify.Notify("X_BATON_ACCEPTED=" + strconv.FormatInt(n, 10))
 				last = n
 			}

@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/baton-dev/baton/internal/config"
 	"github.com/baton-dev/baton/internal/listener"
 )
 
@@ -65,7 +65,7 @@ reload swaps worker generations without one refused or reset connection.
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
 	})
-	root.AddCommand(newRunCmd(), newReloadCmd(), newScaleCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd())
+	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd())
 	root.CompletionOptions.HiddenDefaultCmd = true
 	return root
 }
@@ -96,14 +96,7 @@ func (f *controlFlags) socketPath() (string, error) {
 		if strings.ContainsAny(f.name, "/\x00") || f.name == "" || f.name == "." || f.name == ".." {
 			return "", usagef("--name %q: want a plain name such as web or api", f.name)
 		}
-		switch {
-		case os.Geteuid() == 0:
-			p = filepath.Join("/run/baton", f.name+".sock")
-		case os.Getenv("XDG_RUNTIME_DIR") != "":
-			p = filepath.Join(os.Getenv("XDG_RUNTIME_DIR"), "baton", f.name+".sock")
-		default:
-			p = filepath.Join(os.TempDir(), fmt.Sprintf("baton-%d", os.Geteuid()), f.name+".sock")
-		}
+		p = config.DefaultControlPath(f.name)
 	}
 	if abs, err := filepath.Abs(p); err == nil {
 		p = abs

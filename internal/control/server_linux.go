@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +28,7 @@ var ErrInUse = errors.New("control socket in use")
 const MaxConns = 1024
 
 // Peer identifies the process on the other end of a connection.
-type Peer struct{ PID, UID int }
+type Peer struct{ PID, UID, GID int }
 
 // Handler answers one request. The context is cancelled when the server
 // closes. A returned error becomes {"ok":false,"error":...}.
@@ -115,6 +117,46 @@ func answering(path string) (int, bool) {
 	return int(cred.Pid), true
 }
 
+// AllowGroup lets members of group gid use the socket besides root and
+// baton's own user: the socket file gets that group and mode 0660.
+func (s *Server) AllowGroup(gid int) error {
+	if err := os.Chown(s.path, -1, gid); err != nil {
+		return fmt.Errorf("control socket %s: giving it group %d: %w", s.path, gid, err)
+	}
+	if err := os.Chmod(s.path, 0o660); err != nil {
+		return fmt.Errorf("control socket %s: %w", s.path, err)
+	}
+	s.allow = func(p Peer) error {
+		if sameUser(p) == nil || inGroup(p, gid) {
+			return nil
+		}
+		return fmt.Errorf("permission denied: uid %d is neither root, baton's user, nor in group %d; ask for that group or use root", p.UID, gid)
+	}
+	return nil
+}
+
+// inGroup reports whether a peer process has gid as its group or one of
+// its supplementary groups (read from /proc, which SO_PEERCRED lacks).
+func inGroup(p Peer, gid int) bool {
+	if p.GID == gid {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Groups:"); ok {
+			for _, g := range strings.Fields(v) {
+				if g == strconv.Itoa(gid) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // Path is where the socket lives.
 func (s *Server) Path() string { return s.path }
 
@@ -166,7 +208,7 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 		s.log.Warn("control socket: cannot identify peer", "err", err)
 		return
 	}
-	peer := Peer{PID: int(cred.Pid), UID: int(cred.Uid)}
+	peer := Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}
 	if s.allow != nil {
 		if err := s.allow(peer); err != nil {
 			s.log.Warn("control socket: refused a peer", "pid", peer.PID, "uid", peer.UID, "err", err)

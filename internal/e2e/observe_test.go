@@ -545,9 +545,9 @@ func TestMetricsFlagErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{"not an address", []string{"--metrics", "9100"}, 2, `--metrics "9100": want HOST:PORT or :PORT`},
+		{"not an address", []string{"--metrics", "9100"}, 2, `--metrics: "9100": want HOST:PORT`},
 		{"port in use", []string{"--metrics", held.Addr().String()}, 1, "address already in use: another process serves on it; choose another --metrics address"},
-		{"negative interval", []string{"--inspect-interval", "-1s"}, 2, "--inspect-interval -1s"},
+		{"negative interval", []string{"--inspect-interval", "-1s"}, 2, "--inspect-interval: -1s: want a duration"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			marker := dir + "/started"

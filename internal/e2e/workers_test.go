@@ -44,6 +44,8 @@ func runWorker(mode string) int {
 	switch mode {
 	case "http":
 		err = httpWorker()
+	case "http-all":
+		err = httpAllWorker()
 	case "crash":
 		fmt.Println("crashing on purpose")
 		return 3
@@ -95,6 +97,21 @@ func httpWorker() error {
 		time.Sleep(d)
 	}
 	return err
+}
+
+// httpAllWorker serves HTTP on every stream socket it inherited.
+func httpAllWorker() error {
+	lns, err := baton.Listeners()
+	if err != nil {
+		return err
+	}
+	var all []net.Listener
+	for _, ln := range lns {
+		all = append(all, ln)
+	}
+	return baton.ServeOptions{}.ServeListeners(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "ok generation %d pid %d\n", baton.Generation(), os.Getpid())
+	})}, all...)
 }
 
 // envReport is what the env worker writes.

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Group is one named listener and the sockets baton holds for it: a single
@@ -150,4 +152,51 @@ func MigrateReq(set bool) error {
 		return fmt.Errorf("%w, and setting it failed: %v: run `sysctl -w net.ipv4.tcp_migrate_req=1` as root", ErrNoMigrate, err)
 	}
 	return nil
+}
+
+// Shrink closes the reuseport sockets of slots n and above (a shared
+// listener keeps its socket). See Release.
+func (g *Group) Shrink(n int) {
+	for i := n; i < len(g.sockets); i++ {
+		g.Release(i)
+	}
+	if g.Reuseport() && n < len(g.sockets) {
+		g.sockets = g.sockets[:max(n, 0)]
+	}
+}
+
+// InPlace reports whether a listener may go from spec a to spec b keeping
+// its sockets: they differ at most in what Adjust changes on a live socket
+// (the backlog, a socket file's mode and owner).
+func InPlace(a, b Spec) bool {
+	for _, s := range []*Spec{&a, &b} {
+		s.Backlog, s.Mode, s.Owner, s.UID, s.GID = 0, 0, "", -1, -1
+	}
+	return a.URL() == b.URL() && a.Name == b.Name
+}
+
+// Adjust applies spec to the group's live sockets: listen(2) again with a
+// new backlog (Linux updates the queue limit of a listening socket), chmod
+// and chown a socket file. Only differences InPlace allows are applied.
+func (g *Group) Adjust(spec Spec) error {
+	var errs []error
+	for _, s := range g.Sockets() {
+		if spec.Kind == Stream && spec.Backlog != s.Spec.Backlog {
+			backlog := spec.Backlog
+			if backlog == 0 {
+				backlog = DefaultBacklog()
+			}
+			if err := unix.Listen(s.fd, backlog); err != nil {
+				errs = append(errs, &Error{Op: "listen", Spec: spec, Err: os.NewSyscallError("listen", err)})
+			} else {
+				s.backlog = backlog
+			}
+		}
+		if spec.IsUnix() && !spec.Abstract() && (spec.Mode != s.Spec.Mode || spec.UID != s.Spec.UID || spec.GID != s.Spec.GID) {
+			errs = append(errs, applyOwnership(spec))
+		}
+		s.Spec = spec
+	}
+	g.Spec = spec
+	return errors.Join(errs...)
 }

@@ -24,8 +24,12 @@ type Spec struct {
 	Files []int
 	// Pdeathsig is sent to the child if baton dies.
 	Pdeathsig syscall.Signal
-	// Credential, when set, is the uid/gid the child runs as.
-	Credential *syscall.Credential
+	// User, when set, is the identity the command runs as. The shim
+	// starts as baton's user, applies Nofile, then drops to User, so a
+	// limit above the user's own hard limit can still be given.
+	User *Credential
+	// Nofile, when not 0, is the command's RLIMIT_NOFILE (soft and hard).
+	Nofile uint64
 	// Direct starts Path itself instead of going through the shim; used
 	// for processes that need no LISTEN_PID.
 	Direct bool
@@ -135,9 +139,20 @@ func New() *Spawner {
 // it has exited and been reaped.
 func (s *Spawner) Start(spec Spec, onExit func(Exit)) (*Process, error) {
 	path, argv := s.shim, append([]string{"baton-shim", spec.Path}, spec.Args...)
-	env := append(spec.Env[:len(spec.Env):len(spec.Env)], shimEnv+"=1", keepEnv+"="+strconv.Itoa(max(len(spec.Files), 3)))
+	env := append(spec.Env[:len(spec.Env):len(spec.Env)], shimEnv+"=1", keepEnv+"="+strconv.Itoa(max(len(spec.Files), 3)),
+		ppidEnv+"="+strconv.Itoa(os.Getpid()), pdeathEnv+"="+strconv.Itoa(int(spec.Pdeathsig)))
+	if spec.User != nil {
+		env = append(env, userEnv+"="+spec.User.String())
+	}
+	if spec.Nofile > 0 {
+		env = append(env, nofileEnv+"="+strconv.FormatUint(spec.Nofile, 10))
+	}
+	var cred *syscall.Credential
 	if spec.Direct {
 		path, argv, env = spec.Path, spec.Args, spec.Env
+		if spec.User != nil {
+			cred = &syscall.Credential{Uid: spec.User.UID, Gid: spec.User.GID, Groups: spec.User.Groups}
+		}
 	}
 	files := make([]uintptr, len(spec.Files))
 	for i, fd := range spec.Files {
@@ -151,7 +166,7 @@ func (s *Spawner) Start(spec Spec, onExit func(Exit)) (*Process, error) {
 		Sys: &syscall.SysProcAttr{
 			Setpgid:    true,
 			Pdeathsig:  spec.Pdeathsig,
-			Credential: spec.Credential,
+			Credential: cred,
 			PidFD:      &pidfd,
 		},
 	}

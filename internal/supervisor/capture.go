@@ -59,7 +59,7 @@ func (s *Supervisor) serveCapture(w *worker, batonEnd int) {
 		return
 	}
 	var held []capture.Listener
-	for _, l := range s.listeners {
+	for _, l := range w.gen.listeners {
 		if sock := l.Socket(w.slot.index); sock != nil {
 			held = append(held, capture.Listener{Name: l.Spec.Name, Fd: sock.Fd()})
 		}
@@ -89,7 +89,7 @@ func (s *Supervisor) captureEvent(w *worker, ev capture.Event) {
 	case capture.Captured:
 		w.captures = append(w.captures, CaptureStatus{Listener: ev.Listener, Addr: ev.Addr, PID: ev.PID, Fd: ev.Fd, Time: ev.Time})
 		s.log.Info("bind captured: the program got baton's socket", append(attrs, "listener", ev.Listener)...)
-		if s.cfg.Ready.Bind && w.state == Starting && s.boundAll(w) {
+		if w.gen.cfg.Ready.Bind && w.state == Starting && w.boundAll() {
 			s.workerReady(w)
 		}
 	case capture.Passed:
@@ -106,8 +106,8 @@ func (s *Supervisor) captureEvent(w *worker, ev capture.Event) {
 }
 
 // boundAll reports whether w has bound every listener.
-func (s *Supervisor) boundAll(w *worker) bool {
-	for _, l := range s.listeners {
+func (w *worker) boundAll() bool {
+	for _, l := range w.gen.listeners {
 		found := false
 		for _, c := range w.captures {
 			found = found || c.Listener == l.Spec.Name

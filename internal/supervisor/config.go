@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/spawn"
 )
 
 // ReadyMode says when a starting worker counts as ready.
@@ -33,7 +35,7 @@ func ParseReady(s string) (ReadyMode, error) {
 			return ReadyMode{Delay: dur}, nil
 		}
 	}
-	return ReadyMode{}, fmt.Errorf("--ready %q: want notify (wait for READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: wait until the program has bound every listener) or delay:DURATION (for example delay:1s)", s)
+	return ReadyMode{}, fmt.Errorf("%q: want notify (wait for READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: wait until the program has bound every listener) or delay:DURATION (for example delay:1s)", s)
 }
 
 func (r ReadyMode) String() string {
@@ -94,6 +96,10 @@ type Config struct {
 	// Fd0 names a listener also handed over as fd 0 (the FastCGI
 	// convention).
 	Fd0 string
+	// User, when set, is the identity workers run as (baton as root);
+	// Nofile, when not 0, their RLIMIT_NOFILE.
+	User   *spawn.Credential
+	Nofile uint64
 	// StopWhenIdle, when positive, holds the stop signal back until the
 	// worker holds no connection on baton's TCP listeners (checked while
 	// it is stopped with SIGSTOP, so it cannot accept one in between), for

@@ -86,7 +86,7 @@ func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req co
 	s.call(func() {
 		if w := s.workerFor(peer.PID); w != nil {
 			info = &WorkerInfo{Slot: w.slot.index, Generation: w.gen.id, PID: w.pid}
-			for _, l := range s.listeners {
+			for _, l := range w.gen.listeners {
 				info.Listeners = append(info.Listeners, l.Spec.Name)
 			}
 		}

@@ -58,15 +58,15 @@ func (s *Supervisor) quiesceThenSignal(w *worker, ports []uint16, wait time.Dura
 
 // signalStop sends the worker its stop signal.
 func (s *Supervisor) signalStop(w *worker) {
-	if err := w.proc.Signal(s.cfg.StopSignal); err != nil {
+	if err := w.proc.Signal(w.gen.cfg.StopSignal); err != nil {
 		s.log.Debug("stop signal not delivered", w.attrs("err", err)...)
 	}
 }
 
-// tcpPorts lists the ports of baton's TCP listeners.
-func (s *Supervisor) tcpPorts() []uint16 {
+// tcpPorts lists the ports of the generation's TCP listeners.
+func (g *generation) tcpPorts() []uint16 {
 	var ports []uint16
-	for _, l := range s.listeners {
+	for _, l := range g.listeners {
 		if l.Spec.IsInet() && l.Spec.Kind == listener.Stream {
 			if socks := l.Sockets(); len(socks) > 0 {
 				ports = append(ports, uint16(socks[0].Port()))

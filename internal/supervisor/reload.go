@@ -2,7 +2,10 @@ package supervisor
 
 import (
 	"fmt"
+	"slices"
 	"time"
+
+	"github.com/baton-dev/baton/internal/listener"
 )
 
 // ReloadResult describes a finished reload.
@@ -28,6 +31,7 @@ type reloadState struct {
 	waiters []chan<- ReloadOutcome // served by the reload in progress
 	reason  string
 	started time.Time
+	plan    *Plan // what the pending generation runs
 
 	queued       bool // another reload is wanted after this one
 	queuedFor    []chan<- ReloadOutcome
@@ -50,9 +54,9 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 		}
 		return
 	}
-	if s.pending != nil {
+	if s.pending != nil || s.preparing {
 		if !s.reload.queued {
-			s.log.Info("reload queued behind the one in progress", "reason", reason, "in_progress", s.pending.id)
+			s.log.Info("reload queued behind the one in progress", "reason", reason)
 		}
 		s.reload.queued = true
 		s.reload.queuedReason = reason
@@ -65,21 +69,100 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 	if ch != nil {
 		waiters = append(waiters, ch)
 	}
-	s.beginReload(reason, waiters)
+	s.prepareReload(reason, waiters)
 }
 
-func (s *Supervisor) beginReload(reason string, waiters []chan<- ReloadOutcome) {
-	g := s.newGeneration()
-	s.pending = g
+// prepareReload gets the reload's plan (off the loop: it may read a file,
+// resolve names and bind sockets) and then starts the new generation.
+func (s *Supervisor) prepareReload(reason string, waiters []chan<- ReloadOutcome) {
 	s.reload.waiters, s.reload.reason, s.reload.started = waiters, reason, time.Now()
-	s.log.Info("reload started", "generation", g.id, "replacing", s.active.id, "reason", reason)
 	if s.opts.OnReloading != nil {
 		s.opts.OnReloading()
 	}
-	for _, sl := range s.slots {
+	if s.opts.Prepare == nil {
+		plan := Plan{Config: *s.active.cfg, Listeners: s.active.listeners}
+		s.beginReload(&plan)
+		return
+	}
+	s.preparing = true
+	current := append([]*listener.Group(nil), s.active.listeners...)
+	workers := len(s.active.slots)
+	go func() {
+		plan, err := s.opts.Prepare(current, workers)
+		if !s.post(func() {
+			s.preparing = false
+			if err != nil {
+				s.finishReload(0, s.active.id, fmt.Errorf("reload failed: %w; generation %d keeps serving, unchanged", err, s.active.id))
+				return
+			}
+			s.beginReload(plan)
+		}) && plan != nil {
+			s.discardPlan(plan, current)
+		}
+	}()
+}
+
+// discardPlan closes the listeners a plan opened that nothing uses.
+func (s *Supervisor) discardPlan(plan *Plan, kept []*listener.Group) {
+	for _, l := range plan.Listeners {
+		if !slices.Contains(kept, l) {
+			l.Close()
+		}
+	}
+}
+
+// beginReload starts the generation that runs plan.
+func (s *Supervisor) beginReload(plan *Plan) {
+	old := s.active
+	for _, l := range plan.Listeners {
+		s.groups[l] = true
+	}
+	if err := plan.check(); err != nil {
+		s.failPlan(plan, err)
+		return
+	}
+	// Fewer slots: the removed slots' reuseport sockets close when the
+	// old generation has drained, which must not reset their queues.
+	if plan.Config.Workers < len(old.slots) {
+		for _, l := range plan.Listeners {
+			if l.Reuseport() && l.Spec.Kind == listener.Stream && slices.Contains(old.listeners, l) {
+				if err := listener.MigrateReq(plan.Config.EnableMigrateReq); err != nil {
+					s.failPlan(plan, fmt.Errorf("going from %d to %d workers would close reuseport sockets of listener %s: %w", len(old.slots), plan.Config.Workers, l.Spec.Name, err))
+					return
+				}
+			}
+		}
+	}
+	// More slots: every reuseport listener needs a socket per slot.
+	for _, l := range plan.Listeners {
+		if err := l.Grow(plan.Config.Workers); err != nil {
+			s.releaseSlots(plan.Listeners, len(old.slots))
+			s.failPlan(plan, err)
+			return
+		}
+	}
+	g := s.newGeneration(plan, old)
+	s.pending = g
+	s.reload.plan = plan
+	s.log.Info("reload started", "generation", g.id, "replacing", old.id, "reason", s.reload.reason, "workers", len(g.slots))
+	for _, sl := range g.slots {
 		if err := s.startWorker(g, sl); err != nil {
 			return // startFailed has ended the reload
 		}
+	}
+}
+
+// failPlan ends a reload whose plan could not even start.
+func (s *Supervisor) failPlan(plan *Plan, err error) {
+	s.finishReload(0, s.active.id, fmt.Errorf("reload failed: %w; generation %d keeps serving, unchanged", err, s.active.id))
+	s.closeGroups(false)
+}
+
+// releaseSlots closes the reuseport sockets of slots from index n on, in
+// the given listeners.
+func (s *Supervisor) releaseSlots(ls []*listener.Group, n int) {
+	for _, l := range ls {
+		l.Shrink(n)
 	}
 }
 
@@ -92,41 +175,66 @@ func (s *Supervisor) endReload(err error) {
 		return
 	}
 	s.pending = nil
-	res := ReloadResult{
-		Generation: g.id,
-		Previous:   s.active.id,
-		Started:    s.reload.started,
-		Duration:   Duration(time.Since(s.reload.started)),
-		OK:         err == nil,
-		Reason:     s.reload.reason,
-	}
+	old := s.active
+	plan := s.reload.plan
+	s.reload.plan = nil
 	if err == nil {
-		old := s.active
 		s.active = g
-		s.stats.reloadsOK++
-		s.log.Info("reload finished", "generation", g.id, "took", time.Duration(res.Duration).Round(time.Millisecond), "draining", old.id)
 		for _, w := range old.workers {
 			if w != nil && w.state != Exited {
 				s.stopWorker(w, fmt.Sprintf("replaced by generation %d", g.id))
 			}
 		}
-		// A crash restart pending for the old generation is moot now.
-		for _, sl := range s.slots {
+		// A crash restart pending for the old generation is moot now,
+		// and slots the new generation does not have are gone.
+		for _, sl := range old.slots {
 			sl.cancelRestart()
+			if sl.index >= len(g.slots) {
+				sl.removed = true
+			}
 		}
+		s.releaseSlots(g.listeners, len(g.slots))
+		if plan != nil && plan.Apply != nil {
+			if aerr := plan.Apply(); aerr != nil {
+				s.log.Warn("reload: changing a kept listener in place failed", "err", aerr)
+			}
+		}
+		s.log.Info("reload finished", "generation", g.id, "took", time.Since(s.reload.started).Round(time.Millisecond), "draining", old.id)
+		s.finishReload(g.id, old.id, nil)
 	} else {
-		err = fmt.Errorf("reload to generation %d failed: %w; generation %d keeps serving", g.id, err, s.active.id)
-		res.Error = err.Error()
-		s.stats.reloadsFailed++
+		err = fmt.Errorf("reload to generation %d failed: %w; generation %d keeps serving", g.id, err, old.id)
 		s.log.Error("reload failed", "generation", g.id, "err", err)
 		for _, w := range g.workers {
 			if w != nil && w.state != Exited {
 				s.stopWorker(w, "its generation failed to start")
 			}
 		}
+		s.releaseSlots(g.listeners, len(old.slots))
+		s.finishReload(g.id, old.id, err)
+	}
+	s.closeGroups(false)
+}
+
+// finishReload reports a reload's outcome to its waiters and starts a
+// queued reload. gen is the generation it started (0: none), prev the one
+// serving before.
+func (s *Supervisor) finishReload(gen, prev int, err error) {
+	res := ReloadResult{
+		Generation: gen,
+		Previous:   prev,
+		Started:    s.reload.started,
+		Duration:   Duration(time.Since(s.reload.started)),
+		OK:         err == nil,
+		Reason:     s.reload.reason,
+	}
+	if err != nil {
+		res.Error = err.Error()
+		s.stats.reloadsFailed++
+	} else {
+		s.stats.reloadsOK++
 	}
 	s.stats.lastReload = &res
-	s.emit(Event{Kind: EventReload, OK: err == nil, Duration: time.Duration(res.Duration), Generation: g.id})
+	s.emit(Event{Kind: EventReload, OK: err == nil, Duration: time.Duration(res.Duration), Generation: gen})
 	for _, ch := range s.reload.waiters {
 		ch <- ReloadOutcome{Result: res, Err: err}
 	}
@@ -138,7 +246,7 @@ func (s *Supervisor) endReload(err error) {
 	if s.reload.queued && !s.stopping {
 		waiters, reason := s.reload.queuedFor, s.reload.queuedReason
 		s.reload.queued, s.reload.queuedFor, s.reload.queuedReason = false, nil, ""
-		s.beginReload(reason, waiters)
+		s.prepareReload(reason, waiters)
 	}
 }
 

@@ -63,7 +63,8 @@ const MaxWorkers = 4096
 
 // applyScale changes the slot count now; no reload may be pending.
 func (s *Supervisor) applyScale(n int) (ScaleResult, error) {
-	cur := len(s.slots)
+	g := s.active
+	cur := len(g.slots)
 	res := ScaleResult{From: cur, To: n}
 	switch {
 	case n > cur:
@@ -76,21 +77,22 @@ func (s *Supervisor) applyScale(n int) (ScaleResult, error) {
 				return res, fmt.Errorf("scaled to %d only: %w", i, err)
 			}
 			sl := &slot{index: i}
-			s.slots = append(s.slots, sl)
+			g.slots = append(g.slots, sl)
+			g.cfg.Workers = len(g.slots)
 			s.log.Info("slot added", "slot", i)
-			s.startWorker(s.active, sl)
+			s.startWorker(g, sl)
 			res.Started = append(res.Started, i)
 		}
 	case n < cur:
-		for _, l := range s.listeners {
+		for _, l := range g.listeners {
 			if l.Reuseport() && l.Spec.Kind == listener.Stream {
-				if err := listener.MigrateReq(s.cfg.EnableMigrateReq); err != nil {
+				if err := listener.MigrateReq(g.cfg.EnableMigrateReq); err != nil {
 					return res, fmt.Errorf("scale to %d would close the reuseport sockets of slots %d..%d: %w", n, n, cur-1, err)
 				}
 				break
 			}
 		}
-		for _, sl := range s.slots[n:] {
+		for _, sl := range g.slots[n:] {
 			sl.removed = true
 			sl.cancelRestart()
 			for _, w := range s.workers {
@@ -98,11 +100,11 @@ func (s *Supervisor) applyScale(n int) (ScaleResult, error) {
 					s.stopWorker(w, "its slot was removed by a scale-down")
 				}
 			}
-			delete(s.active.workers, sl.index)
+			delete(g.workers, sl.index)
 			// baton's copy goes now; the socket itself closes when the
 			// draining worker closes its copy too, and the kernel then
 			// moves what is queued in it to the remaining slots.
-			for _, l := range s.listeners {
+			for _, l := range g.listeners {
 				if err := l.Release(sl.index); err != nil {
 					s.log.Warn("closing a removed slot's socket", "slot", sl.index, "listener", l.Spec.Name, "err", err)
 				}
@@ -110,7 +112,8 @@ func (s *Supervisor) applyScale(n int) (ScaleResult, error) {
 			res.Stopped = append(res.Stopped, sl.index)
 			s.log.Info("slot removed", "slot", sl.index)
 		}
-		s.slots = s.slots[:n]
+		g.slots = g.slots[:n]
+		g.cfg.Workers = n
 	}
 	return res, nil
 }
@@ -118,9 +121,9 @@ func (s *Supervisor) applyScale(n int) (ScaleResult, error) {
 // growListeners gives slot i a socket in every reuseport listener, or
 // none: on an error the sockets made for it are closed again.
 func (s *Supervisor) growListeners(i int) error {
-	for _, l := range s.listeners {
+	for _, l := range s.active.listeners {
 		if err := l.Grow(i + 1); err != nil {
-			for _, made := range s.listeners {
+			for _, made := range s.active.listeners {
 				made.Release(i)
 			}
 			s.log.Error("cannot add a slot", "slot", i, "err", err)

@@ -106,12 +106,12 @@ func (s *Supervisor) status() Status {
 		PID:          os.Getpid(),
 		Started:      s.start,
 		Uptime:       Duration(now.Sub(s.start)),
-		Command:      s.cfg.Args,
+		Command:      s.active.cfg.Args,
 		Generation:   s.active.id,
 		Stopping:     s.stopping,
-		Ready:        s.cfg.Ready.String(),
+		Ready:        s.active.cfg.Ready.String(),
 		WorkersTotal: s.stats.workersStarted,
-		Slots:        len(s.slots),
+		Slots:        len(s.active.slots),
 		Reloads: ReloadStats{
 			OK:     s.stats.reloadsOK,
 			Failed: s.stats.reloadsFailed,
@@ -124,7 +124,7 @@ func (s *Supervisor) status() Status {
 	if s.pending != nil {
 		st.Pending = s.pending.id
 	}
-	for _, l := range s.listeners {
+	for _, l := range s.active.listeners {
 		socks := l.Sockets()
 		first := socks[0]
 		ls := ListenerStatus{
@@ -134,7 +134,7 @@ func (s *Supervisor) status() Status {
 		}
 		if l.Reuseport() {
 			ls.Balance = listener.Reuseport
-			for _, sl := range s.slots {
+			for _, sl := range s.active.slots {
 				if sock := l.Socket(sl.index); sock != nil {
 					ls.Sockets = append(ls.Sockets, SocketStatus{Slot: sl.index, Inode: sock.Inode(), Fd: sock.Fd()})
 				}

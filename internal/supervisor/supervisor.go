@@ -22,13 +22,19 @@ import (
 // ErrStopping is returned for reloads asked for while baton stops.
 var ErrStopping = errors.New("baton is stopping")
 
-// Options are what New needs besides the configuration.
+// Options are what New needs.
 type Options struct {
-	Config Config
-	// Listeners are bound, in the order workers get them (fds 3, 4, ...).
-	Listeners []*listener.Group
-	Spawner   *spawn.Spawner
-	Log       *slog.Logger
+	// Plan is what the first generation runs. The supervisor owns its
+	// listeners from then on and closes them when Run ends.
+	Plan Plan
+	// Prepare, if set, makes the plan of each reload (a re-read config
+	// file): it gets the listeners in use, to keep those that did not
+	// change, and the number of workers now (after any scale), and returns
+	// the new plan or why there is none. It runs off the loop. Without it
+	// a reload runs the same plan again.
+	Prepare func(current []*listener.Group, workers int) (*Plan, error)
+	Spawner *spawn.Spawner
+	Log     *slog.Logger
 	// Stdout and Stderr receive worker output. With Config.LogPrefix off
 	// they must be *os.File, which workers then inherit directly.
 	Stdout, Stderr io.Writer
@@ -47,11 +53,10 @@ type Options struct {
 
 // Supervisor runs worker generations. Create it with New, then call Run.
 type Supervisor struct {
-	cfg       Config
-	listeners []*listener.Group
-	spawner   *spawn.Spawner
-	log       *slog.Logger
-	opts      Options
+	plan    Plan // the first generation's
+	spawner *spawn.Spawner
+	log     *slog.Logger
+	opts    Options
 
 	stdout, stderr *sink
 	devnull        *os.File
@@ -68,9 +73,10 @@ type Supervisor struct {
 	// Everything below is owned by the loop goroutine.
 	active, pending *generation
 	nextGen         int
-	workers         map[int]*worker // live workers by pid
-	slots           []*slot         // the current slots, by index
-	scaleQueue      []scaleRequest  // scale requests waiting for the reload in progress
+	workers         map[int]*worker          // live workers by pid
+	groups          map[*listener.Group]bool // every listener group open
+	preparing       bool                     // a reload's plan is being made
+	scaleQueue      []scaleRequest           // scale requests waiting for the reload in progress
 	reload          reloadState
 	stopping        bool
 	everReady       bool
@@ -88,24 +94,24 @@ type stats struct {
 // name, but starts no worker.
 func New(o Options) (*Supervisor, error) {
 	s := &Supervisor{
-		cfg:       o.Config,
-		listeners: o.Listeners,
-		spawner:   o.Spawner,
-		log:       o.Log,
-		opts:      o,
-		stdout:    &sink{w: o.Stdout},
-		stderr:    &sink{w: o.Stderr},
-		events:    make(chan func(), 1024),
-		done:      make(chan struct{}),
-		workers:   map[int]*worker{},
-		start:     time.Now(),
+		plan:    o.Plan,
+		groups:  map[*listener.Group]bool{},
+		spawner: o.Spawner,
+		log:     o.Log,
+		opts:    o,
+		stdout:  &sink{w: o.Stdout},
+		stderr:  &sink{w: o.Stderr},
+		events:  make(chan func(), 1024),
+		done:    make(chan struct{}),
+		workers: map[int]*worker{},
+		start:   time.Now(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	for i := 0; i < s.cfg.Workers; i++ {
-		s.slots = append(s.slots, &slot{index: i})
+	if err := o.Plan.check(); err != nil {
+		return nil, err
 	}
-	if s.cfg.Fd0 != "" && s.listener(s.cfg.Fd0) == nil {
-		return nil, fmt.Errorf("--fd0 %s: no listener has that name", s.cfg.Fd0)
+	for _, l := range o.Plan.Listeners {
+		s.groups[l] = true
 	}
 	var err error
 	if s.devnull, err = os.Open(os.DevNull); err != nil {
@@ -130,18 +136,9 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
-func (s *Supervisor) listener(name string) *listener.Group {
-	for _, l := range s.listeners {
-		if l.Spec.Name == name {
-			return l
-		}
-	}
-	return nil
-}
-
 // Run starts the first generation and supervises until Stop has finished:
-// every worker has exited. It closes the notify and worker sockets before
-// returning; the listeners stay open for the caller to close.
+// every worker has exited. It closes the notify and worker sockets and
+// every listener before returning.
 func (s *Supervisor) Run() error {
 	defer close(s.done)
 	defer s.cancel()
@@ -150,10 +147,12 @@ func (s *Supervisor) Run() error {
 	defer s.workerSock.Close()
 	defer s.notify.Close()
 	defer s.devnull.Close()
+	defer s.closeGroups(true)
 
-	s.active = s.newGeneration()
-	s.log.Info("starting workers", "generation", s.active.id, "workers", s.cfg.Workers, "command", s.cfg.Args, "ready", s.cfg.Ready.String())
-	for _, sl := range s.slots {
+	s.active = s.newGeneration(&s.plan, nil)
+	cfg := s.active.cfg
+	s.log.Info("starting workers", "generation", s.active.id, "workers", cfg.Workers, "command", cfg.Args, "ready", cfg.Ready.String())
+	for _, sl := range s.active.slots {
 		s.startWorker(s.active, sl)
 	}
 	for !s.finished() {
@@ -162,6 +161,36 @@ func (s *Supervisor) Run() error {
 	}
 	s.log.Info("all workers exited")
 	return nil
+}
+
+// closeGroups closes the listener groups no generation needs any more:
+// not the serving or the starting generation's, and none a live worker
+// holds. With all, it closes every group (baton is exiting).
+func (s *Supervisor) closeGroups(all bool) {
+	used := map[*listener.Group]bool{}
+	if !all {
+		for _, g := range []*generation{s.active, s.pending} {
+			if g != nil {
+				for _, l := range g.listeners {
+					used[l] = true
+				}
+			}
+		}
+		for _, w := range s.workers {
+			for _, l := range w.gen.listeners {
+				used[l] = true
+			}
+		}
+	}
+	for l := range s.groups {
+		if !used[l] {
+			if !all {
+				s.log.Info("listener closed", "name", l.Spec.Name, "url", l.Spec.URL())
+			}
+			l.Close()
+			delete(s.groups, l)
+		}
+	}
 }
 
 // finished reports whether baton has stopped and every worker is gone.
@@ -240,7 +269,7 @@ func (s *Supervisor) beginStop(reason string) {
 		return
 	}
 	s.stopping = true
-	s.log.Info("stopping", "reason", reason, "workers", len(s.workers), "drain_timeout", s.cfg.DrainTimeout)
+	s.log.Info("stopping", "reason", reason, "workers", len(s.workers), "drain_timeout", s.active.cfg.DrainTimeout)
 	if s.opts.OnStopping != nil {
 		s.opts.OnStopping()
 	}
@@ -249,7 +278,7 @@ func (s *Supervisor) beginStop(reason string) {
 	}
 	s.reload.failQueued(ErrStopping)
 	s.applyQueuedScales() // they fail: baton is stopping
-	for _, sl := range s.slots {
+	for _, sl := range s.active.slots {
 		sl.cancelRestart()
 	}
 	for _, w := range s.workers {
@@ -270,7 +299,7 @@ func (s *Supervisor) notified(m notify.Message) {
 	if n, err := strconv.ParseInt(m.Fields["X_BATON_ACCEPTED"], 10, 64); err == nil && n >= 0 {
 		w.accepted = n
 	}
-	if m.Fields["READY"] == "1" && w.state == Starting && s.cfg.Ready.Notify {
+	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Notify {
 		s.workerReady(w)
 	}
 	if m.Fields["STOPPING"] == "1" {
@@ -287,6 +316,37 @@ func (s *Supervisor) workerFor(pid int) *worker {
 			return w
 		}
 		pid = parentPID(pid)
+	}
+	return nil
+}
+
+// Plan is what a generation runs: its configuration and the listeners its
+// workers receive, in order (fds 3, 4, ...).
+type Plan struct {
+	Config    Config
+	Listeners []*listener.Group
+	// Apply, if set, runs once a reload to this plan has succeeded. Changes
+	// made in place to kept sockets (a new backlog, a socket file's mode)
+	// wait for it, so that a failed reload changes nothing.
+	Apply func() error
+}
+
+// check validates what the supervisor itself relies on.
+func (p *Plan) check() error {
+	if p.Config.Workers < 1 {
+		return fmt.Errorf("workers %d: want at least 1", p.Config.Workers)
+	}
+	if p.Config.Fd0 != "" && p.listener(p.Config.Fd0) == nil {
+		return fmt.Errorf("fd0 %s: no listener has that name", p.Config.Fd0)
+	}
+	return nil
+}
+
+func (p *Plan) listener(name string) *listener.Group {
+	for _, l := range p.Listeners {
+		if l.Spec.Name == name {
+			return l
+		}
 	}
 	return nil
 }

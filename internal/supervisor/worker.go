@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/spawn"
 )
 
@@ -41,26 +42,50 @@ func (sl *slot) cancelRestart() {
 	}
 }
 
-// generation is the set of workers started by one start or reload.
+// generation is the set of workers started by one start or reload, with
+// what they run.
 type generation struct {
-	id      int
-	workers map[int]*worker // the current worker of each slot, by slot index
-	started time.Time
+	id        int
+	cfg       *Config
+	listeners []*listener.Group
+	slots     []*slot         // by index
+	workers   map[int]*worker // the current worker of each slot, by slot index
+	started   time.Time
 }
 
-func (s *Supervisor) newGeneration() *generation {
+// newGeneration makes the generation that runs plan. Slots that exist in
+// prev keep their identity (and restart counts).
+func (s *Supervisor) newGeneration(plan *Plan, prev *generation) *generation {
 	s.nextGen++
-	return &generation{id: s.nextGen, workers: map[int]*worker{}, started: time.Now()}
+	cfg := plan.Config
+	g := &generation{id: s.nextGen, cfg: &cfg, listeners: plan.Listeners, workers: map[int]*worker{}, started: time.Now()}
+	for i := 0; i < cfg.Workers; i++ {
+		if prev != nil && i < len(prev.slots) {
+			g.slots = append(g.slots, prev.slots[i])
+		} else {
+			g.slots = append(g.slots, &slot{index: i})
+		}
+	}
+	return g
 }
 
-// allReady reports whether every current slot has a ready worker of g.
-func (s *Supervisor) allReady(g *generation) bool {
-	for _, sl := range s.slots {
+// allReady reports whether every slot of g has a ready worker.
+func (g *generation) allReady() bool {
+	for _, sl := range g.slots {
 		if w := g.workers[sl.index]; w == nil || w.state != Ready {
 			return false
 		}
 	}
 	return true
+}
+
+func (g *generation) listener(name string) *listener.Group {
+	for _, l := range g.listeners {
+		if l.Spec.Name == name {
+			return l
+		}
+	}
+	return nil
 }
 
 type worker struct {
@@ -115,7 +140,7 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	}
 	env := s.workerEnv(g, sl)
 	var capt *captureStart
-	if s.cfg.CaptureBind {
+	if g.cfg.CaptureBind {
 		if capt, err = newCaptureStart(len(files)); err != nil {
 			for _, f := range closeAfter {
 				f.Close()
@@ -126,12 +151,14 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 		env = append(env, capt.env())
 	}
 	proc, err := s.spawner.Start(spawn.Spec{
-		Path:      s.cfg.Path,
-		Args:      s.cfg.Args,
+		Path:      g.cfg.Path,
+		Args:      g.cfg.Args,
 		Env:       env,
-		Dir:       s.cfg.Dir,
+		Dir:       g.cfg.Dir,
 		Files:     files,
-		Pdeathsig: s.cfg.StopSignal,
+		Pdeathsig: g.cfg.StopSignal,
+		User:      g.cfg.User,
+		Nofile:    g.cfg.Nofile,
 	}, func(e spawn.Exit) {
 		go func() {
 			// Let the output readers drain what the worker wrote before it
@@ -161,10 +188,10 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	s.workers[w.pid] = w
 	s.stats.workersStarted++
 	s.log.Info("worker started", w.attrs()...)
-	if s.cfg.Ready.deadline() {
-		w.setTimer(s.after(s.cfg.ReadyTimeout, func() { s.readyDeadline(w) }))
+	if g.cfg.Ready.deadline() {
+		w.setTimer(s.after(g.cfg.ReadyTimeout, func() { s.readyDeadline(w) }))
 	} else {
-		w.setTimer(s.after(s.cfg.Ready.Delay, func() {
+		w.setTimer(s.after(g.cfg.Ready.Delay, func() {
 			if w.state == Starting {
 				s.workerReady(w)
 			}
@@ -190,15 +217,16 @@ func (s *Supervisor) startFailed(w *worker, err error) error {
 // --fd0 listener), 1 and 2 its output, 3.. the listeners in order. It
 // returns the files to close once the worker has started.
 func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File, err error) {
+	g := w.gen
 	stdin := int(s.devnull.Fd())
-	if s.cfg.Fd0 != "" {
-		stdin = s.listener(s.cfg.Fd0).Socket(w.slot.index).Fd()
+	if g.cfg.Fd0 != "" {
+		stdin = g.listener(g.cfg.Fd0).Socket(w.slot.index).Fd()
 	}
 	files = []int{stdin, -1, -1}
-	for _, l := range s.listeners {
+	for _, l := range g.listeners {
 		files = append(files, l.Socket(w.slot.index).Fd())
 	}
-	if !s.cfg.LogPrefix {
+	if !g.cfg.LogPrefix {
 		close(w.outputDone)
 		files[1] = int(s.opts.Stdout.(*os.File).Fd())
 		files[2] = int(s.opts.Stderr.(*os.File).Fd())
@@ -251,20 +279,20 @@ func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 		}
 		env = append(env, kv)
 	}
-	env = append(env, s.cfg.Env...)
-	if len(s.listeners) > 0 {
-		names := make([]string, len(s.listeners))
-		for i, l := range s.listeners {
+	env = append(env, g.cfg.Env...)
+	if len(g.listeners) > 0 {
+		names := make([]string, len(g.listeners))
+		for i, l := range g.listeners {
 			names[i] = l.Spec.Name
 		}
-		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(s.listeners)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
+		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(g.listeners)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
 	return append(env,
 		"NOTIFY_SOCKET="+s.notify.Addr(),
 		"BATON_SOCKET="+s.workerSock.Path(),
 		"BATON_SLOT="+strconv.Itoa(sl.index),
 		"BATON_GENERATION="+strconv.Itoa(g.id),
-		"BATON_STOP_SIGNAL="+SignalName(s.cfg.StopSignal),
+		"BATON_STOP_SIGNAL="+SignalName(g.cfg.StopSignal),
 	)
 }
 
@@ -274,9 +302,9 @@ func (s *Supervisor) workerReady(w *worker) {
 	w.setTimer(nil)
 	s.log.Info("worker ready", w.attrs("after", w.readyAt.Sub(w.started).Round(time.Millisecond))...)
 	switch {
-	case w.gen == s.pending && s.allReady(w.gen):
+	case w.gen == s.pending && w.gen.allReady():
 		s.endReload(nil)
-	case w.gen == s.active && !s.everReady && s.allReady(w.gen):
+	case w.gen == s.active && !s.everReady && w.gen.allReady():
 		s.everReady = true
 		s.log.Info("all workers ready", "generation", w.gen.id, "after", time.Since(s.start).Round(time.Millisecond))
 		if s.opts.OnReady != nil {
@@ -290,12 +318,13 @@ func (s *Supervisor) readyDeadline(w *worker) {
 	if w.state != Starting {
 		return
 	}
+	cfg := w.gen.cfg
 	what := "send READY=1"
-	if s.cfg.Ready.Bind {
+	if cfg.Ready.Bind {
 		what = "bind every listener"
 	}
-	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, what, s.cfg.ReadyTimeout)
-	s.log.Warn("worker missed its readiness deadline", w.attrs("timeout", s.cfg.ReadyTimeout)...)
+	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, what, cfg.ReadyTimeout)
+	s.log.Warn("worker missed its readiness deadline", w.attrs("timeout", cfg.ReadyTimeout)...)
 	if w.gen == s.pending {
 		s.endReload(err)
 		return
@@ -311,17 +340,18 @@ func (s *Supervisor) stopWorker(w *worker, reason string) {
 		return
 	}
 	w.stopped, w.state, w.stopAt = true, Draining, time.Now()
-	s.log.Info("stopping worker", w.attrs("signal", SignalName(s.cfg.StopSignal), "reason", reason)...)
-	if ports := s.tcpPorts(); s.cfg.StopWhenIdle > 0 && len(ports) > 0 {
-		go s.quiesceThenSignal(w, ports, s.cfg.StopWhenIdle)
+	cfg := w.gen.cfg
+	s.log.Info("stopping worker", w.attrs("signal", SignalName(cfg.StopSignal), "reason", reason)...)
+	if ports := w.gen.tcpPorts(); cfg.StopWhenIdle > 0 && len(ports) > 0 {
+		go s.quiesceThenSignal(w, ports, cfg.StopWhenIdle)
 	} else {
 		s.signalStop(w)
 	}
-	w.setTimer(s.after(s.cfg.DrainTimeout, func() {
+	w.setTimer(s.after(cfg.DrainTimeout, func() {
 		if w.state == Exited {
 			return
 		}
-		s.log.Warn("worker did not exit within the drain timeout; killing it", w.attrs("drain_timeout", s.cfg.DrainTimeout)...)
+		s.log.Warn("worker did not exit within the drain timeout; killing it", w.attrs("drain_timeout", cfg.DrainTimeout)...)
 		w.kill()
 	}))
 }
@@ -353,6 +383,7 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 	case w.gen == s.active && !s.stopping && !w.slot.removed && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
 		s.scheduleRestart(w)
 	}
+	s.closeGroups(false)
 }
 
 // scheduleRestart restarts a crashed worker's slot after the slot's

@@ -1,0 +1,260 @@
+// Package config is baton run's configuration: the TOML file (--config),
+// the command-line flags that override it, and the validation that turns
+// both into what the supervisor runs.
+//
+// Every flag of `baton run` has a key of the same name in the file, with
+// '_' for '-' (--ready-timeout is ready_timeout). A flag given on the
+// command line wins over the file; a key absent from both keeps its
+// default. Errors name where the bad value came from: the file, its line
+// and key, or the flag.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/spf13/pflag"
+)
+
+// Settings is the whole configuration of `baton run`. The toml tag is the
+// key in the file; the flag tag the command-line flag (none: file only).
+type Settings struct {
+	Name    string `toml:"name" flag:"name"`
+	Control string `toml:"control" flag:"control"`
+	// ControlGroup lets members of this group use the control socket
+	// (mode 0660); by default only root and baton's own user may.
+	ControlGroup string `toml:"control_group" flag:"control-group"`
+
+	// Command is the worker command; on the command line it follows --.
+	Command []string `toml:"command"`
+	Dir     string   `toml:"dir" flag:"dir"`
+	// Env is added to the workers' environment (--env KEY=VALUE).
+	Env map[string]string `toml:"env" flag:"env"`
+	// User and Group run the workers under another identity (baton
+	// started as root).
+	User  string `toml:"user" flag:"user"`
+	Group string `toml:"group" flag:"group"`
+	// Rlimits are applied to the workers.
+	Rlimits Rlimits `toml:"rlimits"`
+
+	// Listen holds listener addresses ([NAME=]ADDRESS); Listeners the
+	// [[listener]] tables of the file. Both end up as one list.
+	Listen    []string        `toml:"listen" flag:"listen"`
+	Listeners []ListenerTable `toml:"listener"`
+	Balance   string          `toml:"balance" flag:"balance"`
+	Fd0       string          `toml:"fd0" flag:"fd0"`
+
+	Workers      int           `toml:"workers" flag:"workers"`
+	Ready        string        `toml:"ready" flag:"ready"`
+	ReadyTimeout time.Duration `toml:"ready_timeout" flag:"ready-timeout"`
+	StopSignal   string        `toml:"stop_signal" flag:"stop-signal"`
+	DrainTimeout time.Duration `toml:"drain_timeout" flag:"drain-timeout"`
+	StopWhenIdle time.Duration `toml:"stop_when_idle" flag:"stop-when-idle"`
+
+	CaptureBind      bool `toml:"capture_bind" flag:"capture-bind"`
+	EnableMigrateReq bool `toml:"enable_migrate_req" flag:"enable-migrate-req"`
+
+	LogPrefix bool   `toml:"log_prefix" flag:"log-prefix"`
+	LogFormat string `toml:"log_format" flag:"log-format"`
+	LogLevel  string `toml:"log_level" flag:"log-level"`
+	Metrics   string `toml:"metrics" flag:"metrics"`
+	// InspectInterval is how often baton checks the kernel's view of its
+	// sockets and logs new warnings; 0 checks only when asked.
+	InspectInterval time.Duration `toml:"inspect_interval" flag:"inspect-interval"`
+}
+
+// Rlimits are resource limits for the workers.
+type Rlimits struct {
+	// Nofile is RLIMIT_NOFILE (soft and hard); 0 leaves baton's own.
+	Nofile uint64 `toml:"nofile"`
+}
+
+// ListenerTable is a [[listener]] table: the options as keys instead of
+// the query of an address.
+type ListenerTable struct {
+	Name    string `toml:"name"`
+	Address string `toml:"address"`
+	Backlog int    `toml:"backlog"`
+	V6Only  *bool  `toml:"v6only"`
+	Mode    string `toml:"mode"`
+	Owner   string `toml:"owner"`
+	Balance string `toml:"balance"`
+}
+
+// Defaults are the settings when neither file nor flag says otherwise.
+func Defaults() Settings {
+	return Settings{
+		Name:         "baton",
+		Workers:      runtime.NumCPU(),
+		Ready:        "delay:1s",
+		ReadyTimeout: 60 * time.Second,
+		StopSignal:   "TERM",
+		DrainTimeout: 30 * time.Second,
+		Balance:      "shared",
+		LogPrefix:    true,
+		LogFormat:    "text",
+		LogLevel:     "info",
+
+		InspectInterval: 10 * time.Second,
+	}
+}
+
+// Origin says where a setting's value came from, for error messages.
+type Origin struct {
+	File string // the config file, when the value came from it
+	Line int    // its line, 0 when unknown
+	Key  string // the key in the file, or the flag's name
+	Flag bool   // the value came from a command-line flag
+}
+
+func (o Origin) String() string {
+	switch {
+	case o.Flag:
+		return "--" + o.Key
+	case o.File != "" && o.Line > 0:
+		return fmt.Sprintf("%s:%d: %s", o.File, o.Line, o.Key)
+	case o.File != "":
+		return fmt.Sprintf("%s: %s", o.File, o.Key)
+	}
+	return o.Key
+}
+
+// Loaded is a configuration with the origin of each value.
+type Loaded struct {
+	Settings
+	Path    string // the config file, "" without one
+	origins map[string]Origin
+	lines   *lineIndex
+}
+
+// Origin tells where the value of key (a toml key) came from. A key given
+// nowhere belongs in the config file, when there is one.
+func (l *Loaded) Origin(key string) Origin {
+	if o, ok := l.origins[key]; ok {
+		return o
+	}
+	return Origin{File: l.Path, Key: key}
+}
+
+var decodeErr = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
+
+// ListenerOrigin tells where listener i (in Listen order, then the
+// tables) came from.
+func (l *Loaded) ListenerOrigin(i int) Origin {
+	if i < len(l.Listen) {
+		o := l.Origin("listen")
+		return o
+	}
+	o := Origin{File: l.Path, Key: fmt.Sprintf("listener[%d]", i-len(l.Listen))}
+	if l.lines != nil {
+		o.Line = l.lines.table("listener", i-len(l.Listen))
+	}
+	return o
+}
+
+// ErrFile wraps errors about the file itself (unreadable, not TOML, an
+// unknown key).
+var ErrFile = errors.New("config file")
+
+// Load reads path (if not "") over the defaults, then applies the flags of
+// fs that were given on the command line (their values in flags), and
+// args, the command after --, when there is one.
+func Load(path string, flags *Settings, fs *pflag.FlagSet, args []string) (*Loaded, error) {
+	l := &Loaded{Settings: Defaults(), Path: path, origins: map[string]Origin{}}
+	if path != "" {
+		if err := l.loadFile(path); err != nil {
+			return nil, err
+		}
+	}
+	if fs != nil {
+		l.applyFlags(flags, fs)
+	}
+	if len(args) > 0 {
+		l.Command = args
+		l.origins["command"] = Origin{Key: "command (after --)", Flag: false}
+	}
+	return l, nil
+}
+
+func (l *Loaded) loadFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w %s: %v", ErrFile, path, err)
+	}
+	var file Settings
+	md, err := toml.Decode(string(data), &file)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("%w %s:%d: %s", ErrFile, path, pe.Position.Line, pe.Message)
+		}
+		// A value of the wrong type: "toml: line 3 (last key "workers"):
+		// incompatible types: ...".
+		if m := decodeErr.FindStringSubmatch(err.Error()); m != nil {
+			return fmt.Errorf("%w %s:%s: %s: %s", ErrFile, path, m[1], m[2], m[3])
+		}
+		return fmt.Errorf("%w %s: %v", ErrFile, path, err)
+	}
+	l.lines = indexLines(string(data))
+	if und := md.Undecoded(); len(und) > 0 {
+		key := und[0].String()
+		return fmt.Errorf("%w %s:%d: unknown key %q; keys are %s", ErrFile, path, l.lines.key(und[0]), key, strings.Join(fileKeys(), ", "))
+	}
+	fv, dv := reflect.ValueOf(file), reflect.ValueOf(&l.Settings).Elem()
+	st := fv.Type()
+	for i := 0; i < st.NumField(); i++ {
+		key := st.Field(i).Tag.Get("toml")
+		if md.IsDefined(key) {
+			dv.Field(i).Set(fv.Field(i))
+			l.origins[key] = Origin{File: path, Line: l.lines.key(toml.Key{key}), Key: key}
+		}
+	}
+	return nil
+}
+
+// applyFlags copies the flags given on the command line over the values.
+// Flags override the file, except --env, which adds to the file's [env].
+func (l *Loaded) applyFlags(flags *Settings, fs *pflag.FlagSet) {
+	fv, dv := reflect.ValueOf(flags).Elem(), reflect.ValueOf(&l.Settings).Elem()
+	st := fv.Type()
+	for i := 0; i < st.NumField(); i++ {
+		name := st.Field(i).Tag.Get("flag")
+		if name == "" || !fs.Changed(name) {
+			continue
+		}
+		key := st.Field(i).Tag.Get("toml")
+		if key == "env" {
+			if l.Env == nil {
+				l.Env = map[string]string{}
+			}
+			for k, v := range flags.Env {
+				l.Env[k] = v
+			}
+		} else {
+			dv.Field(i).Set(fv.Field(i))
+		}
+		if key == "listen" {
+			l.Listeners = nil // listeners on the command line replace the file's
+		}
+		l.origins[key] = Origin{Key: name, Flag: true}
+	}
+}
+
+// fileKeys lists the keys a config file may have.
+func fileKeys() []string {
+	var keys []string
+	st := reflect.TypeOf(Settings{})
+	for i := 0; i < st.NumField(); i++ {
+		keys = append(keys, st.Field(i).Tag.Get("toml"))
+	}
+	sort.Strings(keys)
+	return keys
+}

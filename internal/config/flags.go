@@ -1,0 +1,65 @@
+package config
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// Register adds the flags of `baton run` to fs, bound to s. Each flag is
+// named after its key in the config file.
+func Register(fs *pflag.FlagSet, s *Settings) {
+	d := Defaults()
+	*s = d
+	fs.StringVar(&s.Name, "name", d.Name, "instance name: picks the control socket file, so several batons can run")
+	fs.StringVar(&s.Control, "control", "", "control socket path (default /run/baton/NAME.sock as root, else $XDG_RUNTIME_DIR/baton/NAME.sock, else $TMPDIR/baton-UID/NAME.sock)")
+	fs.StringVar(&s.ControlGroup, "control-group", "", "let members of this group use the control socket (mode 0660)")
+	fs.StringArrayVarP(&s.Listen, "listen", "l", nil, "listener [NAME=]ADDRESS, repeatable (see above)")
+	fs.StringVar(&s.Balance, "balance", d.Balance, "default for TCP/UDP listeners without ?balance=: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
+	fs.StringVar(&s.Fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
+	fs.IntVarP(&s.Workers, "workers", "n", d.Workers, "number of worker processes (slots)")
+	fs.StringVar(&s.Ready, "ready", d.Ready, "when a worker is ready: notify (READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: it bound every listener) or delay:DURATION")
+	fs.DurationVar(&s.ReadyTimeout, "ready-timeout", d.ReadyTimeout, "with --ready notify or bind: how long a worker may take to be ready")
+	fs.StringVar(&s.StopSignal, "stop-signal", d.StopSignal, "signal that asks a worker to drain and exit")
+	fs.DurationVar(&s.DrainTimeout, "drain-timeout", d.DrainTimeout, "how long a stopping worker may drain before it is killed")
+	fs.DurationVar(&s.StopWhenIdle, "stop-when-idle", 0, "hold the stop signal until the worker holds no connection on the TCP listeners (checked with it frozen), at most this long: for programs that die on the stop signal")
+	fs.BoolVar(&s.CaptureBind, "capture-bind", false, "run unmodified programs that bind their own port: their bind(2) of a listener's address gets baton's socket (seccomp user notification; see docs/capture-bind.md)")
+	fs.BoolVar(&s.EnableMigrateReq, "enable-migrate-req", false, "let a scale-down set net.ipv4.tcp_migrate_req=1 (root), so closing a reuseport slot's socket moves its queue to the other slots")
+	fs.StringVar(&s.Dir, "dir", "", "the workers' working directory (default: baton's)")
+	fs.VarP((*envFlag)(&s.Env), "env", "e", "KEY=VALUE added to the workers' environment, repeatable")
+	fs.StringVar(&s.User, "user", "", "run the workers as this user (baton started as root)")
+	fs.StringVar(&s.Group, "group", "", "run the workers with this group (default: the user's)")
+	fs.BoolVar(&s.LogPrefix, "log-prefix", d.LogPrefix, "prefix worker output lines with [gGEN sSLOT PID]; false passes it through raw")
+	fs.StringVar(&s.LogFormat, "log-format", d.LogFormat, "baton's log format: text or json")
+	fs.StringVar(&s.LogLevel, "log-level", d.LogLevel, "baton's log level: debug, info, warn or error")
+	fs.StringVar(&s.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics (:PORT for every address; see docs/metrics.md)")
+	fs.DurationVar(&s.InspectInterval, "inspect-interval", d.InspectInterval, "how often baton checks the kernel's view of its sockets and logs new warnings (0: only when asked); a connection that stays in CLOSE-WAIT this long counts as never closed")
+}
+
+// envFlag is a repeatable KEY=VALUE flag.
+type envFlag map[string]string
+
+func (e *envFlag) String() string {
+	keys := make([]string, 0, len(*e))
+	for k := range *e {
+		keys = append(keys, k+"="+(*e)[k])
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ",")
+}
+
+func (e *envFlag) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q: want KEY=VALUE", v)
+	}
+	if *e == nil {
+		*e = map[string]string{}
+	}
+	(*e)[k] = val
+	return nil
+}
+
+func (e *envFlag) Type() string { return "KEY=VALUE" }

@@ -1,0 +1,379 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/spawn"
+	"github.com/baton-dev/baton/internal/supervisor"
+)
+
+// ErrInvalid is wrapped by every error that says a value is wrong (a usage
+// error: baton exits 2).
+var ErrInvalid = errors.New("invalid configuration")
+
+// Error is a value that is wrong, and where it came from.
+type Error struct {
+	Origin Origin
+	Msg    string
+}
+
+func (e *Error) Error() string { return e.Origin.String() + ": " + e.Msg }
+
+// Is makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Is(target error) bool { return target == ErrInvalid }
+
+// Resolved is a validated configuration, ready to run.
+type Resolved struct {
+	*Loaded
+	Specs      []listener.Spec
+	Supervisor supervisor.Config
+	// ControlPath is the control socket; ControlGID the group that may
+	// use it besides root and baton's user (-1: none).
+	ControlPath string
+	ControlGID  int
+}
+
+// Resolve checks every value and turns the settings into what baton runs.
+// It reads the system (users, groups, the command's file) but changes
+// nothing.
+func (l *Loaded) Resolve() (*Resolved, error) {
+	r := &Resolved{Loaded: l, ControlGID: -1}
+	bad := func(key, format string, args ...any) error {
+		return &Error{Origin: l.Origin(key), Msg: fmt.Sprintf(format, args...)}
+	}
+	if l.Balance != listener.Shared && l.Balance != listener.Reuseport {
+		return nil, bad("balance", "%q: want %s or %s", l.Balance, listener.Shared, listener.Reuseport)
+	}
+	if err := l.resolveListeners(r); err != nil {
+		return nil, err
+	}
+	if l.Workers < 1 || l.Workers > supervisor.MaxWorkers {
+		return nil, bad("workers", "%d: want 1 to %d", l.Workers, supervisor.MaxWorkers)
+	}
+	ready, err := supervisor.ParseReady(l.Ready)
+	if err != nil {
+		return nil, bad("ready", "%v", err)
+	}
+	if ready.Bind && !l.CaptureBind {
+		return nil, bad("ready", "bind needs capture_bind (--capture-bind): without it baton does not see the program's binds")
+	}
+	sig, err := supervisor.ParseSignal(l.StopSignal)
+	if err != nil {
+		return nil, bad("stop_signal", "%v", err)
+	}
+	if l.ReadyTimeout <= 0 {
+		return nil, bad("ready_timeout", "%s: want a positive duration such as 60s", l.ReadyTimeout)
+	}
+	if l.DrainTimeout <= 0 {
+		return nil, bad("drain_timeout", "%s: want a positive duration such as 30s", l.DrainTimeout)
+	}
+	if l.StopWhenIdle < 0 || l.StopWhenIdle > l.DrainTimeout {
+		return nil, bad("stop_when_idle", "%s: want 0 (off) up to the drain timeout (%s)", l.StopWhenIdle, l.DrainTimeout)
+	}
+	if l.Fd0 != "" {
+		found := false
+		for _, s := range r.Specs {
+			found = found || s.Name == l.Fd0
+		}
+		if !found {
+			return nil, bad("fd0", "%s: no listener has that name; name one %s", l.Fd0, l.Fd0)
+		}
+	}
+	var env []string
+	for k, v := range l.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return nil, bad("env", "%q: want KEY=VALUE with a key without '='", k)
+		}
+		env = append(env, k+"="+v)
+	}
+	if err := checkLogging(l); err != nil {
+		return nil, err
+	}
+	if l.Metrics != "" {
+		if _, _, err := net.SplitHostPort(l.Metrics); err != nil {
+			return nil, bad("metrics", "%q: want HOST:PORT, for example 127.0.0.1:9100", l.Metrics)
+		}
+	}
+	if l.InspectInterval < 0 {
+		return nil, bad("inspect_interval", "%s: want a duration such as 10s, or 0 to check only when asked", l.InspectInterval)
+	}
+	cred, err := l.credential()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkNofile(l); err != nil {
+		return nil, err
+	}
+	if len(l.Command) == 0 {
+		return nil, bad("command", "no command: give the worker command after --, or command = [...] in the config file")
+	}
+	path, err := resolveCommand(l.Command[0], l.Dir)
+	if err != nil {
+		return nil, bad("command", "%v", err)
+	}
+	if r.ControlPath, err = l.controlPath(); err != nil {
+		return nil, err
+	}
+	if l.ControlGroup != "" {
+		g, err := user.LookupGroup(l.ControlGroup)
+		if err != nil {
+			return nil, bad("control_group", "%q: no such group", l.ControlGroup)
+		}
+		r.ControlGID, _ = strconv.Atoi(g.Gid)
+	}
+	r.Supervisor = supervisor.Config{
+		Path: path, Args: l.Command, Env: env, Dir: l.Dir,
+		Workers: l.Workers, Ready: ready, ReadyTimeout: l.ReadyTimeout,
+		StopSignal: sig, DrainTimeout: l.DrainTimeout, StopWhenIdle: l.StopWhenIdle,
+		Fd0: l.Fd0, LogPrefix: l.LogPrefix, EnableMigrateReq: l.EnableMigrateReq,
+		CaptureBind: l.CaptureBind, User: cred, Nofile: l.Rlimits.Nofile,
+	}
+	slices.Sort(r.Supervisor.Env) // map order is random; keep logs and diffs stable
+	return r, nil
+}
+
+func (l *Loaded) resolveListeners(r *Resolved) error {
+	all := append([]string(nil), l.Listen...)
+	for i, t := range l.Listeners {
+		u, err := t.url()
+		if err != nil {
+			return &Error{Origin: Origin{File: l.Path, Line: l.lines.item("listener", i, err.key), Key: fmt.Sprintf("listener[%d].%s", i, err.key)}, Msg: err.msg}
+		}
+		all = append(all, u)
+	}
+	for i, text := range all {
+		spec, err := listener.Parse(text)
+		if err != nil {
+			o := l.ListenerOrigin(i)
+			if i >= len(l.Listen) {
+				// Point at the key the problem is with: an option's own key,
+				// or the address.
+				key := "address"
+				if m := optionErr.FindStringSubmatch(err.Error()); m != nil {
+					key = m[1]
+				}
+				o.Line = l.lines.item("listener", i-len(l.Listen), key)
+				o.Key += "." + key
+			}
+			return &Error{Origin: o, Msg: strings.TrimPrefix(err.Error(), listener.ErrSpec.Error()+" ")}
+		}
+		if spec.Balance == "" && spec.IsInet() {
+			spec.Balance = l.Balance
+		}
+		r.Specs = append(r.Specs, spec)
+	}
+	if err := listener.CheckNames(r.Specs); err != nil {
+		return &Error{Origin: l.Origin("listen"), Msg: strings.TrimPrefix(err.Error(), listener.ErrSpec.Error()+": ")}
+	}
+	return nil
+}
+
+var optionErr = regexp.MustCompile(`option "?([a-z0-9]+)"?[ :]`)
+
+type tableError struct{ key, msg string }
+
+// url turns a [[listener]] table into a listener address with options.
+func (t ListenerTable) url() (string, *tableError) {
+	if t.Address == "" {
+		return "", &tableError{"address", "missing: every [[listener]] needs address = \"tcp://HOST:PORT\" (or unix://, udp://...)"}
+	}
+	if strings.Contains(t.Address, "?") {
+		return "", &tableError{"address", "put options in their own keys (backlog = 1024), not in the address"}
+	}
+	var q []string
+	if t.Backlog != 0 {
+		q = append(q, "backlog="+strconv.Itoa(t.Backlog))
+	}
+	if t.V6Only != nil {
+		q = append(q, "v6only="+strconv.FormatBool(*t.V6Only))
+	}
+	if t.Mode != "" {
+		q = append(q, "mode="+t.Mode)
+	}
+	if t.Owner != "" {
+		q = append(q, "owner="+t.Owner)
+	}
+	if t.Balance != "" {
+		q = append(q, "balance="+t.Balance)
+	}
+	u := t.Address
+	if t.Name != "" {
+		u = t.Name + "=" + u
+	}
+	if len(q) > 0 {
+		u += "?" + strings.Join(q, "&")
+	}
+	return u, nil
+}
+
+func checkLogging(l *Loaded) error {
+	switch l.LogFormat {
+	case "text", "json":
+	default:
+		return &Error{Origin: l.Origin("log_format"), Msg: fmt.Sprintf("%q: want text or json", l.LogFormat)}
+	}
+	switch strings.ToLower(l.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		return &Error{Origin: l.Origin("log_level"), Msg: fmt.Sprintf("%q: want debug, info, warn or error", l.LogLevel)}
+	}
+	return nil
+}
+
+// credential resolves user and group into the identity workers run as.
+func (l *Loaded) credential() (*spawn.Credential, error) {
+	if l.User == "" && l.Group == "" {
+		return nil, nil
+	}
+	c := &spawn.Credential{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+	if l.User != "" {
+		u, err := lookupUser(l.User)
+		if err != nil {
+			return nil, &Error{Origin: l.Origin("user"), Msg: fmt.Sprintf("%q: no such user; use a name from /etc/passwd or a number", l.User)}
+		}
+		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+		c.UID, c.GID = uint32(uid), uint32(gid)
+		if ids, err := u.GroupIds(); err == nil {
+			for _, id := range ids {
+				if n, err := strconv.ParseUint(id, 10, 32); err == nil {
+					c.Groups = append(c.Groups, uint32(n))
+				}
+			}
+		}
+	}
+	if l.Group != "" {
+		g, err := lookupGroup(l.Group)
+		if err != nil {
+			return nil, &Error{Origin: l.Origin("group"), Msg: fmt.Sprintf("%q: no such group; use a name from /etc/group or a number", l.Group)}
+		}
+		gid, _ := strconv.ParseUint(g.Gid, 10, 32)
+		c.GID = uint32(gid)
+	}
+	if len(c.Groups) == 0 {
+		c.Groups = []uint32{c.GID}
+	}
+	if os.Geteuid() != 0 && (int(c.UID) != os.Geteuid() || int(c.GID) != os.Getegid()) {
+		key := "user"
+		if l.User == "" {
+			key = "group"
+		}
+		return nil, &Error{Origin: l.Origin(key), Msg: fmt.Sprintf("baton runs as uid %d: only root can run workers as another user or group", os.Geteuid())}
+	}
+	return c, nil
+}
+
+func lookupUser(name string) (*user.User, error) {
+	if _, err := strconv.Atoi(name); err == nil {
+		if u, err := user.LookupId(name); err == nil {
+			return u, nil
+		}
+		return &user.User{Uid: name, Gid: name}, nil
+	}
+	return user.Lookup(name)
+}
+
+func lookupGroup(name string) (*user.Group, error) {
+	if _, err := strconv.Atoi(name); err == nil {
+		return &user.Group{Gid: name}, nil
+	}
+	return user.LookupGroup(name)
+}
+
+// checkNofile checks that the workers' RLIMIT_NOFILE can be given: above
+// baton's own hard limit it needs CAP_SYS_RESOURCE.
+func checkNofile(l *Loaded) error {
+	n := l.Rlimits.Nofile
+	if n == 0 {
+		return nil
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && n > lim.Max && !hasCap(unix.CAP_SYS_RESOURCE) {
+		return &Error{Origin: l.Origin("rlimits"), Msg: fmt.Sprintf("nofile %d is above baton's hard limit %d, and raising it needs CAP_SYS_RESOURCE, which baton lacks: use %d or less, or raise baton's own limit (LimitNOFILE= in its unit)", n, lim.Max, lim.Max)}
+	}
+	return nil
+}
+
+// hasCap reports whether this process has a capability in its effective
+// set.
+func hasCap(c uintptr) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<c) != 0
+		}
+	}
+	return false
+}
+
+// resolveCommand finds the worker command as the shell would, relative to
+// dir for a relative path, and makes it absolute.
+func resolveCommand(name, dir string) (string, error) {
+	if dir != "" && strings.Contains(name, "/") && !filepath.IsAbs(name) {
+		name = filepath.Join(dir, name)
+	}
+	path, err := exec.LookPath(name)
+	if err != nil {
+		switch {
+		case errors.Is(err, exec.ErrNotFound) && !strings.Contains(name, "/"):
+			return "", fmt.Errorf("command %q not found in PATH: give its path (./%s) or install it", name, name)
+		case errors.Is(err, os.ErrNotExist):
+			return "", fmt.Errorf("command %s: no such file", name)
+		case errors.Is(err, os.ErrPermission), errors.Is(err, exec.ErrNotFound):
+			return "", fmt.Errorf("command %s is not an executable file: check the path, or chmod +x it", name)
+		}
+		return "", fmt.Errorf("command %s: %w", name, err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return "", fmt.Errorf("command %s is a directory", name)
+	}
+	return filepath.Abs(path)
+}
+
+// controlPath resolves where the control socket lives.
+func (l *Loaded) controlPath() (string, error) {
+	p := l.Control
+	if p == "" {
+		if strings.ContainsAny(l.Name, "/\x00") || l.Name == "" || l.Name == "." || l.Name == ".." {
+			return "", &Error{Origin: l.Origin("name"), Msg: fmt.Sprintf("%q: want a plain name such as web or api", l.Name)}
+		}
+		p = DefaultControlPath(l.Name)
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
+	}
+	if len(p) > listener.MaxUnixPath {
+		return "", &Error{Origin: l.Origin("control"), Msg: fmt.Sprintf("%s is %d bytes; the kernel allows at most %d: use a shorter path", p, len(p), listener.MaxUnixPath)}
+	}
+	return p, nil
+}
+
+// DefaultControlPath is where the control socket of instance name lives:
+// /run/baton as root, else $XDG_RUNTIME_DIR/baton, else a directory of the
+// user's own under the temp dir.
+func DefaultControlPath(name string) string {
+	switch {
+	case os.Geteuid() == 0:
+		return filepath.Join("/run/baton", name+".sock")
+	case os.Getenv("XDG_RUNTIME_DIR") != "":
+		return filepath.Join(os.Getenv("XDG_RUNTIME_DIR"), "baton", name+".sock")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("baton-%d", os.Geteuid()), name+".sock")
+}
