@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -25,7 +26,7 @@ import (
 
 func newRunCmd() *cobra.Command {
 	var flags config.Settings
-	var configPath string
+	var configPath, takeoverPath string
 	c := &cobra.Command{
 		Use:   "run [flags] [--config FILE] -- COMMAND [ARGS...]",
 		Short: "Bind the listeners and run N workers of COMMAND on them",
@@ -54,11 +55,12 @@ receives the stop signal.`,
   baton run --config /etc/baton/web.toml
   baton run -l tcp://:9000 --fd0 tcp -- ./fastcgi-app
   baton run -l web=tcp://:80 -l admin=unix:///run/app/admin.sock?mode=0660 --user www-data -- python3 app.py`,
-		RunE: func(c *cobra.Command, args []string) error { return run(c, configPath, &flags, args) },
+		RunE: func(c *cobra.Command, args []string) error { return run(c, configPath, takeoverPath, &flags, args) },
 	}
 	fl := c.Flags()
 	fl.SetInterspersed(false)
 	fl.StringVarP(&configPath, "config", "c", "", "read the settings from this TOML file; flags given on the command line override it")
+	fl.StringVar(&takeoverPath, "takeover", "", "take the listeners over from the baton whose control socket is PATH; it drains and exits once these workers are ready")
 	config.Register(fl, &flags)
 	return c
 }
@@ -89,7 +91,7 @@ func newLogger(format, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 }
 
-func run(c *cobra.Command, configPath string, flags *config.Settings, args []string) error {
+func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settings, args []string) error {
 	// A previous baton may have re-executed itself as this binary (an
 	// upgrade), or runs it to check that it could (the pre-flight).
 	state, preflight, err := takeover.Inherited()
@@ -132,16 +134,32 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 		}
 	}
 
+	// Taking over from a running instance: its sockets, checked against
+	// this configuration, replace binding them.
+	var taken *takenOver
+	if takeoverPath != "" {
+		if taken, err = takeOver(takeoverPath, r, log); err != nil {
+			return err
+		}
+	}
+
 	var ctl *control.Server
-	if h != nil && h.ControlFd >= 0 {
-		ctl, err = control.FromFd(h.ControlFd, h.ControlPath, log)
-	} else {
+	switch {
+	case h != nil && h.ControlFd >= 0:
+		if ctl, err = control.FromFd(h.ControlFd, h.ControlPath, log); err == nil {
+			ctl.Own()
+		}
+	case taken != nil && taken.control >= 0:
+		ctl, err = control.FromFd(taken.control, r.ControlPath, log)
+	default:
 		ctl, err = control.Listen(r.ControlPath, log)
 	}
 	if err != nil {
+		taken.abort(err.Error())
 		return err
 	}
 	defer ctl.Close()
+	ctl.ConnMethods("takeover")
 	if r.ControlGID >= 0 {
 		if err := ctl.AllowGroup(r.ControlGID); err != nil {
 			return err
@@ -173,6 +191,7 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 		Args:    os.Args,
 		Control: ctl,
 		OnReady: func() { tellSystemd(log, "READY=1") },
+		OnTakenOver: func(pid int) { tellSystemd(log, fmt.Sprintf("MAINPID=%d", pid)) },
 		OnReloading: func() {
 			var ts unix.Timespec
 			unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
@@ -186,8 +205,14 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 			return fmt.Errorf("upgrade: taking over from the previous baton: %w", err)
 		}
 	} else {
-		listeners, err := bindAll(r.Specs, r.Supervisor.Workers, log)
+		var listeners []*listener.Group
+		if taken != nil {
+			listeners, err = taken.listeners(r, log)
+		} else {
+			listeners, err = bindAll(r.Specs, r.Supervisor.Workers, log)
+		}
 		if err != nil {
+			taken.abort(err.Error())
 			return err
 		}
 		opts.Plan = supervisor.Plan{Config: r.Supervisor, Listeners: listeners}
@@ -203,7 +228,14 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2, syscall.SIGPIPE)
 	defer signal.Stop(sigs)
-	go ctl.Serve(sup.Handle)
+	if taken != nil {
+		// The old instance serves the control socket until this one's
+		// workers are ready and it has let go.
+		opts.OnReady = taken.commitOnReady(sup, ctl, log, r.Supervisor.ReadyTimeout+10*time.Second, opts.OnReady)
+		sup.SetOnReady(opts.OnReady)
+	} else {
+		go ctl.Serve(sup.Handle)
+	}
 	go func() {
 		stops := 0
 		for {

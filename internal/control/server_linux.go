@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +43,7 @@ type Server struct {
 	allow func(Peer) error
 	// requestTimeout bounds reading a request (RequestTimeout).
 	requestTimeout time.Duration
+	connMethods    []string
 	ctx            context.Context
 	cancel         context.CancelFunc
 	wg             sync.WaitGroup
@@ -167,18 +169,19 @@ func (s *Server) Fd() int {
 	return fd
 }
 
-// FromFd rebuilds a control socket server from a descriptor a previous
-// baton handed over; the socket file at path stays. The descriptor is
-// taken over.
+// FromFd rebuilds a control socket server from a descriptor another baton
+// handed over. The descriptor is taken over; the socket file at path is
+// removed on Close only after Own.
 func FromFd(fd int, path string, log *slog.Logger) (*Server, error) {
 	ln, err := fileListener(fd, path)
 	if err != nil {
 		return nil, err
 	}
-	// This process did not create the file, but it owns it now.
-	ln.SetUnlinkOnClose(true)
 	return newServer(ln, path, log, sameUser), nil
 }
+
+// Own makes Close remove the socket file: this process answers for it now.
+func (s *Server) Own() { s.ln.SetUnlinkOnClose(true) }
 
 // AbstractFromFd is FromFd for the worker socket (ListenAbstract).
 func AbstractFromFd(fd int, name string, log *slog.Logger) (*Server, error) {
@@ -277,6 +280,15 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
+	if slices.Contains(s.connMethods, req.Method) {
+		// The handler speaks on the connection itself from here on.
+		if result, err := h(context.WithValue(ctx, connKey{}, c), peer, req); err != nil {
+			writeReply(c, Reply{Error: err.Error()})
+		} else if result != Hijacked {
+			writeReply(c, Reply{OK: true})
+		}
+		return
+	}
 	go func() {
 		// The client hanging up cancels a request it is waiting on (a
 		// reload keeps going; only the wait ends).
@@ -299,6 +311,31 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 		c.Close()
 		a.AfterReply()
 	}
+}
+
+// Hijacked is the result of a handler that answered on the connection
+// itself (see ConnMethods).
+var Hijacked = &struct{ hijacked bool }{true}
+
+type connKey struct{}
+
+// ConnFrom returns the client connection of a request of a method named
+// in ConnMethods: the handler speaks on it directly, and returns Hijacked
+// (or an error, which the server reports).
+func ConnFrom(ctx context.Context) *net.UnixConn {
+	c, _ := ctx.Value(connKey{}).(*net.UnixConn)
+	return c
+}
+
+// ConnMethods names the methods whose handlers get the connection itself
+// (ConnFrom) once the request line has been read.
+func (s *Server) ConnMethods(methods ...string) { s.connMethods = append(s.connMethods, methods...) }
+
+// Release stops serving without removing the socket file, which another
+// process serves now (it took this one over).
+func (s *Server) Release() error {
+	s.ln.SetUnlinkOnClose(false)
+	return s.ln.Close()
 }
 
 // Afterward is a result with something to do once its reply has been

@@ -46,6 +46,9 @@ type Options struct {
 	// reload starts; OnStopping when baton begins to stop. baton uses them
 	// to tell systemd.
 	OnReady, OnReloading, OnStopping func()
+	// OnTakenOver, if set, is called when a new instance took over
+	// (baton tells systemd its new main pid).
+	OnTakenOver func(pid int)
 }
 
 // Supervisor runs worker generations. Create it with New, then call Run.
@@ -78,6 +81,7 @@ type Supervisor struct {
 	stopping        bool
 	everReady       bool
 	stats           stats
+	takingOver      bool      // a takeover by a new instance is under way
 	upgrades        int       // upgrades done since baton started
 	lastUpgradeErr  string    // why the last upgrade failed, if it did
 	restored        *Handover // set by Restore until Run adopts
@@ -270,6 +274,9 @@ func (s *Supervisor) Kill() {
 		}
 	})
 }
+
+// SetOnReady replaces Options.OnReady before Run.
+func (s *Supervisor) SetOnReady(f func()) { s.opts.OnReady = f }
 
 // Done is closed when Run has returned.
 func (s *Supervisor) Done() <-chan struct{} { return s.done }

@@ -123,6 +123,9 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 	if s.pending != nil || s.preparing {
 		return nil, errors.New("upgrade: a reload is in progress; upgrade when it has finished")
 	}
+	if s.takingOver {
+		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
+	}
 	h := &Handover{
 		Version: StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
 		Active: s.active.id, EverReady: s.everReady, Upgrades: s.upgrades,
