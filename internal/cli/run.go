@@ -184,13 +184,13 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 			prev = next // only Prepare uses prev, and reloads run one at a time
 			return plan, nil
 		},
-		Spawner: spawn.New(),
-		Log:     log,
-		Stdout:  os.Stdout,
-		Stderr:  os.Stderr,
-		Args:    os.Args,
-		Control: ctl,
-		OnReady: func() { tellSystemd(log, "READY=1") },
+		Spawner:     spawn.New(),
+		Log:         log,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		Args:        os.Args,
+		Control:     ctl,
+		OnReady:     func() { tellSystemd(log, "READY=1") },
 		OnTakenOver: func(pid int) { tellSystemd(log, fmt.Sprintf("MAINPID=%d", pid)) },
 		OnReloading: func() {
 			var ts unix.Timespec
