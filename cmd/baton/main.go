@@ -14,5 +14,6 @@ func main() {
 	// A worker is started as a re-exec of baton that becomes the real
 	// command; that must happen before anything else runs.
 	spawn.RunShim()
-	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr))
+	// The main thread forks every worker; the command line runs beside it.
+	spawn.Main(func() int { return cli.Main(os.Args[1:], os.Stdout, os.Stderr) })
 }

@@ -51,7 +51,7 @@ prints one frame per interval, and reads lines from stdin: a line "q" quits.
 	}
 	cf.register(c)
 	c.Flags().DurationVarP(&every, "interval", "i", time.Second, "time between frames")
-	c.Flags().IntVarP(&count, "count", "c", 0, "stop after this many frames (0: until q)")
+	c.Flags().IntVar(&count, "count", 0, "stop after this many frames (0: until q)")
 	return c
 }
 

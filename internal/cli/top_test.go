@@ -56,3 +56,14 @@ func TestQuitKeys(t *testing.T) {
 		})
 	}
 }
+
+// Every command builds (flag names and shorthands do not clash) and
+// answers --help.
+func TestEveryCommandHelps(t *testing.T) {
+	for _, c := range newRoot().Commands() {
+		var out bytes.Buffer
+		if code := Main([]string{c.Name(), "--help"}, &out, &out); code != 0 {
+			t.Errorf("baton %s --help exited %d:\n%s", c.Name(), code, &out)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +43,7 @@ type Server struct {
 	allow func(Peer) error
 	// requestTimeout bounds reading a request (RequestTimeout).
 	requestTimeout time.Duration
+	connMethods    []string
 	ctx            context.Context
 	cancel         context.CancelFunc
 	wg             sync.WaitGroup
@@ -157,6 +159,54 @@ func inGroup(p Peer, gid int) bool {
 	return false
 }
 
+// Fd is the listening socket's descriptor, for a handover across an
+// execve of baton. It stays owned by the server.
+func (s *Server) Fd() int {
+	fd := -1
+	if rc, err := s.ln.SyscallConn(); err == nil {
+		rc.Control(func(u uintptr) { fd = int(u) })
+	}
+	return fd
+}
+
+// FromFd rebuilds a control socket server from a descriptor another baton
+// handed over. The descriptor is taken over; the socket file at path is
+// removed on Close only after Own.
+func FromFd(fd int, path string, log *slog.Logger) (*Server, error) {
+	ln, err := fileListener(fd, path)
+	if err != nil {
+		return nil, err
+	}
+	return newServer(ln, path, log, sameUser), nil
+}
+
+// Own makes Close remove the socket file: this process answers for it now.
+func (s *Server) Own() { s.ln.SetUnlinkOnClose(true) }
+
+// AbstractFromFd is FromFd for the worker socket (ListenAbstract).
+func AbstractFromFd(fd int, name string, log *slog.Logger) (*Server, error) {
+	ln, err := fileListener(fd, name)
+	if err != nil {
+		return nil, err
+	}
+	return newServer(ln, name, log, nil), nil
+}
+
+func fileListener(fd int, path string) (*net.UnixListener, error) {
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close() // net dups it
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s (fd %d): %w", path, fd, err)
+	}
+	ln, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("socket %s (fd %d) is not a unix stream socket", path, fd)
+	}
+	return ln, nil
+}
+
 // Path is where the socket lives.
 func (s *Server) Path() string { return s.path }
 
@@ -230,6 +280,15 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
+	if slices.Contains(s.connMethods, req.Method) {
+		// The handler speaks on the connection itself from here on.
+		if result, err := h(context.WithValue(ctx, connKey{}, c), peer, req); err != nil {
+			writeReply(c, Reply{Error: err.Error()})
+		} else if result != Hijacked {
+			writeReply(c, Reply{OK: true})
+		}
+		return
+	}
 	go func() {
 		// The client hanging up cancels a request it is waiting on (a
 		// reload keeps going; only the wait ends).
@@ -248,7 +307,40 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 		return
 	}
 	writeReply(c, Reply{OK: true, Result: raw})
+	if a, ok := result.(Afterward); ok {
+		c.Close()
+		a.AfterReply()
+	}
 }
+
+// Hijacked is the result of a handler that answered on the connection
+// itself (see ConnMethods).
+var Hijacked = &struct{ hijacked bool }{true}
+
+type connKey struct{}
+
+// ConnFrom returns the client connection of a request of a method named
+// in ConnMethods: the handler speaks on it directly, and returns Hijacked
+// (or an error, which the server reports).
+func ConnFrom(ctx context.Context) *net.UnixConn {
+	c, _ := ctx.Value(connKey{}).(*net.UnixConn)
+	return c
+}
+
+// ConnMethods names the methods whose handlers get the connection itself
+// (ConnFrom) once the request line has been read.
+func (s *Server) ConnMethods(methods ...string) { s.connMethods = append(s.connMethods, methods...) }
+
+// Release stops serving without removing the socket file, which another
+// process serves now (it took this one over).
+func (s *Server) Release() error {
+	s.ln.SetUnlinkOnClose(false)
+	return s.ln.Close()
+}
+
+// Afterward is a result with something to do once its reply has been
+// written and the connection closed (an upgrade execs baton then).
+type Afterward interface{ AfterReply() }
 
 // readLine reads one newline-terminated request of at most MaxRequest
 // bytes.

@@ -562,3 +562,71 @@ func TestMetricsFlagErrors(t *testing.T) {
 		})
 	}
 }
+
+// tryScrape is scrapeMetrics that reports failure instead of failing.
+func tryScrape(addr string) (map[string]*dto.MetricFamily, error) {
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(resp.Body)
+}
+
+// waitScrape scrapes addr until cond holds on a parsed scrape, for at most
+// 30 seconds.
+func waitScrape(t *testing.T, addr, what string, cond func(map[string]*dto.MetricFamily) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last error
+	for {
+		mf, err := tryScrape(addr)
+		if err == nil && cond(mf) {
+			return
+		}
+		last = err
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics at %s: waiting for %s: gave up after 30s (last error: %v)", addr, what, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The metrics address outlives baton's process image: an upgrade binds it
+// again, and an instance taking over serves it once the old one has let go.
+func TestMetricsAcrossUpgradeAndTakeover(t *testing.T) {
+	requireE2E(t)
+	maddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	args := []string{"-l", fmt.Sprintf("http=tcp://127.0.0.1:%d", freePort(t)), "-n", "2", "--ready", "notify", "--metrics", maddr, "--", helloBin}
+	b := startBaton(t, nil, args...)
+	b.waitReady(2)
+	waitScrape(t, maddr, "2 ready workers", func(mf map[string]*dto.MetricFamily) bool {
+		v, _ := value(mf, "baton_workers", "state=ready")
+		return v == 2
+	})
+
+	if out, code := b.cli("upgrade", "--binary", newBinary(t, "baton-next")); code != 0 {
+		t.Fatalf("upgrade: exit %d: %s", code, out)
+	}
+	b.waitReady(2)
+	waitScrape(t, maddr, "the upgrade counted", func(mf map[string]*dto.MetricFamily) bool {
+		v, _ := value(mf, "baton_upgrades_total")
+		return v == 1
+	})
+
+	n := startTakeover(t, b, nil, args...)
+	if code := b.waitExit(30 * time.Second); code != 0 {
+		t.Errorf("old instance exited %d after the takeover, want 0", code)
+	}
+	st := n.waitReady(2)
+	waitScrape(t, maddr, "the new instance's metrics", func(mf map[string]*dto.MetricFamily) bool {
+		v, _ := value(mf, "baton_start_time_seconds")
+		ready, _ := value(mf, "baton_workers", "state=ready")
+		return v == float64(st.Started.UnixNano())/1e9 && ready == 2
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -199,4 +200,67 @@ func (g *Group) Adjust(spec Spec) error {
 	}
 	g.Spec = spec
 	return errors.Join(errs...)
+}
+
+// Adopt takes over a socket baton inherited across an execve of itself
+// (baton upgrade): it checks that fd is a socket of the spec's kind bound
+// to the spec's port, and makes it close-on-exec again. backlog and
+// pathIno are what the previous baton recorded.
+func Adopt(spec Spec, fd, backlog int, pathIno uint64) (*Socket, error) {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return nil, fmt.Errorf("fd %d is not a socket: %w", fd, os.NewSyscallError("getsockopt", err))
+	}
+	want := unix.SOCK_STREAM
+	if spec.Kind == Datagram {
+		want = unix.SOCK_DGRAM
+	}
+	if typ != want {
+		return nil, fmt.Errorf("fd %d is a socket of type %d, want %d (%s)", fd, typ, want, spec.Kind)
+	}
+	local, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, fmt.Errorf("fd %d: %w", fd, os.NewSyscallError("getsockname", err))
+	}
+	s := &Socket{Spec: spec, fd: fd, addr: netAddr(spec, local), backlog: backlog, pathIno: pathIno}
+	if spec.IsInet() && spec.Port != 0 && s.Port() != spec.Port {
+		return nil, fmt.Errorf("fd %d is bound to port %d, want %d", fd, s.Port(), spec.Port)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("fd %d: %w", fd, os.NewSyscallError("fstat", err))
+	}
+	s.ino = st.Ino
+	unix.CloseOnExec(fd)
+	return s, nil
+}
+
+// AdoptGroup rebuilds a group from adopted sockets: the shared socket at
+// slot -1, or one per slot.
+func AdoptGroup(spec Spec, sockets map[int]*Socket) *Group {
+	g := &Group{Spec: spec}
+	if !g.Reuseport() {
+		g.sockets = []*Socket{sockets[-1]}
+		return g
+	}
+	for slot, s := range sockets {
+		for len(g.sockets) <= slot {
+			g.sockets = append(g.sockets, nil)
+		}
+		g.sockets[slot] = s
+	}
+	return g
+}
+
+// PathIno is the inode of the socket file Bind created (0 for none), which
+// Close removes only while it is still that file.
+func (s *Socket) PathIno() uint64 { return s.pathIno }
+
+// SlotOf is the slot of a socket of a reuseport group, -1 for a shared
+// socket or one not in the group.
+func (g *Group) SlotOf(s *Socket) int {
+	if !g.Reuseport() {
+		return -1
+	}
+	return slices.Index(g.sockets, s)
 }

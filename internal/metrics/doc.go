@@ -4,8 +4,8 @@
 // and their duration, handoffs, warnings, and the host counters that
 // explain dropped connections. docs/metrics.md lists every metric.
 //
-// Counters of things the supervisor does (reloads, restarts, exits,
-// handoffs) come from its event hook (Metrics.Event as
+// Reload durations and the counters of restarts, exits and handoffs come
+// from the supervisor's event hook (Metrics.Event as
 // supervisor.Options.Events), which only touches atomic counters, so the
 // supervisor's loop never waits for a scrape. Everything else is read at
 // scrape time from a status snapshot with the kernel's view, asked for on

@@ -27,7 +27,6 @@ type Metrics struct {
 	reg    *prometheus.Registry
 	status StatusFunc
 
-	reloads        *prometheus.CounterVec
 	reloadDuration prometheus.Histogram
 	restarts       *prometheus.CounterVec
 	exits          *prometheus.CounterVec
@@ -47,10 +46,6 @@ func New(version string, status StatusFunc) *Metrics {
 	m := &Metrics{
 		reg:    prometheus.NewRegistry(),
 		status: status,
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "baton_reloads_total",
-			Help: "Reloads finished since baton started, by result: ok (the new generation took over) or failed (the old one kept serving).",
-		}, []string{"result"}),
 		reloadDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "baton_reload_duration_seconds",
 			Help:    "How long reloads took, from the request until the new generation was ready (or the reload failed).",
@@ -73,14 +68,11 @@ func New(version string, status StatusFunc) *Metrics {
 			Help: "Live connections handed from draining workers to the next generation.",
 		}),
 	}
-	for _, r := range []string{"ok", "failed"} {
-		m.reloads.WithLabelValues(r)
-	}
 	for _, r := range []string{"stopped", "crashed"} {
 		m.exits.WithLabelValues(r)
 	}
 	m.reg.MustRegister(
-		m.reloads, m.reloadDuration, m.restarts, m.exits, m.handoffs, m.handoffConns,
+		m.reloadDuration, m.restarts, m.exits, m.handoffs, m.handoffConns,
 		&snapshotCollector{m: m, version: version},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -101,11 +93,6 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) Event(e supervisor.Event) {
 	switch e.Kind {
 	case supervisor.EventReload:
-		result := "failed"
-		if e.OK {
-			result = "ok"
-		}
-		m.reloads.WithLabelValues(result).Inc()
 		m.reloadDuration.Observe(e.Duration.Seconds())
 	case supervisor.EventRestart:
 		m.restarts.WithLabelValues(strconv.Itoa(e.Slot)).Inc()
@@ -135,6 +122,8 @@ var (
 	descBacklog    = desc("baton_listener_backlog", "The backlog baton gave listen(2) for a stream listener; the kernel caps it at net.core.somaxconn.", "listener")
 	descWorkers    = desc("baton_workers", "Live workers by state: starting, ready or draining.", "state")
 	descStarted    = desc("baton_workers_started_total", "Worker processes started since baton started.")
+	descReloads    = desc("baton_reloads_total", "Reloads finished since baton started, by result: ok (the new generation took over) or failed (the old one kept serving).", "result")
+	descUpgrades   = desc("baton_upgrades_total", "Times baton re-executed itself in place (baton upgrade, SIGUSR2) since it started.")
 
 	descQueue      = desc("baton_accept_queue_connections", "Connections waiting in a listening socket's accept queue (ss Recv-Q). slot is empty for a socket all workers share.", "listener", "slot")
 	descQueueMax   = desc("baton_accept_queue_max_connections", "The accept queue's maximum, min(backlog, net.core.somaxconn) (ss Send-Q); the kernel queues one more before it drops.", "listener", "slot")
@@ -180,7 +169,7 @@ type snapshotCollector struct {
 
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descBuildInfo, descStartTime, descGeneration, descListener, descBacklog, descWorkers, descStarted,
+		descBuildInfo, descStartTime, descGeneration, descListener, descBacklog, descWorkers, descStarted, descUpgrades, descReloads,
 		descQueue, descQueueMax, descRecvBytes, descConns, descWorkerConn, descOpenFDs, descMaxFDs,
 		descWarnings, descViewTime, descViewErrors,
 		descSomaxconn, descMaxTW, descInUse, descOrphan, descTW, descAlloc, descTCPMem,
@@ -212,6 +201,9 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descStartTime, float64(st.Started.UnixNano())/1e9)
 	gauge(descGeneration, float64(st.Generation))
 	counter(descStarted, float64(st.WorkersTotal))
+	counter(descUpgrades, float64(st.Upgrades))
+	counter(descReloads, float64(st.Reloads.OK), "ok")
+	counter(descReloads, float64(st.Reloads.Failed), "failed")
 	for _, l := range st.Listeners {
 		gauge(descListener, 1, l.Name, l.Kind, l.Address)
 		if l.Backlog > 0 {

@@ -29,6 +29,8 @@ func fakeStatus() supervisor.Status {
 		Started:      time.Unix(1700000000, 0),
 		Generation:   3,
 		WorkersTotal: 7,
+		Upgrades:     2,
+		Reloads:      supervisor.ReloadStats{OK: 2, Failed: 1},
 		Listeners: []supervisor.ListenerStatus{
 			{Name: "http", Kind: "stream", Address: "127.0.0.1:8080", Backlog: 64},
 			{Name: "dns", Kind: "datagram", Address: "127.0.0.1:53"},
@@ -135,6 +137,7 @@ func TestScrape(t *testing.T) {
 		"baton_start_time_seconds":           {"": 1700000000},
 		"baton_generation":                   {"": 3},
 		"baton_workers_started_total":        {"": 7},
+		"baton_upgrades_total":               {"": 2},
 		"baton_listener_info":                {"address=127.0.0.1:8080,kind=stream,listener=http": 1, "address=127.0.0.1:53,kind=datagram,listener=dns": 1},
 		"baton_listener_backlog":             {"listener=http": 64},
 		"baton_workers":                      {"state=ready": 2, "state=draining": 1, "state=starting": 0},
@@ -210,7 +213,7 @@ func TestScrapeSumsDuplicates(t *testing.T) {
 func TestScrapeAfterStop(t *testing.T) {
 	m := New("dev", func(context.Context) (supervisor.Status, bool) { return supervisor.Status{}, false })
 	mf := scrape(t, m.Handler())
-	if mf["baton_build_info"] == nil || mf["baton_reloads_total"] == nil || mf["baton_workers"] != nil {
+	if mf["baton_build_info"] == nil || mf["baton_reload_duration_seconds"] == nil || mf["baton_workers"] != nil {
 		t.Errorf("families after stop: %v", keys(mf))
 	}
 }
@@ -263,4 +266,19 @@ func TestListenErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "address already in use") || !strings.Contains(err.Error(), "choose another --metrics address") {
 		t.Errorf("second Listen on %s: %v", srv.Addr(), err)
 	}
+}
+
+// A server closed before it served releases its port.
+func TestCloseUnserved(t *testing.T) {
+	srv, err := Listen("127.0.0.1:0", http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := srv.Addr().String()
+	srv.Close()
+	again, err := Listen(addr, http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("the port of a closed server is still taken: %v", err)
+	}
+	again.Close()
 }

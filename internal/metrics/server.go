@@ -63,12 +63,15 @@ func (s *Server) Serve() {
 	}
 }
 
-// Close stops serving, giving scrapes in progress a second to finish.
+// Close stops serving, giving scrapes in progress a second to finish. It
+// closes the listening socket also when Serve never ran.
 func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := s.srv.Shutdown(ctx); err != nil {
-		return s.srv.Close()
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		err = s.srv.Close()
 	}
-	return nil
+	s.ln.Close() // already closed if Serve ran
+	return err
 }

@@ -61,6 +61,33 @@ func Listen(addr string) (*Server, error) {
 	return &Server{conn: conn, addr: addr}, nil
 }
 
+// Fd is the socket's descriptor, for a handover across an execve of baton.
+// It stays owned by the server.
+func (s *Server) Fd() int {
+	fd := -1
+	if rc, err := s.conn.SyscallConn(); err == nil {
+		rc.Control(func(u uintptr) { fd = int(u) })
+	}
+	return fd
+}
+
+// FromFd rebuilds a server from a descriptor a previous baton handed over
+// (SO_PASSCRED is still set on it). The descriptor is taken over.
+func FromFd(fd int, addr string) (*Server, error) {
+	f := os.NewFile(uintptr(fd), addr)
+	defer f.Close() // net dups it
+	c, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("notify socket %s (fd %d): %w", addr, fd, err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("notify socket %s (fd %d) is not a unix datagram socket", addr, fd)
+	}
+	return &Server{conn: uc, addr: addr}, nil
+}
+
 // Addr is the value for NOTIFY_SOCKET.
 func (s *Server) Addr() string { return s.addr }
 

@@ -67,11 +67,10 @@ func parseCredential(s string) (*Credential, error) {
 }
 
 func init() {
-	// The shim must execve from the main thread: only the main thread
-	// carries the parent-death signal set at fork, and a thread's own
-	// attributes (the capture filter too) are what execve keeps. Locking
-	// in init makes main.main start on it; RunShim unlocks it again when
-	// this process is not the shim.
+	// The shim must execve from the main thread (only the main thread
+	// carries the parent-death signal set at fork, and execve keeps the
+	// calling thread's attributes, the capture filter too), and Main serves
+	// the spawner from it. Locking in init makes main.main start there.
 	runtime.LockOSThread()
 }
 
@@ -81,7 +80,6 @@ func init() {
 // followed by its argv.
 func RunShim() {
 	if os.Getenv(shimEnv) != "1" {
-		runtime.UnlockOSThread()
 		return
 	}
 	if len(os.Args) < 3 {

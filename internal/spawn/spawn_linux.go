@@ -107,24 +107,54 @@ type Spawner struct {
 	mu       sync.Mutex
 	children map[int]child
 	orphans  int
+	paused   bool // Pause: the reaper leaves exited children alone
 }
 
-// New starts the spawning thread and the reaper. There is one Spawner per
-// process: the reaper collects every child, so nothing else may wait for
-// children.
-func New() *Spawner {
-	s := &Spawner{shim: "/proc/self/exe", calls: make(chan func()), children: map[int]child{}}
-	started := make(chan struct{})
-	go func() {
-		// Never unlocked and never returns: if this thread exited, every
-		// child's parent-death signal would fire.
-		runtime.LockOSThread()
-		close(started)
-		for f := range s.calls {
+// mainCalls, once Main runs, carries work to the main thread.
+var mainCalls chan func()
+
+// Main runs program on a new goroutine and serves every Spawner from the
+// main thread until program returns, then exits with its code. baton's
+// main calls it (after RunShim) so that every worker is forked by the main
+// thread: the parent-death signal fires when the forking thread exits, and
+// the main thread is the one thread that lives exactly as long as the
+// process, across an execve of baton itself too (the thread that calls
+// execve becomes the new main thread, and Exec runs here as well).
+func Main(program func() int) {
+	runtime.LockOSThread() // already locked since init; made explicit
+	mainCalls = make(chan func())
+	code := make(chan int, 1)
+	go func() { code <- program() }()
+	for {
+		select {
+		case f := <-mainCalls:
 			f()
+		case c := <-code:
+			os.Exit(c)
 		}
-	}()
-	<-started
+	}
+}
+
+// New starts the reaper and connects to the spawning thread: the main
+// thread when Main runs, otherwise a thread locked for good (tests). There
+// is one Spawner per process: the reaper collects every child, so nothing
+// else may wait for children.
+func New() *Spawner {
+	s := &Spawner{shim: "/proc/self/exe", calls: mainCalls, children: map[int]child{}}
+	if s.calls == nil {
+		s.calls = make(chan func())
+		started := make(chan struct{})
+		go func() {
+			// Never unlocked and never returns: if this thread exited,
+			// every child's parent-death signal would fire.
+			runtime.LockOSThread()
+			close(started)
+			for f := range s.calls {
+				f()
+			}
+		}()
+		<-started
+	}
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	go func() {
@@ -202,8 +232,58 @@ func (s *Spawner) Orphans() int {
 	return s.orphans
 }
 
+// Pause stops the reaper from collecting exited children until Resume, so
+// that their exit statuses outlive an execve of baton: the new program
+// reaps them. It is the last thing before Exec.
+func (s *Spawner) Pause() {
+	s.mu.Lock()
+	s.paused = true
+	s.mu.Unlock()
+}
+
+// Resume undoes Pause (the execve failed) and collects what exited since.
+func (s *Spawner) Resume() {
+	s.mu.Lock()
+	s.paused = false
+	s.mu.Unlock()
+	s.reap()
+}
+
+// Exec replaces this process with path (execve), from the spawning thread,
+// which keeps every child's parent-death signal armed. It returns only on
+// failure. Descriptors meant to survive must have close-on-exec cleared.
+func (s *Spawner) Exec(path string, argv, env []string) error {
+	errc := make(chan error, 1)
+	s.calls <- func() { errc <- syscall.Exec(path, argv, env) }
+	return os.NewSyscallError("execve", <-errc)
+}
+
+// Adopt registers a child this process did not start itself (it was
+// started before baton re-executed itself), so that its exit is reported
+// to onExit. It returns os.ErrProcessDone when the child is gone.
+func (s *Spawner) Adopt(pid int, onExit func(Exit)) (*Process, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return nil, os.ErrProcessDone
+		}
+		return nil, os.NewSyscallError("pidfd_open", err)
+	}
+	p := &Process{Pid: pid, pidfd: fd}
+	s.children[pid] = child{proc: p, onExit: onExit}
+	return p, nil
+}
+
 func (s *Spawner) reap() {
 	for {
+		s.mu.Lock()
+		paused := s.paused
+		s.mu.Unlock()
+		if paused {
+			return
+		}
 		var ws syscall.WaitStatus
 		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
 		if errors.Is(err, syscall.EINTR) {

@@ -48,35 +48,42 @@ func (c *captureStart) started(ok bool) {
 	}
 }
 
-// serveCapture takes the notification descriptor from w's shim and answers
-// the binds of w and everything it forks, until they have all exited. It
-// runs on its own goroutine; what it learns goes to the loop.
-func (s *Supervisor) serveCapture(w *worker, batonEnd int) {
-	nfd, err := capture.ReceiveNotifFd(batonEnd)
-	unix.Close(batonEnd)
-	if err != nil {
-		s.log.Error("bind capture: no notification descriptor from the worker's shim; it will not run", "pid", w.pid, "err", err)
-		return
+// serveCapture takes the notification descriptor from w's shim (or uses
+// nfd, one inherited across an upgrade) and answers the binds of w and
+// everything it forks, until they have all exited. It runs on its own
+// goroutine; what it learns goes to the loop.
+func (s *Supervisor) serveCapture(w *worker, batonEnd, nfd int) {
+	if nfd < 0 {
+		var err error
+		nfd, err = capture.ReceiveNotifFd(batonEnd)
+		unix.Close(batonEnd)
+		if err != nil {
+			s.log.Error("bind capture: no notification descriptor from the worker's shim; it will not run", "pid", w.pid, "err", err)
+			return
+		}
 	}
+	s.post(func() { w.captureFd = nfd })
 	var held []capture.Listener
 	for _, l := range w.gen.listeners {
 		if sock := l.Socket(w.slot.index); sock != nil {
 			held = append(held, capture.Listener{Name: l.Spec.Name, Fd: sock.Fd()})
 		}
 	}
-	err = capture.Serve(s.ctx, nfd, held, func(ev capture.Event) {
+	err := capture.Serve(s.ctx, nfd, held, func(ev capture.Event) {
 		s.post(func() { s.captureEvent(w, ev) })
 	})
 	switch {
 	case err == nil:
 		// Every process under the filter has exited: nothing can bind
 		// through it any more.
+		s.call(func() { w.captureFd = -1 })
 		unix.Close(nfd)
 	case errors.Is(err, context.Canceled):
 		// baton is exiting; the descriptor goes with the process.
 	default:
 		// Closing it makes further binds fail with ENOSYS instead of
 		// hanging with nobody to answer them.
+		s.call(func() { w.captureFd = -1 })
 		unix.Close(nfd)
 		s.log.Error("bind capture stopped for a worker; its further binds fail", "pid", w.pid, "err", err)
 	}

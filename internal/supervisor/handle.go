@@ -9,7 +9,7 @@ import (
 )
 
 // Methods are the control socket's methods.
-var Methods = []string{"status", "reload", "scale", "stop"}
+var Methods = []string{"status", "reload", "scale", "upgrade", "takeover", "stop"}
 
 // waitParams are the params of reload and stop.
 type waitParams struct {
@@ -54,6 +54,14 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 			return nil, err
 		}
 		return s.Scale(p.Workers)
+	case "upgrade":
+		var p upgradeParams
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		return s.upgrade(ctx, p)
+	case "takeover":
+		return s.giveAway(ctx, peer)
 	case "stop":
 		var p waitParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {

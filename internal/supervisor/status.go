@@ -15,20 +15,24 @@ import (
 // Status is a snapshot of a running baton, as `baton status --json` prints
 // it. docs/status.md documents every field.
 type Status struct {
-	PID          int              `json:"pid"`
-	Started      time.Time        `json:"started"`
-	Uptime       Duration         `json:"uptime"`
-	Command      []string         `json:"command"`
-	Generation   int              `json:"generation"`
-	Pending      int              `json:"pending_generation,omitempty"`
-	Stopping     bool             `json:"stopping"`
-	Ready        string           `json:"ready"`
-	Listeners    []ListenerStatus `json:"listeners"`
-	Workers      []WorkerStatus   `json:"workers"`
-	Slots        int              `json:"slots"`
-	Reloads      ReloadStats      `json:"reloads"`
-	Process      ProcessStatus    `json:"process"`
-	WorkersTotal int              `json:"workers_started"`
+	PID        int              `json:"pid"`
+	Started    time.Time        `json:"started"`
+	Uptime     Duration         `json:"uptime"`
+	Command    []string         `json:"command"`
+	Generation int              `json:"generation"`
+	Pending    int              `json:"pending_generation,omitempty"`
+	Stopping   bool             `json:"stopping"`
+	Ready      string           `json:"ready"`
+	Listeners  []ListenerStatus `json:"listeners"`
+	Workers    []WorkerStatus   `json:"workers"`
+	Slots      int              `json:"slots"`
+	Reloads    ReloadStats      `json:"reloads"`
+	Process    ProcessStatus    `json:"process"`
+	// Upgrades counts baton's re-executions of itself (baton upgrade);
+	// UpgradeError says why the last one failed, if it did.
+	Upgrades     int    `json:"upgrades"`
+	UpgradeError string `json:"upgrade_error,omitempty"`
+	WorkersTotal int    `json:"workers_started"`
 	// Kernel is the kernel's view of the listeners and workers, added
 	// outside the loop by KernelStatus; nil without Options.Inspector.
 	Kernel *inspect.View `json:"kernel,omitempty"`
@@ -118,7 +122,9 @@ func (s *Supervisor) status() Status {
 			Queued: s.reload.queued,
 			Last:   s.stats.lastReload,
 		},
-		Process: processStatus(),
+		Process:      processStatus(),
+		Upgrades:     s.upgrades,
+		UpgradeError: s.lastUpgradeErr,
 	}
 	st.Process.OrphansReap = s.spawner.Orphans()
 	if s.pending != nil {

@@ -38,6 +38,10 @@ type Options struct {
 	// Stdout and Stderr receive worker output. With Config.LogPrefix off
 	// they must be *os.File, which workers then inherit directly.
 	Stdout, Stderr io.Writer
+	// Args is the command line baton re-executes itself with on an
+	// upgrade (os.Args), and Control the control socket it hands over.
+	Args    []string
+	Control *control.Server
 	// OnReady, if set, is called from the loop when the first generation
 	// is ready, and again after each reload ends; OnReloading when a
 	// reload starts; OnStopping when baton begins to stop. baton uses them
@@ -49,6 +53,9 @@ type Options struct {
 	// Events, if set, is called from the loop for each Event. It must
 	// never block: it runs on the state machine's only goroutine.
 	Events func(Event)
+	// OnTakenOver, if set, is called when a new instance took over
+	// (baton tells systemd its new main pid).
+	OnTakenOver func(pid int)
 }
 
 // Supervisor runs worker generations. Create it with New, then call Run.
@@ -81,6 +88,11 @@ type Supervisor struct {
 	stopping        bool
 	everReady       bool
 	stats           stats
+	takingOver      bool      // a takeover by a new instance is under way
+	upgrades        int       // upgrades done since baton started
+	lastUpgradeErr  string    // why the last upgrade failed, if it did
+	restored        *Handover // set by Restore until Run adopts
+	adopted         []*worker // workers of the restored state
 }
 
 type stats struct {
@@ -93,20 +105,7 @@ type stats struct {
 // socket (BATON_SOCKET), both in the abstract namespace under a random
 // name, but starts no worker.
 func New(o Options) (*Supervisor, error) {
-	s := &Supervisor{
-		plan:    o.Plan,
-		groups:  map[*listener.Group]bool{},
-		spawner: o.Spawner,
-		log:     o.Log,
-		opts:    o,
-		stdout:  &sink{w: o.Stdout},
-		stderr:  &sink{w: o.Stderr},
-		events:  make(chan func(), 1024),
-		done:    make(chan struct{}),
-		workers: map[int]*worker{},
-		start:   time.Now(),
-	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s := newSupervisor(o)
 	if err := o.Plan.check(); err != nil {
 		return nil, err
 	}
@@ -130,6 +129,24 @@ func New(o Options) (*Supervisor, error) {
 	return s, nil
 }
 
+func newSupervisor(o Options) *Supervisor {
+	s := &Supervisor{
+		plan:    o.Plan,
+		groups:  map[*listener.Group]bool{},
+		spawner: o.Spawner,
+		log:     o.Log,
+		opts:    o,
+		stdout:  &sink{w: o.Stdout},
+		stderr:  &sink{w: o.Stderr},
+		events:  make(chan func(), 1024),
+		done:    make(chan struct{}),
+		workers: map[int]*worker{},
+		start:   time.Now(),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
 func randomID() string {
 	b := make([]byte, 8)
 	rand.Read(b)
@@ -149,11 +166,15 @@ func (s *Supervisor) Run() error {
 	defer s.devnull.Close()
 	defer s.closeGroups(true)
 
-	s.active = s.newGeneration(&s.plan, nil)
-	cfg := s.active.cfg
-	s.log.Info("starting workers", "generation", s.active.id, "workers", cfg.Workers, "command", cfg.Args, "ready", cfg.Ready.String())
-	for _, sl := range s.active.slots {
-		s.startWorker(s.active, sl)
+	if s.restored != nil {
+		s.adopt()
+	} else {
+		s.active = s.newGeneration(&s.plan, nil)
+		cfg := s.active.cfg
+		s.log.Info("starting workers", "generation", s.active.id, "workers", cfg.Workers, "command", cfg.Args, "ready", cfg.Ready.String())
+		for _, sl := range s.active.slots {
+			s.startWorker(s.active, sl)
+		}
 	}
 	for !s.finished() {
 		f := <-s.events
@@ -260,6 +281,9 @@ func (s *Supervisor) Kill() {
 		}
 	})
 }
+
+// SetOnReady replaces Options.OnReady before Run.
+func (s *Supervisor) SetOnReady(f func()) { s.opts.OnReady = f }
 
 // Done is closed when Run has returned.
 func (s *Supervisor) Done() <-chan struct{} { return s.done }

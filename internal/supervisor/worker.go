@@ -91,7 +91,7 @@ func (g *generation) listener(name string) *listener.Group {
 type worker struct {
 	slot    *slot
 	gen     *generation
-	proc    *spawn.Process
+	proc    process
 	pid     int
 	state   State
 	started time.Time
@@ -102,6 +102,13 @@ type worker struct {
 	// X_BATON_ACCEPTED= (baton's library does), -1 when it never did.
 	accepted int64
 	captures []CaptureStatus // binds baton answered with its own socket
+	pipes    []*outPipe      // read ends of its stdout and stderr pipes
+	// captureFd is the notification descriptor of its bind-capture
+	// filter, -1 without capture (or until the shim sent it).
+	captureFd int
+	// adoptOutput holds its output pipes' descriptors between Restore and
+	// adopt, after an upgrade.
+	adoptOutput []int
 
 	// stopped is set when baton asked the worker to stop, so its exit is
 	// not a crash; restart is set when baton stopped it to start a
@@ -124,6 +131,12 @@ func (w *worker) setTimer(t *time.Timer) {
 	w.timer = t
 }
 
+// process is how the supervisor signals a worker (*spawn.Process).
+type process interface {
+	Signal(syscall.Signal) error
+	SignalGroup(syscall.Signal) error
+}
+
 // kill sends SIGKILL to the worker's whole process group.
 func (w *worker) kill() {
 	w.proc.SignalGroup(syscall.SIGKILL)
@@ -132,7 +145,7 @@ func (w *worker) kill() {
 // startWorker starts the worker of slot sl in generation g. It returns the
 // error when the process could not be started.
 func (s *Supervisor) startWorker(g *generation, sl *slot) error {
-	w := &worker{slot: sl, gen: g, state: Starting, accepted: -1, output: &tail{}, spawned: make(chan struct{}), outputDone: make(chan struct{})}
+	w := newWorker(g, sl)
 	defer close(w.spawned)
 	files, closeAfter, err := s.workerFiles(w)
 	if err != nil {
@@ -159,18 +172,7 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 		Pdeathsig: g.cfg.StopSignal,
 		User:      g.cfg.User,
 		Nofile:    g.cfg.Nofile,
-	}, func(e spawn.Exit) {
-		go func() {
-			// Let the output readers drain what the worker wrote before it
-			// exited, so its last lines come before the exit in the log
-			// and can be quoted in an error.
-			select {
-			case <-w.outputDone:
-			case <-time.After(200 * time.Millisecond):
-			}
-			s.post(func() { s.workerExited(w, e.Status) })
-		}()
-	})
+	}, s.onExit(w))
 	for _, f := range closeAfter {
 		f.Close() // the child has its copies; ours would keep the pipes open
 	}
@@ -182,7 +184,7 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	}
 	w.proc, w.pid, w.started = proc, proc.Pid, time.Now()
 	if capt != nil {
-		go s.serveCapture(w, capt.baton)
+		go s.serveCapture(w, capt.baton, -1)
 	}
 	g.workers[sl.index] = w
 	s.workers[w.pid] = w
@@ -198,6 +200,27 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 		}))
 	}
 	return nil
+}
+
+func newWorker(g *generation, sl *slot) *worker {
+	return &worker{slot: sl, gen: g, state: Starting, accepted: -1, captureFd: -1, output: &tail{},
+		spawned: make(chan struct{}), outputDone: make(chan struct{})}
+}
+
+// onExit is the reaper's callback for w.
+func (s *Supervisor) onExit(w *worker) func(spawn.Exit) {
+	return func(e spawn.Exit) {
+		go func() {
+			// Let the output readers drain what the worker wrote before it
+			// exited, so its last lines come before the exit in the log
+			// and can be quoted in an error.
+			select {
+			case <-w.outputDone:
+			case <-time.After(200 * time.Millisecond):
+			}
+			s.post(func() { s.workerExited(w, e.Status) })
+		}()
+	}
 }
 
 // startFailed handles a worker that could not be started at all.
@@ -248,21 +271,78 @@ func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File,
 		// programs expect of their stdout and stderr.
 		files[1+i] = int(wr.Fd())
 	}
+	s.copyOutput(w, readers)
+	return files, closeAfter, nil
+}
+
+// copyOutput copies a worker's stdout and stderr (the read ends of its
+// pipes) to baton's, line by line, and closes outputDone at their end.
+func (s *Supervisor) copyOutput(w *worker, readers []*os.File) {
 	var wg sync.WaitGroup
-	for i, dst := range []*sink{s.stdout, s.stderr} {
+	dsts := []*sink{s.stdout, s.stderr}
+	for i, r := range readers {
+		p := &outPipe{f: r}
+		w.pipes = append(w.pipes, p)
 		wg.Add(1)
-		go func(r *os.File) {
+		go func() {
 			defer wg.Done()
-			defer r.Close()
+			defer p.close()
 			<-w.spawned // the prefix needs the pid
-			copyLines(r, dst, fmt.Sprintf("[g%d s%d %d] ", w.gen.id, w.slot.index, w.pid), w.output)
-		}(readers[i])
+			copyLines(r, dsts[i], fmt.Sprintf("[g%d s%d %d] ", w.gen.id, w.slot.index, w.pid), w.output)
+		}()
 	}
 	go func() {
 		wg.Wait()
 		close(w.outputDone)
 	}()
-	return files, closeAfter, nil
+}
+
+// outPipe is the read end of a worker's output pipe. An upgrade holds it
+// open across the execve even if its copier reaches the end meanwhile.
+type outPipe struct {
+	mu           sync.Mutex
+	f            *os.File
+	closed, held bool
+}
+
+func (p *outPipe) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	if !p.held {
+		p.f.Close()
+	}
+}
+
+// hold returns the descriptor for a handover, or false once closed.
+func (p *outPipe) hold() (int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return -1, false
+	}
+	p.held = true
+	return rawFd(p.f), true
+}
+
+// release undoes hold (the execve failed).
+func (p *outPipe) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.held = false
+	if p.closed {
+		p.f.Close()
+	}
+}
+
+// rawFd is f's descriptor, read without os.File.Fd (which would switch a
+// pipe the runtime polls to blocking mode).
+func rawFd(f *os.File) int {
+	fd := -1
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(u uintptr) { fd = int(u) })
+	}
+	return fd
 }
 
 // workerEnv is baton's environment without what belongs to baton's own

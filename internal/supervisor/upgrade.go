@@ -1,0 +1,353 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/notify"
+	"github.com/baton-dev/baton/internal/takeover"
+)
+
+// UpgradeReply is what `baton upgrade` hears just before baton re-executes
+// itself; the client then watches status for Upgrades to grow.
+type UpgradeReply struct {
+	PID      int    `json:"pid"`
+	Binary   string `json:"binary"`
+	Upgrades int    `json:"upgrades"` // upgrades done before this one
+	exec     func()
+}
+
+// AfterReply re-executes baton once the reply is out.
+func (r *UpgradeReply) AfterReply() { r.exec() }
+
+// upgradeParams are the params of the upgrade method.
+type upgradeParams struct {
+	Binary      string `json:"binary"`
+	KeepWorkers bool   `json:"keep_workers"`
+}
+
+// Upgrade re-executes baton as binary (its own binary when ""), as the
+// upgrade method does, for SIGUSR2. Failures are logged.
+func (s *Supervisor) Upgrade(binary string, keepWorkers bool) {
+	if r, err := s.upgrade(s.ctx, upgradeParams{Binary: binary, KeepWorkers: keepWorkers}); err == nil {
+		r.(*UpgradeReply).AfterReply()
+	}
+}
+
+// upgrade checks the new binary with a pre-flight run and, when it passes,
+// answers and then re-executes baton as that binary (keeping the pid). A
+// refusal is logged as well as returned.
+func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (any, error) {
+	r, err := s.prepareUpgrade(ctx, p)
+	if err != nil {
+		s.log.Error("upgrade refused", "err", err)
+	}
+	return r, err
+}
+
+func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (any, error) {
+	if p.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("upgrade: finding baton's own binary: %w; pass --binary", err)
+		}
+		p.Binary = exe
+	}
+	var h *Handover
+	var err error
+	if !s.call(func() { h, err = s.handover(false) }) {
+		return nil, ErrStopping
+	}
+	if err != nil {
+		return nil, err
+	}
+	state, err := json.Marshal(h)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("upgrade: pre-flight of the new binary", "binary", p.Binary)
+	if err := takeover.Preflight(ctx, s.spawner, p.Binary, s.opts.Args, state, h.Fds()); err != nil {
+		return nil, fmt.Errorf("upgrade to %s refused: its pre-flight failed: %w; baton keeps running unchanged", p.Binary, err)
+	}
+	return &UpgradeReply{PID: os.Getpid(), Binary: p.Binary, Upgrades: h.Upgrades, exec: func() {
+		s.call(func() { s.execUpgrade(p) })
+	}}, nil
+}
+
+// execUpgrade re-executes baton as p.Binary, handing over everything. It
+// returns only when the execve failed, and then nothing has changed.
+func (s *Supervisor) execUpgrade(p upgradeParams) {
+	fail := func(err error) {
+		s.lastUpgradeErr = err.Error()
+		s.log.Error("upgrade failed; baton keeps running unchanged", "err", err)
+	}
+	h, err := s.handover(true)
+	if err != nil {
+		fail(err)
+		return
+	}
+	h.KeepWorkers = p.KeepWorkers
+	h.Binary = p.Binary
+	state, err := json.Marshal(h)
+	if err != nil {
+		fail(err)
+		return
+	}
+	s.log.Info("upgrade: re-executing baton", "binary", p.Binary, "pid", os.Getpid(), "workers", len(s.workers), "keep_workers", p.KeepWorkers)
+	s.spawner.Pause() // exit statuses wait for the new program
+	err = takeover.Exec(s.spawner, p.Binary, s.opts.Args, state, h.Fds())
+	// Still here: the execve failed.
+	s.spawner.Resume()
+	for _, w := range s.workers {
+		for _, pp := range w.pipes {
+			pp.release()
+		}
+	}
+	fail(err)
+}
+
+// handover snapshots the state. With hold, output pipes are held open for
+// the execve. It fails while a reload or baton's stop is under way.
+func (s *Supervisor) handover(hold bool) (*Handover, error) {
+	if s.stopping {
+		return nil, errors.New("upgrade: baton is stopping")
+	}
+	if s.pending != nil || s.preparing {
+		return nil, errors.New("upgrade: a reload is in progress; upgrade when it has finished")
+	}
+	if s.takingOver {
+		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
+	}
+	h := &Handover{
+		Version: StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
+		Active: s.active.id, EverReady: s.everReady, Upgrades: s.upgrades,
+		Stats: StatsState{
+			ReloadsOK: s.stats.reloadsOK, ReloadsFailed: s.stats.reloadsFailed,
+			LastReload: s.stats.lastReload, WorkersStarted: s.stats.workersStarted,
+		},
+		NotifyFd: s.notify.Fd(), NotifyAddr: s.notify.Addr(),
+		WorkerFd: s.workerSock.Fd(), WorkerAddr: s.workerSock.Path(),
+		ControlFd: -1,
+	}
+	if s.opts.Control != nil {
+		h.ControlFd, h.ControlPath = s.opts.Control.Fd(), s.opts.Control.Path()
+	}
+	ids := map[*listener.Group]int{}
+	for g := range s.groups {
+		ids[g] = len(ids) + 1
+		ls := ListenerState{ID: ids[g], Spec: g.Spec.String()}
+		for slot, sock := range g.Sockets() {
+			if !g.Reuseport() {
+				slot = -1
+			} else {
+				slot = g.SlotOf(sock)
+			}
+			ls.Sockets = append(ls.Sockets, SocketState{Slot: slot, Fd: sock.Fd(), Backlog: sock.Backlog(), PathIno: sock.PathIno()})
+		}
+		h.Listeners = append(h.Listeners, ls)
+	}
+	gens := []*generation{s.active}
+	for _, w := range s.workers {
+		if !slices.Contains(gens, w.gen) {
+			gens = append(gens, w.gen)
+		}
+	}
+	for _, g := range gens {
+		gs := GenerationState{ID: g.id, Config: *g.cfg}
+		for _, l := range g.listeners {
+			gs.Listeners = append(gs.Listeners, ids[l])
+		}
+		for _, sl := range g.slots {
+			gs.Slots = append(gs.Slots, SlotState{Index: sl.index, Removed: sl.removed, Restarts: sl.restarts, Backoff: sl.backoff})
+		}
+		h.Generations = append(h.Generations, gs)
+	}
+	for _, w := range s.workers {
+		ws := WorkerState{
+			PID: w.pid, Generation: w.gen.id, Slot: w.slot.index, State: w.state,
+			Started: w.started, ReadyAt: w.readyAt, StopAt: w.stopAt, Status: w.status,
+			Accepted: w.accepted, Stopped: w.stopped, Restart: w.restart,
+			Current: w.gen.workers[w.slot.index] == w, CaptureFd: w.captureFd, Captures: w.captures,
+		}
+		if hold {
+			for _, p := range w.pipes {
+				if fd, ok := p.hold(); ok {
+					ws.Output = append(ws.Output, fd)
+				}
+			}
+		}
+		h.Workers = append(h.Workers, ws)
+	}
+	return h, nil
+}
+
+// Restore rebuilds a supervisor from the state a previous baton handed
+// over when it re-executed itself as this binary. Run then adopts the
+// workers and, unless the upgrade keeps them, starts a new generation.
+func Restore(h *Handover, o Options) (*Supervisor, error) {
+	s := newSupervisor(o)
+	s.start, s.nextGen, s.everReady, s.upgrades = h.Started, h.NextGen, h.EverReady, h.Upgrades+1
+	s.restored = h
+	s.stats = stats{reloadsOK: h.Stats.ReloadsOK, reloadsFailed: h.Stats.ReloadsFailed, lastReload: h.Stats.LastReload, workersStarted: h.Stats.WorkersStarted}
+	var err error
+	if s.notify, err = notify.FromFd(h.NotifyFd, h.NotifyAddr); err != nil {
+		return nil, err
+	}
+	if s.workerSock, err = control.AbstractFromFd(h.WorkerFd, h.WorkerAddr, o.Log); err != nil {
+		return nil, err
+	}
+	if s.devnull, err = os.Open(os.DevNull); err != nil {
+		return nil, err
+	}
+	byID := map[int]*listener.Group{}
+	for _, ls := range h.Listeners {
+		spec, err := listener.Parse(ls.Spec)
+		if err != nil {
+			return nil, fmt.Errorf("upgrade: listener %q: %w", ls.Spec, err)
+		}
+		socks := map[int]*listener.Socket{}
+		for _, ss := range ls.Sockets {
+			if socks[ss.Slot], err = listener.Adopt(spec, ss.Fd, ss.Backlog, ss.PathIno); err != nil {
+				return nil, fmt.Errorf("upgrade: listener %s: %w", spec.Name, err)
+			}
+		}
+		g := listener.AdoptGroup(spec, socks)
+		byID[ls.ID] = g
+		s.groups[g] = true
+	}
+	slots := map[int]*slot{}
+	gens := map[int]*generation{}
+	for _, gs := range h.Generations {
+		cfg := gs.Config
+		g := &generation{id: gs.ID, cfg: &cfg, workers: map[int]*worker{}, started: time.Now()}
+		for _, id := range gs.Listeners {
+			g.listeners = append(g.listeners, byID[id])
+		}
+		for _, ss := range gs.Slots {
+			sl := slots[ss.Index]
+			if sl == nil || gs.ID == h.Active {
+				sl = &slot{index: ss.Index, removed: ss.Removed, restarts: ss.Restarts, backoff: ss.Backoff}
+				slots[ss.Index] = sl
+			}
+			g.slots = append(g.slots, sl)
+		}
+		gens[gs.ID] = g
+	}
+	s.active = gens[h.Active]
+	if s.active == nil {
+		return nil, fmt.Errorf("upgrade: the state has no active generation %d", h.Active)
+	}
+	for _, ws := range h.Workers {
+		g := gens[ws.Generation]
+		if g == nil {
+			continue
+		}
+		sl := g.slotAt(ws.Slot)
+		w := newWorker(g, sl)
+		w.pid, w.state, w.started, w.readyAt, w.stopAt = ws.PID, ws.State, ws.Started, ws.ReadyAt, ws.StopAt
+		w.status, w.accepted, w.stopped, w.restart = ws.Status, ws.Accepted, ws.Stopped, ws.Restart
+		w.captureFd, w.captures = ws.CaptureFd, ws.Captures
+		w.adoptOutput = ws.Output
+		if ws.Current {
+			g.workers[ws.Slot] = w
+		}
+		s.adopted = append(s.adopted, w)
+	}
+	return s, nil
+}
+
+// slotAt finds the generation's slot of index i (a removed slot's workers
+// keep theirs).
+func (g *generation) slotAt(i int) *slot {
+	for _, sl := range g.slots {
+		if sl.index == i {
+			return sl
+		}
+	}
+	return &slot{index: i, removed: true}
+}
+
+// adopt takes over the workers of a restored state: registers them with
+// the reaper, restarts the copying of their output and the serving of
+// their binds, and re-arms their deadlines. It runs on the loop, first.
+func (s *Supervisor) adopt() {
+	for _, w := range s.adopted {
+		var files []*os.File
+		for _, fd := range w.adoptOutput {
+			files = append(files, os.NewFile(uintptr(fd), "worker output"))
+		}
+		if len(files) > 0 {
+			s.copyOutput(w, files)
+		} else {
+			close(w.outputDone)
+		}
+		proc, err := s.spawner.Adopt(w.pid, s.onExit(w))
+		close(w.spawned)
+		if err != nil {
+			// It exited while baton re-executed itself and was reaped
+			// with the old program: handle its exit now.
+			s.log.Warn("worker gone during the upgrade", w.attrs("err", err)...)
+			w.proc = deadProcess(w.pid)
+			s.workers[w.pid] = w
+			s.workerExited(w, 0)
+			continue
+		}
+		w.proc = proc
+		s.workers[w.pid] = w
+		if w.captureFd >= 0 {
+			go s.serveCapture(w, -1, w.captureFd)
+		}
+		cfg := w.gen.cfg
+		switch w.state {
+		case Starting:
+			if cfg.Ready.deadline() {
+				w.setTimer(s.after(max(cfg.ReadyTimeout-time.Since(w.started), 0), func() { s.readyDeadline(w) }))
+			} else {
+				w.setTimer(s.after(max(cfg.Ready.Delay-time.Since(w.started), 0), func() {
+					if w.state == Starting {
+						s.workerReady(w)
+					}
+				}))
+			}
+		case Draining:
+			w.setTimer(s.after(max(cfg.DrainTimeout-time.Since(w.stopAt), 0), func() {
+				if w.state != Exited {
+					s.log.Warn("worker did not exit within the drain timeout; killing it", w.attrs("drain_timeout", cfg.DrainTimeout)...)
+					w.kill()
+				}
+			}))
+		}
+		s.log.Info("worker adopted", w.attrs("state", w.state)...)
+	}
+	s.adopted = nil
+	s.spawner.Resume() // collect what exited during the execve
+	// A slot of the serving generation whose worker crashed and was
+	// waiting for its restart gets it now.
+	for _, sl := range s.active.slots {
+		if w := s.active.workers[sl.index]; w == nil || w.state == Exited {
+			s.startWorker(s.active, sl)
+		}
+	}
+	h := s.restored
+	s.restored = nil
+	s.log.Info("upgrade done: baton re-executed itself", "binary", h.Binary, "pid", os.Getpid(), "workers", len(s.workers), "generation", s.active.id)
+	if !h.KeepWorkers {
+		s.requestReload("upgrade", nil)
+	}
+}
+
+// deadProcess stands for a worker that exited before it could be adopted.
+func deadProcess(pid int) *processGone { return &processGone{pid} }
+
+type processGone struct{ pid int }
+
+func (p *processGone) Signal(syscall.Signal) error      { return os.ErrProcessDone }
+func (p *processGone) SignalGroup(syscall.Signal) error { return os.ErrProcessDone }
