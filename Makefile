@@ -34,6 +34,10 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 20s)
 bench-reload: build ## wrk for 30s while reloading every 100ms, and the overhead against hello standalone
 	./bench/reload.sh
 
+.PHONY: bench
+bench: ## baton beside nginx, HAProxy, spawn-fcgi and a naive restart (about 12 min); writes docs/benchmarks.md
+	./bench/bench.sh
+
 bench-balance: ## 4 workers, new connection per request: each worker's share, shared vs reuseport
 	./bench/balance.sh
 

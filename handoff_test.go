@@ -104,26 +104,34 @@ func TestHandoffAndAdopted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	go srv.ServeConns(func(ctx context.Context, p control.Peer, r control.Request) (any, control.Takeover, error) {
+	srv.ConnMethods(handoff.MethodHandoff, handoff.MethodAdopt)
+	go srv.Serve(func(ctx context.Context, p control.Peer, r control.Request) (any, error) {
+		c := control.ConnFrom(ctx)
 		switch r.Method {
 		case handoff.MethodHandoff:
 			g, err := st.Grant()
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			return g, func(ctx context.Context, c *net.UnixConn) { st.Receive(ctx, c, handoff.Source{PID: p.PID}, g) }, nil
+			if handoff.WriteResult(c, g) == nil {
+				st.Receive(ctx, c, handoff.Source{PID: p.PID}, g)
+			}
+			return control.Hijacked, nil
 		case handoff.MethodAdopt:
 			var ap handoff.AdoptParams
 			if err := control.DecodeParams(r.Params, &ap); err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			sub, err := st.Subscribe(ap)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			return sub, func(ctx context.Context, c *net.UnixConn) { st.Adopt(ctx, c, handoff.Worker{PID: p.PID}, sub) }, nil
+			if handoff.WriteResult(c, sub) == nil {
+				st.Adopt(ctx, c, handoff.Worker{PID: p.PID}, sub)
+			}
+			return control.Hijacked, nil
 		}
-		return nil, nil, fmt.Errorf("unknown method %q", r.Method)
+		return nil, fmt.Errorf("unknown method %q", r.Method)
 	})
 	web, err := listener.Bind(mustSpec(t, "web=tcp://127.0.0.1:0"))
 	if err != nil {

@@ -153,8 +153,12 @@ func newStatusCmd() *cobra.Command {
 		Use:   "status",
 		Short: "Show listeners, workers and reloads of a running baton",
 		Long: `Show the listeners baton holds (name, address with the real port, kind,
-backlog, socket inode) and its workers (slot, generation, pid, state,
-uptime, restarts). --json prints the full snapshot; docs/status.md
+backlog, accept queue now/max as the kernel reports it, socket inode), the
+TCP connections on each by state, and the workers (slot, generation, pid,
+state, uptime, restarts, open fds against RLIMIT_NOFILE, connections held),
+with warnings about the classic traps: a backlog capped by somaxconn, the
+1024 fd default, a full accept queue or listen overflows, CLOSE-WAIT leaks,
+TIME-WAIT pile-ups. --json prints the full snapshot; docs/status.md
 documents its fields.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -182,8 +186,13 @@ documents its fields.`,
 	return c
 }
 
-// printStatus writes the status as tables that fit 100 columns.
-func printStatus(w io.Writer, st supervisor.Status) {
+// printStatus writes the status as tables that fit 100 columns: the
+// listeners with their accept queues (with balance=reuseport, the sums,
+// and a row per slot's socket below), connections by state, the workers
+// with their fds and connections, warnings, and the counters behind them.
+func printStatus(out io.Writer, st supervisor.Status) {
+	w := &fitWriter{w: out, width: statusWidth}
+	defer w.Flush()
 	state := "running"
 	if st.Stopping {
 		state = "stopping"
@@ -195,7 +204,7 @@ func printStatus(w io.Writer, st supervisor.Status) {
 	fmt.Fprintf(w, ", ready %s\ncommand: %s\n\n", st.Ready, strings.Join(st.Command, " "))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBALANCE\tBACKLOG\tINODE")
+	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBALANCE\tBACKLOG\tQUEUE\tINODE")
 	var perSlot []supervisor.ListenerStatus
 	for _, l := range st.Listeners {
 		backlog, inode := "-", fmt.Sprint(l.Inode)
@@ -206,23 +215,26 @@ func printStatus(w io.Writer, st supervisor.Status) {
 			inode = "per slot"
 			perSlot = append(perSlot, l)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, l.Address, l.Kind, l.Balance, backlog, inode)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", middle(l.Name, 14), middle(l.Address, 28), l.Kind, l.Balance, backlog,
+			listenerQueue(kernelListener(st, l.Name)), inode)
 	}
 	tw.Flush()
 	if len(perSlot) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "SLOT\tLISTENER\tINODE\tFD")
+		fmt.Fprintln(tw, "SLOT\tLISTENER\tINODE\tFD\tQUEUE")
 		for _, l := range perSlot {
+			lv := kernelListener(st, l.Name)
 			for _, s := range l.Sockets {
-				fmt.Fprintf(tw, "%d\t%s\t%d\t%d\n", s.Slot, l.Name, s.Inode, s.Fd)
+				fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\n", s.Slot, middle(l.Name, 14), s.Inode, s.Fd, socketQueue(lv, s.Inode))
 			}
 		}
 		tw.Flush()
 	}
 	fmt.Fprintln(w)
+	printConnections(w, st)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tACCEPTED\tSTATUS")
+	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tACCEPTED\tFDS\tESTAB\tCLOSE-WAIT\tSTATUS")
 	for _, wk := range st.Workers {
 		status := wk.Status
 		if len(status) > 30 {
@@ -232,7 +244,9 @@ func printStatus(w io.Writer, st supervisor.Status) {
 		if wk.Accepted != nil {
 			accepted = fmt.Sprint(*wk.Accepted)
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, accepted, status)
+		wv := kernelWorker(st, wk.PID)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, accepted,
+			fdsCell(wv), countCell(wv, "ESTAB"), countCell(wv, "CLOSE-WAIT"), status)
 	}
 	tw.Flush()
 	var captured []string
@@ -245,18 +259,24 @@ func printStatus(w io.Writer, st supervisor.Status) {
 	if len(captured) > 0 {
 		fmt.Fprintf(w, "\ncaptured binds:\n%s\n", strings.Join(captured, "\n"))
 	}
-	fmt.Fprintf(w, "\nreloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
+	fmt.Fprintln(w)
+	printWarnings(w, st)
+	reloads := fmt.Sprintf("reloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
 	if st.Reloads.Queued {
-		fmt.Fprint(w, ", one queued")
+		reloads += ", one queued"
 	}
 	if l := st.Reloads.Last; l != nil {
 		outcome := "ok"
 		if !l.OK {
 			outcome = "failed: " + l.Error
 		}
-		fmt.Fprintf(w, "; last to generation %d took %s, %s", l.Generation, roundDur(l.Duration), outcome)
+		reloads += fmt.Sprintf("; last to generation %d took %s, %s", l.Generation, roundDur(l.Duration), outcome)
 	}
-	fmt.Fprintf(w, "\nbaton itself: %d fds, %d goroutines, %.1f MiB resident\n",
+	for _, line := range wrap(reloads, statusWidth, "", "    ") {
+		fmt.Fprintln(w, line)
+	}
+	printHost(w, st)
+	fmt.Fprintf(w, "baton itself: %d fds, %d goroutines, %.1f MiB resident\n",
 		st.Process.FDs, st.Process.Goroutines, float64(st.Process.RSSBytes)/(1<<20))
 	printHandoff(w, st.Handoff)
 }

@@ -55,7 +55,8 @@ reload swaps worker generations without one refused or reset connection.
 
   baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- ./server
   baton reload          # start a new generation, drain the old one
-  baton status          # listeners and workers
+  baton status          # listeners, workers and the kernel's view of them
+  baton top             # the same, refreshing
   baton stop            # drain every worker and exit`,
 		Version:       Version,
 		SilenceUsage:  true,
@@ -64,7 +65,7 @@ reload swaps worker generations without one refused or reset connection.
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
 	})
-	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newStopCmd(), newDemoCmd())
+	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd())
 	root.CompletionOptions.HiddenDefaultCmd = true
 	return root
 }
@@ -79,17 +80,33 @@ func noArgs(c *cobra.Command, args []string) error {
 
 // controlFlags are how client commands and run find the control socket.
 type controlFlags struct {
-	path string
-	name string
+	path   string
+	name   string
+	config string
+	cmd    *cobra.Command
 }
 
 func (f *controlFlags) register(c *cobra.Command) {
+	f.cmd = c
+	c.Flags().StringVarP(&f.config, "config", "c", "", "find the control socket from this config file's name or control")
 	c.Flags().StringVar(&f.path, "control", "", "control socket path (default /run/baton/NAME.sock as root, else $XDG_RUNTIME_DIR/baton/NAME.sock, else $TMPDIR/baton-UID/NAME.sock)")
 	c.Flags().StringVar(&f.name, "name", "baton", "instance name: picks the control socket file, so several batons can run")
 }
 
 // socketPath resolves the control socket path.
 func (f *controlFlags) socketPath() (string, error) {
+	if f.config != "" {
+		l, err := config.Load(f.config, nil, nil, nil)
+		if err != nil {
+			return "", &usageError{err}
+		}
+		if !f.cmd.Flags().Changed("name") {
+			f.name = l.Name
+		}
+		if !f.cmd.Flags().Changed("control") && l.Control != "" {
+			f.path = l.Control
+		}
+	}
 	p := f.path
 	if p == "" {
 		if strings.ContainsAny(f.name, "/\x00") || f.name == "" || f.name == "." || f.name == ".." {

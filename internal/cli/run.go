@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -26,7 +27,7 @@ import (
 
 func newRunCmd() *cobra.Command {
 	var flags config.Settings
-	var configPath string
+	var configPath, takeoverPath string
 	c := &cobra.Command{
 		Use:   "run [flags] [--config FILE] -- COMMAND [ARGS...]",
 		Short: "Bind the listeners and run N workers of COMMAND on them",
@@ -55,11 +56,12 @@ receives the stop signal.`,
   baton run --config /etc/baton/web.toml
   baton run -l tcp://:9000 --fd0 tcp -- ./fastcgi-app
   baton run -l web=tcp://:80 -l admin=unix:///run/app/admin.sock?mode=0660 --user www-data -- python3 app.py`,
-		RunE: func(c *cobra.Command, args []string) error { return run(c, configPath, &flags, args) },
+		RunE: func(c *cobra.Command, args []string) error { return run(c, configPath, takeoverPath, &flags, args) },
 	}
 	fl := c.Flags()
 	fl.SetInterspersed(false)
 	fl.StringVarP(&configPath, "config", "c", "", "read the settings from this TOML file; flags given on the command line override it")
+	fl.StringVar(&takeoverPath, "takeover", "", "take the listeners over from the baton whose control socket is PATH; it drains and exits once these workers are ready")
 	config.Register(fl, &flags)
 	return c
 }
@@ -90,7 +92,7 @@ func newLogger(format, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 }
 
-func run(c *cobra.Command, configPath string, flags *config.Settings, args []string) error {
+func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settings, args []string) error {
 	// A previous baton may have re-executed itself as this binary (an
 	// upgrade), or runs it to check that it could (the pre-flight).
 	state, preflight, err := takeover.Inherited()
@@ -140,22 +142,46 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 		}
 	}
 
+	// Taking over from a running instance: its sockets, checked against
+	// this configuration, replace binding them.
+	var taken *takenOver
+	if takeoverPath != "" {
+		if taken, err = takeOver(takeoverPath, r, log); err != nil {
+			return err
+		}
+	}
+
 	var ctl *control.Server
-	if h != nil && h.ControlFd >= 0 {
-		ctl, err = control.FromFd(h.ControlFd, h.ControlPath, log)
-	} else {
+	switch {
+	case h != nil && h.ControlFd >= 0:
+		if ctl, err = control.FromFd(h.ControlFd, h.ControlPath, log); err == nil {
+			ctl.Own()
+		}
+	case taken != nil && taken.control >= 0:
+		ctl, err = control.FromFd(taken.control, r.ControlPath, log)
+	default:
 		ctl, err = control.Listen(r.ControlPath, log)
 	}
 	if err != nil {
+		taken.abort(err.Error())
 		return err
 	}
 	defer ctl.Close()
+	ctl.ConnMethods("takeover")
 	if r.ControlGID >= 0 {
 		if err := ctl.AllowGroup(r.ControlGID); err != nil {
 			return err
 		}
 	}
 
+	// With a takeover, the old instance may hold the metrics address
+	// until it has let go: the server then starts once it is free.
+	obs, err := startObserver(r.Metrics, r.InspectInterval, log, taken != nil)
+	if err != nil {
+		taken.abort(err.Error())
+		return err
+	}
+	defer obs.close()
 	prev := r
 	opts := supervisor.Options{
 		Prepare: func(current []*listener.Group, workers int) (*supervisor.Plan, error) {
@@ -174,13 +200,14 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 			prev = next // only Prepare uses prev, and reloads run one at a time
 			return plan, nil
 		},
-		Spawner: spawn.New(),
-		Log:     log,
-		Stdout:  os.Stdout,
-		Stderr:  os.Stderr,
-		Args:    os.Args,
-		Control: ctl,
-		OnReady: func() { tellSystemd(log, "READY=1") },
+		Spawner:     spawn.New(),
+		Log:         log,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		Args:        os.Args,
+		Control:     ctl,
+		OnReady:     func() { tellSystemd(log, "READY=1") },
+		OnTakenOver: func(pid int) { tellSystemd(log, fmt.Sprintf("MAINPID=%d", pid)) },
 		OnReloading: func() {
 			var ts unix.Timespec
 			unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
@@ -188,14 +215,21 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 		},
 		OnStopping: func() { tellSystemd(log, "STOPPING=1") },
 	}
+	opts.Inspector, opts.Events = obs.options()
 	var sup *supervisor.Supervisor
 	if h != nil {
 		if sup, err = supervisor.Restore(h, opts); err != nil {
 			return fmt.Errorf("upgrade: taking over from the previous baton: %w", err)
 		}
 	} else {
-		listeners, err := bindAll(r.Specs, r.Supervisor.Workers, log)
+		var listeners []*listener.Group
+		if taken != nil {
+			listeners, err = taken.listeners(r, log)
+		} else {
+			listeners, err = bindAll(r.Specs, r.Supervisor.Workers, log)
+		}
 		if err != nil {
+			taken.abort(err.Error())
 			return err
 		}
 		opts.Plan = supervisor.Plan{Config: r.Supervisor, Listeners: listeners}
@@ -211,7 +245,15 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2, syscall.SIGPIPE)
 	defer signal.Stop(sigs)
-	go ctl.Serve(sup.Handle)
+	if taken != nil {
+		// The old instance serves the control socket until this one's
+		// workers are ready and it has let go.
+		opts.OnReady = taken.commitOnReady(sup, ctl, log, r.Supervisor.ReadyTimeout+10*time.Second, opts.OnReady)
+		sup.SetOnReady(opts.OnReady)
+	} else {
+		go ctl.Serve(sup.Handle)
+	}
+	obs.run(sup)
 	go func() {
 		stops := 0
 		for {
@@ -242,12 +284,13 @@ func run(c *cobra.Command, configPath string, flags *config.Settings, args []str
 // warnFixed logs the settings a reload cannot change.
 func warnFixed(log *slog.Logger, prev, next *config.Resolved) {
 	fixed := map[string][2]string{
-		"name":          {prev.Name, next.Name},
-		"control":       {prev.ControlPath, next.ControlPath},
-		"control_group": {prev.ControlGroup, next.ControlGroup},
-		"log_format":    {prev.LogFormat, next.LogFormat},
-		"log_level":     {prev.LogLevel, next.LogLevel},
-		"metrics":       {prev.Metrics, next.Metrics},
+		"name":             {prev.Name, next.Name},
+		"control":          {prev.ControlPath, next.ControlPath},
+		"control_group":    {prev.ControlGroup, next.ControlGroup},
+		"log_format":       {prev.LogFormat, next.LogFormat},
+		"log_level":        {prev.LogLevel, next.LogLevel},
+		"metrics":          {prev.Metrics, next.Metrics},
+		"inspect_interval": {prev.InspectInterval.String(), next.InspectInterval.String()},
 	}
 	for key, v := range fixed {
 		if v[0] != v[1] {

@@ -74,6 +74,9 @@ type Settings struct {
 	LogFormat string `toml:"log_format" flag:"log-format"`
 	LogLevel  string `toml:"log_level" flag:"log-level"`
 	Metrics   string `toml:"metrics" flag:"metrics"`
+	// InspectInterval is how often baton checks the kernel's view of its
+	// sockets and logs new warnings; 0 checks only when asked.
+	InspectInterval time.Duration `toml:"inspect_interval" flag:"inspect-interval"`
 }
 
 // Rlimits are resource limits for the workers.
@@ -104,13 +107,14 @@ func Defaults() Settings {
 		StopSignal:   "TERM",
 		DrainTimeout: 30 * time.Second,
 		Balance:      "shared",
+		LogPrefix:    true,
+		LogFormat:    "text",
+		LogLevel:     "info",
+
+		InspectInterval: 10 * time.Second,
 
 		HandoffTimeout:  handoff.DefaultTimeout,
 		HandoffMaxState: handoff.DefaultMaxState,
-
-		LogPrefix: true,
-		LogFormat: "text",
-		LogLevel:  "info",
 	}
 }
 

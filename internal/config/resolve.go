@@ -114,6 +114,9 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 			return nil, bad("metrics", "%q: want HOST:PORT, for example 127.0.0.1:9100", l.Metrics)
 		}
 	}
+	if l.InspectInterval < 0 {
+		return nil, bad("inspect_interval", "%s: want a duration such as 10s, or 0 to check only when asked", l.InspectInterval)
+	}
 	cred, err := l.credential()
 	if err != nil {
 		return nil, err

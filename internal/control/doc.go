@@ -16,9 +16,9 @@
 // root and baton's own user are served.
 //
 // The same protocol serves baton's worker socket (ListenAbstract), where
-// the handler checks the peer's pid itself. There, with ServeConns, a
-// handler may keep the connection after its reply (a Takeover): the
-// handoff and adopt methods move descriptors on it (internal/handoff).
-// Such a client sends nothing after its request line until it has read
-// the reply.
+// the handler checks the peer's pid itself. The handler of a method named
+// in ConnMethods gets the connection itself (ConnFrom) and speaks on it:
+// the takeover, handoff and adopt methods move descriptors on it. Such a
+// client sends nothing after its request line until it has read the
+// answer; a request followed by more bytes is refused.
 package control

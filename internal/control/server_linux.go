@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,19 +35,6 @@ type Peer struct{ PID, UID, GID int }
 // closes. A returned error becomes {"ok":false,"error":...}.
 type Handler func(ctx context.Context, peer Peer, req Request) (any, error)
 
-// Takeover carries on an exchange after the reply to its request: it owns
-// the connection until it returns, and the server closes it then. The
-// context is cancelled when the server closes.
-type Takeover func(ctx context.Context, c *net.UnixConn)
-
-// ConnHandler answers one request like a Handler and may keep the
-// connection: when it returns a Takeover and no error, the server writes
-// the reply, clears the connection's deadlines and calls the Takeover.
-// Unlike Serve, ServeConns does not read from the connection while the
-// handler runs (a client hanging up does not cancel the context), since
-// what the client sends after its request belongs to the Takeover.
-type ConnHandler func(ctx context.Context, peer Peer, req Request) (any, Takeover, error)
-
 // Server serves the control socket.
 type Server struct {
 	ln    *net.UnixListener
@@ -55,6 +43,7 @@ type Server struct {
 	allow func(Peer) error
 	// requestTimeout bounds reading a request (RequestTimeout).
 	requestTimeout time.Duration
+	connMethods    []string
 	ctx            context.Context
 	cancel         context.CancelFunc
 	wg             sync.WaitGroup
@@ -180,18 +169,19 @@ func (s *Server) Fd() int {
 	return fd
 }
 
-// FromFd rebuilds a control socket server from a descriptor a previous
-// baton handed over; the socket file at path stays. The descriptor is
-// taken over.
+// FromFd rebuilds a control socket server from a descriptor another baton
+// handed over. The descriptor is taken over; the socket file at path is
+// removed on Close only after Own.
 func FromFd(fd int, path string, log *slog.Logger) (*Server, error) {
 	ln, err := fileListener(fd, path)
 	if err != nil {
 		return nil, err
 	}
-	// This process did not create the file, but it owns it now.
-	ln.SetUnlinkOnClose(true)
 	return newServer(ln, path, log, sameUser), nil
 }
+
+// Own makes Close remove the socket file: this process answers for it now.
+func (s *Server) Own() { s.ln.SetUnlinkOnClose(true) }
 
 // AbstractFromFd is FromFd for the worker socket (ListenAbstract).
 func AbstractFromFd(fd int, name string, log *slog.Logger) (*Server, error) {
@@ -231,24 +221,6 @@ func (s *Server) Close() error {
 
 // Serve accepts connections until Close and answers each with h.
 func (s *Server) Serve(h Handler) error {
-	return s.serve(func(c *net.UnixConn) {
-		s.serveConn(c, func(ctx context.Context, p Peer, r Request) (any, Takeover, error) {
-			v, err := h(ctx, p, r)
-			return v, nil, err
-		}, true)
-	})
-}
-
-// ServeConns accepts connections until Close and answers each with h,
-// which may take a connection over after its reply (baton's worker socket
-// moves descriptors that way). A client must send nothing after its
-// request line until it has read the reply: a request followed by more
-// bytes is refused.
-func (s *Server) ServeConns(h ConnHandler) error {
-	return s.serve(func(c *net.UnixConn) { s.serveConn(c, h, false) })
-}
-
-func (s *Server) serve(handle func(*net.UnixConn)) error {
 	sem := make(chan struct{}, MaxConns)
 	for {
 		select {
@@ -274,14 +246,12 @@ func (s *Server) serve(handle func(*net.UnixConn)) error {
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-sem }()
-			handle(c)
+			s.serveConn(c, h)
 		}()
 	}
 }
 
-// serveConn answers one request on c. With watchHangup, the client
-// hanging up cancels the handler's context.
-func (s *Server) serveConn(c *net.UnixConn, h ConnHandler, watchHangup bool) {
+func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 	defer c.Close()
 	cred, err := peerCred(c)
 	if err != nil {
@@ -310,21 +280,29 @@ func (s *Server) serveConn(c *net.UnixConn, h ConnHandler, watchHangup bool) {
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	if watchHangup {
-		go func() {
-			// The client hanging up cancels a request it is waiting on (a
-			// reload keeps going; only the wait ends).
-			var b [1]byte
-			c.Read(b[:])
-			cancel()
-		}()
+	if slices.Contains(s.connMethods, req.Method) {
+		if extra > 0 {
+			// Read with the request and gone: what follows cannot work
+			// (descriptors that rode on those bytes are lost too).
+			writeReply(c, Reply{Error: fmt.Sprintf("%d bytes followed the %s request before its reply; send nothing more until baton answers", extra, req.Method)})
+			return
+		}
+		// The handler speaks on the connection itself from here on.
+		if result, err := h(context.WithValue(ctx, connKey{}, c), peer, req); err != nil {
+			writeReply(c, Reply{Error: err.Error()})
+		} else if result != Hijacked {
+			writeReply(c, Reply{OK: true})
+		}
+		return
 	}
-	result, takeover, err := h(ctx, peer, req)
-	if err == nil && takeover != nil && extra > 0 {
-		// Those bytes were read as part of the request and are gone:
-		// the exchange that follows cannot work.
-		err = fmt.Errorf("%d bytes followed the %s request before its reply; send nothing more until baton answers", extra, req.Method)
-	}
+	go func() {
+		// The client hanging up cancels a request it is waiting on (a
+		// reload keeps going; only the wait ends).
+		var b [1]byte
+		c.Read(b[:])
+		cancel()
+	}()
+	result, err := h(ctx, peer, req)
 	if err != nil {
 		writeReply(c, Reply{Error: err.Error()})
 		return
@@ -334,18 +312,36 @@ func (s *Server) serveConn(c *net.UnixConn, h ConnHandler, watchHangup bool) {
 		writeReply(c, Reply{Error: fmt.Sprintf("encoding the reply: %v", err)})
 		return
 	}
-	if err := writeReply(c, Reply{OK: true, Result: raw}); err != nil {
-		return
-	}
+	writeReply(c, Reply{OK: true, Result: raw})
 	if a, ok := result.(Afterward); ok {
 		c.Close()
 		a.AfterReply()
-		return
 	}
-	if takeover != nil {
-		c.SetDeadline(time.Time{})
-		takeover(ctx, c)
-	}
+}
+
+// Hijacked is the result of a handler that answered on the connection
+// itself (see ConnMethods).
+var Hijacked = &struct{ hijacked bool }{true}
+
+type connKey struct{}
+
+// ConnFrom returns the client connection of a request of a method named
+// in ConnMethods: the handler speaks on it directly, and returns Hijacked
+// (or an error, which the server reports).
+func ConnFrom(ctx context.Context) *net.UnixConn {
+	c, _ := ctx.Value(connKey{}).(*net.UnixConn)
+	return c
+}
+
+// ConnMethods names the methods whose handlers get the connection itself
+// (ConnFrom) once the request line has been read.
+func (s *Server) ConnMethods(methods ...string) { s.connMethods = append(s.connMethods, methods...) }
+
+// Release stops serving without removing the socket file, which another
+// process serves now (it took this one over).
+func (s *Server) Release() error {
+	s.ln.SetUnlinkOnClose(false)
+	return s.ln.Close()
 }
 
 // Afterward is a result with something to do once its reply has been
@@ -353,7 +349,7 @@ func (s *Server) serveConn(c *net.UnixConn, h ConnHandler, watchHangup bool) {
 type Afterward interface{ AfterReply() }
 
 // readLine reads one newline-terminated request of at most MaxRequest
-// bytes. extra counts the bytes read past the newline.
+// bytes.
 func readLine(c net.Conn, timeout time.Duration) (line []byte, extra int, err error) {
 	var buf []byte
 	chunk := make([]byte, 4096)
@@ -378,11 +374,10 @@ func readLine(c net.Conn, timeout time.Duration) (line []byte, extra int, err er
 	}
 }
 
-func writeReply(c net.Conn, r Reply) error {
+func writeReply(c net.Conn, r Reply) {
 	b, _ := json.Marshal(r)
 	c.SetWriteDeadline(time.Now().Add(RequestTimeout))
-	_, err := c.Write(append(b, '\n'))
-	return err
+	c.Write(append(b, '\n'))
 }
 
 func peerCred(c *net.UnixConn) (*unix.Ucred, error) {

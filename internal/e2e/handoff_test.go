@@ -23,8 +23,8 @@ import (
 	"github.com/baton-dev/baton/internal/supervisor"
 )
 
-// waitStatus polls baton's status until ok holds (bounded) and returns it.
-func (b *instance) waitStatus(what string, within time.Duration, ok func(supervisor.Status) bool) supervisor.Status {
+// waitFor polls baton's status until ok holds (bounded) and returns it.
+func (b *instance) waitFor(what string, within time.Duration, ok func(supervisor.Status) bool) supervisor.Status {
 	b.t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -206,7 +206,7 @@ func TestHandoffChatKeepsEveryClient(t *testing.T) {
 			wg.Wait()
 			t.Fatalf("%s %d exited %d: %s", cmd, i, code, out)
 		}
-		b.waitStatus(fmt.Sprintf("%s %d: every connection moved to generation %d", cmd, i, i+1), 2*time.Minute, func(st supervisor.Status) bool {
+		b.waitFor(fmt.Sprintf("%s %d: every connection moved to generation %d", cmd, i, i+1), 2*time.Minute, func(st supervisor.Status) bool {
 			if !settled(st, 2) || st.Generation != i+1 || st.Handoff.Held != 0 {
 				return false
 			}
@@ -358,7 +358,7 @@ func TestHandoffOldWorkerKilledMidway(t *testing.T) {
 	if err := killPID(before.Workers[0].PID); err != nil {
 		t.Fatal(err)
 	}
-	st := b.waitStatus("the killed worker gone and its connections adopted", 30*time.Second, func(st supervisor.Status) bool {
+	st := b.waitFor("the killed worker gone and its connections adopted", 30*time.Second, func(st supervisor.Status) bool {
 		return settled(st, 1) && st.Generation == 2 && st.Handoff.Adopted == half && st.Handoff.Held == 0
 	})
 	newPID := workerOf(st, 2)
@@ -385,7 +385,7 @@ func TestHandoffOldWorkerKilledMidway(t *testing.T) {
 		t.Errorf("store counts %+v", h)
 	}
 	// No descriptor leaked: one worker then, one worker now.
-	b.waitStatus(fmt.Sprintf("baton back to the %d descriptors it had before", before.Process.FDs), 10*time.Second, func(st supervisor.Status) bool {
+	b.waitFor(fmt.Sprintf("baton back to the %d descriptors it had before", before.Process.FDs), 10*time.Second, func(st supervisor.Status) bool {
 		return st.Process.FDs == before.Process.FDs
 	})
 }
@@ -400,7 +400,7 @@ func TestHandoffNeverAdopted(t *testing.T) {
 	if out, code := b.cli("reload"); code != 0 {
 		t.Fatalf("reload: %d %s", code, out)
 	}
-	st := b.waitStatus("every connection expired", 30*time.Second, func(st supervisor.Status) bool {
+	st := b.waitFor("every connection expired", 30*time.Second, func(st supervisor.Status) bool {
 		return st.Handoff.Expired == n && st.Handoff.Held == 0
 	})
 	if h := st.Handoff; h.Stored != n || h.Adopted != 0 {
@@ -470,7 +470,7 @@ func TestHandoffLowRLIMIT(t *testing.T) {
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	st = b.waitStatus("the stored connections adopted", 30*time.Second, func(st supervisor.Status) bool {
+	st = b.waitFor("the stored connections adopted", 30*time.Second, func(st supervisor.Status) bool {
 		return st.Handoff.Adopted == stored && st.Handoff.Held == 0
 	})
 	newPID := workerOf(st, 2)
@@ -502,7 +502,7 @@ func TestHandoffHoldsUpgrade(t *testing.T) {
 	if out, code := b.cli("reload"); code != 0 {
 		t.Fatalf("reload: %d %s", code, out)
 	}
-	b.waitStatus("every connection stored", 30*time.Second, func(st supervisor.Status) bool {
+	b.waitFor("every connection stored", 30*time.Second, func(st supervisor.Status) bool {
 		return st.Handoff.Held == n && st.Handoff.Senders == 0
 	})
 	out, code := b.cli("upgrade")
@@ -512,18 +512,18 @@ func TestHandoffHoldsUpgrade(t *testing.T) {
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b.waitStatus("the connections adopted", 30*time.Second, func(st supervisor.Status) bool {
+	b.waitFor("the connections adopted", 30*time.Second, func(st supervisor.Status) bool {
 		return st.Handoff.Adopted == n && st.Handoff.Held == 0
 	})
 	if out, code := b.cli("upgrade"); code != 0 {
 		t.Fatalf("upgrade once adopted: exit %d: %s", code, out)
 	}
-	st := b.waitStatus("the upgrade's generation serving", 60*time.Second, func(st supervisor.Status) bool {
+	st := b.waitFor("the upgrade's generation serving", 60*time.Second, func(st supervisor.Status) bool {
 		return st.Upgrades == 1 && settled(st, 1) && st.Generation == 3
 	})
 	// The upgrade started generation 3, and the connections moved to it
 	// through the new baton.
-	b.waitStatus("moved again", 30*time.Second, func(st supervisor.Status) bool { return st.Handoff.Adopted == n })
+	b.waitFor("moved again", 30*time.Second, func(st supervisor.Status) bool { return st.Handoff.Adopted == n })
 	for i, c := range cs {
 		if pid, gen, err := c.echo("after"); err != nil || gen != 3 || pid != workerOf(st, 3) {
 			t.Errorf("client %d: answered by pid %d generation %d, %v", i, pid, gen, err)

@@ -127,7 +127,12 @@ type instance struct {
 // environment and stops it when the test ends.
 func startBaton(t *testing.T, env []string, args ...string) *instance {
 	t.Helper()
-	ctl := filepath.Join(shortDir(t), "ctl.sock")
+	return startBatonAt(t, filepath.Join(shortDir(t), "ctl.sock"), env, args...)
+}
+
+// startBatonAt is startBaton with the control socket at ctl.
+func startBatonAt(t *testing.T, ctl string, env []string, args ...string) *instance {
+	t.Helper()
 	b := &instance{t: t, ctl: ctl, log: &logBuffer{}, done: make(chan struct{})}
 	b.cmd = exec.Command(batonBin, append([]string{"run", "--control", ctl}, args...)...)
 	b.cmd.Env = append(os.Environ(), env...)

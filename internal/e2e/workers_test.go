@@ -61,6 +61,8 @@ func runWorker(mode string) int {
 		err = orphanWorker()
 	case "hold":
 		err = holdWorker()
+	case "stall", "leak", "fds":
+		err = observeWorker(mode)
 	default:
 		err = fmt.Errorf("unknown worker mode %q", mode)
 	}

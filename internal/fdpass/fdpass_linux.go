@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"syscall"
 	"time"
 
@@ -37,10 +36,14 @@ var oobSize = unix.CmsgSpace(MaxFDsPerBatch*4) + unix.CmsgSpace(unix.SizeofUcred
 // refusal from the receiver matches ErrRefused and the receiver's own
 // reason (ErrTooLarge, ErrTruncated or ErrProtocol).
 //
-// If ctx has a deadline or can be cancelled, Send sets the conn's
-// deadlines from it and clears them before returning; otherwise the conn's
-// own deadlines apply. Send must not run at the same time as another read
-// or write on conn.
+// ctx bounds Send. Its deadline, if it has one, becomes the conn's
+// deadline. Once ctx is done Send makes no further sendmsg or recvmsg,
+// stops waiting, and returns an error matching ctx's cause
+// (context.Canceled, context.DeadlineExceeded): a ctx that is done before
+// Send starts sends nothing. Send leaves no deadline on the conn that it set, and with a ctx
+// that can be neither cancelled nor time out the conn's own deadlines
+// apply. Send must not run at the same time as another read or write on
+// conn, or as a change of its deadlines.
 func Send(ctx context.Context, conn *net.UnixConn, fds []FD) error {
 	return SendAllow(ctx, conn, fds, sameUser)
 }
@@ -202,6 +205,9 @@ func (c *conn) writeFrame(frame []byte, fds []int) error {
 // pendingRefusal reads, without waiting, a refusal the receiver sent
 // before hanging up.
 func (c *conn) pendingRefusal() error {
+	if c.ctx.Err() != nil {
+		return nil
+	}
 	buf := make([]byte, AckSize+MaxAckMessage)
 	var n int
 	var fds []int
@@ -250,16 +256,22 @@ func (c *conn) explain(err error, batch []FD) error {
 //
 // lim bounds what the peer may send; a frame that promises more is
 // refused before anything is allocated for it. On any error every
-// descriptor received so far is closed, the sender is told why (best
-// effort), and the connection is in an unknown state: close it. Errors
-// match ErrTruncated when the kernel dropped descriptors (most often
-// because this process's RLIMIT_NOFILE cannot hold them), ErrTooLarge for
-// limits, ErrProtocol for a peer that breaks the protocol, and wrap io.EOF
-// when the peer closed the connection before sending anything.
+// descriptor received so far is closed. Errors match ErrTruncated when the
+// kernel dropped descriptors (most often because this process's
+// RLIMIT_NOFILE cannot hold them), ErrTooLarge for limits, ErrProtocol for
+// a peer that breaks the protocol, and wrap io.EOF when the peer closed the
+// connection before sending anything.
+//
+// An error before the first byte of the transfer arrived (the peer closed
+// the connection, ctx ended, the conn's deadline passed) leaves the
+// connection as it was: Recv has read and written nothing, and the
+// connection may be used again. After that first byte, the connection is
+// in an unknown state: close it. The sender is then told why (best
+// effort), unless ctx ended Recv.
 //
 // Recv does not check the peer: baton receives connections from workers
 // that may run as other users. Call CheckPeer first when the sender must
-// be this user or root. Deadlines are handled as by Send.
+// be this user or root. ctx and deadlines work as for Send.
 func Recv(ctx context.Context, conn *net.UnixConn, lim Limits) ([]FD, error) {
 	return recv(ctx, conn, lim, oobSize)
 }
@@ -298,7 +310,12 @@ func recv(ctx context.Context, conn *net.UnixConn, lim Limits, oobLen int) (fds 
 			if errors.Is(err, io.EOF) {
 				return nil, fmt.Errorf("fdpass: the peer closed the connection without sending a transfer: %w", err)
 			}
-			c.refuse(seq, err)
+			if c.received > 0 && c.ctx.Err() == nil {
+				// The sender has begun and waits for the answer.
+				// Before its first byte it waits for none, and would
+				// take one for the answer to a batch it has yet to send.
+				c.refuse(seq, err)
+			}
 			return nil, fmt.Errorf("fdpass: receiving batch %d (after %d descriptors): %w", seq, before, err)
 		}
 		if err := c.writeAll(ack{status: ackOK, seq: seq}.appendTo(nil)); err != nil {
@@ -432,7 +449,10 @@ type conn struct {
 	uc        *net.UnixConn
 	raw       syscall.RawConn
 	seqpacket bool
-	ctx       context.Context
+	// ctx ends the call (see bind); deadline says that bind made its
+	// deadline the conn's.
+	ctx      context.Context
+	deadline bool
 
 	oob []byte
 	// rec holds the last SOCK_SEQPACKET record and pend its unread part:
@@ -442,6 +462,8 @@ type conn struct {
 	// readFull that allows them; nread counts bytes of that readFull.
 	arrived []int
 	nread   int
+	// received counts the bytes the call has read.
+	received int
 }
 
 func newConn(uc *net.UnixConn) (*conn, error) {
@@ -478,35 +500,78 @@ func newConn(uc *net.UnixConn) (*conn, error) {
 // blocked read and write.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// bind makes ctx govern the conn's deadlines until release is called.
+// reexpireEvery is how often bind sets the past deadline again while a
+// call that its context ended has not returned.
+const reexpireEvery = 100 * time.Millisecond
+
+// testHookPastDeadline, if set, runs each time bind has set the past
+// deadline.
+var testHookPastDeadline func(*net.UnixConn)
+
+// bind makes ctx govern the conn until release is called: ctx's deadline
+// becomes the conn's, and once ctx is done the conn's deadline is in the
+// past, which fails every read and write and wakes any that waits.
+//
+// Setting it once is not enough. When a deadline passes, the runtime
+// readies the goroutine waiting on the conn; if the deadline is changed
+// again before that goroutine runs, which on a loaded machine can be a
+// long while, the runtime forgets the wake-up and parks it again for good
+// (internal/poll's runtime_pollWait). Nothing here changes the deadline
+// during a call and callers must not, but the price of a lost wake-up is
+// a call that never returns: so until release, bind sets the past
+// deadline again every reexpireEvery. recvmsg and sendmsg check ctx too,
+// so a call that a done ctx woke makes no further syscall.
+//
+// release returns only when nothing bind started can touch the conn any
+// more, and clears the deadline if bind set one.
 func (c *conn) bind(ctx context.Context) (release func()) {
 	c.ctx = ctx
 	if ctx.Done() == nil {
 		return func() {}
 	}
-	var mu sync.Mutex
-	touched := false
 	if d, ok := ctx.Deadline(); ok {
 		c.uc.SetDeadline(d)
-		touched = true
+		c.deadline = true
 	}
+	if ctx.Err() != nil {
+		// Done already: fail the first read or write now rather than
+		// when a goroutine gets to it, so that nothing moves.
+		c.expire()
+		return func() { c.uc.SetDeadline(time.Time{}) }
+	}
+	finished := make(chan struct{})
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(fired)
-		mu.Lock()
-		defer mu.Unlock()
-		c.uc.SetDeadline(aLongTimeAgo)
-		touched = true
+		tick := time.NewTicker(reexpireEvery)
+		defer tick.Stop()
+		for {
+			c.expire()
+			select {
+			case <-finished:
+				return
+			case <-tick.C:
+			}
+		}
 	})
 	return func() {
+		close(finished)
+		touched := c.deadline
 		if !stop() {
-			<-fired // never leave a deadline in the past behind us
+			<-fired // no past deadline can follow our clearing
+			touched = true
 		}
-		mu.Lock()
-		defer mu.Unlock()
 		if touched {
 			c.uc.SetDeadline(time.Time{})
 		}
+	}
+}
+
+// expire sets a deadline in the past.
+func (c *conn) expire() {
+	c.uc.SetDeadline(aLongTimeAgo)
+	if h := testHookPastDeadline; h != nil {
+		h(c.uc)
 	}
 }
 
@@ -516,7 +581,7 @@ func (c *conn) ctxErr(err error) error {
 	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 		return err
 	}
-	if _, ok := c.ctx.Deadline(); ok {
+	if c.deadline {
 		// The conn's deadline is the context's (bind replaced any
 		// other), and may pass a moment before the context notices.
 		<-c.ctx.Done()
@@ -524,11 +589,20 @@ func (c *conn) ctxErr(err error) error {
 	if c.ctx.Err() == nil {
 		return err // the caller's own deadline on the conn
 	}
+	return c.doneErr()
+}
+
+// doneErr is the error of a call that its done context ended.
+func (c *conn) doneErr() error {
 	if cause := context.Cause(c.ctx); !errors.Is(cause, context.DeadlineExceeded) {
 		return cause
 	}
 	return fmt.Errorf("%w: the peer did not answer in time", context.Cause(c.ctx))
 }
+
+// errDone stands for c.doneErr() inside the callbacks of recvmsg and
+// sendmsg.
+var errDone = errors.New("context done")
 
 // readFull reads exactly len(b) bytes: never more, since what follows
 // belongs to whoever reads the connection next. Descriptors may come
@@ -559,6 +633,7 @@ func (c *conn) readFull(b []byte, fdsOK bool) error {
 			n, fds, flags, err = c.recvmsg(b[c.nread:])
 			c.nread += n
 		}
+		c.received += n
 		if len(fds) > 0 && (!fdsOK || !first || c.seqpacket && len(c.arrived) > 0) {
 			closeAll(fds)
 			closeAll(c.arrived)
@@ -605,10 +680,15 @@ func (c *conn) endOfMessage() error {
 }
 
 // recvmsg wraps recvmsg(2) with MSG_CMSG_CLOEXEC and returns the
-// descriptors that came with the bytes, waiting through the poller.
+// descriptors that came with the bytes, waiting through the poller. Once
+// c.ctx is done it reads nothing.
 func (c *conn) recvmsg(b []byte) (n int, fds []int, flags int, err error) {
 	var serr, perr error
 	err = c.raw.Read(func(fd uintptr) bool {
+		if c.ctx.Err() != nil {
+			serr = errDone
+			return true
+		}
 		var oobn int
 		for {
 			n, oobn, flags, _, serr = unix.Recvmsg(int(fd), b, c.oob, unix.MSG_CMSG_CLOEXEC)
@@ -626,6 +706,8 @@ func (c *conn) recvmsg(b []byte) (n int, fds []int, flags int, err error) {
 	})
 	switch {
 	case err != nil:
+	case serr == errDone:
+		err = c.doneErr()
 	case serr != nil:
 		err = os.NewSyscallError("recvmsg", serr)
 	case perr != nil:
@@ -638,11 +720,16 @@ func (c *conn) recvmsg(b []byte) (n int, fds []int, flags int, err error) {
 	return n, fds, flags, nil
 }
 
-// sendmsg wraps sendmsg(2), waiting through the poller.
+// sendmsg wraps sendmsg(2), waiting through the poller. Once c.ctx is
+// done it writes nothing.
 func (c *conn) sendmsg(b, oob []byte) (int, error) {
 	var n int
 	var serr error
 	err := c.raw.Write(func(fd uintptr) bool {
+		if c.ctx.Err() != nil {
+			serr = errDone
+			return true
+		}
 		for {
 			n, serr = unix.SendmsgN(int(fd), b, oob, nil, unix.MSG_NOSIGNAL)
 			if serr != unix.EINTR {
@@ -653,6 +740,9 @@ func (c *conn) sendmsg(b, oob []byte) (int, error) {
 	})
 	if err != nil {
 		return 0, err
+	}
+	if serr == errDone {
+		return 0, c.doneErr()
 	}
 	if serr != nil {
 		return 0, os.NewSyscallError("sendmsg", serr)

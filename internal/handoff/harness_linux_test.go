@@ -66,7 +66,8 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	}
 	h := &harness{t: t, store: st, srv: srv, path: name}
 	h.source.Store(fakeSource)
-	go srv.ServeConns(h.handle)
+	srv.ConnMethods(MethodHandoff, MethodAdopt)
+	go srv.Serve(h.handle)
 	t.Cleanup(func() {
 		st.Close()
 		srv.Close()
@@ -74,28 +75,34 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	return h
 }
 
-func (h *harness) handle(ctx context.Context, peer control.Peer, req control.Request) (any, control.Takeover, error) {
+// handle serves the worker socket the way the supervisor does.
+func (h *harness) handle(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
+	c := control.ConnFrom(ctx)
 	switch req.Method {
 	case MethodHandoff:
 		g, err := h.store.Grant()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		src := Source{PID: int(h.source.Load())}
-		return g, func(ctx context.Context, c *net.UnixConn) { h.record(h.store.Receive(ctx, c, src, g)) }, nil
+		if err := WriteResult(c, g); err == nil {
+			h.record(h.store.Receive(ctx, c, Source{PID: int(h.source.Load())}, g))
+		}
+		return control.Hijacked, nil
 	case MethodAdopt:
 		var p AdoptParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		sub, err := h.store.Subscribe(p)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		w := Worker{PID: peer.PID, Slot: int(h.slots.Add(1)) - 1, Adopt: true}
-		return sub, func(ctx context.Context, c *net.UnixConn) { h.record(h.store.Adopt(ctx, c, w, sub)) }, nil
+		if err := WriteResult(c, sub); err == nil {
+			h.record(h.store.Adopt(ctx, c, Worker{PID: peer.PID, Slot: int(h.slots.Add(1)) - 1, Adopt: true}, sub))
+		}
+		return control.Hijacked, nil
 	}
-	return nil, nil, fmt.Errorf("unknown method %q", req.Method)
+	return nil, fmt.Errorf("unknown method %q", req.Method)
 }
 
 func (h *harness) record(err error) {
@@ -275,7 +282,8 @@ func newBenchHarness(b *testing.B) *harness {
 	}
 	h := &harness{store: st, srv: srv, path: name}
 	h.source.Store(fakeSource)
-	go srv.ServeConns(h.handle)
+	srv.ConnMethods(MethodHandoff, MethodAdopt)
+	go srv.Serve(h.handle)
 	b.Cleanup(func() {
 		st.Close()
 		srv.Close()

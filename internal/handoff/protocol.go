@@ -211,6 +211,13 @@ func writeLine(c *net.UnixConn, v any) error {
 	return err
 }
 
+// WriteResult answers a request on c with {"ok":true,"result":...}: baton
+// answers a handoff request with its Grant and an adopt request with its
+// Subscription, then moves descriptors on c.
+func WriteResult(c *net.UnixConn, result any) error {
+	return writeReply(c, result, nil)
+}
+
 // writeReply writes a control reply line: the result, or the error.
 func writeReply(c *net.UnixConn, result any, rerr error) error {
 	if rerr != nil {

@@ -33,6 +33,9 @@ type Config struct {
 	MaxRequests int
 	// Timeout bounds each connect, write and read (default 5s).
 	Timeout time.Duration
+	// Interval, if positive, also splits the run into intervals of this
+	// length and counts what happened in each (Result.Series).
+	Interval time.Duration
 }
 
 // Result counts what happened.
@@ -46,8 +49,27 @@ type Result struct {
 	Non2xx        int64
 	// Samples holds up to 10 distinct error messages.
 	Samples []string
+	// Start is when the load began. With Config.Interval set, Series[i]
+	// counts what happened from Start+i*Interval to Start+(i+1)*Interval:
+	// an answer when it was complete, an error when it was seen. The
+	// series adds up to the totals above; it ends with the run.
+	Start  time.Time
+	Series []Bucket
 	// Latencies of answered requests, for percentiles.
 	latencies []time.Duration
+}
+
+// Bucket counts what happened in one interval of a run, with the same
+// meaning as the fields of Result.
+type Bucket struct {
+	Requests, OK                                             int64
+	ConnectErrors, WriteErrors, ReadErrors, Timeouts, Non2xx int64
+}
+
+// Failed is the number of requests in the interval that did not get a
+// 2xx answer.
+func (b Bucket) Failed() int64 {
+	return b.ConnectErrors + b.WriteErrors + b.ReadErrors + b.Timeouts + b.Non2xx
 }
 
 // Failed is the number of requests that did not get a 2xx answer.
@@ -70,20 +92,60 @@ func (r *Result) String() string {
 		r.Requests, r.OK, r.Failed(), r.ConnectErrors, r.WriteErrors, r.ReadErrors, r.Timeouts, r.Non2xx)
 }
 
-type counters struct {
-	requests, ok, connect, write, read, timeout, non2xx atomic.Int64
-	mu                                                  sync.Mutex
-	samples                                             map[string]bool
-	latencies                                           []time.Duration
+// kind is what a counter counts.
+type kind int
+
+const (
+	kindRequest kind = iota // a complete response
+	kindOK                  // ... with a 2xx status
+	kindConnect
+	kindWrite
+	kindRead
+	kindTimeout
+	kindNon2xx
+	nKinds
+)
+
+type tally [nKinds]atomic.Int64
+
+func (t *tally) bucket() Bucket {
+	return Bucket{
+		Requests: t[kindRequest].Load(), OK: t[kindOK].Load(),
+		ConnectErrors: t[kindConnect].Load(), WriteErrors: t[kindWrite].Load(), ReadErrors: t[kindRead].Load(),
+		Timeouts: t[kindTimeout].Load(), Non2xx: t[kindNon2xx].Load(),
+	}
 }
 
-func (c *counters) fail(kind *atomic.Int64, err error) {
-	kind.Add(1)
+type counters struct {
+	total tally
+	// series has one tally per Config.Interval from start; nil without.
+	start    time.Time
+	interval time.Duration
+	series   []tally
+
+	mu        sync.Mutex
+	samples   map[string]bool
+	latencies []time.Duration
+}
+
+// add counts one event of kind k seen at now.
+func (c *counters) add(k kind, now time.Time) {
+	c.total[k].Add(1)
+	if len(c.series) == 0 {
+		return
+	}
+	// An answer that completes after the deadline still counts, in the
+	// last interval, so that the series adds up to the totals.
+	i := min(max(int(now.Sub(c.start)/c.interval), 0), len(c.series)-1)
+	c.series[i][k].Add(1)
+}
+
+func (c *counters) fail(k kind, err error) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		kind.Add(-1)
-		c.timeout.Add(1)
+		k = kindTimeout
 	}
+	c.add(k, time.Now())
 	c.mu.Lock()
 	if len(c.samples) < 10 {
 		c.samples[err.Error()] = true
@@ -102,7 +164,10 @@ func Run(ctx context.Context, cfg Config) *Result {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
-	c := &counters{samples: map[string]bool{}}
+	c := &counters{samples: map[string]bool{}, start: time.Now(), interval: cfg.Interval}
+	if cfg.Interval > 0 {
+		c.series = make([]tally, (cfg.Duration+cfg.Interval-1)/cfg.Interval)
+	}
 	head := "GET " + cfg.Path + " HTTP/1.1\r\nHost: " + cfg.Addr + "\r\nUser-Agent: baton-loadgen\r\n"
 	reqKeepAlive, reqClose := []byte(head+"\r\n"), []byte(head+"Connection: close\r\n\r\n")
 	var wg sync.WaitGroup
@@ -118,10 +183,21 @@ func Run(ctx context.Context, cfg Config) *Result {
 		}()
 	}
 	wg.Wait()
+	t := c.total.bucket()
 	r := &Result{
-		Requests: c.requests.Load(), OK: c.ok.Load(),
-		ConnectErrors: c.connect.Load(), WriteErrors: c.write.Load(), ReadErrors: c.read.Load(),
-		Timeouts: c.timeout.Load(), Non2xx: c.non2xx.Load(), latencies: c.latencies,
+		Requests: t.Requests, OK: t.OK,
+		ConnectErrors: t.ConnectErrors, WriteErrors: t.WriteErrors, ReadErrors: t.ReadErrors,
+		Timeouts: t.Timeouts, Non2xx: t.Non2xx, latencies: c.latencies,
+		Start: c.start,
+	}
+	if len(c.series) > 0 {
+		// A run that ended early (ctx, MaxRequests) has nothing in the
+		// intervals after its end: leave them out.
+		n := min(int((time.Since(c.start)+c.interval-1)/c.interval), len(c.series))
+		r.Series = make([]Bucket, max(n, 1))
+		for i := range r.Series {
+			r.Series[i] = c.series[i].bucket()
+		}
 	}
 	for s := range c.samples {
 		r.Samples = append(r.Samples, s)
@@ -155,7 +231,7 @@ func loop(ctx context.Context, cfg Config, c *counters, req []byte, keepAlive bo
 			conn, err = d.DialContext(ctx, "tcp", cfg.Addr)
 			if err != nil {
 				if !expired(ctx) {
-					c.fail(&c.connect, err)
+					c.fail(kindConnect, err)
 				}
 				conn = nil
 				continue
@@ -164,7 +240,7 @@ func loop(ctx context.Context, cfg Config, c *counters, req []byte, keepAlive bo
 		}
 		conn.SetDeadline(time.Now().Add(cfg.Timeout))
 		if _, err := conn.Write(req); err != nil {
-			c.fail(&c.write, err)
+			c.fail(kindWrite, err)
 			conn.Close()
 			conn = nil
 			continue
@@ -175,17 +251,18 @@ func loop(ctx context.Context, cfg Config, c *counters, req []byte, keepAlive bo
 			resp.Body.Close()
 		}
 		if err != nil {
-			c.fail(&c.read, err)
+			c.fail(kindRead, err)
 			conn.Close()
 			conn = nil
 			continue
 		}
-		c.requests.Add(1)
-		lat = append(lat, time.Since(start))
+		now := time.Now()
+		c.add(kindRequest, now)
+		lat = append(lat, now.Sub(start))
 		if resp.StatusCode/100 == 2 {
-			c.ok.Add(1)
+			c.add(kindOK, now)
 		} else {
-			c.fail(&c.non2xx, fmt.Errorf("status %s", resp.Status))
+			c.fail(kindNon2xx, fmt.Errorf("status %s", resp.Status))
 		}
 		if !keepAlive || resp.Close {
 			conn.Close()

@@ -6,10 +6,11 @@ import (
 	"fmt"
 
 	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/handoff"
 )
 
 // Methods are the control socket's methods.
-var Methods = []string{"status", "reload", "scale", "upgrade", "stop"}
+var Methods = []string{"status", "reload", "scale", "upgrade", "takeover", "stop"}
 
 // waitParams are the params of reload and stop.
 type waitParams struct {
@@ -23,7 +24,7 @@ func (p waitParams) wait() bool { return p.Wait == nil || *p.Wait }
 func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
 	switch req.Method {
 	case "status":
-		st, ok := s.Status()
+		st, ok := s.KernelStatus(ctx)
 		if !ok {
 			return nil, ErrStopping
 		}
@@ -60,6 +61,8 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 			return nil, err
 		}
 		return s.upgrade(ctx, p)
+	case "takeover":
+		return s.giveAway(ctx, peer)
 	case "stop":
 		var p waitParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
@@ -88,6 +91,9 @@ type WorkerInfo struct {
 
 // handleWorker answers requests on BATON_SOCKET, from workers only.
 func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
+	if req.Method == handoff.MethodHandoff || req.Method == handoff.MethodAdopt {
+		return s.handleHandoff(ctx, peer, req) // handoff.go
+	}
 	var info *WorkerInfo
 	s.call(func() {
 		if w := s.workerFor(peer.PID); w != nil {

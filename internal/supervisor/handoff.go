@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"time"
 
@@ -121,13 +120,13 @@ func (s *Supervisor) handoffStatus(fds int) HandoffStatus {
 	return st
 }
 
-// handleWorkerConn answers requests on BATON_SOCKET. handoff and adopt
-// keep the connection to move descriptors on it; every other method is
-// handleWorker's.
-func (s *Supervisor) handleWorkerConn(ctx context.Context, peer control.Peer, req control.Request) (any, control.Takeover, error) {
-	if req.Method != handoff.MethodHandoff && req.Method != handoff.MethodAdopt {
-		v, err := s.handleWorker(ctx, peer, req)
-		return v, nil, err
+// handleHandoff serves the worker socket's handoff and adopt methods: it
+// answers on the connection itself (control.ConnFrom), then moves
+// descriptors on it until the worker or baton ends the exchange.
+func (s *Supervisor) handleHandoff(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
+	c := control.ConnFrom(ctx)
+	if c == nil {
+		return nil, errors.New("the worker socket did not hand over the connection")
 	}
 	var (
 		w        handoff.Worker
@@ -142,38 +141,42 @@ func (s *Supervisor) handleWorkerConn(ctx context.Context, peer control.Peer, re
 		}
 	})
 	if !found {
-		return nil, nil, fmt.Errorf("pid %d is not a worker of this baton", peer.PID)
+		return nil, fmt.Errorf("pid %d is not a worker of this baton", peer.PID)
 	}
 	store := s.handoff.store
 	if req.Method == handoff.MethodHandoff {
 		if err := control.DecodeParams(req.Params, &struct{}{}); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		g, err := store.Grant()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
+		}
+		if err := handoff.WriteResult(c, g); err != nil {
+			return control.Hijacked, nil
 		}
 		src := handoff.Source{PID: w.PID, Slot: w.Slot, Generation: w.Generation}
-		return g, func(ctx context.Context, c *net.UnixConn) {
-			if err := store.Receive(ctx, c, src, g); err != nil && ctx.Err() == nil {
-				s.log.Debug("handoff connection ended", "pid", w.PID, "err", err)
-			}
-		}, nil
+		if err := store.Receive(ctx, c, src, g); err != nil && ctx.Err() == nil {
+			s.log.Debug("handoff connection ended", "pid", w.PID, "err", err)
+		}
+		return control.Hijacked, nil
 	}
 	if stopping {
-		return nil, nil, fmt.Errorf("worker pid %d is stopping: it adopts nothing more", w.PID)
+		return nil, fmt.Errorf("worker pid %d is stopping: it adopts nothing more", w.PID)
 	}
 	var p handoff.AdoptParams
 	if err := control.DecodeParams(req.Params, &p); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	sub, err := store.Subscribe(p)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return sub, func(ctx context.Context, c *net.UnixConn) {
-		if err := store.Adopt(ctx, c, w, sub); err != nil && ctx.Err() == nil {
-			s.log.Debug("adopt subscription ended", "pid", w.PID, "err", err)
-		}
-	}, nil
+	if err := handoff.WriteResult(c, sub); err != nil {
+		return control.Hijacked, nil
+	}
+	if err := store.Adopt(ctx, c, w, sub); err != nil && ctx.Err() == nil {
+		s.log.Debug("adopt subscription ended", "pid", w.PID, "err", err)
+	}
+	return control.Hijacked, nil
 }

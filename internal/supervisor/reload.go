@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -51,6 +52,12 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 	if s.stopping {
 		if ch != nil {
 			ch <- ReloadOutcome{Err: ErrStopping}
+		}
+		return
+	}
+	if s.takingOver {
+		if ch != nil {
+			ch <- ReloadOutcome{Err: errors.New("a takeover by a new instance is in progress; reload that one")}
 		}
 		return
 	}
@@ -234,6 +241,7 @@ func (s *Supervisor) finishReload(gen, prev int, err error) {
 		s.stats.reloadsOK++
 	}
 	s.stats.lastReload = &res
+	s.emit(Event{Kind: EventReload, OK: err == nil, Duration: time.Duration(res.Duration), Generation: gen})
 	for _, ch := range s.reload.waiters {
 		ch <- ReloadOutcome{Result: res, Err: err}
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/listener"
 )
 
@@ -29,10 +30,13 @@ type Status struct {
 	Process    ProcessStatus    `json:"process"`
 	// Upgrades counts baton's re-executions of itself (baton upgrade);
 	// UpgradeError says why the last one failed, if it did.
-	Upgrades     int           `json:"upgrades"`
-	UpgradeError string        `json:"upgrade_error,omitempty"`
-	WorkersTotal int           `json:"workers_started"`
-	Handoff      HandoffStatus `json:"handoff"`
+	Upgrades     int    `json:"upgrades"`
+	UpgradeError string `json:"upgrade_error,omitempty"`
+	WorkersTotal int    `json:"workers_started"`
+	// Kernel is the kernel's view of the listeners and workers, added
+	// outside the loop by KernelStatus; nil without Options.Inspector.
+	Kernel  *inspect.View `json:"kernel,omitempty"`
+	Handoff HandoffStatus `json:"handoff"`
 }
 
 // ListenerStatus describes one listener baton holds.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/handoff"
+	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
@@ -46,6 +48,15 @@ type Options struct {
 	// reload starts; OnStopping when baton begins to stop. baton uses them
 	// to tell systemd.
 	OnReady, OnReloading, OnStopping func()
+	// Inspector, if set, adds the kernel's view to status replies
+	// (KernelStatus); it is asked outside the loop.
+	Inspector *inspect.Inspector
+	// Events, if set, is called from the loop for each Event. It must
+	// never block: it runs on the state machine's only goroutine.
+	Events func(Event)
+	// OnTakenOver, if set, is called when a new instance took over
+	// (baton tells systemd its new main pid).
+	OnTakenOver func(pid int)
 }
 
 // Supervisor runs worker generations. Create it with New, then call Run.
@@ -79,6 +90,7 @@ type Supervisor struct {
 	stopping        bool
 	everReady       bool
 	stats           stats
+	takingOver      bool      // a takeover by a new instance is under way
 	upgrades        int       // upgrades done since baton started
 	lastUpgradeErr  string    // why the last upgrade failed, if it did
 	restored        *Handover // set by Restore until Run adopts
@@ -151,7 +163,8 @@ func (s *Supervisor) Run() error {
 	defer close(s.done)
 	defer s.cancel()
 	go s.notify.Serve(func(m notify.Message) { s.post(func() { s.notified(m) }) })
-	go s.workerSock.ServeConns(s.handleWorkerConn)
+	s.workerSock.ConnMethods(handoff.MethodHandoff, handoff.MethodAdopt)
+	go s.workerSock.Serve(s.handleWorker)
 	defer s.workerSock.Close()
 	defer s.closeHandoff()
 	defer s.notify.Close()
@@ -275,6 +288,9 @@ func (s *Supervisor) Kill() {
 		}
 	})
 }
+
+// SetOnReady replaces Options.OnReady before Run.
+func (s *Supervisor) SetOnReady(f func()) { s.opts.OnReady = f }
 
 // Done is closed when Run has returned.
 func (s *Supervisor) Done() <-chan struct{} { return s.done }

@@ -85,7 +85,11 @@ func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (any, 
 // execUpgrade re-executes baton as p.Binary, handing over everything. It
 // returns only when the execve failed, and then nothing has changed.
 func (s *Supervisor) execUpgrade(p upgradeParams) {
+	// From here on exit statuses wait for the new program: a worker that
+	// exits now stays a zombie until the new baton reaps it.
+	s.spawner.Pause()
 	fail := func(err error) {
+		s.spawner.Resume()
 		s.lastUpgradeErr = err.Error()
 		s.log.Error("upgrade failed; baton keeps running unchanged", "err", err)
 	}
@@ -102,10 +106,8 @@ func (s *Supervisor) execUpgrade(p upgradeParams) {
 		return
 	}
 	s.log.Info("upgrade: re-executing baton", "binary", p.Binary, "pid", os.Getpid(), "workers", len(s.workers), "keep_workers", p.KeepWorkers)
-	s.spawner.Pause() // exit statuses wait for the new program
 	err = takeover.Exec(s.spawner, p.Binary, s.opts.Args, state, h.Fds())
 	// Still here: the execve failed.
-	s.spawner.Resume()
 	for _, w := range s.workers {
 		for _, pp := range w.pipes {
 			pp.release()
@@ -125,6 +127,9 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 	}
 	if err := s.handoffBusy(); err != nil {
 		return nil, err
+	}
+	if s.takingOver {
+		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
 	}
 	h := &Handover{
 		Version: StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
@@ -292,9 +297,10 @@ func (s *Supervisor) adopt() {
 		proc, err := s.spawner.Adopt(w.pid, s.onExit(w))
 		close(w.spawned)
 		if err != nil {
-			// It exited while baton re-executed itself and was reaped
-			// with the old program: handle its exit now.
-			s.log.Warn("worker gone during the upgrade", w.attrs("err", err)...)
+			// It exited and was reaped just before baton re-executed
+			// itself (its exit was still on its way to the old loop):
+			// handle its exit now.
+			s.log.Info("worker exited during the upgrade", w.attrs("state", w.state)...)
 			w.proc = deadProcess(w.pid)
 			s.workers[w.pid] = w
 			s.workerExited(w, 0)

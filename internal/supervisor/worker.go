@@ -448,6 +448,7 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 		level = slog.LevelWarn
 	}
 	s.log.Log(context.Background(), level, "worker exited", w.attrs("status", how, "uptime", time.Since(w.started).Round(time.Millisecond))...)
+	s.emit(Event{Kind: EventExit, Slot: w.slot.index, Generation: w.gen.id, OK: w.stopped})
 
 	switch {
 	case w.gen == s.pending:
@@ -478,6 +479,7 @@ func (s *Supervisor) scheduleRestart(w *worker) {
 		sl.backoff = min(2*sl.backoff, MaxBackoff)
 	}
 	sl.restarts++
+	s.emit(Event{Kind: EventRestart, Slot: sl.index, Generation: g.id})
 	s.log.Warn("restarting worker", "slot", sl.index, "generation", g.id, "in", sl.backoff, "restarts", sl.restarts)
 	sl.cancelRestart()
 	sl.restart = s.after(sl.backoff, func() {

@@ -1,0 +1,231 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/inspect"
+	"github.com/baton-dev/baton/internal/supervisor"
+)
+
+func newTopCmd() *cobra.Command {
+	var cf controlFlags
+	var every time.Duration
+	var count int
+	c := &cobra.Command{
+		Use:   "top",
+		Short: "Show the status, refreshing, with what the host's drop counters did",
+		Long: `Show what baton status shows, refreshed every --interval, with how much the
+host's counters of dropped connections (ListenOverflows, ListenDrops, SYN
+cookies) rose since the previous frame. Press q (or Ctrl-C) to quit.
+
+On a terminal top redraws one screen. When its output is not a terminal it
+prints one frame per interval, and reads lines from stdin: a line "q" quits.
+--count stops after that many frames.`,
+		Example: `  baton top --name web
+  baton top --interval 5s --count 3 > frames.txt`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if every < 10*time.Millisecond {
+				return usagef("--interval %s: want 10ms or more", every)
+			}
+			if count < 0 {
+				return usagef("--count %d: want 0 (no end) or more", count)
+			}
+			if _, err := cf.socketPath(); err != nil {
+				return err
+			}
+			return top(c.InOrStdin(), c.OutOrStdout(), cf, every, count)
+		},
+	}
+	cf.register(c)
+	c.Flags().DurationVarP(&every, "interval", "i", time.Second, "time between frames")
+	c.Flags().IntVar(&count, "count", 0, "stop after this many frames (0: until q)")
+	return c
+}
+
+// top draws frames until q, a signal, or count frames.
+func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, count int) error {
+	quit := make(chan struct{}, 1)
+	stop := func() {
+		select {
+		case quit <- struct{}{}:
+		default:
+		}
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		if _, ok := <-sigs; ok {
+			stop()
+		}
+	}()
+
+	screen := terminal(out)
+	if restore, ok := rawInput(in); ok {
+		defer restore()
+		go readKeys(in, stop)
+	} else {
+		go readLines(in, stop)
+	}
+	if screen != nil {
+		// The alternate screen keeps the shell's screen intact; the
+		// cursor is hidden while frames are drawn.
+		io.WriteString(out, "\x1b[?1049h\x1b[?25l")
+		defer io.WriteString(out, "\x1b[?25h\x1b[?1049l")
+	}
+
+	var prev *inspect.View
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for n := 1; ; n++ {
+		var buf bytes.Buffer
+		prev = frame(&buf, cf, every, prev)
+		if screen != nil {
+			draw(out, screen, buf.String())
+		} else {
+			fmt.Fprintln(out, buf.String())
+		}
+		if count > 0 && n >= count {
+			return nil
+		}
+		select {
+		case <-quit:
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// frame renders one frame and returns the kernel view it showed (or the
+// previous one when baton did not answer).
+func frame(w io.Writer, cf controlFlags, every time.Duration, prev *inspect.View) *inspect.View {
+	fmt.Fprintf(w, "baton top, every %s, q quits; %s\n", every, time.Now().Format(time.TimeOnly))
+	res, err := call(cf, max(every, 5*time.Second), "status", nil)
+	var st supervisor.Status
+	if err == nil {
+		err = json.Unmarshal(res, &st)
+	}
+	if err != nil {
+		for _, line := range wrap(err.Error(), statusWidth, "no status:", "    ") {
+			fmt.Fprintln(w, line)
+		}
+		return prev
+	}
+	if d := counterDeltas(prev, st.Kernel); d != "" {
+		fmt.Fprintf(w, "since the last frame: %s\n", d)
+	}
+	fmt.Fprintln(w)
+	printStatus(w, st)
+	if st.Kernel == nil {
+		return prev
+	}
+	return st.Kernel
+}
+
+// screenSize is a terminal's size.
+type screenSize struct{ fd int }
+
+// terminal returns the screen when out is a terminal, else nil.
+func terminal(out io.Writer) *screenSize {
+	f, ok := out.(*os.File)
+	if !ok {
+		return nil
+	}
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+		return nil
+	}
+	return &screenSize{fd: int(f.Fd())}
+}
+
+func (s *screenSize) size() (rows, cols int) {
+	ws, err := unix.IoctlGetWinsize(s.fd, unix.TIOCGWINSZ)
+	if err != nil || ws.Row == 0 || ws.Col == 0 {
+		return 24, 80
+	}
+	return int(ws.Row), int(ws.Col)
+}
+
+// draw puts a frame on the screen from the top left, each line cut to the
+// terminal's width and the frame to its height, clearing what the last
+// frame left.
+func draw(out io.Writer, s *screenSize, text string) {
+	rows, cols := s.size()
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	if len(lines) > rows {
+		lines = lines[:rows]
+	}
+	var b strings.Builder
+	b.WriteString("\x1b[H")
+	for i, line := range lines {
+		b.WriteString(cut(line, cols))
+		b.WriteString("\x1b[K")
+		if i < len(lines)-1 {
+			b.WriteString("\r\n")
+		}
+	}
+	b.WriteString("\x1b[J")
+	io.WriteString(out, b.String())
+}
+
+// rawInput puts a terminal on in into non-canonical mode without echo, so
+// that a single q quits; Ctrl-C still sends SIGINT. It returns the
+// function that restores the terminal, and false when in is not a
+// terminal.
+func rawInput(in io.Reader) (func(), bool) {
+	f, ok := in.(*os.File)
+	if !ok {
+		return nil, false
+	}
+	fd := int(f.Fd())
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return nil, false
+	}
+	raw := *old
+	raw.Lflag &^= unix.ICANON | unix.ECHO
+	raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &raw); err != nil {
+		return nil, false
+	}
+	return func() { unix.IoctlSetTermios(fd, unix.TCSETS, old) }, true
+}
+
+// readKeys calls quit when q is pressed.
+func readKeys(in io.Reader, quit func()) {
+	buf := make([]byte, 64)
+	for {
+		n, err := in.Read(buf)
+		if bytes.ContainsAny(buf[:n], "qQ\x03") {
+			quit()
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// readLines calls quit on a line "q"; the end of the input does not quit,
+// so top runs with stdin closed or /dev/null.
+func readLines(in io.Reader, quit func()) {
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		if s := strings.TrimSpace(sc.Text()); s == "q" || s == "quit" {
+			quit()
+			return
+		}
+	}
+}

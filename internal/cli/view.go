@@ -1,0 +1,293 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/baton-dev/baton/internal/inspect"
+	"github.com/baton-dev/baton/internal/supervisor"
+)
+
+// statusWidth is the width `baton status` fits in.
+const statusWidth = 100
+
+// fitWriter cuts every line written through it to width runes, ending a
+// cut line with "…". Tables are laid out to fit; this is the guarantee.
+type fitWriter struct {
+	w     io.Writer
+	width int
+	line  []byte
+}
+
+func (f *fitWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		i := strings.IndexByte(string(p), '\n')
+		if i < 0 {
+			f.line = append(f.line, p...)
+			break
+		}
+		f.line = append(f.line, p[:i]...)
+		if _, err := io.WriteString(f.w, cut(string(f.line), f.width)+"\n"); err != nil {
+			return 0, err
+		}
+		f.line = f.line[:0]
+		p = p[i+1:]
+	}
+	return n, nil
+}
+
+// Flush writes a last line that has no newline.
+func (f *fitWriter) Flush() error {
+	if len(f.line) == 0 {
+		return nil
+	}
+	_, err := io.WriteString(f.w, cut(string(f.line), f.width))
+	f.line = f.line[:0]
+	return err
+}
+
+// cut shortens s to width runes, the last being "…", trailing spaces
+// trimmed.
+func cut(s string, width int) string {
+	s = strings.TrimRight(s, " ")
+	if width <= 0 || utf8.RuneCountInString(s) <= width {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:width-1]) + "…"
+}
+
+// middle shortens s to width runes by eliding its middle, which keeps both
+// the start and the end of an address or path.
+func middle(s string, width int) string {
+	r := []rune(s)
+	if len(r) <= width || width < 5 {
+		return s
+	}
+	head := (width - 1) / 2
+	tail := width - 1 - head
+	return string(r[:head]) + "…" + string(r[len(r)-tail:])
+}
+
+// wrap breaks text into lines of at most width runes, the first starting
+// with first and the others with rest.
+func wrap(text string, width int, first, rest string) []string {
+	var lines []string
+	line := first
+	empty := strings.TrimSpace(first) == ""
+	for _, word := range strings.Fields(text) {
+		if !empty && utf8.RuneCountInString(line)+1+utf8.RuneCountInString(word) > width {
+			lines = append(lines, line)
+			line, empty = rest, true
+		}
+		if !empty {
+			line += " "
+		}
+		line += word
+		empty = false
+	}
+	return append(lines, line)
+}
+
+// kernelListener finds the kernel's view of a listener.
+func kernelListener(st supervisor.Status, name string) *inspect.ListenerView {
+	if st.Kernel == nil {
+		return nil
+	}
+	for i := range st.Kernel.Listeners {
+		if st.Kernel.Listeners[i].Name == name {
+			return &st.Kernel.Listeners[i]
+		}
+	}
+	return nil
+}
+
+// kernelWorker finds the kernel's view of a worker.
+func kernelWorker(st supervisor.Status, pid int) *inspect.WorkerView {
+	if st.Kernel == nil {
+		return nil
+	}
+	for i := range st.Kernel.Workers {
+		if st.Kernel.Workers[i].PID == pid {
+			return &st.Kernel.Workers[i]
+		}
+	}
+	return nil
+}
+
+// queueCell shows a socket's queue: "waiting/max" for a listening socket,
+// bytes for a datagram one, "?" when the kernel did not say.
+func queueCell(s inspect.SocketView) string {
+	switch {
+	case s.State == "":
+		return "?"
+	case s.Listening():
+		return fmt.Sprintf("%d/%d", s.RecvQ, s.SendQ)
+	}
+	return fmt.Sprintf("%d B", s.RecvQ)
+}
+
+// listenerQueue is the QUEUE cell of a listener's row: its one socket's
+// queue, or with a socket per slot the sums.
+func listenerQueue(lv *inspect.ListenerView) string {
+	if lv == nil || len(lv.Sockets) == 0 {
+		return "-"
+	}
+	if len(lv.Sockets) == 1 {
+		return queueCell(lv.Sockets[0])
+	}
+	var recvQ, sendQ uint32
+	for _, s := range lv.Sockets {
+		if !s.Listening() {
+			return "-"
+		}
+		recvQ, sendQ = recvQ+s.RecvQ, sendQ+s.SendQ
+	}
+	return fmt.Sprintf("%d/%d", recvQ, sendQ)
+}
+
+// socketQueue is the QUEUE cell of one socket of a listener, by inode.
+func socketQueue(lv *inspect.ListenerView, inode uint64) string {
+	if lv != nil {
+		for _, s := range lv.Sockets {
+			if s.Inode == inode {
+				return queueCell(s)
+			}
+		}
+	}
+	return "-"
+}
+
+func fdsCell(wv *inspect.WorkerView) string {
+	switch {
+	case wv == nil || wv.FDLimit == 0:
+		return "-"
+	case wv.FDLimit < 0:
+		return fmt.Sprintf("%d/unlim", wv.FDs)
+	}
+	return fmt.Sprintf("%d/%d", wv.FDs, wv.FDLimit)
+}
+
+func countCell(wv *inspect.WorkerView, state string) string {
+	if wv == nil {
+		return "-"
+	}
+	return strconv.Itoa(wv.Connections[state])
+}
+
+// connColumns are the states the connections table has a column for;
+// the others add up under OTHER.
+var connColumns = []string{"ESTAB", "SYN-RECV", "CLOSE-WAIT", "TIME-WAIT"}
+
+// printConnections writes the TCP connections of each listener by state.
+func printConnections(w io.Writer, st supervisor.Status) {
+	if st.Kernel == nil {
+		return
+	}
+	var rows []inspect.ListenerView
+	for _, l := range st.Kernel.Listeners {
+		if l.Protocol == inspect.TCP {
+			rows = append(rows, l)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONNECTIONS\t"+strings.Join(connColumns, "\t")+"\tOTHER")
+	for _, l := range rows {
+		other := 0
+		for state, n := range l.Connections {
+			other += n
+			for _, c := range connColumns {
+				if c == state {
+					other -= n
+				}
+			}
+		}
+		fmt.Fprint(tw, middle(l.Name, 16))
+		for _, c := range connColumns {
+			fmt.Fprintf(tw, "\t%d", l.Connections[c])
+		}
+		fmt.Fprintf(tw, "\t%d\n", other)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+}
+
+// printWarnings writes the warnings, each wrapped to the status width.
+func printWarnings(w io.Writer, st supervisor.Status) {
+	if st.Kernel == nil {
+		return
+	}
+	for _, e := range st.Kernel.Errors {
+		for _, line := range wrap(e, statusWidth, "kernel view incomplete:", "    ") {
+			fmt.Fprintln(w, line)
+		}
+	}
+	if len(st.Kernel.Warnings) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "warnings (%d):\n", len(st.Kernel.Warnings))
+	for _, wn := range st.Kernel.Warnings {
+		head := fmt.Sprintf("  ! %s, since %s:", wn.Code, wn.Since.Local().Format(time.TimeOnly))
+		for _, line := range wrap(wn.Message, statusWidth, head, "    ") {
+			fmt.Fprintln(w, line)
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// printHost writes the host's counters that explain dropped connections.
+func printHost(w io.Writer, st supervisor.Status) {
+	if st.Kernel == nil {
+		return
+	}
+	h := st.Kernel.Host
+	var parts []string
+	if h.Somaxconn > 0 {
+		parts = append(parts, fmt.Sprintf("somaxconn %d;", h.Somaxconn))
+	}
+	names := make([]string, 0, len(h.Netstat))
+	for _, name := range inspect.NetstatCounters {
+		if n, ok := h.Netstat[name]; ok && (n != 0 || name == "ListenOverflows" || name == "ListenDrops") {
+			names = append(names, fmt.Sprintf("%s %d", name, n))
+		}
+	}
+	if len(names) > 0 {
+		parts = append(parts, strings.Join(names, ", ")+";")
+	}
+	if tcp, ok := h.Sockstat["TCP"]; ok {
+		parts = append(parts, fmt.Sprintf("TCP sockets %d in use, %d TIME-WAIT, %d orphaned",
+			tcp["inuse"]+h.Sockstat["TCP6"]["inuse"], tcp["tw"], tcp["orphan"]))
+	}
+	if len(parts) == 0 {
+		return
+	}
+	for _, line := range wrap(strings.Join(parts, " "), statusWidth, "host:", "    ") {
+		fmt.Fprintln(w, line)
+	}
+}
+
+// counterDeltas says how much the host's TcpExt drop counters rose
+// between two views, for `baton top`: "ListenOverflows +3, ListenDrops +3".
+// ListenOverflows and ListenDrops always show; the others when they moved.
+func counterDeltas(prev, cur *inspect.View) string {
+	if prev == nil || cur == nil || cur.Host.Netstat == nil {
+		return ""
+	}
+	var out []string
+	for _, name := range inspect.NetstatCounters {
+		d := cur.Host.Netstat[name] - prev.Host.Netstat[name]
+		if d != 0 || name == "ListenOverflows" || name == "ListenDrops" {
+			out = append(out, fmt.Sprintf("%s %+d", name, d))
+		}
+	}
+	return strings.Join(out, ", ")
+}

@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startTakeover starts `baton run --takeover CTL` with the same control
+// socket as b, and returns it as an instance of its own.
+func startTakeover(t *testing.T, b *instance, env []string, args ...string) *instance {
+	t.Helper()
+	n := &instance{t: t, ctl: b.ctl, log: &logBuffer{}, done: make(chan struct{})}
+	n.cmd = exec.Command(batonBin, append([]string{"run", "--control", b.ctl, "--takeover", b.ctl}, args...)...)
+	n.cmd.Env = append(os.Environ(), env...)
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { n.err = n.cmd.Wait(); close(n.done) }()
+	t.Cleanup(func() {
+		n.stop(20 * time.Second)
+		if t.Failed() {
+			t.Logf("new instance output:\n%s", n.log)
+		}
+	})
+	return n
+}
+
+// udpLoad sends numbered datagrams to addr one at a time until stop is
+// closed and checks every one is answered.
+func udpLoad(t *testing.T, addr string, stop <-chan struct{}) (answered int, failed error) {
+	raddr, _ := net.ResolveUDPAddr("udp", addr)
+	c, err := net.DialUDP("udp", nil, raddr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	buf := make([]byte, 2048)
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return answered, nil
+		default:
+		}
+		payload := fmt.Sprintf("datagram %d", i)
+		c.Write([]byte(payload))
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			return answered, fmt.Errorf("datagram %d not answered: %w", i, err)
+		}
+		if _, got, _ := strings.Cut(string(buf[:n]), ":"); got != payload {
+			return answered, fmt.Errorf("datagram %d answered with %q", i, buf[:n])
+		}
+		answered++
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestTakeoverUnderLoad(t *testing.T) {
+	requireE2E(t)
+	env := []string{workerEnv + "=http-all"}
+	tcp, udp := freePort(t), freePort(t)
+	args := []string{"-l", fmt.Sprintf("http=tcp://127.0.0.1:%d", tcp), "-l", fmt.Sprintf("echo=udp://127.0.0.1:%d", udp), "-n", "2", "--ready", "notify", "--", testBin}
+	b := startBaton(t, env, args...)
+	b.waitReady(2)
+	oldPID := b.cmd.Process.Pid
+
+	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", tcp), 6*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	n := startTakeover(t, b, env, args...)
+	if code := b.waitExit(30 * time.Second); code != 0 {
+		t.Errorf("old instance exited %d after the takeover, want 0", code)
+	}
+	st := n.waitReady(2)
+	if st.PID != n.cmd.Process.Pid || st.PID == oldPID {
+		t.Errorf("the control socket answers as pid %d; want the new instance %d", st.PID, n.cmd.Process.Pid)
+	}
+	checkLoad(t, wait())
+	if !strings.Contains(n.log.String(), "listener taken over") {
+		t.Errorf("the new instance did not take the listeners over:\n%s", n.log)
+	}
+}
+
+func TestTakeoverKeepsUDPAnswered(t *testing.T) {
+	requireE2E(t)
+	env := []string{workerEnv + "=udp-echo"}
+	args := []string{"-l", fmt.Sprintf("echo=udp://127.0.0.1:%d", freePort(t)), "-n", "2", "--ready", "notify", "--", testBin}
+	b := startBaton(t, env, args...)
+	b.waitReady(2)
+	addr := b.addr("echo")
+	stop := make(chan struct{})
+	var answered int
+	var uerr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); answered, uerr = udpLoad(t, addr, stop) }()
+	time.Sleep(300 * time.Millisecond)
+	args[1] = "echo=udp://" + addr
+	n := startTakeover(t, b, env, args...)
+	b.waitExit(30 * time.Second)
+	n.waitReady(2)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if uerr != nil || answered < 50 {
+		t.Errorf("UDP across the takeover: %d answered, %v", answered, uerr)
+	}
+}
+
+func TestTakeoverKilledMidwayChangesNothing(t *testing.T) {
+	requireE2E(t)
+	args := []string{"-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--", helloBin}
+	b := startBaton(t, nil, args...)
+	before := b.waitReady(2)
+	addr := b.addr("http")
+	wait := startLoad(addr, 5*time.Second)
+	time.Sleep(300 * time.Millisecond)
+
+	// The new instance's workers take 3s to be ready: it is killed while
+	// it holds the sockets and has not committed.
+	newArgs := []string{"-l", "http=tcp://" + addr, "-n", "2", "--ready", "delay:3s", "--", helloBin}
+	n := startTakeover(t, b, nil, newArgs...)
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(n.log.String(), "worker started") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new instance never started its workers:\n%s", n.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.done
+	checkLoad(t, wait())
+
+	after := b.waitReady(2)
+	if after.PID != before.PID || fmt.Sprint(workerPIDs(after)) != fmt.Sprint(workerPIDs(before)) {
+		t.Errorf("the old instance changed: before %+v, after %+v", before, after)
+	}
+	// Nothing leaked in the old instance, and it takes reloads again.
+	if after.Process.FDs != before.Process.FDs {
+		t.Errorf("old instance holds %d descriptors, %d before the aborted takeover", after.Process.FDs, before.Process.FDs)
+	}
+	if out, code := b.cli("reload"); code != 0 {
+		t.Errorf("reload after the aborted takeover: %s", out)
+	}
+}
+
+func TestTakeoverMismatchChangesNothing(t *testing.T) {
+	requireE2E(t)
+	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "1", "--ready", "notify", "--", helloBin)
+	before := b.waitReady(1)
+	addr := b.addr("http")
+	out, code := runBaton(t, nil, "run", "--control", b.ctl, "--takeover", b.ctl, "-l", "http=tcp://"+addr+"?balance=reuseport", "-n", "1", "--", helloBin)
+	if code == 0 || !strings.Contains(out, "balance") {
+		t.Errorf("takeover with another balance: exit %d, %q", code, out)
+	}
+	after := b.waitReady(1)
+	if after.Workers[0].PID != before.Workers[0].PID {
+		t.Errorf("the old instance changed")
+	}
+}

@@ -1,0 +1,77 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+)
+
+// Server serves /metrics over HTTP.
+type Server struct {
+	ln  net.Listener
+	srv *http.Server
+	log *slog.Logger
+}
+
+// Listen binds addr (HOST:PORT, or :PORT for every address) for the
+// metrics server; Serve then serves h at /metrics. Binding first lets
+// `baton run` fail before it starts any worker.
+func Listen(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		hint := ""
+		switch {
+		case errors.Is(err, syscall.EADDRINUSE):
+			hint = ": another process serves on it; choose another --metrics address"
+		case errors.Is(err, syscall.EACCES):
+			hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port such as 9100"
+		case errors.Is(err, syscall.EADDRNOTAVAIL):
+			hint = ": no interface of this host has that address"
+		}
+		return nil, fmt.Errorf("metrics: %w%s", err, hint)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "baton: metrics are at /metrics")
+	})
+	return &Server{
+		ln:  ln,
+		log: log,
+		srv: &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: 10 * time.Second,
+			WriteTimeout:      ScrapeTimeout + 10*time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		},
+	}, nil
+}
+
+// Addr is the bound address, with the real port when addr said 0.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve serves until Close.
+func (s *Server) Serve() {
+	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		s.log.Error("metrics server stopped", "err", err)
+	}
+}
+
+// Close stops serving, giving scrapes in progress a second to finish. It
+// closes the listening socket also when Serve never ran.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		err = s.srv.Close()
+	}
+	s.ln.Close() // already closed if Serve ran
+	return err
+}

@@ -1,0 +1,75 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/fdpass"
+	"github.com/baton-dev/baton/internal/takeover"
+)
+
+// giveAway serves a takeover request from a new instance (baton run
+// --takeover): it hands over every listener and the control socket, and,
+// once the new instance committed (its workers are ready), drains its own
+// workers and exits. Until then it serves as before; if the new instance
+// aborts or dies, nothing has changed.
+func (s *Supervisor) giveAway(ctx context.Context, peer control.Peer) (any, error) {
+	conn := control.ConnFrom(ctx)
+	if conn == nil {
+		return nil, errors.New("takeover: the control server did not hand over the connection")
+	}
+	var socks []takeover.Socket
+	var err error
+	if !s.call(func() { socks, err = s.offer() }) {
+		return nil, ErrStopping
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer s.call(func() { s.takingOver = false })
+	s.log.Info("takeover: handing the sockets to a new instance", "pid", peer.PID, "sockets", len(socks))
+	newPID, err := takeover.Give(ctx, conn, socks, func(c fdpass.Cred) error {
+		if c.PID != peer.PID {
+			return fmt.Errorf("the peer changed from pid %d to %d", peer.PID, c.PID)
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("takeover did not happen; serving on, unchanged", "err", err)
+		return control.Hijacked, nil
+	}
+	s.log.Info("takeover: the new instance serves now; draining and exiting", "new_pid", newPID)
+	if s.opts.OnTakenOver != nil {
+		s.opts.OnTakenOver(newPID)
+	}
+	if s.opts.Control != nil {
+		s.opts.Control.Release() // the socket file is the new instance's now
+	}
+	s.Stop(fmt.Sprintf("taken over by pid %d", newPID))
+	return control.Hijacked, nil
+}
+
+// offer lists the sockets to hand over and blocks reloads meanwhile.
+func (s *Supervisor) offer() ([]takeover.Socket, error) {
+	switch {
+	case s.stopping:
+		return nil, ErrStopping
+	case s.takingOver:
+		return nil, errors.New("takeover: another takeover is in progress")
+	case s.pending != nil || s.preparing:
+		return nil, errors.New("takeover: a reload is in progress; try again when it has finished")
+	}
+	var socks []takeover.Socket
+	for _, l := range s.active.listeners {
+		for _, sock := range l.Sockets() {
+			socks = append(socks, takeover.Socket{Name: l.Spec.Name, URL: l.Spec.URL(), Slot: l.SlotOf(sock), Fd: sock.Fd()})
+		}
+	}
+	if s.opts.Control != nil {
+		socks = append(socks, takeover.Socket{URL: "control", Slot: -1, Fd: s.opts.Control.Fd()})
+	}
+	s.takingOver = true
+	return socks, nil
+}

@@ -1,0 +1,157 @@
+package takeover
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/fdpass"
+)
+
+func countFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// giver serves one takeover request on a unix socket, as baton's control
+// socket would, and reports Give's outcome.
+func giver(t *testing.T, socks []Socket) (string, chan error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "ctl.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan error, 1)
+	go func() {
+		defer ln.Close()
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			out <- err
+			return
+		}
+		defer c.Close()
+		var req map[string]string
+		if err := readLine(context.Background(), c, &req); err != nil || req["method"] != "takeover" {
+			out <- errors.New("bad request")
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, err = Give(ctx, c, socks, func(fdpass.Cred) error { return nil })
+		out <- err
+	}()
+	return path, out
+}
+
+func listeners(t *testing.T, n int) []Socket {
+	t.Helper()
+	var socks []Socket
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := ln.(*net.TCPListener).File()
+		ln.Close()
+		t.Cleanup(func() { f.Close() })
+		socks = append(socks, Socket{Name: "l", URL: "tcp://" + ln.Addr().String(), Slot: -1, Fd: int(f.Fd())})
+	}
+	return socks
+}
+
+func TestTakeCommit(t *testing.T) {
+	before := countFds(t)
+	socks := listeners(t, 3)
+	path, gave := giver(t, socks)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	taken, err := Take(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if taken.OldPID != os.Getpid() || len(taken.Sockets) != 3 {
+		t.Fatalf("taken: pid %d, %d sockets", taken.OldPID, len(taken.Sockets))
+	}
+	for i, s := range taken.Sockets {
+		var a, b unix.Stat_t
+		unix.Fstat(s.Fd, &a)
+		unix.Fstat(socks[i].Fd, &b)
+		if a.Ino != b.Ino || s.URL != socks[i].URL {
+			t.Errorf("socket %d: inode %d url %s; sent inode %d url %s", i, a.Ino, s.URL, b.Ino, socks[i].URL)
+		}
+		unix.Close(s.Fd)
+	}
+	if err := taken.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-gave; err != nil {
+		t.Errorf("Give after a commit: %v", err)
+	}
+	for _, s := range socks {
+		unix.Close(s.Fd)
+	}
+	if after := countFds(t); after > before {
+		t.Errorf("%d descriptors before, %d after", before, after)
+	}
+}
+
+func TestTakeAbortAndVanish(t *testing.T) {
+	for _, how := range []string{"abort", "vanish"} {
+		t.Run(how, func(t *testing.T) {
+			socks := listeners(t, 2)
+			before := countFds(t)
+			path, gave := giver(t, socks)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			taken, err := Take(ctx, path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range taken.Sockets {
+				unix.Close(s.Fd)
+			}
+			if how == "abort" {
+				taken.Abort("the new configuration does not match")
+			} else {
+				taken.conn.Close()
+			}
+			err = <-gave
+			if !errors.Is(err, ErrAborted) {
+				t.Errorf("Give after the new instance went away (%s): %v, want ErrAborted", how, err)
+			}
+			if how == "abort" && err != nil && !strings.Contains(err.Error(), "does not match") {
+				t.Errorf("the reason did not reach the old instance: %v", err)
+			}
+			if after := countFds(t); after > before {
+				t.Errorf("%d descriptors before, %d after", before, after)
+			}
+		})
+	}
+}
+
+func FuzzReadLine(f *testing.F) {
+	f.Add([]byte(`{"verdict":"commit","pid":12}` + "\n"))
+	f.Add([]byte("{\n"))
+	f.Add([]byte("\x00\xff\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, c := net.Pipe()
+		defer a.Close()
+		go func() { c.Write(b); c.Close() }()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		var v verdict
+		readLine(ctx, a, &v)
+	})
+}
