@@ -157,7 +157,9 @@ func (q *handoffQueue) run(path string) {
 			s, err = handoff.DialSender(ctx, path)
 			cancel()
 			if err != nil {
-				q.failAll(err)
+				if q.failLast(err) {
+					return
+				}
 				continue
 			}
 		}
@@ -231,13 +233,22 @@ func (q *handoffQueue) take(g handoff.Grant) []*handoffReq {
 	return batch
 }
 
-func (q *handoffQueue) failAll(err error) {
+// failLast handles a sender that could not connect: while another sender
+// runs, this one leaves the queue to it and reports true (baton may have
+// granted the other all the room it has); the last one fails every
+// request waiting.
+func (q *handoffQueue) failLast(err error) (gone bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.running > 1 {
+		q.running--
+		return true
+	}
 	for _, r := range q.pending {
 		r.done <- err
 	}
 	q.pending = nil
+	return false
 }
 
 // listeners caches the local address of each inherited stream listener.
