@@ -35,24 +35,27 @@ func giver(t *testing.T, socks []Socket) (string, chan error) {
 	}
 	out := make(chan error, 1)
 	go func() {
-		defer ln.Close()
-		c, err := ln.AcceptUnix()
-		if err != nil {
-			out <- err
-			return
-		}
-		defer c.Close()
-		var req map[string]string
-		if err := readLine(context.Background(), c, &req); err != nil || req["method"] != "takeover" {
-			out <- errors.New("bad request")
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		_, err = Give(ctx, c, socks, func(fdpass.Cred) error { return nil })
-		out <- err
+		err := serveOne(ln, socks)
+		ln.Close()
+		out <- err // after every descriptor of this side is closed
 	}()
 	return path, out
+}
+
+func serveOne(ln *net.UnixListener, socks []Socket) error {
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var req map[string]string
+	if err := readLine(context.Background(), c, &req); err != nil || req["method"] != "takeover" {
+		return errors.New("bad request")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = Give(ctx, c, socks, func(fdpass.Cred) error { return nil })
+	return err
 }
 
 func listeners(t *testing.T, n int) []Socket {
