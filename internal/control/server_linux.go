@@ -349,7 +349,7 @@ func (s *Server) Release() error {
 type Afterward interface{ AfterReply() }
 
 // readLine reads one newline-terminated request of at most MaxRequest
-// bytes.
+// bytes. extra counts the bytes read past the newline.
 func readLine(c net.Conn, timeout time.Duration) (line []byte, extra int, err error) {
 	var buf []byte
 	chunk := make([]byte, 4096)
