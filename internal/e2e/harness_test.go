@@ -30,6 +30,7 @@ var (
 	batonBin    string
 	helloBin    string
 	selfbindBin string // examples/selfbind, built static (CGO_ENABLED=0)
+	clientBin   string // baton without the race detector, for client commands
 	chatBin     string // examples/chat
 	testBin     string // this test binary, which doubles as a worker
 )
@@ -68,6 +69,12 @@ func buildAndRun(m *testing.M) (int, error) {
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("building %s: %v\n%s", pkg, err, b)
 		}
+	}
+	// The client commands (reload, status, ...) start often; without the
+	// race detector they start in milliseconds.
+	clientBin = filepath.Join(binDir, "baton-client")
+	if b, err := exec.Command("go", "build", "-o", clientBin, "../../cmd/baton").CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("building the client: %v\n%s", err, b)
 	}
 	// A program that knows nothing of baton, statically linked.
 	cmd := exec.Command("go", "build", "-o", selfbindBin, "../../examples/selfbind")
@@ -195,11 +202,15 @@ func (b *instance) status() supervisor.Status {
 	return st
 }
 
-func (b *instance) tryStatus() (supervisor.Status, error) {
+func (b *instance) tryStatus() (supervisor.Status, error) { return b.tryStatusOf(true) }
+
+// tryStatusOf asks for the status, with the kernel's view or without
+// (cheaper, for polling).
+func (b *instance) tryStatusOf(kernel bool) (supervisor.Status, error) {
 	var st supervisor.Status
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	raw, err := control.Call(ctx, b.ctl, "status", nil)
+	raw, err := control.Call(ctx, b.ctl, "status", map[string]bool{"kernel": kernel})
 	if err != nil {
 		return st, err
 	}
@@ -217,7 +228,7 @@ func (b *instance) waitReady(n int) supervisor.Status {
 			b.t.Fatalf("baton exited: %v\n%s", b.err, b.log)
 		default:
 		}
-		if st, err := b.tryStatus(); err == nil && settled(st, n) {
+		if st, err := b.tryStatusOf(false); err == nil && settled(st, n) {
 			return st
 		}
 		if time.Now().After(deadline) {
@@ -278,15 +289,20 @@ func (b *instance) addr(name string) string {
 // combined output and exit code.
 func (b *instance) cli(args ...string) (string, int) {
 	b.t.Helper()
-	return runBaton(b.t, nil, append(args, "--control", b.ctl)...)
+	return runBin(b.t, clientBin, nil, append(args, "--control", b.ctl)...)
 }
 
 // runBaton runs the baton binary to completion (bounded to 2 minutes).
 func runBaton(t *testing.T, env []string, args ...string) (string, int) {
 	t.Helper()
+	return runBin(t, batonBin, env, args...)
+}
+
+func runBin(t *testing.T, bin string, env []string, args ...string) (string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, batonBin, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

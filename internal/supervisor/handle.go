@@ -24,6 +24,21 @@ func (p waitParams) wait() bool { return p.Wait == nil || *p.Wait }
 func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
 	switch req.Method {
 	case "status":
+		var p struct {
+			// Kernel, true unless given, adds the kernel's view (a few
+			// milliseconds of netlink and /proc on a busy host).
+			Kernel *bool `json:"kernel"`
+		}
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		if p.Kernel != nil && !*p.Kernel {
+			st, ok := s.Status()
+			if !ok {
+				return nil, ErrStopping
+			}
+			return st, nil
+		}
 		st, ok := s.KernelStatus(ctx)
 		if !ok {
 			return nil, ErrStopping
