@@ -19,6 +19,9 @@ func (s *Supervisor) KernelStatus(ctx context.Context) (Status, bool) {
 	st, ok := s.Status()
 	if ok && s.opts.Inspector != nil {
 		st.Kernel = s.opts.Inspector.Inspect(ctx, KernelInput(st))
+		// Counted again once the inspector holds its netlink socket, so
+		// that the count is the same from one request to the next.
+		st.Process = processStatus()
 	}
 	return st, ok
 }
