@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/baton-dev/baton/internal/cli.Version=$(VERSION)
 
-.PHONY: all build run test test-short lint fuzz bench-reload bench-balance help
+.PHONY: all build run test test-short lint fuzz reliability bench-reload bench-balance help
 
 all: build
 
@@ -30,6 +30,9 @@ lint: ## vet, gofmt and staticcheck (when installed)
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 20s)
 	@./scripts/fuzz.sh $(or $(FUZZTIME),20s)
+
+reliability: ## every fault and abuse of the reliability suite, 1,000 reloads; writes docs/reliability.md (about 6 min)
+	BATON_E2E_RELOADS=1000 $(GO) test -race -count=1 -timeout 30m -run '^TestReliability$$' ./internal/e2e -args -reliability-doc=$(CURDIR)/docs/reliability.md
 
 bench-reload: build ## wrk for 30s while reloading every 100ms, and the overhead against hello standalone
 	./bench/reload.sh

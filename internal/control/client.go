@@ -44,10 +44,14 @@ func Call(ctx context.Context, path, method string, params any) (json.RawMessage
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.Write(append(b, '\n')); err != nil {
-		return nil, fmt.Errorf("sending %s to baton at %s: %w", method, path, err)
-	}
+	_, werr := c.Write(append(b, '\n'))
+	// A server that refuses a peer answers before it reads the request
+	// and closes: the write then fails (EPIPE) while the refusal waits
+	// to be read. Read it, so that the caller learns why.
 	line, err := bufio.NewReaderSize(io.LimitReader(c, MaxReply), 64<<10).ReadBytes('\n')
+	if werr != nil && err != nil {
+		return nil, fmt.Errorf("sending %s to baton at %s: %w", method, path, werr)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%s: no answer from baton at %s: %w", method, path, ctx.Err())

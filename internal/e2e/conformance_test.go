@@ -304,23 +304,6 @@ func fcgiGet(addr, uri string) (string, error) {
 	}
 }
 
-func TestWorkersStopWhenBatonIsKilled(t *testing.T) {
-	requireE2E(t)
-	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--", helloBin)
-	st := b.waitReady(2)
-	addr := b.addr("http")
-	b.cmd.Process.Signal(syscall.SIGKILL)
-	<-b.done
-	waitGone(t, workerPIDs(st), 10*time.Second)
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-		c.Close()
-		t.Errorf("%s still accepts connections after baton and its workers are gone: an orphan holds the port", addr)
-	}
-	// A restarted baton serves the same address again.
-	b2 := startBaton(t, nil, "-l", "http=tcp://"+addr, "-n", "1", "--ready", "notify", "--", helloBin)
-	b2.waitReady(1)
-}
-
 func TestBatonAsPID1ReapsOrphans(t *testing.T) {
 	requireE2E(t)
 	requireRoot(t)

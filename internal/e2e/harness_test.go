@@ -140,8 +140,15 @@ func startBaton(t *testing.T, env []string, args ...string) *instance {
 // startBatonAt is startBaton with the control socket at ctl.
 func startBatonAt(t *testing.T, ctl string, env []string, args ...string) *instance {
 	t.Helper()
+	return startBin(t, batonBin, ctl, env, args...)
+}
+
+// startBin is startBatonAt with the baton binary bin: clientBin measures
+// baton without the race detector's memory.
+func startBin(t *testing.T, bin, ctl string, env []string, args ...string) *instance {
+	t.Helper()
 	b := &instance{t: t, ctl: ctl, log: &logBuffer{}, done: make(chan struct{})}
-	b.cmd = exec.Command(batonBin, append([]string{"run", "--control", ctl}, args...)...)
+	b.cmd = exec.Command(bin, append([]string{"run", "--control", ctl}, args...)...)
 	b.cmd.Env = append(os.Environ(), env...)
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	if err := b.cmd.Start(); err != nil {

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/loadgen"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -276,40 +275,4 @@ func TestDrainingGenerationDoesNotBlockReload(t *testing.T) {
 	if st.Generation != 3 || draining != 2 {
 		t.Errorf("generation %d with %d draining workers; want generation 3 serving while 1 and 2 drain", st.Generation, draining)
 	}
-}
-
-func TestNoLeakAcrossReloads(t *testing.T) {
-	requireE2E(t)
-	// No periodic kernel check: it holds a netlink socket for a moment
-	// every interval, which would show up in a count taken then.
-	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--inspect-interval", "0", "--", helloBin)
-	b.waitReady(2)
-	reload := func(i int) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if _, err := control.Call(ctx, b.ctl, "reload", nil); err != nil {
-			t.Fatalf("reload %d: %v", i, err)
-		}
-	}
-	reload(1)
-	first := settledProcess(t, b)
-	for i := 0; i < 49; i++ {
-		reload(i + 2)
-	}
-	last := settledProcess(t, b)
-	if first.FDs != last.FDs || first.Goroutines != last.Goroutines {
-		t.Errorf("after 1 reload: %d fds, %d goroutines; after 50: %d fds, %d goroutines", first.FDs, first.Goroutines, last.FDs, last.Goroutines)
-	}
-}
-
-// settledProcess waits until no worker drains and returns baton's own
-// resource counts.
-func settledProcess(t *testing.T, b *instance) supervisor.ProcessStatus {
-	t.Helper()
-	st := b.waitReady(2)
-	// Let output readers of exited workers finish.
-	time.Sleep(300 * time.Millisecond)
-	st = b.waitReady(2)
-	return st.Process
 }

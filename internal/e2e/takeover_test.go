@@ -122,10 +122,7 @@ func TestTakeoverKilledMidwayChangesNothing(t *testing.T) {
 	args := []string{"-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--inspect-interval", "0", "--", helloBin}
 	b := startBaton(t, nil, args...)
 	before := b.waitReady(2)
-	// The descriptors baton holds at rest: the fewest of a few counts,
-	// since a count can catch a descriptor that is only passing through
-	// (a status request's own, a worker's notify message).
-	base := steadyFDs(b)
+	base := restingFDs(b)
 	addr := b.addr("http")
 	wait := startLoad(addr, 5*time.Second)
 	time.Sleep(300 * time.Millisecond)
@@ -151,25 +148,12 @@ func TestTakeoverKilledMidwayChangesNothing(t *testing.T) {
 	}
 	// Nothing leaked in the old instance: a leak stays, a passing
 	// descriptor goes.
-	if got := steadyFDs(b); got > base {
+	if got := restingFDs(b); got > base {
 		t.Errorf("the old instance holds %d descriptors at rest, %d before the aborted takeover", got, base)
 	}
 	if out, code := b.cli("reload"); code != 0 {
 		t.Errorf("reload after the aborted takeover: %s", out)
 	}
-}
-
-// steadyFDs returns the fewest descriptors baton reported over a few
-// status requests: what it holds at rest.
-func steadyFDs(b *instance) int {
-	least := -1
-	for i := 0; i < 10; i++ {
-		if n := b.status().Process.FDs; least < 0 || n < least {
-			least = n
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return least
 }
 
 func TestTakeoverMismatchChangesNothing(t *testing.T) {

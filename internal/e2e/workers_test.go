@@ -29,7 +29,8 @@ const workerEnv = "E2E_WORKER"
 const (
 	// failFile: when it exists and holds "fail", the http worker exits 1
 	// at start, like a bad deploy. When it holds "noready" the worker
-	// serves but never sends READY=1.
+	// serves but never sends READY=1; "slow", it waits 3s before it
+	// serves and says it is ready.
 	failFile = "E2E_FAIL_FILE"
 	// drainDelay: the http worker lingers this long after it has drained,
 	// like a worker with long-lived connections.
@@ -37,6 +38,8 @@ const (
 	// reportDir: the env and activation workers write a JSON report
 	// there, one file per process.
 	reportDir = "E2E_REPORT_DIR"
+	// nofile: the http worker lowers its soft RLIMIT_NOFILE to this.
+	nofile = "E2E_NOFILE"
 )
 
 func runWorker(mode string) int {
@@ -82,6 +85,14 @@ func httpWorker() error {
 		case "noready":
 			<-baton.Stopping()
 			return nil
+		case "slow":
+			time.Sleep(3 * time.Second)
+		}
+	}
+	if n, err := strconv.ParseUint(os.Getenv(nofile), 10, 64); err == nil {
+		lim := unix.Rlimit{Cur: n, Max: n}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return fmt.Errorf("lowering RLIMIT_NOFILE to %d: %w", n, err)
 		}
 	}
 	mux := http.NewServeMux()

@@ -56,11 +56,17 @@ func (s *Supervisor) quiesceThenSignal(w *worker, ports []uint16, wait time.Dura
 	}
 }
 
-// signalStop sends the worker its stop signal.
+// signalStop sends the worker its stop signal, then SIGCONT as systemd
+// does: a worker someone stopped (SIGSTOP, a debugger's detach, a frozen
+// terminal) would otherwise keep the signal pending and the connections
+// it accepted unanswered until the drain deadline kills it; continued, it
+// drains them.
 func (s *Supervisor) signalStop(w *worker) {
 	if err := w.proc.Signal(w.gen.cfg.StopSignal); err != nil {
 		s.log.Debug("stop signal not delivered", w.attrs("err", err)...)
+		return
 	}
+	w.proc.Signal(syscall.SIGCONT)
 }
 
 // tcpPorts lists the ports of the generation's TCP listeners.

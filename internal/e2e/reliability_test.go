@@ -1,0 +1,188 @@
+package e2e
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The reliability suite: every fault and abuse baton is known to survive,
+// each run against a real baton under load, each reporting in one line
+// what it observed. `make reliability` writes docs/reliability.md from
+// the outcomes, and TestReliabilityDocCoversEveryCase keeps that file
+// listing every case, so it cannot go stale.
+
+// reliabilityCase is one fault or abuse. run fails the test when baton
+// does not survive it, and returns what it observed.
+type reliabilityCase struct {
+	area string // Faults, Abuse or Resources
+	name string // what is done to baton, as the table's first column says it
+	run  func(t *testing.T) string
+}
+
+// reliabilityCases lists every case; the table in docs/reliability.md
+// follows this order.
+func reliabilityCases() []reliabilityCase {
+	var all []reliabilityCase
+	for _, cs := range [][]reliabilityCase{faultCases, abuseCases, resourceCases} {
+		all = append(all, cs...)
+	}
+	return all
+}
+
+var reliabilityDoc = flag.String("reliability-doc", "", "write the reliability table to this file (make reliability)")
+
+// outcome is what one case observed.
+type outcome struct {
+	c        reliabilityCase
+	observed string
+	passed   bool
+	took     time.Duration
+}
+
+func TestReliability(t *testing.T) {
+	requireE2E(t)
+	var (
+		mu       sync.Mutex
+		outcomes []outcome
+	)
+	for _, c := range reliabilityCases() {
+		t.Run(caseName(c), func(t *testing.T) {
+			start := time.Now()
+			var observed string
+			defer func() {
+				mu.Lock()
+				outcomes = append(outcomes, outcome{c, observed, !t.Failed(), time.Since(start)})
+				mu.Unlock()
+			}()
+			observed = c.run(t)
+			t.Logf("%s: %s", c.name, observed)
+		})
+	}
+	if *reliabilityDoc != "" {
+		if err := os.WriteFile(*reliabilityDoc, reliabilityTable(outcomes), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s", *reliabilityDoc)
+	}
+}
+
+// caseName is a case's subtest name: its name in CamelCase-free words.
+func caseName(c reliabilityCase) string {
+	return c.area + "/" + regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(c.name, "_")
+}
+
+func reliabilityTable(outs []outcome) []byte {
+	var b bytes.Buffer
+	b.WriteString(`# What baton survives
+
+Every fault and abuse below is a case of the reliability suite
+(internal/e2e/reliability*_test.go). Each runs against the real baton
+binary (built with the race detector), under a bounded HTTP load on
+loopback where it says so, and asserts on failed requests and on baton's
+descriptor, goroutine and process counts afterwards. This file is written
+by the suite itself:
+
+    make reliability
+
+and TestReliabilityDocCoversEveryCase fails when a case is missing here.
+The figures are from the run that wrote it; the machine is in the last line.
+
+`)
+	area := ""
+	for _, o := range outs {
+		if o.c.area != area {
+			area = o.c.area
+			fmt.Fprintf(&b, "\n## %s\n\n| Fault or abuse | Outcome observed | Result |\n|---|---|---|\n", area)
+		}
+		result := "survived"
+		if !o.passed {
+			result = "**FAILED**"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s (%.1fs) |\n", o.c.name, strings.ReplaceAll(o.observed, "|", `\|`), result, o.took.Seconds())
+	}
+	host, _ := os.Hostname()
+	fmt.Fprintf(&b, "\nWritten %s on %s (%s).\n", time.Now().UTC().Format("2006-01-02"), machine(), host)
+	return b.Bytes()
+}
+
+// machine describes the machine in a few words: CPUs and memory.
+func machine() string {
+	cpus := 0
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		cpus = strings.Count(string(b), "\nprocessor")
+		if strings.HasPrefix(string(b), "processor") {
+			cpus++
+		}
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 1 {
+			if kb, err := strconv.Atoi(f[1]); err == nil {
+				mem = fmt.Sprintf(", %d GiB", (kb+512*1024)/(1024*1024))
+			}
+		}
+	}
+	return fmt.Sprintf("%d CPUs%s", cpus, mem)
+}
+
+func TestReliabilityDocCoversEveryCase(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "reliability.md"))
+	if err != nil {
+		t.Fatalf("docs/reliability.md: %v; write it with `make reliability`", err)
+	}
+	for _, c := range reliabilityCases() {
+		if !bytes.Contains(doc, []byte("| "+c.name+" |")) {
+			t.Errorf("docs/reliability.md has no row for %q; write it again with `make reliability`", c.name)
+		}
+	}
+}
+
+// restingFDs returns the fewest descriptors baton reported over a few
+// status requests (with the kernel's view, whose netlink socket baton
+// keeps): what it holds at rest, not counting one passing through (a
+// status request's own, a worker's notify message).
+func restingFDs(b *instance) int {
+	least := -1
+	for i := 0; i < 10; i++ {
+		if n := b.status().Process.FDs; least < 0 || n < least {
+			least = n
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return least
+}
+
+// children lists the pids whose parent is pid.
+func children(pid int) []int {
+	var kids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			kids = append(kids, p)
+		}
+	}
+	return kids
+}
