@@ -339,22 +339,3 @@ func TestBatonAsPID1ReapsOrphans(t *testing.T) {
 		t.Errorf("zombie children of baton: %v", z)
 	}
 }
-
-// zombiesOf lists zombie processes whose parent is ppid.
-func zombiesOf(ppid int) []int {
-	var out []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		i := strings.LastIndexByte(string(b), ')')
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(ppid) {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			out = append(out, pid)
-		}
-	}
-	return out
-}

@@ -66,7 +66,8 @@ func startAbused(t *testing.T, d time.Duration) *abused {
 	t.Helper()
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", strconv.Itoa(abuseWorkers), "--ready", "notify", "--", helloBin)
 	st := b.waitReady(abuseWorkers)
-	a := &abused{b: b, workers: sortedPIDs(st), fds: restingFDs(b), goroutines: restingGoroutines(b)}
+	a := &abused{b: b, workers: sortedPIDs(st)}
+	a.fds, a.goroutines = resting(b)
 	a.wait = startLoad(b.addr("http"), d)
 	time.Sleep(200 * time.Millisecond) // the load is under way
 	return a
@@ -93,11 +94,14 @@ func (a *abused) survived(t *testing.T) string {
 	if got := sortedPIDs(st); !slices.Equal(got, a.workers) {
 		t.Errorf("workers replaced: %v, were %v", got, a.workers)
 	}
-	fds := sampleUntil(func() int { return restingFDs(b) }, a.fds)
+	// What a closed connection held may still be on its way out.
+	fds, gs := resting(b)
+	for deadline := time.Now().Add(10 * time.Second); (fds > a.fds || gs > a.goroutines) && time.Now().Before(deadline); {
+		fds, gs = resting(b)
+	}
 	if fds > a.fds {
 		t.Errorf("baton holds %d descriptors at rest, %d before the abuse: %d leaked", fds, a.fds, fds-a.fds)
 	}
-	gs := sampleUntil(func() int { return restingGoroutines(b) }, a.goroutines)
 	if gs > a.goroutines {
 		t.Errorf("baton runs %d goroutines at rest, %d before the abuse: %d leaked", gs, a.goroutines, gs-a.goroutines)
 	}
@@ -115,31 +119,6 @@ func sortedPIDs(st supervisor.Status) []int {
 	pids := workerPIDs(st)
 	slices.Sort(pids)
 	return pids
-}
-
-// restingGoroutines is restingFDs for baton's goroutines.
-func restingGoroutines(b *instance) int {
-	least := -1
-	for range 10 {
-		if n := b.status().Process.Goroutines; least < 0 || n < least {
-			least = n
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return least
-}
-
-// sampleUntil calls sample until it returns at most want, for up to 10
-// seconds, and returns the last sample: what a closed connection held may
-// still be on its way out.
-func sampleUntil(sample func() int, want int) int {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		n := sample()
-		if n <= want || time.Now().After(deadline) {
-			return n
-		}
-	}
 }
 
 // dialControl connects to a control socket (or, with a name starting with

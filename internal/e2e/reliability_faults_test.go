@@ -15,6 +15,7 @@ import (
 
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/loadgen"
+	"github.com/baton-dev/baton/internal/sockdiag"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
 
@@ -34,9 +35,9 @@ var faultCases = []reliabilityCase{
 // them may be on a worker that is killed.
 const loadConns = 8
 
-// atRest is what baton holds when nothing is happening: its descriptors
-// and its child processes.
-type atRest struct{ fds, kids int }
+// atRest is what baton holds when nothing is happening: its descriptors,
+// goroutines, child processes and resident memory.
+type atRest struct{ fds, goroutines, kids, rss int }
 
 func (r atRest) String() string { return fmt.Sprintf("%d fds and %d children", r.fds, r.kids) }
 
@@ -45,11 +46,15 @@ func (r atRest) String() string { return fmt.Sprintf("%d fds and %d children", r
 func rest(b *instance, n int) atRest {
 	b.t.Helper()
 	b.waitReady(n)
+	pid := b.cmd.Process.Pid
 	deadline := time.Now().Add(30 * time.Second)
-	for len(children(b.cmd.Process.Pid)) != n && time.Now().Before(deadline) {
+	for len(children(pid)) != n && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	return atRest{restingFDs(b), len(children(b.cmd.Process.Pid))}
+	r := atRest{kids: len(children(pid))}
+	r.fds, r.goroutines = resting(b)
+	r.rss = vmRSS(pid)
+	return r
 }
 
 // checkRest fails the test if baton holds more at rest than before.
@@ -378,7 +383,10 @@ func workerAtNofile(t *testing.T) string {
 	}()
 	// Let the worker accept until EMFILE, then ask on one more.
 	time.Sleep(500 * time.Millisecond)
-	open := countFDs(pid)
+	open, _, _, err := sockdiag.FDUsage(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	answer := make(chan error, 1)
 	go func() {
 		r := loadgen.Run(context.Background(), loadgen.Config{Addr: addr, Close: 1, MaxRequests: 1, Duration: 30 * time.Second, Timeout: 20 * time.Second})
@@ -410,12 +418,6 @@ func workerAtNofile(t *testing.T) string {
 	checkRest(t, before, after)
 	return fmt.Sprintf("worker limited to %d fds held %d open with %d idle connections; a request that came then waited in the queue and was answered once they closed; then %s requests, 0 failed; same worker",
 		limit, open, 2*limit, count(r.Requests))
-}
-
-// countFDs counts the descriptors pid has open.
-func countFDs(pid int) int {
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	return len(ents)
 }
 
 func batonKilled(t *testing.T) string {

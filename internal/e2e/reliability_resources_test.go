@@ -87,13 +87,13 @@ func reloadsDoNotGrow(t *testing.T) string {
 	for i := range warm {
 		reload(i + 1)
 	}
-	first := quiet(b)
+	first := rest(b, 2)
 	start := time.Now()
 	for i := warm; i < reloads; i++ {
 		reload(i + 1)
 	}
 	took := time.Since(start)
-	last := quiet(b)
+	last := rest(b, 2)
 	if last.fds > first.fds || last.goroutines > first.goroutines || last.kids != first.kids {
 		t.Errorf("after %d reloads: %v; after %d: %v", warm, first, reloads, last)
 	}
@@ -101,40 +101,9 @@ func reloadsDoNotGrow(t *testing.T) string {
 	if last.rss > first.rss+4<<20 {
 		t.Errorf("resident memory grew from %s after %d reloads to %s after %d", mib(first.rss), warm, mib(last.rss), reloads)
 	}
-	return fmt.Sprintf("after %d reloads: %v; after %d (%.0f reloads/s): %v", warm, first, reloads, float64(reloads-warm)/took.Seconds(), last)
+	return fmt.Sprintf("after %d reloads: %s; after %d (%.0f reloads/s): %s", warm, counts(first), reloads, float64(reloads-warm)/took.Seconds(), counts(last))
 }
 
-// quietCounts is what baton holds once nothing happens.
-type quietCounts struct{ fds, goroutines, kids, rss int }
-
-func (q quietCounts) String() string {
-	return fmt.Sprintf("%d fds, %d goroutines, %d children, %s resident", q.fds, q.goroutines, q.kids, mib(q.rss))
-}
-
-// quiet waits until the old workers are gone and returns the fewest of a
-// few counts (the status request itself comes and goes).
-func quiet(b *instance) quietCounts {
-	b.t.Helper()
-	b.waitReady(2)
-	deadline := time.Now().Add(30 * time.Second)
-	for len(children(b.cmd.Process.Pid)) != 2 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	q := quietCounts{kids: len(children(b.cmd.Process.Pid))}
-	for i := range 10 {
-		time.Sleep(50 * time.Millisecond)
-		st, err := b.tryStatusOf(false)
-		if err != nil {
-			b.t.Fatal(err)
-		}
-		p := st.Process
-		if i == 0 || p.FDs < q.fds {
-			q.fds = p.FDs
-		}
-		if i == 0 || p.Goroutines < q.goroutines {
-			q.goroutines = p.Goroutines
-		}
-		q.rss = max(q.rss, vmRSS(b.cmd.Process.Pid))
-	}
-	return q
+func counts(r atRest) string {
+	return fmt.Sprintf("%d fds, %d goroutines, %d children, %s resident", r.fds, r.goroutines, r.kids, mib(r.rss))
 }

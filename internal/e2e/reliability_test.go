@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,7 +76,8 @@ func TestReliability(t *testing.T) {
 	}
 }
 
-// caseName is a case's subtest name: its name in CamelCase-free words.
+// caseName is a case's subtest name: its area, then its name with every
+// run of other characters than letters and digits made one underscore.
 func caseName(c reliabilityCase) string {
 	return c.area + "/" + regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(c.name, "_")
 }
@@ -116,13 +118,6 @@ The figures are from the run that wrote it; the machine is in the last line.
 
 // machine describes the machine in a few words: CPUs and memory.
 func machine() string {
-	cpus := 0
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		cpus = strings.Count(string(b), "\nprocessor")
-		if strings.HasPrefix(string(b), "processor") {
-			cpus++
-		}
-	}
 	mem := ""
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		if f := strings.Fields(string(b)); len(f) > 1 {
@@ -131,7 +126,7 @@ func machine() string {
 			}
 		}
 	}
-	return fmt.Sprintf("%d CPUs%s", cpus, mem)
+	return fmt.Sprintf("%d CPUs%s", runtime.NumCPU(), mem)
 }
 
 func TestReliabilityDocCoversEveryCase(t *testing.T) {
@@ -146,42 +141,63 @@ func TestReliabilityDocCoversEveryCase(t *testing.T) {
 	}
 }
 
-// restingFDs returns the fewest descriptors baton reported over a few
-// status requests (with the kernel's view, whose netlink socket baton
-// keeps): what it holds at rest, not counting one passing through (a
-// status request's own, a worker's notify message).
-func restingFDs(b *instance) int {
-	least := -1
-	for i := 0; i < 10; i++ {
-		if n := b.status().Process.FDs; least < 0 || n < least {
-			least = n
+// resting returns the fewest descriptors and goroutines baton reported
+// over a few status requests (with the kernel's view, whose netlink socket
+// baton keeps): what it holds at rest, not counting what is only passing
+// through (a status request's own descriptor and goroutine, a worker's
+// notify message).
+func resting(b *instance) (fds, goroutines int) {
+	for i := range 10 {
+		p := b.status().Process
+		if i == 0 || p.FDs < fds {
+			fds = p.FDs
+		}
+		if i == 0 || p.Goroutines < goroutines {
+			goroutines = p.Goroutines
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return least
+	return fds, goroutines
 }
 
-// children lists the pids whose parent is pid.
-func children(pid int) []int {
+// children lists the pids whose parent is ppid, zombies included.
+func children(ppid int) []int {
 	var kids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
+	for pid := range childStates(ppid) {
+		kids = append(kids, pid)
+	}
+	return kids
+}
+
+// zombiesOf lists the zombie processes whose parent is ppid.
+func zombiesOf(ppid int) []int {
+	var out []int
+	for pid, state := range childStates(ppid) {
+		if state == "Z" {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// childStates maps each process whose parent is ppid to its state
+// (/proc/PID/stat: "pid (comm) state ppid ...").
+func childStates(ppid int) map[int]string {
+	kids := map[int]string{}
+	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...
 		i := bytes.LastIndexByte(b, ')')
 		if i < 0 {
 			continue
 		}
 		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			kids = append(kids, p)
+		if len(f) > 1 && f[1] == strconv.Itoa(ppid) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			kids[pid] = f[0]
 		}
 	}
 	return kids

@@ -122,7 +122,7 @@ func TestTakeoverKilledMidwayChangesNothing(t *testing.T) {
 	args := []string{"-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--inspect-interval", "0", "--", helloBin}
 	b := startBaton(t, nil, args...)
 	before := b.waitReady(2)
-	base := restingFDs(b)
+	base, _ := resting(b)
 	addr := b.addr("http")
 	wait := startLoad(addr, 5*time.Second)
 	time.Sleep(300 * time.Millisecond)
@@ -148,7 +148,7 @@ func TestTakeoverKilledMidwayChangesNothing(t *testing.T) {
 	}
 	// Nothing leaked in the old instance: a leak stays, a passing
 	// descriptor goes.
-	if got := restingFDs(b); got > base {
+	if got, _ := resting(b); got > base {
 		t.Errorf("the old instance holds %d descriptors at rest, %d before the aborted takeover", got, base)
 	}
 	if out, code := b.cli("reload"); code != 0 {

@@ -21,7 +21,7 @@ func (s *Supervisor) KernelStatus(ctx context.Context) (Status, bool) {
 		st.Kernel = s.opts.Inspector.Inspect(ctx, KernelInput(st))
 		// Counted again once the inspector holds its netlink socket, so
 		// that the count is the same from one request to the next.
-		st.Process.FDs = processStatus().FDs
+		st.Process.FDs = ownFDs()
 	}
 	return st, ok
 }

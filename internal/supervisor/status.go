@@ -174,12 +174,18 @@ func (s *Supervisor) status() Status {
 	return st
 }
 
+// ownFDs counts baton's open descriptors (0 if /proc cannot say).
+func ownFDs() int {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	return len(fds) - 1 // the directory's own descriptor
+}
+
 // processStatus reads baton's own descriptor count and resident memory.
 func processStatus() ProcessStatus {
-	p := ProcessStatus{Goroutines: runtime.NumGoroutine()}
-	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
-		p.FDs = len(fds) - 1 // the directory's own descriptor
-	}
+	p := ProcessStatus{Goroutines: runtime.NumGoroutine(), FDs: ownFDs()}
 	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
 		if f := strings.Fields(string(b)); len(f) > 1 {
 			pages, _ := strconv.Atoi(f[1])
