@@ -367,6 +367,43 @@ func ssQueues(tb testing.TB, lines [][]string, ino uint64) (recvQ, sendQ uint32)
 }
 
 // ssStateCounts counts the lines of `ss -tan` output by state.
+// peerPorts is the set of local ports of the test's client connections.
+func peerPorts(conns []net.Conn) map[uint16]bool {
+	ports := make(map[uint16]bool, len(conns))
+	for _, c := range conns {
+		ports[uint16(c.LocalAddr().(*net.TCPAddr).Port)] = true
+	}
+	return ports
+}
+
+// ours keeps the test's own sockets on a port: its listener and the
+// connections whose peer is one of the test's clients. A port picked by
+// bind(port 0) may still carry TIME-WAIT sockets of an earlier
+// connection (SO_REUSEADDR lets bind take such a port), so a count of
+// the whole port would also count sockets that are not the test's.
+func ours(socks []Socket, peers map[uint16]bool) []Socket {
+	var kept []Socket
+	for _, s := range socks {
+		if s.State == Listen || peers[s.Remote.Port()] {
+			kept = append(kept, s)
+		}
+	}
+	return kept
+}
+
+// ssOurs is ours for the lines of ss -tan: state, queues, local, peer.
+func ssOurs(lines [][]string, peers map[uint16]bool) [][]string {
+	var kept [][]string
+	for _, f := range lines {
+		peer := f[4]
+		p, err := strconv.ParseUint(peer[strings.LastIndexByte(peer, ':')+1:], 10, 16)
+		if f[0] == "LISTEN" || err == nil && peers[uint16(p)] {
+			kept = append(kept, f)
+		}
+	}
+	return kept
+}
+
 func ssStateCounts(lines [][]string) map[string]int {
 	n := make(map[string]int)
 	for _, f := range lines {
