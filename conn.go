@@ -24,7 +24,8 @@ import (
 // Close, os.ErrDeadlineExceeded past a deadline, io.EOF at the end).
 // Code that needs a *net.TCPConn or *net.UnixConn gets one from NetConn.
 type Conn struct {
-	f *os.File
+	f        *os.File
+	listener string // the listener it was accepted on, as handed over
 
 	addrs      sync.Once
 	local, rem net.Addr
@@ -37,14 +38,15 @@ var _ interface {
 	CloseRead() error
 } = (*Conn)(nil)
 
-// newConn takes over fd, a connected stream socket, and puts it in
-// non-blocking mode (a worker in another language may have had it
-// blocking), so that it goes through the poller.
-func newConn(fd int, name string) (*Conn, error) {
+// newConn takes over fd, a connected stream socket accepted on the
+// listener named listener, and puts it in non-blocking mode (a worker in
+// another language may have had it blocking), so that it goes through the
+// poller.
+func newConn(fd int, listener string) (*Conn, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	return &Conn{f: os.NewFile(uintptr(fd), name)}, nil
+	return &Conn{f: os.NewFile(uintptr(fd), "adopted:"+listener), listener: listener}, nil
 }
 
 // Read reads from the connection, as net.Conn's Read.
@@ -102,23 +104,25 @@ func (c *Conn) readAddrs() {
 	if err != nil {
 		return
 	}
+	// The syscall package's getsockname: x/sys/unix's makes a second
+	// system call for every IPv4 or IPv6 address (to rule out L2TP).
 	raw.Control(func(fd uintptr) {
-		if sa, err := unix.Getsockname(int(fd)); err == nil {
+		if sa, err := syscall.Getsockname(int(fd)); err == nil {
 			c.local = sockaddrAddr(sa)
 		}
-		if sa, err := unix.Getpeername(int(fd)); err == nil {
+		if sa, err := syscall.Getpeername(int(fd)); err == nil {
 			c.rem = sockaddrAddr(sa)
 		}
 	})
 }
 
-func sockaddrAddr(sa unix.Sockaddr) net.Addr {
+func sockaddrAddr(sa syscall.Sockaddr) net.Addr {
 	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
+	case *syscall.SockaddrInet4:
 		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
-	case *unix.SockaddrInet6:
+	case *syscall.SockaddrInet6:
 		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-	case *unix.SockaddrUnix:
+	case *syscall.SockaddrUnix:
 		return &net.UnixAddr{Name: a.Name, Net: "unix"}
 	}
 	return nil

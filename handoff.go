@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -282,6 +283,11 @@ func listenerOf(conn net.Conn) (string, error) {
 			}
 		}
 	})
+	if c, ok := conn.(*Conn); ok && slices.Contains(listeners.names, c.listener) {
+		// Adopted, and its listener is this process's too: no need to
+		// ask the kernel for its address.
+		return c.listener, nil
+	}
 	local := conn.LocalAddr()
 	for i, a := range listeners.addrs {
 		if sameListener(a, local) {
@@ -417,7 +423,7 @@ func adoptFrom(a *handoff.Adopter, q *adoptQueue) error {
 func fileConns(fds []fdpass.FD) []AdoptedConn {
 	out := make([]AdoptedConn, 0, len(fds))
 	for _, f := range fds {
-		c, err := newConn(f.Fd, "adopted:"+f.Name)
+		c, err := newConn(f.Fd, f.Name)
 		if err != nil {
 			unix.Close(f.Fd) // nothing this process can serve
 			continue

@@ -31,6 +31,13 @@ import (
 // during the move (VmHWM, reset before each). The clients are checked
 // afterwards: each is answered by the new generation.
 //
+// Two kinds of worker: worker=go-library serves each connection in a
+// goroutine and moves it with baton.Handoff and baton.Adopted, so the
+// figure includes what a Go worker spends per connection (its goroutine,
+// the poller, deadlines); worker=raw-fds holds plain descriptors and
+// speaks the protocol itself, as an event-loop server in another language
+// would, so the figure is the move itself: baton and the protocol.
+//
 //	go test -run '^$' -bench HandoffMove -benchtime 5x ./internal/e2e
 //
 // Without -race, the binaries under test are built without it too.
@@ -38,10 +45,19 @@ func BenchmarkHandoffMove(b *testing.B) {
 	if testing.Short() {
 		b.Skip("end-to-end benchmark: skipped with -short")
 	}
+	for _, w := range []struct{ name, mode string }{
+		{"worker=go-library", "hold"},
+		{"worker=raw-fds", "hold-fds"},
+	} {
+		b.Run(w.name, func(b *testing.B) { benchMove(b, w.mode) })
+	}
+}
+
+func benchMove(b *testing.B, mode string) {
 	n := benchEnv("HANDOFF_BENCH_CONNS", 15000)
 	workers := benchEnv("HANDOFF_BENCH_WORKERS", 2)
 	dir := b.TempDir()
-	bt := startBenchBaton(b, dir, workers)
+	bt := startBenchBaton(b, dir, mode, workers)
 	addr := bt.status(b).Listeners[0].Address
 
 	// n idle connections from n source addresses spread over 127.0.0.0/8,
@@ -147,6 +163,7 @@ func BenchmarkHandoffMove(b *testing.B) {
 		st := bt.status(b)
 		b.Logf("generation %d: %d connections moved in %s (%.0f/s); baton peak RSS %.1f MiB, %d fds; store %+v",
 			gen, n, move.Round(time.Millisecond), float64(n)/move.Seconds(), peak, st.Process.FDs, st.Handoff.Stats)
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("check-%d", gen)), nil, 0o644) // the raw workers' cue
 		checkServedBy(b, clients, gen)
 		b.StartTimer()
 	}
@@ -242,7 +259,7 @@ type benchBaton struct {
 	ctl string
 }
 
-func startBenchBaton(tb testing.TB, dir string, workers int) *benchBaton {
+func startBenchBaton(tb testing.TB, dir, mode string, workers int) *benchBaton {
 	tb.Helper()
 	sock, err := os.MkdirTemp("", "bt")
 	if err != nil {
@@ -256,7 +273,7 @@ func startBenchBaton(tb testing.TB, dir string, workers int) *benchBaton {
 	}
 	bt.cmd = exec.Command(batonBin, "run", "--control", bt.ctl, "-l", "echo=tcp://127.0.0.1:0", "-n", strconv.Itoa(workers),
 		"--ready", "notify", "--", testBin)
-	bt.cmd.Env = append(os.Environ(), workerEnv+"=hold", reportDir+"="+dir)
+	bt.cmd.Env = append(os.Environ(), workerEnv+"="+mode, reportDir+"="+dir)
 	bt.cmd.Stdout, bt.cmd.Stderr = logf, logf
 	if err := bt.cmd.Start(); err != nil {
 		tb.Fatal(err)
@@ -295,9 +312,13 @@ func (bt *benchBaton) call(method string, params any) (json.RawMessage, error) {
 	return control.Call(ctx, bt.ctl, method, params)
 }
 
+// tryStatus asks for baton's status without the kernel's view: that
+// view scans every worker's descriptors and dumps the port's sockets,
+// which with thousands of connections would cost baton more CPU than the
+// move being measured.
 func (bt *benchBaton) tryStatus() (supervisor.Status, error) {
 	var st supervisor.Status
-	raw, err := bt.call("status", nil)
+	raw, err := bt.call("status", map[string]bool{"kernel": false})
 	if err != nil {
 		return st, err
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"sync"
@@ -121,23 +122,30 @@ func holdWorker() error {
 		}
 	}()
 	go w.reportLoop()
-	if dir := os.Getenv("E2E_CPUPROFILE"); dir != "" && baton.Generation() > 1 {
-		f, _ := os.Create(filepath.Join(dir, fmt.Sprintf("start-%d.prof", os.Getpid())))
-		pprof.StartCPUProfile(f)
-		go func() {
-			<-stop
-			pprof.StopCPUProfile()
-		}()
+	// E2E_CPUPROFILE=DIR: CPU profiles at 1 kHz of the start (adoption,
+	// then whatever comes until the stop signal) and of the stop (the
+	// handoff) of every worker, in DIR/{start,stop}-PID.prof.
+	profDir := os.Getenv("E2E_CPUPROFILE")
+	profile := func(phase string) {
+		if profDir == "" {
+			return
+		}
+		pprof.StopCPUProfile()
+		f, err := os.Create(filepath.Join(profDir, fmt.Sprintf("%s-%d.prof", phase, os.Getpid())))
+		if err == nil {
+			runtime.SetCPUProfileRate(1000)
+			pprof.StartCPUProfile(f)
+		}
+	}
+	if baton.Generation() > 1 {
+		profile("start")
 	}
 	if err := baton.Ready(); err != nil {
 		return err
 	}
 	<-stop
-	if dir := os.Getenv("E2E_CPUPROFILE"); dir != "" {
-		f, _ := os.Create(filepath.Join(dir, fmt.Sprintf("stop-%d.prof", os.Getpid())))
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
-	}
+	profile("stop")
+	defer pprof.StopCPUProfile()
 	w.mu.Lock()
 	w.rep.StopNS = time.Now().UnixNano()
 	w.rep.CPUStopNS = cpuNS()

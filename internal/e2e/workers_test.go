@@ -64,6 +64,8 @@ func runWorker(mode string) int {
 		err = orphanWorker()
 	case "hold":
 		err = holdWorker()
+	case "hold-fds":
+		err = rawHoldWorker()
 	case "stall", "leak", "fds":
 		err = observeWorker(mode)
 	default:
