@@ -80,7 +80,7 @@ func (h *harness) handle(ctx context.Context, peer control.Peer, req control.Req
 	c := control.ConnFrom(ctx)
 	switch req.Method {
 	case MethodHandoff:
-		g, err := h.store.Grant()
+		g, err := h.store.Grant(ctx)
 		if err != nil {
 			return nil, err
 		}

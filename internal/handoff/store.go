@@ -134,6 +134,7 @@ type Store struct {
 	stats    Stats
 	timer    *time.Timer
 	others   fdEstimate
+	freed    chan struct{} // closed when room frees, if someone waits
 }
 
 // NewStore returns an empty store.
@@ -244,38 +245,100 @@ func (s *Store) dropLocked(e *entry, counter *int) {
 	unix.Close(e.fd)
 	s.stats.Held--
 	*counter++
+	s.roomFreedLocked()
+}
+
+// roomFreedLocked wakes the senders waiting for room.
+func (s *Store) roomFreedLocked() {
+	if s.freed != nil {
+		close(s.freed)
+		s.freed = nil
+	}
 }
 
 // Grant says how much a worker's first transfer may carry, or refuses:
-// baton is stopping, or its RLIMIT_NOFILE has no room left. Receive
-// reserves that room when it starts.
-func (s *Store) Grant() (Grant, error) {
+// baton is stopping, or its RLIMIT_NOFILE has no room left (after
+// waiting for some, as grantLocked does). Receive reserves that room when
+// it starts.
+func (s *Store) Grant(ctx context.Context) (Grant, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g, err := s.grantLocked()
+	g, err := s.grantLocked(ctx)
 	s.reserved -= g.MaxFDs
 	return g, err
 }
 
-// grantLocked computes a grant and reserves its room.
-func (s *Store) grantLocked() (Grant, error) {
-	if s.closed {
+// grantLocked computes a grant and reserves its room. When the store has
+// no room but a worker is adopting, room frees as it does: grantLocked
+// waits for it, up to transferTimeout, instead of refusing, so that a
+// move larger than baton's RLIMIT_NOFILE flows through baton, the senders
+// held back at the pace of the adopters. It unlocks s.mu while it waits.
+func (s *Store) grantLocked(ctx context.Context) (Grant, error) {
+	var timeout <-chan time.Time
+	for {
+		g, err := s.tryGrantLocked()
+		var full noRoomError
+		if err == nil || !errors.As(err, &full) || !s.adoptingLocked() {
+			if err != nil {
+				s.stats.Refused++
+			}
+			return g, err
+		}
+		if timeout == nil {
+			t := time.NewTimer(transferTimeout)
+			defer t.Stop()
+			timeout = t.C
+		}
+		if s.freed == nil {
+			s.freed = make(chan struct{})
+		}
+		freed := s.freed
+		s.mu.Unlock()
+		select {
+		case <-freed:
+			s.mu.Lock()
+			continue
+		case <-timeout:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
 		s.stats.Refused++
+		return Grant{}, fmt.Errorf("%w (waited %s for the next generation to adopt what baton holds)", err, transferTimeout)
+	}
+}
+
+// tryGrantLocked is grantLocked without waiting.
+func (s *Store) tryGrantLocked() (Grant, error) {
+	if s.closed {
 		return Grant{}, errors.New("baton is shutting down: no connection can be handed off; close it yourself")
 	}
 	if s.refuse != nil {
-		s.stats.Refused++
 		return Grant{}, s.refuse
 	}
 	room, err := s.roomLocked()
 	if err != nil {
-		s.stats.Refused++
 		return Grant{}, err
 	}
 	n := min(MaxFDs, room)
 	s.reserved += n
 	return Grant{MaxFDs: n, MaxState: s.cfg.MaxState, MaxBytes: MaxTransferBytes}, nil
 }
+
+// adoptingLocked reports whether a worker may adopt now, so that what
+// the store holds will leave it.
+func (s *Store) adoptingLocked() bool {
+	for sub := range s.subs {
+		if w, ok := s.workers[sub.w.PID]; ok && w.Adopt && !sub.retired {
+			return true
+		}
+	}
+	return false
+}
+
+// noRoomError is the refusal of a store whose room is used up.
+type noRoomError struct{ msg string }
+
+func (e noRoomError) Error() string { return e.msg }
 
 // roomLocked is how many more descriptors the store may take, or an
 // error that says why none.
@@ -285,7 +348,7 @@ func (s *Store) roomLocked() (int, error) {
 		if r := s.cfg.room(committed); r > 0 {
 			return r, nil
 		}
-		return 0, fmt.Errorf("no room for more connections (test limit); %d held", s.stats.Held)
+		return 0, noRoomError{fmt.Sprintf("no room for more connections (test limit); %d held", s.stats.Held)}
 	}
 	lim, err := GetNOFILE()
 	if err != nil {
@@ -295,8 +358,8 @@ func (s *Store) roomLocked() (int, error) {
 	open := others + committed
 	room := int(min(lim.Soft, 1<<30)) - open - Reserve
 	if room < 1 {
-		return 0, fmt.Errorf("baton (pid %d) has no room for more connections: about %d descriptors open or promised of its RLIMIT_NOFILE %d, %d of them kept in reserve, %d handed-off connections held: raise baton's limit (LimitNOFILE= in its systemd unit, or ulimit -n before baton run), or let the next generation adopt what baton holds first",
-			os.Getpid(), open, lim.Soft, Reserve, s.stats.Held)
+		return 0, noRoomError{fmt.Sprintf("baton (pid %d) has no room for more connections: about %d descriptors open or promised of its RLIMIT_NOFILE %d, %d of them kept in reserve, %d handed-off connections held: raise baton's limit (LimitNOFILE= in its systemd unit, or ulimit -n before baton run), or let the next generation adopt what baton holds first",
+			os.Getpid(), open, lim.Soft, Reserve, s.stats.Held)}
 	}
 	return room, nil
 }
@@ -334,6 +397,7 @@ func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Gran
 		s.mu.Lock()
 		s.stats.Senders--
 		s.reserved -= g.MaxFDs
+		s.roomFreedLocked()
 		s.mu.Unlock()
 		if total > 0 {
 			s.log.Info("connections handed off", "pid", src.PID, "slot", src.Slot, "generation", src.Generation, "connections", total)
@@ -365,7 +429,7 @@ func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Gran
 		s.reserved -= g.MaxFDs
 		g = Grant{}
 		s.storeLocked(fds, src.PID)
-		next, gerr := s.grantLocked()
+		next, gerr := s.grantLocked(ctx)
 		s.mu.Unlock()
 		next.Stored = len(fds)
 		if err := writeReply(c, next, gerr); err != nil {

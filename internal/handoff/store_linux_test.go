@@ -321,6 +321,58 @@ func TestFullStoreRefusesAndKeepsWhatItHolds(t *testing.T) {
 	}
 }
 
+// TestFullStoreWaitsWhileAdopting moves more connections than the store
+// has room for while a worker adopts: the sender is held back, not
+// refused, and every connection arrives.
+func TestFullStoreWaitsWhileAdopting(t *testing.T) {
+	checkLeaks(t)
+	h := newHarness(t, Config{room: func(committed int) int { return 100 - committed }})
+	const n = 250
+	clients, servers := pairs(t, n)
+	a := h.adopter(0)
+	h.allow()
+	s := h.sender()
+	cs := conns(t, servers, "web")
+	firstSent := make(chan struct{})
+	sent := make(chan error, 1)
+	go func() {
+		rest := cs
+		for first := true; len(rest) > 0; first = false {
+			k := min(len(rest), s.Grant().MaxFDs)
+			if err := s.Send(ctx(t), rest[:k]); err != nil {
+				sent <- fmt.Errorf("after %d of %d: %w", n-len(rest), n, err)
+				return
+			}
+			if first {
+				close(firstSent)
+			}
+			rest = rest[k:]
+		}
+		sent <- nil
+	}()
+	// The first 100 fill the store; the adopter has not read them yet,
+	// so the sender waits for its next grant.
+	h.waitStats("the store full", func(st Stats) bool { return st.Held == 100 })
+	select {
+	case <-firstSent:
+		t.Fatalf("the sender got a grant while the store was full; stats %+v", h.store.Stats())
+	default:
+	}
+	got := adoptN(t, a, n)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range clients {
+		if _, ok := got[localPort(c)]; !ok {
+			t.Errorf("connection from port %d lost", localPort(c))
+		}
+	}
+	st := h.waitStats("everything adopted", func(st Stats) bool { return st.Held == 0 && st.Adopted == n })
+	if st.Refused != 0 {
+		t.Errorf("stats %+v: want nothing refused", st)
+	}
+}
+
 // TestLowRLIMIT runs the store under a soft RLIMIT_NOFILE with room for
 // a few connections: the grant shrinks to that room, the next transfer
 // is refused with a reason that names the limit, and a sender that

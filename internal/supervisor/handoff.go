@@ -148,7 +148,7 @@ func (s *Supervisor) handleHandoff(ctx context.Context, peer control.Peer, req c
 		if err := control.DecodeParams(req.Params, &struct{}{}); err != nil {
 			return nil, err
 		}
-		g, err := store.Grant()
+		g, err := store.Grant(ctx)
 		if err != nil {
 			return nil, err
 		}
