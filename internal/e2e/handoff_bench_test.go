@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -60,38 +62,7 @@ func benchMove(b *testing.B, mode string) {
 	bt := startBenchBaton(b, dir, mode, workers)
 	addr := bt.status(b).Listeners[0].Address
 
-	// n idle connections from n source addresses spread over 127.0.0.0/8,
-	// so that neither side runs short of ports; SO_LINGER 0 on close so
-	// that none is left in TIME-WAIT for the next run.
-	clients := make([]*holdClient, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for w := range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < n; i += 64 {
-				local := &net.TCPAddr{IP: net.IPv4(127, 1, byte(i>>8), byte(i))}
-				c, err := (&net.Dialer{LocalAddr: local, Timeout: 30 * time.Second}).Dial("tcp", addr)
-				if err != nil {
-					errs <- err
-					return
-				}
-				c.(*net.TCPConn).SetLinger(0)
-				clients[i] = &holdClient{conn: c.(*net.TCPConn), r: bufio.NewReader(c)}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		for _, c := range clients {
-			c.conn.Close()
-		}
-	}()
+	clients := startClientProcs(b, addr, n)
 	gen := 1
 	waitReports(b, dir, func(r map[int]holdReport) bool {
 		return sumGen(r, gen, func(h holdReport) int64 { return h.Accepted }) == int64(n)
@@ -164,7 +135,7 @@ func benchMove(b *testing.B, mode string) {
 		b.Logf("generation %d: %d connections moved in %s (%.0f/s); baton peak RSS %.1f MiB, %d fds; store %+v",
 			gen, n, move.Round(time.Millisecond), float64(n)/move.Seconds(), peak, st.Process.FDs, st.Handoff.Stats)
 		os.WriteFile(filepath.Join(dir, fmt.Sprintf("check-%d", gen)), nil, 0o644) // the raw workers' cue
-		checkServedBy(b, clients, gen)
+		clients.check(b, gen)
 		b.StartTimer()
 	}
 	b.StopTimer()
@@ -208,36 +179,160 @@ func waitReports(tb testing.TB, dir string, ok func(map[int]holdReport) bool) ma
 	}
 }
 
-// checkServedBy checks that every client is answered by generation gen.
-func checkServedBy(tb testing.TB, clients []*holdClient, gen int) {
+// clientsPerProc is how many connections one client process holds: its
+// descriptors stay under the hard RLIMIT_NOFILE of 20,000 of the machines
+// this runs on.
+const clientsPerProc = 15000
+
+// clientProcs are the processes that hold the benchmark's clients, each
+// this test binary in the hold-clients mode, driven over its stdin and
+// stdout.
+type clientProcs []*clientProc
+
+type clientProc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+// startClientProcs connects n idle clients to addr from as many
+// processes as their descriptors need.
+func startClientProcs(tb testing.TB, addr string, n int) clientProcs {
 	tb.Helper()
+	var cps clientProcs
+	tb.Cleanup(func() {
+		for _, cp := range cps {
+			cp.in.Close() // the process closes its clients and exits
+			cp.cmd.Wait()
+		}
+	})
+	for first := 0; first < n; first += clientsPerProc {
+		cmd := exec.Command(testBin)
+		cmd.Env = append(os.Environ(), workerEnv+"=hold-clients", "E2E_CLIENTS="+fmt.Sprintf("%s %d %d", addr, first, min(clientsPerProc, n-first)))
+		cmd.Stderr = os.Stderr
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			tb.Fatal(err)
+		}
+		cps = append(cps, &clientProc{cmd: cmd, in: in, out: bufio.NewScanner(out)})
+	}
+	for _, cp := range cps {
+		cp.expect(tb, "connected")
+	}
+	return cps
+}
+
+func (cp *clientProc) expect(tb testing.TB, want string) {
+	tb.Helper()
+	if !cp.out.Scan() {
+		tb.Fatalf("client process %d ended: %v", cp.cmd.Process.Pid, cp.out.Err())
+	}
+	if got := cp.out.Text(); got != want {
+		tb.Fatalf("client process %d: %s", cp.cmd.Process.Pid, got)
+	}
+}
+
+// check has every client checked: each is answered by generation gen.
+func (cps clientProcs) check(tb testing.TB, gen int) {
+	tb.Helper()
+	for _, cp := range cps {
+		fmt.Fprintf(cp.in, "check %d\n", gen)
+	}
+	for _, cp := range cps {
+		cp.expect(tb, "ok")
+	}
+}
+
+// holdClients is the client process: E2E_CLIENTS is "ADDR FIRST N". It
+// connects N clients to ADDR, client i from its own address in
+// 127.0.0.0/8 (i counted from FIRST), so that no side runs short of
+// ports, and says "connected". Then, for each line "check GEN" on stdin,
+// it has every client send a line and answers "ok" when generation GEN
+// echoed them all, or the first error. At the end of stdin it closes the
+// clients with SO_LINGER 0, leaving nothing in TIME-WAIT for the next
+// run.
+func holdClients() error {
+	var addr string
+	var first, n int
+	if _, err := fmt.Sscanf(os.Getenv("E2E_CLIENTS"), "%s %d %d", &addr, &first, &n); err != nil {
+		return fmt.Errorf("E2E_CLIENTS: %w", err)
+	}
+	clients := make([]*holdClient, n)
+	err := each(n, func(i int) error {
+		g := first + i
+		local := &net.TCPAddr{IP: net.IPv4(127, byte(1+g>>16), byte(g>>8), byte(g))}
+		c, err := (&net.Dialer{LocalAddr: local, Timeout: 30 * time.Second}).Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		clients[i] = &holdClient{conn: c.(*net.TCPConn), r: bufio.NewReader(c)}
+		return nil
+	})
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				c.conn.Close()
+			}
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	fmt.Println("connected")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var gen int
+		if _, err := fmt.Sscanf(in.Text(), "check %d", &gen); err != nil {
+			return fmt.Errorf("command %q: %w", in.Text(), err)
+		}
+		bad := atomic.Int64{}
+		err := each(n, func(i int) error {
+			_, g, err := clients[i].echo("check")
+			if err == nil && g != gen {
+				err = fmt.Errorf("answered by generation %d", g)
+			}
+			if err != nil {
+				bad.Add(1)
+				return fmt.Errorf("client %d: %w", first+i, err)
+			}
+			return nil
+		})
+		if err != nil {
+			fmt.Printf("%d clients not served by generation %d: first %v\n", bad.Load(), gen, err)
+			continue
+		}
+		fmt.Println("ok")
+	}
+	return nil
+}
+
+// each runs f(0..n-1) on 64 goroutines and returns the first error; it
+// runs every f regardless.
+func each(n int, f func(i int) error) error {
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	bad := 0
+	var once sync.Once
 	var first error
 	for w := range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(clients); i += 64 {
-				_, g, err := clients[i].echo("check")
-				if err == nil && g != gen {
-					err = fmt.Errorf("answered by generation %d", g)
-				}
-				if err != nil {
-					mu.Lock()
-					if bad++; first == nil {
-						first = fmt.Errorf("client %d: %w", i, err)
-					}
-					mu.Unlock()
+			for i := w; i < n; i += 64 {
+				if err := f(i); err != nil {
+					once.Do(func() { first = err })
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if bad > 0 {
-		tb.Fatalf("%d clients not served by generation %d: first %v", bad, gen, first)
-	}
+	return first
 }
 
 // vmHWM is a process's peak resident memory in MiB.

@@ -66,6 +66,8 @@ func runWorker(mode string) int {
 		err = holdWorker()
 	case "hold-fds":
 		err = rawHoldWorker()
+	case "hold-clients":
+		err = holdClients() // not a worker: the handoff benchmark's clients
 	case "stall", "leak", "fds":
 		err = observeWorker(mode)
 	default:
