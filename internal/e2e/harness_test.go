@@ -56,7 +56,9 @@ func buildAndRun(m *testing.M) (int, error) {
 	if binDir, err = os.MkdirTemp("", "baton-e2e-"); err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(binDir)
+	if os.Getenv("E2E_KEEP_BINARIES") == "" { // set it to profile them with perf
+		defer os.RemoveAll(binDir)
+	}
 	if err := os.Chmod(binDir, 0o755); err != nil {
 		return 0, err
 	}
