@@ -131,6 +131,7 @@ type Store struct {
 	refuse   error // set by StopAccepting
 	closed   bool
 	reserved int // room granted to senders and not used yet
+	closing  int // adopted connections whose descriptors are being closed
 	stats    Stats
 	timer    *time.Timer
 	others   fdEstimate
@@ -365,7 +366,7 @@ func (e noRoomError) Error() string { return e.msg }
 // roomLocked is how many more descriptors the store may take, or an
 // error that says why none.
 func (s *Store) roomLocked() (int, error) {
-	committed := s.stats.Held + s.reserved
+	committed := s.stats.Held + s.reserved + s.closing
 	if s.cfg.room != nil {
 		if r := s.cfg.room(committed); r > 0 {
 			return r, nil
@@ -742,12 +743,17 @@ func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, peer 
 	unsure := err != nil && pctx.Err() != nil && !errors.Is(err, fdpass.ErrRefused)
 	cancel()
 	if err == nil {
-		// The worker holds them: close baton's copies, outside the lock
-		// and in runs (closeAll), then count them as gone.
+		// The worker holds them: close baton's copies outside the lock,
+		// in runs (closeAll). Until they are closed they still take room.
 		done := make([]int, len(b))
 		for i, e := range b {
 			done[i] = e.fd
 		}
+		s.mu.Lock()
+		s.stats.Held -= len(b)
+		s.stats.Adopted += len(b)
+		s.closing += len(b)
+		s.mu.Unlock()
 		closeAll(done)
 	}
 	s.mu.Lock()
@@ -755,8 +761,7 @@ func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, peer 
 	me.busy = false
 	switch {
 	case err == nil:
-		s.stats.Held -= len(b)
-		s.stats.Adopted += len(b)
+		s.closing -= len(b)
 		s.roomFreedLocked()
 		me.adopted += len(b)
 		s.dispatchLocked()
