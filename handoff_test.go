@@ -109,7 +109,7 @@ func TestHandoffAndAdopted(t *testing.T) {
 		c := control.ConnFrom(ctx)
 		switch r.Method {
 		case handoff.MethodHandoff:
-			g, err := st.Grant()
+			g, err := st.Grant(ctx)
 			if err != nil {
 				return nil, err
 			}

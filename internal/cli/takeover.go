@@ -29,7 +29,7 @@ type takenOver struct {
 func takeOver(path string, r *config.Resolved, log *slog.Logger) (*takenOver, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	t, err := takeover.Take(ctx, path)
+	t, err := takeover.Take(ctx, path, commitWithin(r.Supervisor))
 	if err != nil {
 		return nil, err
 	}
@@ -46,6 +46,17 @@ func takeOver(path string, r *config.Resolved, log *slog.Logger) (*takenOver, er
 	}
 	log.Info("takeover: received the running instance's sockets", "from_pid", t.OldPID, "sockets", len(t.Sockets))
 	return to, nil
+}
+
+// commitWithin is how long this instance asks the running one to wait
+// for its verdict: its workers' readiness deadline (or delay), and a
+// minute to bind new listeners and start them.
+func commitWithin(c supervisor.Config) time.Duration {
+	wait := c.ReadyTimeout
+	if !c.Ready.Notify && !c.Ready.Bind {
+		wait = c.Ready.Delay
+	}
+	return wait + time.Minute
 }
 
 // abort tells the old instance to carry on and closes what is left here.

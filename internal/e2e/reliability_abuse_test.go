@@ -44,6 +44,7 @@ var abuseCases = []reliabilityCase{
 	{"Abuse", "descriptors sent unasked (SCM_RIGHTS) with a takeover acknowledgement and a request", takeoverAckWithFDs},
 	{"Abuse", "a takeover peer that takes the sockets, then sends a malformed verdict", takeoverBadVerdict},
 	{"Abuse", "a takeover peer that stalls after the header", takeoverStalls},
+	{"Abuse", "a takeover peer that takes the sockets and never commits", takeoverNeverCommits},
 	{"Abuse", "a process that is not a worker on the worker and notify sockets", strangerOnWorkerSockets},
 }
 
@@ -546,11 +547,16 @@ type takeoverHeader struct {
 // ride on the next byte, and must stay unread. It retries while baton
 // still winds up an earlier takeover.
 func askTakeover(t *testing.T, b *instance) (*net.UnixConn, takeoverHeader) {
+	return askTakeoverWith(t, b, `{"method":"takeover"}`)
+}
+
+// askTakeoverWith is askTakeover with the request line req.
+func askTakeoverWith(t *testing.T, b *instance, req string) (*net.UnixConn, takeoverHeader) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c := dialControl(t, b.ctl)
-		if _, err := c.Write([]byte(`{"method":"takeover"}` + "\n")); err != nil {
+		if _, err := c.Write([]byte(req + "\n")); err != nil {
 			t.Fatal(err)
 		}
 		line, err := readByteLine(c)
@@ -774,8 +780,13 @@ func takeoverAckWithFDs(t *testing.T) string {
 // takeSockets asks for a takeover and receives the sockets as a new
 // instance would, closing them at once.
 func takeSockets(t *testing.T, b *instance) (*net.UnixConn, int) {
+	return takeSocketsWith(t, b, `{"method":"takeover"}`)
+}
+
+// takeSocketsWith is takeSockets with the request line req.
+func takeSocketsWith(t *testing.T, b *instance, req string) (*net.UnixConn, int) {
 	t.Helper()
-	c, h := askTakeover(t, b)
+	c, h := askTakeoverWith(t, b, req)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	got, err := fdpass.Recv(ctx, c, fdpass.Limits{MaxFDs: len(h.Sockets) + 1})
@@ -839,6 +850,29 @@ func takeoverStalls(t *testing.T) string {
 	checkServing(t, a)
 	return fmt.Sprintf("status answered meanwhile; a reload was refused (%q) until the peer hung up; then aborted and logged (%q); %s",
 		lastLine(out), reason, a.survived(t))
+}
+
+func takeoverNeverCommits(t *testing.T) string {
+	a := startAbused(t, 4*time.Second)
+	b := a.b
+	// It asks for 1.5s to commit, takes the sockets, and then neither
+	// commits nor aborts nor hangs up: baton gives up on it by itself.
+	start := time.Now()
+	c, n := takeSocketsWith(t, b, `{"method":"takeover","params":{"commit_within_ms":1500}}`)
+	defer c.Close()
+	reason := waitAborted(t, b, 1)
+	after := time.Since(start)
+	if !strings.Contains(reason, "did not commit within 1.5s") {
+		t.Errorf("aborted for %q; want the deadline named", reason)
+	}
+	checkServing(t, a)
+	survived := a.survived(t)
+	// Reloads are no longer held up by the takeover that was.
+	if out, code := b.cli("reload"); code != 0 {
+		t.Errorf("a reload after the takeover gave up: %s", out)
+	}
+	return fmt.Sprintf("the peer took the %d sockets and stayed connected without a verdict: baton gave up after %.1fs, the 1.5s the peer asked for (%q), and a reload then went through; %s",
+		n, after.Seconds(), reason, survived)
 }
 
 // workerEnvOf reads a variable of pid's environment.

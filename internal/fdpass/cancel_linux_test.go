@@ -182,7 +182,7 @@ func TestCancelOutlivesDeadlineReset(t *testing.T) {
 		b, oob := make([]byte, 4096), make([]byte, oobSize)
 		_, oobn, _, _, err := unix.Recvmsg(peer, b, oob, unix.MSG_CMSG_CLOEXEC)
 		got, _ := parseRights(oob[:oobn])
-		closeAll(got)
+		CloseAll(got)
 		read <- err
 		cancel()
 	}()

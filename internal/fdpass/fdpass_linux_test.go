@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,7 +134,7 @@ func sockets(t testing.TB, n int) []int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { closeAll(fds) })
+	t.Cleanup(func() { CloseAll(fds) })
 	return fds
 }
 
@@ -142,7 +143,7 @@ func makeSockets(n int) ([]int, error) {
 	for range n {
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			closeAll(fds)
+			CloseAll(fds)
 			return nil, os.NewSyscallError("socket", err)
 		}
 		fds = append(fds, fd)
@@ -288,7 +289,7 @@ func TestKernelStreamSemantics(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := parseRights(oob[:oobn])
-		closeAll(got)
+		CloseAll(got)
 		if err != nil || flags&unix.MSG_CTRUNC != 0 {
 			t.Fatalf("recvmsg: flags %#x, %v", flags, err)
 		}
@@ -324,7 +325,7 @@ func TestKernelStreamSemantics(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got, _ := parseRights(oob[:oobn]); len(got) > 0 {
-			closeAll(got)
+			CloseAll(got)
 			t.Fatalf("descriptors arrived again %d bytes before the end of the message", left)
 		}
 		left -= n
@@ -660,7 +661,7 @@ func runHelper(name string) error {
 		if err != nil {
 			return err
 		}
-		defer closeAll(fds)
+		defer CloseAll(fds)
 		sent, err := describe(fds, 8)
 		if err != nil {
 			return err
@@ -704,7 +705,7 @@ func helperNobody(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer closeAll(fds)
+	defer CloseAll(fds)
 	if err := Send(ctx, c, []FD{{Fd: fds[0], Name: "from-nobody"}}); err != nil {
 		return fmt.Errorf("sending to root: %w", err)
 	}
@@ -908,4 +909,33 @@ func TestPython(t *testing.T) {
 			t.Fatalf("descriptor %d came back as %q, meta %q, inode %d", i, back[i].Name, back[i].Meta, got)
 		}
 	}
+}
+
+// TestCloseAll closes runs and strays among open descriptors and leaves
+// every other open.
+func TestCloseAll(t *testing.T) {
+	var fds []int
+	for range 8 {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, p[0], p[1])
+	}
+	t.Cleanup(func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	})
+	slices.Sort(fds)
+	// Two runs, a stray, in no order, leaving gaps between them.
+	shut := []int{fds[9], fds[2], fds[3], fds[4], fds[12], fds[11], fds[15]}
+	CloseAll(shut)
+	for _, fd := range fds {
+		_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if want := slices.Contains(shut, fd); want != (err != nil) {
+			t.Errorf("fd %d: closed %v, want %v", fd, err != nil, want)
+		}
+	}
+	fds = slices.DeleteFunc(fds, func(fd int) bool { return slices.Contains(shut, fd) })
 }

@@ -237,7 +237,7 @@ func TestSendToFakeReceiver(t *testing.T) {
 					return
 				}
 				got, _ := parseRights(oob[:oobn])
-				closeAll(got)
+				CloseAll(got)
 				tt.reply(t, peer, extra)
 				if !tt.hang {
 					hangup()
@@ -280,7 +280,7 @@ func TestSendRefusedMidFrame(t *testing.T) {
 		b, oob := make([]byte, HeaderSize), make([]byte, oobSize)
 		_, oobn, _, _, err := unix.Recvmsg(peer, b, oob, unix.MSG_CMSG_CLOEXEC)
 		got, _ := parseRights(oob[:oobn])
-		closeAll(got)
+		CloseAll(got)
 		if err != nil {
 			t.Errorf("fake receiver: %v", err)
 		}
@@ -378,7 +378,7 @@ func FuzzRecv(f *testing.F) {
 		closeFDs(got)
 		c.Close()
 		<-done
-		closeAll(fds)
+		CloseAll(fds)
 		if after := fdCount(t); after != before {
 			t.Fatalf("%d descriptors open after Recv, %d before (Recv: %v)", after, before, err)
 		}

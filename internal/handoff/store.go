@@ -249,28 +249,6 @@ func (s *Store) dropLocked(e *entry, counter *int) {
 	s.roomFreedLocked()
 }
 
-// closeAll closes fds, each run of consecutive numbers with one
-// close_range(2) (Linux 5.9+), one close(2) each otherwise. Received
-// descriptors take the lowest free numbers, so a transfer's are mostly
-// one run, and a system call per descriptor is most of what baton spends
-// on a connection it passes on.
-func closeAll(fds []int) {
-	slices.Sort(fds)
-	for i := 0; i < len(fds); {
-		j := i
-		for j+1 < len(fds) && fds[j+1] == fds[j]+1 {
-			j++
-		}
-		if j > i && unix.CloseRange(uint(fds[i]), uint(fds[j]), 0) == nil {
-			i = j + 1
-			continue
-		}
-		for ; i <= j; i++ {
-			unix.Close(fds[i])
-		}
-	}
-}
-
 // roomFreedLocked wakes the senders waiting for room.
 func (s *Store) roomFreedLocked() {
 	if s.freed != nil {
@@ -744,7 +722,8 @@ func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, peer 
 	cancel()
 	if err == nil {
 		// The worker holds them: close baton's copies outside the lock,
-		// in runs (closeAll). Until they are closed they still take room.
+		// in runs (fdpass.CloseAll). Until they are closed they still
+		// take room.
 		done := make([]int, len(b))
 		for i, e := range b {
 			done[i] = e.fd
@@ -754,7 +733,7 @@ func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, peer 
 		s.stats.Adopted += len(b)
 		s.closing += len(b)
 		s.mu.Unlock()
-		closeAll(done)
+		fdpass.CloseAll(done)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

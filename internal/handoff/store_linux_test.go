@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -320,35 +319,6 @@ func TestFullStoreRefusesAndKeepsWhatItHolds(t *testing.T) {
 	if s2.Grant().MaxFDs != 100 {
 		t.Errorf("grant after the store emptied: %+v", s2.Grant())
 	}
-}
-
-// TestCloseAll closes runs and strays among open descriptors and leaves
-// every other open.
-func TestCloseAll(t *testing.T) {
-	var fds []int
-	for range 8 {
-		var p [2]int
-		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-			t.Fatal(err)
-		}
-		fds = append(fds, p[0], p[1])
-	}
-	t.Cleanup(func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-	})
-	slices.Sort(fds)
-	// Two runs, a stray, in no order, leaving gaps between them.
-	shut := []int{fds[9], fds[2], fds[3], fds[4], fds[12], fds[11], fds[15]}
-	closeAll(slices.Clone(shut))
-	for _, fd := range fds {
-		_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-		if want := slices.Contains(shut, fd); want != (err != nil) {
-			t.Errorf("fd %d: closed %v, want %v", fd, err != nil, want)
-		}
-	}
-	fds = slices.DeleteFunc(fds, func(fd int) bool { return slices.Contains(shut, fd) })
 }
 
 // TestFullStoreWaitsWhileAdopting moves more connections than the store

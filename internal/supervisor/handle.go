@@ -7,6 +7,7 @@ import (
 
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/handoff"
+	"github.com/baton-dev/baton/internal/takeover"
 )
 
 // Methods are the control socket's methods.
@@ -77,7 +78,15 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		}
 		return s.upgrade(ctx, p)
 	case "takeover":
-		return s.giveAway(ctx, peer)
+		var p takeover.Params
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		within, err := p.CommitWithin()
+		if err != nil {
+			return nil, err
+		}
+		return s.giveAway(ctx, peer, within)
 	case "stop":
 		var p waitParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {

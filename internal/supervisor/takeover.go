@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/fdpass"
@@ -14,8 +15,9 @@ import (
 // --takeover): it hands over every listener and the control socket, and,
 // once the new instance committed (its workers are ready), drains its own
 // workers and exits. Until then it serves as before; if the new instance
-// aborts or dies, nothing has changed.
-func (s *Supervisor) giveAway(ctx context.Context, peer control.Peer) (any, error) {
+// aborts, dies or has not committed within the time it asked for,
+// nothing has changed.
+func (s *Supervisor) giveAway(ctx context.Context, peer control.Peer, within time.Duration) (any, error) {
 	conn := control.ConnFrom(ctx)
 	if conn == nil {
 		return nil, errors.New("takeover: the control server did not hand over the connection")
@@ -30,7 +32,7 @@ func (s *Supervisor) giveAway(ctx context.Context, peer control.Peer) (any, erro
 	}
 	defer s.call(func() { s.takingOver = false })
 	s.log.Info("takeover: handing the sockets to a new instance", "pid", peer.PID, "sockets", len(socks))
-	newPID, err := takeover.Give(ctx, conn, socks, func(c fdpass.Cred) error {
+	newPID, err := takeover.Give(ctx, conn, socks, within, func(c fdpass.Cred) error {
 		if c.PID != peer.PID {
 			return fmt.Errorf("the peer changed from pid %d to %d", peer.PID, c.PID)
 		}

@@ -37,6 +37,33 @@ type verdict struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
+// Params are the params of a takeover request.
+type Params struct {
+	// CommitWithinMS is how long, in milliseconds, the new instance may
+	// take from its request to its verdict: starting its workers and
+	// waiting for them to be ready. The running instance aborts the
+	// takeover when it has passed. 0 means DefaultCommitWithin.
+	CommitWithinMS int64 `json:"commit_within_ms,omitempty"`
+}
+
+// Bounds of Params.CommitWithinMS.
+const (
+	DefaultCommitWithin = 5 * time.Minute
+	MaxCommitWithin     = time.Hour
+)
+
+// CommitWithin checks p and returns its deadline.
+func (p Params) CommitWithin() (time.Duration, error) {
+	d := time.Duration(p.CommitWithinMS) * time.Millisecond
+	switch {
+	case p.CommitWithinMS == 0:
+		return DefaultCommitWithin, nil
+	case p.CommitWithinMS < 0 || d > MaxCommitWithin:
+		return 0, fmt.Errorf("takeover: commit_within_ms %d: want 1 to %d (an hour), or 0 for %s", p.CommitWithinMS, MaxCommitWithin.Milliseconds(), DefaultCommitWithin)
+	}
+	return d, nil
+}
+
 // MaxLine bounds the protocol's JSON lines.
 const MaxLine = 1 << 20
 
@@ -47,11 +74,14 @@ var ErrAborted = errors.New("takeover aborted")
 // Give is the running instance's side, on the connection that asked for a
 // takeover: it describes socks and sends them (SCM_RIGHTS, each batch
 // acknowledged before the next), then waits for the new instance's
-// verdict. It returns the new instance's pid once it committed: the caller
-// then stops and exits, keeping its copies until then. Any other outcome
-// wraps ErrAborted and the caller carries on. allow checks the peer before
-// anything is sent.
-func Give(ctx context.Context, conn *net.UnixConn, socks []Socket, allow func(fdpass.Cred) error) (int, error) {
+// verdict, for at most within from now (Params.CommitWithin). It returns
+// the new instance's pid once it committed: the caller then stops and
+// exits, keeping its copies until then. Any other outcome wraps ErrAborted
+// and the caller carries on. allow checks the peer before anything is
+// sent.
+func Give(ctx context.Context, conn *net.UnixConn, socks []Socket, within time.Duration, allow func(fdpass.Cred) error) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
 	if err := writeLine(conn, header{PID: os.Getpid(), Sockets: socks}); err != nil {
 		return 0, fmt.Errorf("%w: describing the sockets: %v", ErrAborted, err)
 	}
@@ -63,7 +93,12 @@ func Give(ctx context.Context, conn *net.UnixConn, socks []Socket, allow func(fd
 		return 0, fmt.Errorf("%w: sending the sockets: %v", ErrAborted, err)
 	}
 	var v verdict
-	if err := readLine(ctx, conn, &v); err != nil {
+	switch err := readLine(ctx, conn, &v); {
+	case errors.Is(err, context.DeadlineExceeded):
+		return 0, fmt.Errorf("%w: the new instance did not commit within %s, the time it asked for", ErrAborted, within)
+	case errors.Is(err, errMalformed):
+		return 0, fmt.Errorf("%w: the new instance's verdict: %v", ErrAborted, err)
+	case err != nil:
 		return 0, fmt.Errorf("%w: the new instance went away before committing: %v", ErrAborted, err)
 	}
 	if v.Verdict != "commit" {
@@ -85,15 +120,16 @@ type Taken struct {
 
 // Take connects to a running instance's control socket at path, asks for
 // its sockets and receives them. The running instance keeps serving until
-// Commit.
-func Take(ctx context.Context, path string) (*Taken, error) {
+// Commit, which must come within commitWithin of the request, or it
+// carries on as if aborted.
+func Take(ctx context.Context, path string, commitWithin time.Duration) (*Taken, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("takeover: connecting to the running baton at %s: %w", path, err)
 	}
 	conn := c.(*net.UnixConn)
-	t, err := take(ctx, conn)
+	t, err := take(ctx, conn, Params{CommitWithinMS: commitWithin.Milliseconds()})
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("takeover from %s: %w", path, err)
@@ -101,8 +137,8 @@ func Take(ctx context.Context, path string) (*Taken, error) {
 	return t, nil
 }
 
-func take(ctx context.Context, conn *net.UnixConn) (*Taken, error) {
-	if err := writeLine(conn, map[string]string{"method": "takeover"}); err != nil {
+func take(ctx context.Context, conn *net.UnixConn, p Params) (*Taken, error) {
+	if err := writeLine(conn, map[string]any{"method": "takeover", "params": p}); err != nil {
 		return nil, err
 	}
 	var h header
@@ -158,6 +194,9 @@ func writeLine(c net.Conn, v any) error {
 	return err
 }
 
+// errMalformed marks a line that is not the JSON expected.
+var errMalformed = errors.New("not a valid line of the takeover protocol")
+
 // readLine reads one JSON line a byte at a time: what follows on the
 // connection (descriptors riding on the next bytes) must stay unread.
 func readLine(ctx context.Context, c net.Conn, v any) error {
@@ -176,10 +215,13 @@ func readLine(ctx context.Context, c net.Conn, v any) error {
 			return err
 		}
 		if b[0] == '\n' {
-			return json.Unmarshal(line, v)
+			if err := json.Unmarshal(line, v); err != nil {
+				return fmt.Errorf("%w: %v", errMalformed, err)
+			}
+			return nil
 		}
 		if line = append(line, b[0]); len(line) > MaxLine {
-			return fmt.Errorf("a line longer than %d bytes", MaxLine)
+			return fmt.Errorf("%w: a line longer than %d bytes", errMalformed, MaxLine)
 		}
 	}
 }

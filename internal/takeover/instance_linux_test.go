@@ -48,13 +48,20 @@ func serveOne(ln *net.UnixListener, socks []Socket) error {
 		return err
 	}
 	defer c.Close()
-	var req map[string]string
-	if err := readLine(context.Background(), c, &req); err != nil || req["method"] != "takeover" {
+	var req struct {
+		Method string
+		Params Params
+	}
+	if err := readLine(context.Background(), c, &req); err != nil || req.Method != "takeover" {
 		return errors.New("bad request")
+	}
+	within, err := req.Params.CommitWithin()
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err = Give(ctx, c, socks, func(fdpass.Cred) error { return nil })
+	_, err = Give(ctx, c, socks, within, func(fdpass.Cred) error { return nil })
 	return err
 }
 
@@ -80,7 +87,7 @@ func TestTakeCommit(t *testing.T) {
 	path, gave := giver(t, socks)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	taken, err := Take(ctx, path)
+	taken, err := Take(ctx, path, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +117,53 @@ func TestTakeCommit(t *testing.T) {
 	}
 }
 
+// A new instance that takes the sockets and then neither commits nor
+// aborts: the old one gives up once the time it asked for has passed.
+func TestTakeStallsPastItsDeadline(t *testing.T) {
+	socks := listeners(t, 1)
+	path, gave := giver(t, socks)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	taken, err := Take(ctx, path, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.conn.Close()
+	for _, s := range taken.Sockets {
+		unix.Close(s.Fd)
+	}
+	select {
+	case err := <-gave:
+		if !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), "did not commit within 300ms") {
+			t.Errorf("Give past the deadline: %v; want ErrAborted naming it", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Give still waits for a verdict 20s after a 300ms deadline")
+	}
+	if err := taken.Commit(ctx); err == nil {
+		t.Error("a commit after the old instance gave up was confirmed")
+	}
+}
+
+func TestCommitWithinBounds(t *testing.T) {
+	for _, tc := range []struct {
+		ms   int64
+		want time.Duration
+		bad  bool
+	}{
+		{0, DefaultCommitWithin, false},
+		{1500, 1500 * time.Millisecond, false},
+		{MaxCommitWithin.Milliseconds(), MaxCommitWithin, false},
+		{-1, 0, true},
+		{MaxCommitWithin.Milliseconds() + 1, 0, true},
+	} {
+		got, err := Params{CommitWithinMS: tc.ms}.CommitWithin()
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("commit_within_ms %d: %s, %v; want %s, error %v", tc.ms, got, err, tc.want, tc.bad)
+		}
+	}
+}
+
 func TestTakeAbortAndVanish(t *testing.T) {
 	for _, how := range []string{"abort", "vanish"} {
 		t.Run(how, func(t *testing.T) {
@@ -118,7 +172,7 @@ func TestTakeAbortAndVanish(t *testing.T) {
 			path, gave := giver(t, socks)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			taken, err := Take(ctx, path)
+			taken, err := Take(ctx, path, 10*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
