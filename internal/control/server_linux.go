@@ -47,6 +47,10 @@ type Server struct {
 	ctx            context.Context
 	cancel         context.CancelFunc
 	wg             sync.WaitGroup
+	// mu orders Serve's wg.Add before Close's wg.Wait: a connection
+	// accepted as Close runs is closed instead of served.
+	mu     sync.Mutex
+	closed bool
 }
 
 // Listen creates the control socket at path, creating its directory (mode
@@ -213,6 +217,9 @@ func (s *Server) Path() string { return s.path }
 // Close stops accepting, cancels requests in progress, waits for their
 // goroutines and removes the socket file.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.cancel()
 	err := s.ln.Close()
 	s.wg.Wait()
@@ -242,7 +249,14 @@ func (s *Server) Serve(h Handler) error {
 			}
 			return fmt.Errorf("control socket %s: %w", s.path, err)
 		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-sem }()
