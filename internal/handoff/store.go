@@ -300,11 +300,12 @@ func (s *Store) grantLocked(ctx context.Context) (Grant, error) {
 			s.mu.Lock()
 			continue
 		case <-timeout:
+			err = fmt.Errorf("%w (waited %s for the next generation to adopt what baton holds)", err, transferTimeout)
 		case <-ctx.Done():
 		}
 		s.mu.Lock()
 		s.stats.Refused++
-		return Grant{}, fmt.Errorf("%w (waited %s for the next generation to adopt what baton holds)", err, transferTimeout)
+		return Grant{}, err
 	}
 }
 
