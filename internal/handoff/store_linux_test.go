@@ -331,6 +331,8 @@ func TestFullStoreWaitsWhileAdopting(t *testing.T) {
 	clients, servers := pairs(t, n)
 	a := h.adopter(0)
 	h.allow()
+	// The store lists the subscription just after it answers it.
+	h.waitStats("the subscription listed", func(st Stats) bool { return st.Subscribers == 1 })
 	s := h.sender()
 	cs := conns(t, servers, "web")
 	firstSent := make(chan struct{})
