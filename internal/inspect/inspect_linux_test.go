@@ -125,8 +125,8 @@ func TestInspectAcceptQueue(t *testing.T) {
 	if recvQ, sendQ, ok := ssQueues(t, addr.Port(), ino); ok && (recvQ != sv.RecvQ || sendQ != sv.SendQ) {
 		t.Errorf("ss shows Recv-Q %d Send-Q %d; the view %d %d", recvQ, sendQ, sv.RecvQ, sv.SendQ)
 	}
-	if len(v.Warnings) != 1 || v.Warnings[0].Code != AcceptQueueFull {
-		t.Errorf("warnings %+v, want accept_queue_full", v.Warnings)
+	if ws := withCode(v.Warnings, AcceptQueueFull); len(ws) != 1 {
+		t.Errorf("warnings %+v, want one accept_queue_full", v.Warnings)
 	}
 	if !strings.Contains(logBuf.String(), "warning=accept_queue_full") {
 		t.Errorf("the warning was not logged:\n%s", &logBuf)
@@ -149,8 +149,8 @@ func TestInspectBacklogClamped(t *testing.T) {
 		Name: "big", Protocol: TCP, Addr: addr, Backlog: max + 1000, Sockets: []Socket{{Slot: Shared, Inode: ino}},
 	}}})
 	want := fmt.Sprintf("backlog %d is capped at %d by net.core.somaxconn, so the accept queue holds at most %d connections", max+1000, max, max+1)
-	if len(v.Warnings) != 1 || v.Warnings[0].Code != BacklogClamped || !strings.Contains(v.Warnings[0].Message, want) {
-		t.Errorf("warnings %+v, want backlog_clamped saying %q", v.Warnings, want)
+	if ws := withCode(v.Warnings, BacklogClamped); len(ws) != 1 || !strings.Contains(ws[0].Message, want) {
+		t.Errorf("warnings %+v, want one backlog_clamped saying %q", v.Warnings, want)
 	}
 }
 
@@ -180,19 +180,32 @@ func TestInspectCloseWait(t *testing.T) {
 	in := New(Options{CloseWaitAge: time.Nanosecond})
 	defer in.Close()
 	v := waitView(t, in, input, "CLOSE-WAIT on the worker, and the warning", func(v *View) bool {
-		return v.Workers[0].Connections["CLOSE-WAIT"] == k && len(v.Warnings) > 0
+		return v.Workers[0].Connections["CLOSE-WAIT"] == k && len(withCode(v.Warnings, CloseWait)) > 0
 	})
 	if v.Listeners[0].Connections["CLOSE-WAIT"] != k {
 		t.Errorf("listener connections %v, want %d CLOSE-WAIT", v.Listeners[0].Connections, k)
 	}
 	want := fmt.Sprintf("worker slot 2 (pid %d, generation 5) holds %d connections in CLOSE-WAIT", os.Getpid(), k)
-	if len(v.Warnings) != 1 || v.Warnings[0].Code != CloseWait || !strings.Contains(v.Warnings[0].Message, want) {
-		t.Errorf("warnings %+v, want close_wait saying %q", v.Warnings, want)
+	if ws := withCode(v.Warnings, CloseWait); len(ws) != 1 || !strings.Contains(ws[0].Message, want) {
+		t.Errorf("warnings %+v, want one close_wait saying %q", v.Warnings, want)
 	}
 	for _, c := range held {
 		c.Close()
 	}
-	waitView(t, in, input, "the warning to clear", func(v *View) bool { return len(v.Warnings) == 0 })
+	waitView(t, in, input, "the warning to clear", func(v *View) bool { return len(withCode(v.Warnings, CloseWait)) == 0 })
+}
+
+// withCode keeps the warnings with code. The tests look at their own
+// warnings only: host-wide ones (ListenOverflows rising) may come from
+// other programs on the machine.
+func withCode(ws []Warning, code Code) []Warning {
+	var out []Warning
+	for _, w := range ws {
+		if w.Code == code {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // A unix listener's queue comes from unix_diag; a UDP socket's from its
