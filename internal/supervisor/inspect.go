@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/inspect"
 )
 
@@ -21,7 +22,7 @@ func (s *Supervisor) KernelStatus(ctx context.Context) (Status, bool) {
 		st.Kernel = s.opts.Inspector.Inspect(ctx, KernelInput(st))
 		// Counted again once the inspector holds its netlink socket, so
 		// that the count is the same from one request to the next.
-		st.Process.FDs = ownFDs()
+		st.Process.FDs, _ = handoff.CountFDs()
 	}
 	return st, ok
 }

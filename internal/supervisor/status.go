@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/listener"
 )
@@ -174,18 +175,10 @@ func (s *Supervisor) status() Status {
 	return st
 }
 
-// ownFDs counts baton's open descriptors (0 if /proc cannot say).
-func ownFDs() int {
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return 0
-	}
-	return len(fds) - 1 // the directory's own descriptor
-}
-
 // processStatus reads baton's own descriptor count and resident memory.
 func processStatus() ProcessStatus {
-	p := ProcessStatus{Goroutines: runtime.NumGoroutine(), FDs: ownFDs()}
+	p := ProcessStatus{Goroutines: runtime.NumGoroutine()}
+	p.FDs, _ = handoff.CountFDs() // 0 if /proc cannot say
 	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
 		if f := strings.Fields(string(b)); len(f) > 1 {
 			pages, _ := strconv.Atoi(f[1])
