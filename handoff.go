@@ -174,6 +174,19 @@ func (q *handoffQueue) run(path string) {
 				return
 			}
 			err = s.Send(context.Background(), conns)
+			var rej *handoff.RejectedError
+			if errors.As(err, &rej) {
+				// baton holds the others; these stay the caller's.
+				for i, r := range held {
+					if reason, ok := rej.Reasons[i]; ok {
+						r.done <- fmt.Errorf("baton refused the connection: %s", reason)
+					} else {
+						r.done <- nil
+					}
+				}
+				err = nil
+				return
+			}
 			for _, r := range held {
 				r.done <- err
 			}

@@ -98,6 +98,11 @@ func TestHandoffAndAdopted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	web, err := listener.Bind(mustSpec(t, "web=tcp://127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer web.Close()
 	path := fmt.Sprintf("@baton-lib-handoff-test/%d", os.Getpid())
 	srv, err := control.ListenAbstract(path, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -109,12 +114,8 @@ func TestHandoffAndAdopted(t *testing.T) {
 		c := control.ConnFrom(ctx)
 		switch r.Method {
 		case handoff.MethodHandoff:
-			g, err := st.Grant(ctx)
-			if err != nil {
+			if answered, err := st.ServeHandoff(ctx, c, handoff.Source{PID: p.PID, Listeners: map[string][]net.Addr{"web": {web.Addr()}}}); !answered {
 				return nil, err
-			}
-			if handoff.WriteResult(c, g) == nil {
-				st.Receive(ctx, c, handoff.Source{PID: p.PID}, g)
 			}
 			return control.Hijacked, nil
 		case handoff.MethodAdopt:
@@ -133,11 +134,6 @@ func TestHandoffAndAdopted(t *testing.T) {
 		}
 		return nil, fmt.Errorf("unknown method %q", r.Method)
 	})
-	web, err := listener.Bind(mustSpec(t, "web=tcp://127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer web.Close()
 
 	sp := spawn.New()
 	run := func(mode string, files []int) (out func() string, pid int) {

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/fdpass"
 )
 
 // ErrInUse is returned by Listen when another process answers on the path.
@@ -41,6 +43,9 @@ type Server struct {
 	path  string
 	log   *slog.Logger
 	allow func(Peer) error
+	// admit, if set, runs after allow, at accept (Admit).
+	admit   func(Peer) (release func(), err error)
+	refused refusalLog
 	// requestTimeout bounds reading a request (RequestTimeout).
 	requestTimeout time.Duration
 	connMethods    []string
@@ -97,7 +102,32 @@ func ListenAbstract(name string, log *slog.Logger) (*Server, error) {
 
 func newServer(ln *net.UnixListener, path string, log *slog.Logger, allow func(Peer) error) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
+	// No client sends descriptors to baton unasked: the kernel refuses
+	// them for every connection accepted from here on (Linux 6.16+), so a
+	// client cannot make baton hold, or block in the close of, a
+	// descriptor of its choosing. A method that takes descriptors
+	// (handoff) turns them on for its own connection (AcceptRights).
+	if err := fdpass.SetPassRights(ln, false); err != nil && !errors.Is(err, fdpass.ErrNotSupported) {
+		log.Warn("cannot make the socket refuse descriptors", "socket", path, "err", err)
+	}
 	return &Server{ln: ln, path: path, log: log, allow: allow, requestTimeout: RequestTimeout, ctx: ctx, cancel: cancel}
+}
+
+// Admit sets a check that runs at accept, after the peer's uid is
+// allowed and before the connection takes one of MaxConns slots or a
+// goroutine: a refused peer gets the error as its answer, written without
+// waiting, and the connection is closed at once. release is called when
+// an admitted connection ends. Call it before Serve.
+func (s *Server) Admit(f func(Peer) (release func(), err error)) { s.admit = f }
+
+// AcceptRights lets the client of c send descriptors (SCM_RIGHTS): the
+// server refuses them on every connection otherwise. A handler calls it
+// once it has checked the peer and the request, before it answers.
+func AcceptRights(c *net.UnixConn) error {
+	if err := fdpass.SetPassRights(c, true); err != nil && !errors.Is(err, fdpass.ErrNotSupported) {
+		return err
+	}
+	return nil
 }
 
 // sameUser admits root and the user baton runs as.
@@ -226,18 +256,16 @@ func (s *Server) Close() error {
 	return err
 }
 
-// Serve accepts connections until Close and answers each with h.
+// Serve accepts connections until Close and answers each with h. Every
+// peer is checked at accept (the uid rule, then Admit), before it costs a
+// slot, a goroutine or a read: a refused peer is answered without waiting
+// and closed. At most MaxConns connections are served at once; further
+// clients wait in the listen backlog.
 func (s *Server) Serve(h Handler) error {
 	sem := make(chan struct{}, MaxConns)
 	for {
-		select {
-		case sem <- struct{}{}:
-		case <-s.ctx.Done():
-			return nil
-		}
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
-			<-sem
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
@@ -249,10 +277,23 @@ func (s *Server) Serve(h Handler) error {
 			}
 			return fmt.Errorf("control socket %s: %w", s.path, err)
 		}
+		peer, release, ok := s.check(c)
+		if !ok {
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-s.ctx.Done():
+			c.Close()
+			release()
+			return nil
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			c.Close()
+			release()
+			<-sem
 			return nil
 		}
 		s.wg.Add(1)
@@ -260,26 +301,83 @@ func (s *Server) Serve(h Handler) error {
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-sem }()
-			s.serveConn(c, h)
+			defer release()
+			s.serveConn(c, peer, h)
 		}()
 	}
 }
 
-func (s *Server) serveConn(c *net.UnixConn, h Handler) {
-	defer c.Close()
+// check identifies a new connection's peer and applies allow and admit.
+// A refused connection is answered, without waiting, and closed.
+func (s *Server) check(c *net.UnixConn) (Peer, func(), bool) {
 	cred, err := peerCred(c)
 	if err != nil {
-		s.log.Warn("control socket: cannot identify peer", "err", err)
-		return
+		s.log.Warn("control socket: cannot identify peer", "socket", s.path, "err", err)
+		c.Close()
+		return Peer{}, nil, false
 	}
 	peer := Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}
+	release := func() {}
 	if s.allow != nil {
-		if err := s.allow(peer); err != nil {
-			s.log.Warn("control socket: refused a peer", "pid", peer.PID, "uid", peer.UID, "err", err)
-			writeReply(c, Reply{Error: err.Error()})
-			return
-		}
+		err = s.allow(peer)
 	}
+	if err == nil && s.admit != nil {
+		release, err = s.admit(peer)
+	}
+	if err != nil {
+		s.refused.note(s.log, s.path, peer, err)
+		refuse(c, err)
+		return Peer{}, nil, false
+	}
+	return peer, release, true
+}
+
+// refuse writes a refusal to a connection that has not been read from,
+// in one non-blocking send (a fresh socket's buffer takes it; a peer that
+// made sure it does not loses its answer), and closes it.
+func refuse(c *net.UnixConn, err error) {
+	b, _ := json.Marshal(Reply{Error: err.Error()})
+	if raw, rerr := c.SyscallConn(); rerr == nil {
+		raw.Write(func(fd uintptr) bool {
+			unix.Send(int(fd), append(b, '\n'), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+			return true
+		})
+	}
+	c.Close()
+}
+
+// refusalLog logs refused peers: each one, but at most refusalBurst a
+// second, then how many more there were.
+type refusalLog struct {
+	mu         sync.Mutex
+	window     time.Time
+	logged     int
+	suppressed int
+}
+
+const refusalBurst = 10
+
+func (r *refusalLog) note(log *slog.Logger, socket string, p Peer, err error) {
+	r.mu.Lock()
+	now := time.Now()
+	if now.Sub(r.window) >= time.Second {
+		if r.suppressed > 0 {
+			log.Warn("control socket: more peers refused, not logged one by one", "socket", socket, "refused", r.suppressed, "since", r.window.Format(time.TimeOnly))
+		}
+		r.window, r.logged, r.suppressed = now, 0, 0
+	}
+	if r.logged >= refusalBurst {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	r.logged++
+	r.mu.Unlock()
+	log.Warn("control socket: refused a peer", "socket", socket, "pid", p.PID, "uid", p.UID, "err", err)
+}
+
+func (s *Server) serveConn(c *net.UnixConn, peer Peer, h Handler) {
+	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(s.requestTimeout))
 	line, extra, err := readLine(c, s.requestTimeout)
 	if err != nil {

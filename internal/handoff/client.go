@@ -111,11 +111,29 @@ func (e StateTooLarge) Error() string {
 	return fmt.Sprintf("connection state is %d bytes; baton takes at most %d (baton run --handoff-max-state)", e.Size, e.Max)
 }
 
+// RejectedError is Send's error when baton kept all the connections of a
+// transfer but some: those it found were not connections accepted on the
+// worker's listeners. They stay the caller's.
+type RejectedError struct {
+	// Reasons maps the index in the transfer of each refused connection
+	// to baton's reason.
+	Reasons map[int]string
+}
+
+func (e *RejectedError) Error() string {
+	for i, r := range e.Reasons {
+		return fmt.Sprintf("baton refused %d of the connections (connection %d: %s)", len(e.Reasons), i, r)
+	}
+	return "baton refused none of the connections"
+}
+
 // Send hands conns to baton as one transfer, which must fit the grant
 // (Fits). It returns nil once baton holds them: only then may the caller
-// close its copies. On an error baton holds none of them. After a
-// transfer baton may refuse the next one (its reason is then the error of
-// every later Send); Grant says how much the next may carry.
+// close its copies. It returns a *RejectedError when baton holds all but
+// the ones it names, which stay the caller's. On any other error baton
+// holds none of them. After a transfer baton may refuse the next one (its
+// reason is then the error of every later Send); Grant says how much the
+// next may carry.
 func (s *Sender) Send(ctx context.Context, conns []Conn) error {
 	if s.next != nil {
 		return s.next
@@ -147,6 +165,17 @@ func (s *Sender) Send(ctx context.Context, conns []Conn) error {
 		return nil
 	}
 	s.grant = g
+	if len(g.Refused) > 0 {
+		rej := &RejectedError{Reasons: map[int]string{}}
+		for _, r := range g.Refused {
+			if r.Index >= 0 && r.Index < len(conns) {
+				rej.Reasons[r.Index] = r.Reason
+			}
+		}
+		if len(rej.Reasons) > 0 {
+			return rej
+		}
+	}
 	return nil
 }
 

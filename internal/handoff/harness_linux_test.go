@@ -47,14 +47,33 @@ type harness struct {
 	// source is the Source.PID of handoff connections (fakeSource unless
 	// set before the first one).
 	source atomic.Int64
+	// listeners are the Source.Listeners of handoff connections (none:
+	// the tests that check descriptors set them and Config.check).
+	listeners map[string][]net.Addr
 	// errs are the errors the takeovers returned.
 	mu   sync.Mutex
 	errs []error
 }
 
+// anySocket is Config.check for tests that pass socketpairs and
+// connections on listeners of their own: it refuses only what is not a
+// socket.
+func anySocket(fd int, _ string, _ map[string][]net.Addr) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("fd %d is not a socket", fd)
+	}
+	return nil
+}
+
+// newHarness serves a store on a worker socket of its own. Unless cfg
+// sets check, received descriptors need only be sockets (anySocket).
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
 	cfg.Log = testLog(t)
+	if cfg.check == nil {
+		cfg.check = anySocket
+	}
 	st, err := NewStore(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -80,13 +99,11 @@ func (h *harness) handle(ctx context.Context, peer control.Peer, req control.Req
 	c := control.ConnFrom(ctx)
 	switch req.Method {
 	case MethodHandoff:
-		g, err := h.store.Grant(ctx)
-		if err != nil {
+		answered, err := h.store.ServeHandoff(ctx, c, Source{PID: int(h.source.Load()), Listeners: h.listeners})
+		if !answered {
 			return nil, err
 		}
-		if err := WriteResult(c, g); err == nil {
-			h.record(h.store.Receive(ctx, c, Source{PID: int(h.source.Load())}, g))
-		}
+		h.record(err)
 		return control.Hijacked, nil
 	case MethodAdopt:
 		var p AdoptParams
@@ -271,7 +288,7 @@ func readAll(c net.Conn) (string, error) {
 
 // newBenchHarness is newHarness for a benchmark.
 func newBenchHarness(b *testing.B) *harness {
-	st, err := NewStore(Config{})
+	st, err := NewStore(Config{check: anySocket})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -71,6 +71,19 @@ type Grant struct {
 	// Stored is how many connections of the last transfer baton stored
 	// (0 in the answer to the request).
 	Stored int `json:"stored"`
+	// Refused lists the descriptors of the last transfer that baton did
+	// not keep because they are not connections accepted on the sender's
+	// listeners (a pipe, a file, a UDP or listening socket, a connection
+	// on another address). baton closed its copies; the sender keeps
+	// its own and must not count them as handed off.
+	Refused []Refusal `json:"refused,omitempty"`
+}
+
+// Refusal is one descriptor of a transfer that baton refused, by its
+// position in the transfer, and why.
+type Refusal struct {
+	Index  int    `json:"index"`
+	Reason string `json:"reason"`
 }
 
 // AdoptParams are the optional params of an adopt request.

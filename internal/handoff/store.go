@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
 
@@ -33,6 +34,9 @@ type Config struct {
 	// from RLIMIT_NOFILE: it gets the descriptors the store holds and
 	// has granted, and returns how many more it may take. Tests use it.
 	room func(committed int) int
+	// check, when set, replaces CheckConn for each received descriptor.
+	// Tests that pass socketpairs use it.
+	check func(fd int, name string, listeners map[string][]net.Addr) error
 }
 
 // WithDefaults fills the zero fields of c and checks the rest.
@@ -56,7 +60,13 @@ func (c Config) WithDefaults() (Config, error) {
 }
 
 // Source is the worker a handoff connection comes from.
-type Source struct{ PID, Slot, Generation int }
+type Source struct {
+	PID, Slot, Generation int
+	// Listeners are the stream listeners the worker's connections may
+	// come from, by name, with their bound addresses: each descriptor
+	// received is checked against them (CheckConn).
+	Listeners map[string][]net.Addr
+}
 
 // Worker is a live worker as the supervisor sees it.
 type Worker struct {
@@ -86,6 +96,10 @@ type Stats struct {
 	// answer within TransferTimeout: baton closed its copies, and the
 	// worker may or may not hold them. Never sent twice.
 	Unconfirmed int `json:"unconfirmed"`
+	// Rejected counts descriptors a worker handed off that were not
+	// connections accepted on its listeners (CheckConn): baton closed
+	// its copies and told the worker, which keeps its own.
+	Rejected int `json:"rejected"`
 	// Senders and Subscribers are the handoff and adopt connections open
 	// now.
 	Senders     int `json:"senders"`
@@ -121,8 +135,9 @@ type subscriber struct {
 // only tells it which workers may adopt (SetWorkers). No method blocks on
 // socket I/O while holding the store's lock.
 type Store struct {
-	cfg Config
-	log *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	closer *fdpass.Closer
 
 	mu       sync.Mutex
 	queue    []*entry // waiting, by deadline (arrival order)
@@ -131,7 +146,6 @@ type Store struct {
 	refuse   error // set by StopAccepting
 	closed   bool
 	reserved int // room granted to senders and not used yet
-	closing  int // adopted connections whose descriptors are being closed
 	stats    Stats
 	timer    *time.Timer
 	others   fdEstimate
@@ -145,6 +159,15 @@ func NewStore(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, log: cfg.Log, subs: map[*subscriber]struct{}{}, workers: map[int]Worker{}}
+	// What the store lets go of (expired connections, its copies of
+	// adopted ones, descriptors it refused) came from a worker, and its
+	// last close may block: the store's lock and the transfers never wait
+	// for it. Room frees when the closer is done.
+	s.closer = fdpass.NewCloser(4, func() {
+		s.mu.Lock()
+		s.roomFreedLocked()
+		s.mu.Unlock()
+	})
 	s.stats.MaxState = cfg.MaxState
 	return s, nil
 }
@@ -241,9 +264,10 @@ func (s *Store) retireLocked(sub *subscriber) {
 	}
 }
 
-// dropLocked closes a stored connection and counts it in *counter.
+// dropLocked closes a stored connection (through the closer) and counts
+// it in *counter.
 func (s *Store) dropLocked(e *entry, counter *int) {
-	unix.Close(e.fd)
+	s.closer.Close(e.fd)
 	s.stats.Held--
 	*counter++
 	s.roomFreedLocked()
@@ -345,7 +369,7 @@ func (e noRoomError) Error() string { return e.msg }
 // roomLocked is how many more descriptors the store may take, or an
 // error that says why none.
 func (s *Store) roomLocked() (int, error) {
-	committed := s.stats.Held + s.reserved + s.closing
+	committed := s.stats.Held + s.reserved + s.closer.Pending()
 	if s.cfg.room != nil {
 		if r := s.cfg.room(committed); r > 0 {
 			return r, nil
@@ -382,6 +406,26 @@ func (f *fdEstimate) get(held int) int {
 		}
 	}
 	return f.n
+}
+
+// ServeHandoff serves a handoff request on c, the worker socket connection
+// it came on: it answers with the first grant, lets c carry descriptors
+// (the worker socket refuses them otherwise: control.AcceptRights), and
+// receives transfers until the worker closes c or ctx ends (Receive).
+// When it could not answer with a grant, it returns answered false and
+// the reason, for the caller to answer with.
+func (s *Store) ServeHandoff(ctx context.Context, c *net.UnixConn, src Source) (answered bool, err error) {
+	g, err := s.Grant(ctx)
+	if err != nil {
+		return false, err
+	}
+	if err := control.AcceptRights(c); err != nil {
+		return false, fmt.Errorf("handoff: letting the connection carry descriptors: %w", err)
+	}
+	if err := WriteResult(c, g); err != nil {
+		return true, err
+	}
+	return true, s.Receive(ctx, c, src, g)
 }
 
 // Receive serves a handoff connection after its first grant g (from
@@ -426,14 +470,17 @@ func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Gran
 			s.log.Warn("refused a handoff transfer; the worker keeps those connections", "pid", src.PID, "slot", src.Slot, "generation", src.Generation, "err", err)
 			return err
 		}
+		fds, refused := s.sort(fds, src)
 		total += len(fds)
 		s.mu.Lock()
 		s.reserved -= g.MaxFDs
+		s.stats.Rejected += len(refused)
 		g = Grant{}
 		s.storeLocked(fds, src.PID)
 		next, gerr := s.grantLocked(ctx)
 		s.mu.Unlock()
 		next.Stored = len(fds)
+		next.Refused = refused
 		if err := writeReply(c, next, gerr); err != nil {
 			return err
 		}
@@ -445,11 +492,35 @@ func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Gran
 	}
 }
 
+// sort checks each descriptor of a transfer (CheckConn) and returns
+// those that are connections on src's listeners, and the others' refusals,
+// having given the refused descriptors to the closer.
+func (s *Store) sort(fds []fdpass.FD, src Source) ([]fdpass.FD, []Refusal) {
+	var refused []Refusal
+	kept := fds[:0]
+	check := CheckConn
+	if s.cfg.check != nil {
+		check = s.cfg.check
+	}
+	for i, f := range fds {
+		if err := check(f.Fd, f.Name, src.Listeners); err != nil {
+			refused = append(refused, Refusal{Index: i, Reason: err.Error()})
+			s.closer.Close(f.Fd)
+			continue
+		}
+		kept = append(kept, f)
+	}
+	if len(refused) > 0 {
+		s.log.Warn("refused handed-off descriptors that are not connections on the worker's listeners; the worker keeps them", "pid", src.PID, "slot", src.Slot, "generation", src.Generation, "refused", len(refused), "of", len(refused)+len(kept), "first", refused[0].Reason)
+	}
+	return kept, refused
+}
+
 // storeLocked adds received connections to the queue.
 func (s *Store) storeLocked(fds []fdpass.FD, src int) {
 	if s.closed {
 		for _, f := range fds {
-			unix.Close(f.Fd)
+			s.closer.Close(f.Fd)
 		}
 		s.stats.Stored += len(fds)
 		s.stats.Expired += len(fds)
@@ -722,26 +793,22 @@ func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, peer 
 	unsure := err != nil && pctx.Err() != nil && !errors.Is(err, fdpass.ErrRefused)
 	cancel()
 	if err == nil {
-		// The worker holds them: close baton's copies outside the lock,
-		// in runs (fdpass.CloseAll). Until they are closed they still
-		// take room.
+		// The worker holds them: baton's copies go to the closer (if the
+		// worker has closed its own already, baton's close is the last,
+		// and may block).
 		done := make([]int, len(b))
 		for i, e := range b {
 			done[i] = e.fd
 		}
-		s.mu.Lock()
-		s.stats.Held -= len(b)
-		s.stats.Adopted += len(b)
-		s.closing += len(b)
-		s.mu.Unlock()
-		fdpass.CloseAll(done)
+		s.closer.Close(done...)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	me.busy = false
 	switch {
 	case err == nil:
-		s.closing -= len(b)
+		s.stats.Held -= len(b)
+		s.stats.Adopted += len(b)
 		s.roomFreedLocked()
 		me.adopted += len(b)
 		s.dispatchLocked()

@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"testing"
@@ -73,22 +74,41 @@ func TestServerDropsOversizeAndClosesPassedFds(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A notification with descriptors attached (FDSTORE=1): baton does not
-	// keep them, and must not leak them.
+	// keep them. Where the kernel can, it refuses them to the sender (a
+	// local user could otherwise make baton close a lingering socket);
+	// elsewhere baton closes them, off the reading goroutine.
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Sendmsg(fd, []byte("FDSTORE=1\nREADY=1"), unix.UnixRights(p[0], p[1]), to, 0); err != nil {
-		t.Fatal(err)
-	}
+	err = unix.Sendmsg(fd, []byte("FDSTORE=1\nREADY=1"), unix.UnixRights(p[0], p[1]), to, 0)
 	unix.Close(p[0])
 	unix.Close(p[1])
+	switch refused := s.RefusesDescriptors() == nil; {
+	case refused && !errors.Is(err, unix.EPERM):
+		t.Fatalf("sending descriptors to the notify socket: %v; want EPERM (SO_PASSRIGHTS off)", err)
+	case refused:
+		if err := unix.Sendto(fd, []byte("FDSTORE=1\nREADY=1"), 0, to); err != nil {
+			t.Fatal(err)
+		}
+	case err != nil:
+		t.Fatal(err)
+	}
 	m := recv(t, got)
 	if m.Fields["READY"] != "1" || m.Fields["FDSTORE"] != "1" {
 		t.Errorf("got %v; the oversize datagram should have been dropped and this one delivered", m.Fields)
 	}
+	s.closer.Wait()
 	if after := countFds(t); after != before+1 { // +1: the client socket
 		t.Errorf("descriptors: %d before, %d after; passed fds leaked", before, after)
+	}
+}
+
+func TestListenRefusesAPath(t *testing.T) {
+	path := t.TempDir() + "/notify.sock"
+	if s, err := Listen(path); err == nil {
+		s.Close()
+		t.Fatalf("Listen(%s) succeeded; want an error: baton never makes a notify socket file", path)
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/fdpass"
 )
 
 // MaxMessage is the largest datagram the server reads; systemd uses the
@@ -25,41 +27,65 @@ type Message struct {
 type Server struct {
 	conn *net.UnixConn
 	addr string
+	// rights is set when the kernel accepts no descriptor for the socket
+	// (SO_PASSRIGHTS off); otherwise closer closes what arrives.
+	rights error
+	closer *fdpass.Closer
 }
 
-// Listen binds a notification socket at addr: a filesystem path, or
-// "@name" for the abstract namespace. A path is created with mode 0666
-// because workers may run as another user; senders are identified by the
-// kernel-supplied credentials, not by who may write to the file.
+// Listen binds a notification socket in the abstract namespace ("@name").
+// Any local process can send to an abstract socket: the kernel-supplied
+// credentials (SO_PASSCRED) identify each sender, and the kernel refuses
+// every descriptor sent to it (SO_PASSRIGHTS off, Linux 6.16+), so that
+// no sender can make baton hold or close a descriptor of theirs. A
+// filesystem path is refused: baton would have to make the file writable
+// by the workers' user, as root, in a directory someone else may write.
 func Listen(addr string) (*Server, error) {
+	if !strings.HasPrefix(addr, "@") {
+		return nil, fmt.Errorf("notify socket %s: want an abstract address (@name): a socket file would have to be opened to every worker user", addr)
+	}
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("notify socket %s: %w", addr, err)
 	}
-	fail := func(err error) (*Server, error) {
+	s, err := newServer(conn, addr)
+	if err != nil {
 		conn.Close() // not returned to the caller: release it here
 		return nil, fmt.Errorf("notify socket %s: %w", addr, err)
 	}
+	return s, nil
+}
+
+// newServer sets the socket options every notify socket has: SO_PASSCRED,
+// and SO_PASSRIGHTS off where the kernel has it.
+func newServer(conn *net.UnixConn, addr string) (*Server, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
 	}); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if serr != nil {
-		return fail(os.NewSyscallError("setsockopt SO_PASSCRED", serr))
+		return nil, os.NewSyscallError("setsockopt SO_PASSCRED", serr)
 	}
-	if !strings.HasPrefix(addr, "@") {
-		if err := os.Chmod(addr, 0o666); err != nil {
-			return fail(err)
+	s := &Server{conn: conn, addr: addr, closer: fdpass.NewCloser(2, nil)}
+	if err := fdpass.SetPassRights(conn, false); err != nil {
+		if !errors.Is(err, fdpass.ErrNotSupported) {
+			return nil, err
 		}
+		s.rights = err
 	}
-	return &Server{conn: conn, addr: addr}, nil
+	return s, nil
 }
+
+// RefusesDescriptors returns nil when the kernel refuses every
+// descriptor sent to the socket, or why not (a kernel before 6.16: what
+// arrives is then closed on goroutines of its own, never on Serve's).
+func (s *Server) RefusesDescriptors() error { return s.rights }
 
 // Fd is the socket's descriptor, for a handover across an execve of baton.
 // It stays owned by the server.
@@ -71,8 +97,8 @@ func (s *Server) Fd() int {
 	return fd
 }
 
-// FromFd rebuilds a server from a descriptor a previous baton handed over
-// (SO_PASSCRED is still set on it). The descriptor is taken over.
+// FromFd rebuilds a server from a descriptor a previous baton handed over.
+// The descriptor is taken over.
 func FromFd(fd int, addr string) (*Server, error) {
 	f := os.NewFile(uintptr(fd), addr)
 	defer f.Close() // net dups it
@@ -85,7 +111,12 @@ func FromFd(fd int, addr string) (*Server, error) {
 		c.Close()
 		return nil, fmt.Errorf("notify socket %s (fd %d) is not a unix datagram socket", addr, fd)
 	}
-	return &Server{conn: uc, addr: addr}, nil
+	s, err := newServer(uc, addr)
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("notify socket %s (fd %d): %w", addr, fd, err)
+	}
+	return s, nil
 }
 
 // Addr is the value for NOTIFY_SOCKET.
@@ -95,8 +126,12 @@ func (s *Server) Addr() string { return s.addr }
 func (s *Server) Close() error { return s.conn.Close() }
 
 // Serve reads notifications and calls handle for each until Close. Datagrams
-// without credentials or over MaxMessage are dropped; descriptors sent along
-// (FDSTORE=1) are closed, since baton does not keep them.
+// without credentials or over MaxMessage are dropped. Descriptors sent
+// along (FDSTORE=1) are refused by the kernel where it can; on an older
+// kernel they are given to a closer (their last close can block: a socket
+// with SO_LINGER, a file on FUSE), never closed on this goroutine. handle
+// runs on this goroutine: it must be quick, and decide who is heard
+// before it costs anything.
 func (s *Server) Serve(handle func(Message)) error {
 	buf := make([]byte, MaxMessage+1)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*253))
@@ -108,7 +143,8 @@ func (s *Server) Serve(handle func(Message)) error {
 			}
 			return fmt.Errorf("notify socket %s: %w", s.addr, err)
 		}
-		cred := closeRights(oob[:oobn])
+		cred, fds := parseControl(oob[:oobn])
+		s.closer.Close(fds...)
 		if cred == nil || n > MaxMessage || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
 			continue
 		}
@@ -116,25 +152,24 @@ func (s *Server) Serve(handle func(Message)) error {
 	}
 }
 
-// closeRights returns the credentials in a control message and closes any
+// parseControl returns the credentials in a control message and the
 // descriptors that came with it.
-func closeRights(oob []byte) *unix.Ucred {
+func parseControl(oob []byte) (*unix.Ucred, []int) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	var cred *unix.Ucred
+	var fds []int
 	for i := range msgs {
-		if fds, err := unix.ParseUnixRights(&msgs[i]); err == nil {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
+		if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+			fds = append(fds, got...)
 		}
 		if c, err := unix.ParseUnixCredentials(&msgs[i]); err == nil {
 			cred = c
 		}
 	}
-	return cred
+	return cred, fds
 }
 
 // Parse splits a notification into its assignments. Lines without '=' are

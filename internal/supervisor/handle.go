@@ -119,8 +119,9 @@ func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req co
 		return s.handleHandoff(ctx, peer, req) // handoff.go
 	}
 	var info *WorkerInfo
+	child := s.lineage.child(peer.PID)
 	s.call(func() {
-		if w := s.workerFor(peer.PID); w != nil {
+		if w := s.workerOf(child); w != nil {
 			info = &WorkerInfo{Slot: w.slot.index, Generation: w.gen.id, PID: w.pid}
 			for _, l := range w.gen.listeners {
 				info.Listeners = append(info.Listeners, l.Spec.Name)

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"time"
 
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/handoff"
+	"github.com/baton-dev/baton/internal/listener"
 )
 
 // This file is the supervisor's side of live connection handoff: the
@@ -99,6 +101,23 @@ func (s *Supervisor) syncHandoff() {
 	h.store.SetWorkers(h.told)
 }
 
+// streamAddrs lists the bound addresses of every stream listener baton
+// holds, by name: a handed-off connection must have been accepted on one
+// of those of its listener's name (a reload may have moved a listener
+// and its older connections travel on).
+func (s *Supervisor) streamAddrs() map[string][]net.Addr {
+	addrs := map[string][]net.Addr{}
+	for g := range s.groups {
+		if g.Spec.Kind != listener.Stream {
+			continue
+		}
+		if socks := g.Sockets(); len(socks) > 0 {
+			addrs[g.Spec.Name] = append(addrs[g.Spec.Name], socks[0].Addr())
+		}
+	}
+	return addrs
+}
+
 // handoffBusy is why baton cannot upgrade now, or nil: an upgrade
 // re-executes baton, which would close the connections it holds for the
 // next generation and break the transfers under way.
@@ -129,15 +148,20 @@ func (s *Supervisor) handleHandoff(ctx context.Context, peer control.Peer, req c
 		return nil, errors.New("the worker socket did not hand over the connection")
 	}
 	var (
-		w        handoff.Worker
-		found    bool
-		stopping bool
+		w         handoff.Worker
+		found     bool
+		stopping  bool
+		listeners map[string][]net.Addr
 	)
+	child := s.lineage.child(peer.PID)
 	s.call(func() {
-		if wk := s.workerFor(peer.PID); wk != nil {
+		if wk := s.workerOf(child); wk != nil {
 			found = true
 			w = handoff.Worker{PID: wk.pid, Slot: wk.slot.index, Generation: wk.gen.id}
 			stopping = wk.stopped || s.stopping
+			if req.Method == handoff.MethodHandoff {
+				listeners = s.streamAddrs()
+			}
 		}
 	})
 	if !found {
@@ -148,15 +172,12 @@ func (s *Supervisor) handleHandoff(ctx context.Context, peer control.Peer, req c
 		if err := control.DecodeParams(req.Params, &struct{}{}); err != nil {
 			return nil, err
 		}
-		g, err := store.Grant(ctx)
-		if err != nil {
+		src := handoff.Source{PID: w.PID, Slot: w.Slot, Generation: w.Generation, Listeners: listeners}
+		answered, err := store.ServeHandoff(ctx, c, src)
+		if !answered {
 			return nil, err
 		}
-		if err := handoff.WriteResult(c, g); err != nil {
-			return control.Hijacked, nil
-		}
-		src := handoff.Source{PID: w.PID, Slot: w.Slot, Generation: w.Generation}
-		if err := store.Receive(ctx, c, src, g); err != nil && ctx.Err() == nil {
+		if err != nil && ctx.Err() == nil {
 			s.log.Debug("handoff connection ended", "pid", w.PID, "err", err)
 		}
 		return control.Hijacked, nil

@@ -71,6 +71,7 @@ type Supervisor struct {
 	notify         *notify.Server
 	workerSock     *control.Server
 	handoff        *handoffState // fd store of handed-off connections (handoff.go)
+	lineage        *lineage      // who descends from baton (peers.go)
 
 	events chan func()
 	done   chan struct{} // closed when Run has finished
@@ -147,6 +148,7 @@ func newSupervisor(o Options) *Supervisor {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handoff = newHandoff(s.log)
+	s.lineage = newLineage()
 	return s
 }
 
@@ -162,8 +164,12 @@ func randomID() string {
 func (s *Supervisor) Run() error {
 	defer close(s.done)
 	defer s.cancel()
-	go s.notify.Serve(func(m notify.Message) { s.post(func() { s.notified(m) }) })
+	if err := s.notify.RefusesDescriptors(); err != nil {
+		s.log.Warn("the notify and worker sockets cannot refuse descriptors on this kernel; what a local process sends is closed off the supervisor's loop", "err", err)
+	}
+	go s.notify.Serve(s.heard)
 	s.workerSock.ConnMethods(handoff.MethodHandoff, handoff.MethodAdopt)
+	s.workerSock.Admit(s.lineage.admit)
 	go s.workerSock.Serve(s.handleWorker)
 	defer s.workerSock.Close()
 	defer s.closeHandoff()
@@ -317,9 +323,22 @@ func (s *Supervisor) beginStop(reason string) {
 	}
 }
 
-// notified handles a datagram on NOTIFY_SOCKET.
-func (s *Supervisor) notified(m notify.Message) {
-	w := s.workerFor(m.PID)
+// heard takes a datagram from NOTIFY_SOCKET, on the notify socket's
+// goroutine: one from a process that does not descend from baton is
+// dropped there, before it reaches the loop (any local user can send to
+// the abstract socket).
+func (s *Supervisor) heard(m notify.Message) {
+	child := s.lineage.child(m.PID)
+	if child == 0 {
+		return
+	}
+	s.post(func() { s.notified(m, child) })
+}
+
+// notified handles a datagram on NOTIFY_SOCKET from a process that is, or
+// descends from, baton's child pid child.
+func (s *Supervisor) notified(m notify.Message, child int) {
+	w := s.workers[child]
 	if w == nil {
 		s.log.Debug("notification from a process that is not a worker", "pid", m.PID)
 		return
@@ -338,17 +357,14 @@ func (s *Supervisor) notified(m notify.Message) {
 	}
 }
 
-// workerFor finds the worker a pid belongs to: the worker itself, or a
-// descendant of it (a worker started through a shell script, or a process
-// that forks its servers).
-func (s *Supervisor) workerFor(pid int) *worker {
-	for i := 0; i < 8 && pid > 1; i++ {
-		if w, ok := s.workers[pid]; ok {
-			return w
-		}
-		pid = parentPID(pid)
+// workerOf finds, from the loop, the live worker a peer belongs to: the
+// worker itself or a process it started. It returns nil for any other
+// process. Call lineage.child off the loop and this on it.
+func (s *Supervisor) workerOf(child int) *worker {
+	if child == 0 {
+		return nil
 	}
-	return nil
+	return s.workers[child]
 }
 
 // Plan is what a generation runs: its configuration and the listeners its

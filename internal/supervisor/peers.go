@@ -1,0 +1,102 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/baton-dev/baton/internal/control"
+)
+
+// This file decides, off the loop, who may be heard on the notify socket
+// and the worker socket. Both are abstract unix sockets: any local process
+// can reach them (they are listed in /proc/net/unix), so a process that
+// does not descend from baton is refused before it costs the loop
+// anything, and one worker's process tree can hold at most
+// maxWorkerConns connections on the worker socket.
+
+// maxWorkerConns bounds the worker socket connections one worker and its
+// descendants hold at once. baton's library opens at most three (two
+// handoff senders and an adopt subscription).
+const maxWorkerConns = 64
+
+// lineage finds which child of baton a process descends from. It reads
+// /proc, remembers answers for a short while (a flood from one process
+// costs a map lookup), and is safe for concurrent use.
+type lineage struct {
+	self int
+
+	mu    sync.Mutex
+	cache map[int]lineageEntry
+	conns map[int]int // worker socket connections open, by child of baton
+}
+
+type lineageEntry struct {
+	child int // 0: not a descendant of baton
+	at    time.Time
+}
+
+// lineageTTL is how long an answer is remembered: a pid reused within it
+// could be judged by the process that had it before, which the loop
+// catches (it acts only on its own workers).
+const lineageTTL = time.Second
+
+// maxDepth bounds the walk up the process tree.
+const maxDepth = 16
+
+func newLineage() *lineage {
+	return &lineage{self: os.Getpid(), cache: map[int]lineageEntry{}, conns: map[int]int{}}
+}
+
+// child returns the pid of baton's child that pid is or descends from, or
+// 0 when pid does not descend from baton (or is gone).
+func (l *lineage) child(pid int) int {
+	now := time.Now()
+	l.mu.Lock()
+	if e, ok := l.cache[pid]; ok && now.Sub(e.at) < lineageTTL {
+		l.mu.Unlock()
+		return e.child
+	}
+	l.mu.Unlock()
+	child := 0
+	for p, depth := pid, 0; p > 1 && depth < maxDepth; depth++ {
+		pp := parentPID(p)
+		if pp == l.self {
+			child = p
+			break
+		}
+		p = pp
+	}
+	l.mu.Lock()
+	if len(l.cache) >= 4096 {
+		clear(l.cache) // a flood of pids: start again rather than grow
+	}
+	l.cache[pid] = lineageEntry{child: child, at: now}
+	l.mu.Unlock()
+	return child
+}
+
+// admit decides at accept whether a worker socket peer is served: it
+// must descend from baton, and its worker's tree may hold at most
+// maxWorkerConns connections. The release func ends the connection's
+// count.
+func (l *lineage) admit(p control.Peer) (func(), error) {
+	child := l.child(p.PID)
+	if child == 0 {
+		return nil, fmt.Errorf("pid %d is not a worker of this baton", p.PID)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conns[child] >= maxWorkerConns {
+		return nil, fmt.Errorf("pid %d: worker %d and its processes hold %d connections to the worker socket already, the most baton allows; close some", p.PID, child, maxWorkerConns)
+	}
+	l.conns[child]++
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.conns[child]--; l.conns[child] <= 0 {
+			delete(l.conns, child)
+		}
+	}, nil
+}
