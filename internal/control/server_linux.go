@@ -97,7 +97,15 @@ func ListenAbstract(name string, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket %s: %w", name, err)
 	}
-	return newServer(ln, name, log, nil), nil
+	return newAbstract(ln, name, log), nil
+}
+
+// newAbstract is newServer for an abstract socket: any local process can
+// reach it, so its refusals are logged at a bounded rate.
+func newAbstract(ln *net.UnixListener, name string, log *slog.Logger) *Server {
+	s := newServer(ln, name, log, nil)
+	s.refused.burst = abstractRefusalBurst
+	return s
 }
 
 func newServer(ln *net.UnixListener, path string, log *slog.Logger, allow func(Peer) error) *Server {
@@ -223,7 +231,7 @@ func AbstractFromFd(fd int, name string, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newServer(ln, name, log, nil), nil
+	return newAbstract(ln, name, log), nil
 }
 
 func fileListener(fd int, path string) (*net.UnixListener, error) {
@@ -346,16 +354,20 @@ func refuse(c *net.UnixConn, err error) {
 	c.Close()
 }
 
-// refusalLog logs refused peers: each one, but at most refusalBurst a
+// refusalLog logs refused peers: each one, or, with a burst set (the
+// abstract sockets, which any local process can flood), at most burst a
 // second, then how many more there were.
 type refusalLog struct {
+	burst      int
 	mu         sync.Mutex
 	window     time.Time
 	logged     int
 	suppressed int
 }
 
-const refusalBurst = 10
+// abstractRefusalBurst bounds the refusals an abstract socket logs a
+// second.
+const abstractRefusalBurst = 10
 
 func (r *refusalLog) note(log *slog.Logger, socket string, p Peer, err error) {
 	r.mu.Lock()
@@ -366,7 +378,7 @@ func (r *refusalLog) note(log *slog.Logger, socket string, p Peer, err error) {
 		}
 		r.window, r.logged, r.suppressed = now, 0, 0
 	}
-	if r.logged >= refusalBurst {
+	if r.burst > 0 && r.logged >= r.burst {
 		r.suppressed++
 		r.mu.Unlock()
 		return

@@ -70,6 +70,12 @@ func runWorker(mode string) int {
 		err = holdClients() // not a worker: the handoff benchmark's clients
 	case "stall", "leak", "fds":
 		err = observeWorker(mode)
+	case "stranger-notify":
+		err = strangerNotify() // not a worker: another user abusing NOTIFY_SOCKET
+	case "stranger-worker-socket":
+		err = strangerWorkerSocket() // not a worker: another user on BATON_SOCKET
+	case "junk-handoff":
+		err = junkHandoffWorker()
 	default:
 		err = fmt.Errorf("unknown worker mode %q", mode)
 	}
