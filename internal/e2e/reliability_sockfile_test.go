@@ -325,7 +325,10 @@ mode = %q
 	if after > fds {
 		t.Errorf("baton holds %d descriptors at rest after the refused change, %d before", after, fds)
 	}
-	won2 := fmt.Sprintf("won %d of %d starts (baton refused to start: %q)", won, starts, clipText(refusal, 160))
+	// The outcome names no temporary directory: they differ on every run.
+	anon := strings.NewReplacer(sockDir+"/", "RUNDIR/", sockDir, "RUNDIR", filepath.Dir(secret)+"/", "ROOTDIR/")
+	refusal, logged = anon.Replace(refusal), anon.Replace(logged)
+	won2 := fmt.Sprintf("won %d of %d starts (baton refused to start: %q)", won, starts, clipText(refusal, 200))
 	if won == 0 {
 		won2 = fmt.Sprintf("lost all %d starts to the check", starts)
 	}
@@ -375,8 +378,8 @@ func controlDirPremade(t *testing.T) string {
 	if len(entries) != 0 {
 		t.Errorf("baton left %d files in the other user's directory", len(entries))
 	}
-	return fmt.Sprintf("baton, run as a user whose $TMPDIR/baton-UID another user had made 0777, refused to start (exit 1) and made nothing in it: %q",
-		strings.ReplaceAll(strings.ReplaceAll(clipText(msg, 260), shared+"/", ""), strconv.Itoa(other.UID), "OTHER"))
+	said := strings.NewReplacer(shared+"/", "$TMPDIR/", strconv.Itoa(other.UID), "OTHER", strconv.Itoa(owner.UID), "UID").Replace(msg)
+	return fmt.Sprintf("baton, run as a user whose $TMPDIR/baton-UID another user had made 0777, refused to start (exit 1) and made nothing in it: %q", clipText(said, 300))
 }
 
 func fakeControlServer(t *testing.T) string {
@@ -418,8 +421,7 @@ func fakeControlServer(t *testing.T) string {
 		told = append(told, fmt.Sprintf("%s exited %d", verb, code))
 		said = msg
 	}
-	said = strings.ReplaceAll(said, shared+"/", "")
-	said = strings.NewReplacer(strconv.Itoa(fake.cmd.Process.Pid), "PID", strconv.Itoa(other.UID), "OTHER", strconv.Itoa(owner.UID), "UID").Replace(said)
+	said = strings.NewReplacer(shared+"/", "$TMPDIR/", strconv.Itoa(fake.cmd.Process.Pid), "PID", strconv.Itoa(other.UID), "OTHER", strconv.Itoa(owner.UID), "UID").Replace(said)
 	return fmt.Sprintf("another user served a fake control socket at $TMPDIR/baton-UID/web.sock: `baton reload` and `baton stop` checked SO_PEERCRED before sending anything (the fake got 0 bytes); %s, saying %q", strings.Join(told, ", "), clipText(said, 240))
 }
 
