@@ -296,6 +296,17 @@ func AdoptGroup(spec Spec, sockets map[int]*Socket) *Group {
 	return g
 }
 
+// Disown makes Close leave the group's socket files where they are:
+// another process answers on them now (a baton that took the listeners
+// over). Without it, the instance that handed its listeners over would
+// remove their socket files when it stops, and clients could no longer
+// reach the new instance by path.
+func (g *Group) Disown() {
+	for _, s := range g.Sockets() {
+		s.file = sockfile.ID{}
+	}
+}
+
 // PathIno is the inode of the socket file Bind created and verified (0 for
 // none), which Close removes only while the path still names that file.
 // An upgrade passes it on, to Adopt.

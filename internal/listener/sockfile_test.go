@@ -291,3 +291,19 @@ func TestAdoptOwnsOnlyAVerifiedFile(t *testing.T) {
 	}
 	other.Close()
 }
+
+func TestDisownedGroupLeavesItsSocketFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	g, err := OpenGroup(mustParse(t, "unix://"+path), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Disown()
+	if ino := g.Sockets()[0].PathIno(); ino != 0 {
+		t.Errorf("PathIno %d after Disown, want 0", ino)
+	}
+	g.Close()
+	if _, err := os.Lstat(path); err != nil {
+		t.Errorf("Close of a disowned group removed its socket file: %v", err)
+	}
+}
