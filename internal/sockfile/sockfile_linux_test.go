@@ -2,12 +2,15 @@ package sockfile
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/sockdiag"
 )
 
 // bound is a unix stream socket bound (not listening) at dir/name.
@@ -301,4 +304,44 @@ func countFds(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// TestVerifyWithoutUnixDiag: a kernel that cannot say which file a socket
+// is bound to. A socket file is accepted in a directory no other user can
+// change, and refused, with both reasons, in one that others can write.
+func TestVerifyWithoutUnixDiag(t *testing.T) {
+	saved := boundFile
+	t.Cleanup(func() { boundFile = saved })
+	boundFile = func(uint64) (sockdiag.UnixFile, bool, error) {
+		return sockdiag.UnixFile{}, false, fmt.Errorf("sock_diag unix: %w: no unix_diag here", sockdiag.ErrNotSupported)
+	}
+
+	fd, path := bound(t, t.TempDir(), "s.sock")
+	f, err := Verify(fd, path)
+	if err != nil {
+		t.Fatalf("in a private directory: %v", err)
+	}
+	f.Close()
+
+	swapped := filepath.Join(t.TempDir(), "s.sock")
+	fd2, _ := bound(t, filepath.Dir(swapped), "s.sock")
+	os.Remove(swapped)
+	os.Symlink(secret(t), swapped)
+	if f, err := Verify(fd2, swapped); err == nil || !errors.Is(err, ErrReplaced) {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("a symlink in a private directory: %v; want ErrReplaced", err)
+	}
+
+	open := filepath.Join(t.TempDir(), "open")
+	os.Mkdir(open, 0o755)
+	os.Chmod(open, 0o777)
+	fd3, path3 := bound(t, open, "s.sock")
+	if f, err := Verify(fd3, path3); err == nil {
+		f.Close()
+		t.Error("accepted a socket file in a directory others can write, without the kernel's word")
+	} else if !strings.Contains(err.Error(), "no unix_diag here") || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Errorf("error %q does not give both reasons", err)
+	}
 }
