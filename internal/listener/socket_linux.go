@@ -214,7 +214,7 @@ func (s *Socket) setup(sa unix.Sockaddr, family int) error {
 			return err
 		}
 		if err := pathtrust.Dir(filepath.Dir(spec.Path)); err != nil {
-			s.Warning = fmt.Errorf("socket file %s: %w; that user can replace the socket file with their own, and clients that connect to the path would reach them (baton acts only on the file it bound, checked by inode)", spec.Path, err)
+			s.Warning = fmt.Errorf("socket file %s: another user can replace it with a socket of their own, which clients that connect to the path would then reach (baton itself acts only on the file it bound, checked by inode): %w", spec.Path, err)
 		}
 	}
 	if spec.Kind == Stream {

@@ -207,7 +207,7 @@ func TestBindWarnsOfADirectoryOthersCanWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := bind(t, "unix://"+filepath.Join(dir, "s.sock")+"?mode=0660")
-	if s.Warning == nil || !strings.Contains(s.Warning.Error(), "writable by group or others") || !strings.Contains(s.Warning.Error(), "replace the socket file") {
+	if s.Warning == nil || !strings.Contains(s.Warning.Error(), "writable by group or others") || !strings.Contains(s.Warning.Error(), "another user can replace it") {
 		t.Errorf("Warning = %v; want one that says the directory is writable by others and what that allows", s.Warning)
 	}
 	if safe := bind(t, "unix://"+filepath.Join(t.TempDir(), "s.sock")); safe.Warning != nil {
