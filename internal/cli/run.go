@@ -342,6 +342,9 @@ func planListeners(r *config.Resolved, current []*listener.Group, log *slog.Logg
 			opened = append(opened, g)
 			plan.Listeners = append(plan.Listeners, g)
 			log.Info("reload: new listener bound", "name", spec.Name, "address", g.Sockets()[0].Addr().String())
+			if w := g.Sockets()[0].Warning; w != nil {
+				log.Warn("listener's directory lets another user replace its socket file", "name", spec.Name, "err", w)
+			}
 		}
 	}
 	if len(adjust) > 0 {
@@ -371,6 +374,9 @@ func bindAll(specs []listener.Spec, slots int, log *slog.Logger) ([]*listener.Gr
 		socks := g.Sockets()
 		if socks[0].StaleRemoved {
 			log.Info("removed a stale socket file nothing answered on", "path", spec.Path)
+		}
+		if w := socks[0].Warning; w != nil {
+			log.Warn("listener's directory lets another user replace its socket file", "name", spec.Name, "err", w)
 		}
 		attrs := []any{"name", spec.Name, "address", socks[0].Addr().String(), "kind", spec.Kind, "backlog", socks[0].Backlog()}
 		if g.Reuseport() {

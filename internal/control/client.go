@@ -15,9 +15,13 @@ import (
 // Call sends one request to the baton at path and returns its result. The
 // context bounds the whole exchange. Errors say how to reach a baton when
 // none answers.
+//
+// Before sending anything, Call checks who answers (CheckServer): a
+// process of another user than root or the caller is refused, and the
+// error wraps ErrUntrustedServer. Its socket takes no descriptors
+// (SO_PASSRIGHTS=0 where the kernel has it).
 func Call(ctx context.Context, path, method string, params any) (json.RawMessage, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := dialer().DialContext(ctx, "unix", path)
 	if err != nil {
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
@@ -30,6 +34,9 @@ func Call(ctx context.Context, path, method string, params any) (json.RawMessage
 		return nil, fmt.Errorf("connecting to baton at %s: %w", path, err)
 	}
 	defer c.Close()
+	if err := CheckServer(c.(*net.UnixConn), path); err != nil {
+		return nil, err
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}

@@ -13,7 +13,20 @@
 //	{"ok":false,"error":"reload failed: ..."}
 //
 // The peer is checked with SO_PEERCRED before the request is read: only
-// root and baton's own user are served.
+// root and baton's own user (and, with AllowGroup, a group's members) are
+// served.
+//
+// The socket's directory must be baton's alone: Listen creates it (0700)
+// when missing, and refuses one that is a symlink, owned by another user,
+// writable by group or others, or below a directory another user can
+// change, since that user could remove baton's socket and answer in its
+// place. The socket file is born 0600, and its mode and group are set on
+// the file verified to be the socket's (internal/sockfile), by descriptor.
+//
+// The client side checks the server in turn: Call (and takeover.Take)
+// refuse, before sending anything, a process that answers at the path as
+// another user than root or the caller's own (CheckServer), and Call's
+// socket refuses descriptors (SO_PASSRIGHTS=0, Linux 6.16).
 //
 // The same protocol serves baton's worker socket (ListenAbstract), where
 // the handler checks the peer's pid itself. The handler of a method named

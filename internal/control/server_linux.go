@@ -16,11 +16,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/fdpass"
+	"github.com/baton-dev/baton/internal/pathtrust"
+	"github.com/baton-dev/baton/internal/sockfile"
 )
 
 // ErrInUse is returned by Listen when another process answers on the path.
@@ -58,35 +61,131 @@ type Server struct {
 	closed bool
 }
 
-// Listen creates the control socket at path, creating its directory (mode
-// 0700 when baton makes it) and removing a stale socket file that nothing
-// answers on. If a process answers, the error wraps ErrInUse and names its
-// pid.
+// Listen creates the control socket at path.
+//
+// Its directory is created when missing (mode 0700, so owned by baton's
+// user). One that exists must be a real directory (not a symlink), owned
+// by root or baton's user and not writable by group or others, and the
+// directories above it must be safe as pathtrust.Dir says (a sticky /tmp
+// is): otherwise another user could remove baton's socket file and answer
+// in its place, and Listen refuses, naming the directory, its owner and
+// mode, and the fix.
+//
+// A stale socket file (nothing answers on it) is removed: it is probed
+// and removed by descriptor (sockfile), so the file probed is the file
+// removed. If a process answers, the error wraps ErrInUse and names its
+// pid. The new socket file is born 0600 (fchmod(2) of the socket before
+// bind(2)) and, once checked to be the file the socket is bound to, set
+// to exactly 0600 by descriptor, whatever the umask.
 func Listen(path string, log *slog.Logger) (*Server, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("control socket %s: %w: create the directory or pass --control with a writable path", path, err)
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("control socket %s: the path exists and is not a socket; remove it or pass another --control", path)
-		}
-		if pid, alive := answering(path); alive {
-			return nil, fmt.Errorf("control socket %s: %w by pid %d (another baton?): stop it with `baton stop --control %s`, or give this one another --name or --control", path, ErrInUse, pid, path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("control socket %s: removing the stale socket: %w", path, err)
-		}
-		log.Info("removed stale control socket", "path", path)
+	if err := clearStale(path, log); err != nil {
+		return nil, err
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		// Before bind(2): the file is born with this mode less the
+		// umask, never more open.
+		var err error
+		if cerr := c.Control(func(fd uintptr) { err = unix.Fchmod(int(fd), 0o600) }); cerr != nil {
+			return cerr
+		}
+		return os.NewSyscallError("fchmod", err)
+	}}
+	l, err := lc.Listen(context.Background(), "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close() // never served: release and unlink it
+	ln := l.(*net.UnixListener)
+	s := newServer(ln, path, log, sameUser)
+	if err := s.onFile(func(f *sockfile.File) error { return f.Chmod(0o600) }); err != nil {
+		// Never served. The file at the path is not known to be ours:
+		// leave it, and only close the socket.
+		ln.SetUnlinkOnClose(false)
+		ln.Close()
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
-	return newServer(ln, path, log, sameUser), nil
+	return s, nil
+}
+
+// checkDir makes sure the control socket's directory is baton's alone:
+// created (0700) when missing, refused when it is a symlink, not a
+// directory, owned by another user, writable by group or others, or below
+// a directory another user can change (pathtrust.Dir).
+func checkDir(dir string) error {
+	const fix = "remove it (if nobody else uses it) and start baton again, or pass --control with a path in a directory of your own"
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("creating its directory: %w: create %s (mode 0700) or pass --control with a path in a directory you can write", err, dir)
+		}
+	}
+	// Checked after creating it: a directory another user made first is
+	// found here, whoever won.
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return fmt.Errorf("directory %s: %w", dir, os.NewSyscallError("lstat", err))
+	}
+	euid := os.Geteuid()
+	mode := st.Mode & 0o7777
+	switch {
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		return fmt.Errorf("directory %s is a symlink: whoever can change it decides where baton's socket goes; %s", dir, fix)
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return fmt.Errorf("%s is not a directory; %s", dir, fix)
+	case st.Uid != 0 && int(st.Uid) != euid:
+		return fmt.Errorf("directory %s is owned by uid %d, neither root nor baton's user (uid %d): that user could remove baton's socket and answer in its place; %s", dir, st.Uid, euid, fix)
+	case mode&0o022 != 0:
+		return fmt.Errorf("directory %s is writable by group or others (mode %04o): another user could remove baton's socket and answer in its place; run chmod go-w %s, or %s", dir, mode, dir, fix)
+	}
+	if err := pathtrust.Dir(filepath.Dir(dir)); err != nil {
+		return fmt.Errorf("directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// clearStale removes a socket file at path that nothing answers on (a
+// baton that died), and refuses one that something answers on, or a path
+// that is not a socket.
+func clearStale(path string, log *slog.Logger) error {
+	f, err := sockfile.OpenPath(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	defer f.Close() // only the probe and the check need it
+	if !f.IsSocket() {
+		return fmt.Errorf("control socket %s: the path exists and is not a socket; remove it or pass another --control", path)
+	}
+	alive, pid, err := f.Answers()
+	if err != nil {
+		return fmt.Errorf("control socket %s: cannot tell whether it is in use: %w", path, err)
+	}
+	if alive {
+		return fmt.Errorf("control socket %s: %w by pid %d (another baton?): stop it with `baton stop --control %s`, or give this one another --name or --control", path, ErrInUse, pid, path)
+	}
+	if _, err := sockfile.Remove(path, f.ID); err != nil {
+		return fmt.Errorf("control socket %s: removing the stale socket: %w", path, err)
+	}
+	log.Info("removed stale control socket", "path", path)
+	return nil
+}
+
+// onFile runs do on the server's socket file, opened by descriptor and
+// checked to be the very file the socket is bound to (sockfile.Verify).
+func (s *Server) onFile(do func(*sockfile.File) error) error {
+	fd := s.Fd()
+	if fd < 0 {
+		return errors.New("the socket has no descriptor (closed?)")
+	}
+	f, err := sockfile.Verify(fd, s.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close() // only do needs it
+	return do(f)
 }
 
 // ListenAbstract serves the protocol on an abstract unix socket ("@name")
@@ -146,28 +245,16 @@ func sameUser(p Peer) error {
 	return nil
 }
 
-// answering reports whether a process accepts connections on path, and its
-// pid (from SO_PEERCRED).
-func answering(path string) (int, bool) {
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err != nil {
-		return 0, false
-	}
-	defer c.Close()
-	cred, err := peerCred(c.(*net.UnixConn))
-	if err != nil {
-		return 0, true
-	}
-	return int(cred.Pid), true
-}
-
 // AllowGroup lets members of group gid use the socket besides root and
-// baton's own user: the socket file gets that group and mode 0660.
+// baton's own user: the socket file gets that group and mode 0660, by
+// descriptor, once checked to be the file the socket is bound to.
 func (s *Server) AllowGroup(gid int) error {
-	if err := os.Chown(s.path, -1, gid); err != nil {
-		return fmt.Errorf("control socket %s: giving it group %d: %w", s.path, gid, err)
-	}
-	if err := os.Chmod(s.path, 0o660); err != nil {
+	if err := s.onFile(func(f *sockfile.File) error {
+		if err := f.Chown(-1, gid); err != nil {
+			return fmt.Errorf("giving it group %d: %w", gid, err)
+		}
+		return f.Chmod(0o660)
+	}); err != nil {
 		return fmt.Errorf("control socket %s: %w", s.path, err)
 	}
 	s.allow = func(p Peer) error {

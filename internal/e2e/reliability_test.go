@@ -24,7 +24,7 @@ import (
 // reliabilityCase is one fault or abuse. run fails the test when baton
 // does not survive it, and returns what it observed.
 type reliabilityCase struct {
-	area string // Faults, Abuse or Resources
+	area string // Faults, Abuse, Resources or Security
 	name string // what is done to baton, as the table's first column says it
 	run  func(t *testing.T) string
 }
@@ -33,7 +33,7 @@ type reliabilityCase struct {
 // follows this order.
 func reliabilityCases() []reliabilityCase {
 	var all []reliabilityCase
-	for _, cs := range [][]reliabilityCase{faultCases, abuseCases, socketCases, resourceCases} {
+	for _, cs := range [][]reliabilityCase{faultCases, abuseCases, resourceCases, sockfileCases, socketCases} {
 		all = append(all, cs...)
 	}
 	return all

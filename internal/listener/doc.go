@@ -9,6 +9,15 @@
 // by number and never wraps it in an *os.File whose Fd method would flip the
 // shared open file description to blocking mode.
 //
+// A unix socket at a path is created in a directory another user may be
+// able to write, while baton runs as root. Bind, Adjust and Close never act
+// on such a path: the file is born no more open than its ?mode=, checked
+// after bind(2) to be the very file the socket is bound to (the kernel's
+// record, through internal/sockfile), and changed (?owner=, ?mode=) or
+// removed only by descriptor or relative to its opened directory once that
+// check holds. A file another user swapped in is refused with the reason;
+// a directory another user can change is a warning (Socket.Warning).
+//
 // Inherited reads sockets passed with the systemd socket-activation protocol
 // (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES); the worker library uses it.
 package listener

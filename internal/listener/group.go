@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/sockfile"
 )
 
 // Group is one named listener and the sockets baton holds for it: a single
@@ -177,10 +179,18 @@ func InPlace(a, b Spec) bool {
 }
 
 // Adjust applies spec to the group's live sockets: listen(2) again with a
-// new backlog (Linux updates the queue limit of a listening socket), chmod
-// and chown a socket file. Only differences InPlace allows are applied.
+// new backlog (Linux updates the queue limit of a listening socket), chown
+// and chmod a socket file. Only differences InPlace allows are applied.
+//
+// A socket file is changed by descriptor, and only once the file at the
+// path has been checked to be the one the socket is bound to (the
+// kernel's word, sockfile.Verify): a file another user swapped in since
+// (a symlink to a root-only file, say) is left alone, and the error says
+// so. The socket then keeps its previous mode and owner, and a later
+// reload tries again.
 func (g *Group) Adjust(spec Spec) error {
 	var errs []error
+	kept := false
 	for _, s := range g.Sockets() {
 		if spec.Kind == Stream && spec.Backlog != s.Spec.Backlog {
 			backlog := spec.Backlog
@@ -193,19 +203,45 @@ func (g *Group) Adjust(spec Spec) error {
 				s.backlog = backlog
 			}
 		}
+		next := spec
 		if spec.IsUnix() && !spec.Abstract() && (spec.Mode != s.Spec.Mode || spec.UID != s.Spec.UID || spec.GID != s.Spec.GID) {
-			errs = append(errs, applyOwnership(spec))
+			if err := s.adjustFile(spec); err != nil {
+				errs = append(errs, err)
+				// Not applied: keep what the file has, so that the
+				// next reload with this spec tries again.
+				next.Mode, next.Owner, next.UID, next.GID = s.Spec.Mode, s.Spec.Owner, s.Spec.UID, s.Spec.GID
+				kept = true
+			}
 		}
-		s.Spec = spec
+		s.Spec = next
 	}
 	g.Spec = spec
+	if kept {
+		if first := g.Sockets(); len(first) > 0 {
+			g.Spec.Mode, g.Spec.Owner, g.Spec.UID, g.Spec.GID = first[0].Spec.Mode, first[0].Spec.Owner, first[0].Spec.UID, first[0].Spec.GID
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// adjustFile gives the socket's file the owner and mode of spec, once it
+// is verified to be the socket's file.
+func (s *Socket) adjustFile(spec Spec) error {
+	f, err := sockfile.Verify(s.fd, spec.Path)
+	if err != nil {
+		return &Error{Op: "chmod", Spec: spec, Err: err}
+	}
+	defer f.Close() // only needed for the changes made here
+	return applyOwnership(f, spec)
 }
 
 // Adopt takes over a socket baton inherited across an execve of itself
 // (baton upgrade): it checks that fd is a socket of the spec's kind bound
-// to the spec's port, and makes it close-on-exec again. backlog and
-// pathIno are what the previous baton recorded.
+// to the spec's port, and makes it close-on-exec again. backlog is what
+// the previous baton recorded; pathIno, when not 0, says that the previous
+// baton made the socket file, which Close then removes: which file that is
+// comes from the kernel (sockfile.Verify), not from pathIno, and a file
+// that is no longer at the path is not removed.
 func Adopt(spec Spec, fd, backlog int, pathIno uint64) (*Socket, error) {
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
@@ -222,7 +258,7 @@ func Adopt(spec Spec, fd, backlog int, pathIno uint64) (*Socket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fd %d: %w", fd, os.NewSyscallError("getsockname", err))
 	}
-	s := &Socket{Spec: spec, fd: fd, addr: netAddr(spec, local), backlog: backlog, pathIno: pathIno}
+	s := &Socket{Spec: spec, fd: fd, addr: netAddr(spec, local), backlog: backlog}
 	if spec.IsInet() && spec.Port != 0 && s.Port() != spec.Port {
 		return nil, fmt.Errorf("fd %d is bound to port %d, want %d", fd, s.Port(), spec.Port)
 	}
@@ -231,6 +267,14 @@ func Adopt(spec Spec, fd, backlog int, pathIno uint64) (*Socket, error) {
 		return nil, fmt.Errorf("fd %d: %w", fd, os.NewSyscallError("fstat", err))
 	}
 	s.ino = st.Ino
+	if pathIno != 0 && spec.IsUnix() && !spec.Abstract() {
+		// Not verified (replaced or removed meanwhile): not ours to
+		// remove, and the next Adjust says why.
+		if f, err := sockfile.Verify(fd, spec.Path); err == nil {
+			s.file = f.ID
+			f.Close() // the identity is all that is kept
+		}
+	}
 	unix.CloseOnExec(fd)
 	return s, nil
 }
@@ -252,9 +296,21 @@ func AdoptGroup(spec Spec, sockets map[int]*Socket) *Group {
 	return g
 }
 
-// PathIno is the inode of the socket file Bind created (0 for none), which
-// Close removes only while it is still that file.
-func (s *Socket) PathIno() uint64 { return s.pathIno }
+// Disown makes Close leave the group's socket files where they are:
+// another process answers on them now (a baton that took the listeners
+// over). Without it, the instance that handed its listeners over would
+// remove their socket files when it stops, and clients could no longer
+// reach the new instance by path.
+func (g *Group) Disown() {
+	for _, s := range g.Sockets() {
+		s.file = sockfile.ID{}
+	}
+}
+
+// PathIno is the inode of the socket file Bind created and verified (0 for
+// none), which Close removes only while the path still names that file.
+// An upgrade passes it on, to Adopt.
+func (s *Socket) PathIno() uint64 { return s.file.Ino }
 
 // SlotOf is the slot of a socket of a reuseport group, -1 for a shared
 // socket or one not in the group.

@@ -8,11 +8,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/pathtrust"
+	"github.com/baton-dev/baton/internal/sockfile"
 )
 
 // Socket is a bound (and, for stream kinds, listening) socket that baton
@@ -23,13 +27,19 @@ type Socket struct {
 	// nothing answered on.
 	StaleRemoved bool
 
+	// Warning, when set, is something about a unix socket file that the
+	// caller should log: its directory lets another user replace the
+	// file (see Bind). Nothing baton does depends on that directory.
+	Warning error
+
 	fd      int
 	addr    net.Addr
 	ino     uint64
 	backlog int
-	// pathIno identifies the socket file Bind created, so Close removes
-	// it only if it is still ours.
-	pathIno uint64
+	// file identifies the socket file Bind created and verified (zero
+	// for none, or one baton does not own): Close removes it only while
+	// the path still names that very file.
+	file sockfile.ID
 }
 
 // Error is a failure to create, bind or listen on a socket. Its message
@@ -77,7 +87,10 @@ func (s *Socket) Backlog() int { return s.backlog }
 func (s *Socket) Inode() uint64 { return s.ino }
 
 // Close closes baton's descriptor. Workers that inherited the socket keep
-// theirs. A unix socket file is removed if it is still the one Bind made.
+// theirs. A unix socket file is removed if the path still names the very
+// file Bind made (same device and inode, checked and unlinked relative to
+// the directory opened once: sockfile.Remove), never a file another user
+// put there.
 // Close never calls shutdown(2): on a shared listening socket that would
 // reset every queued connection for every holder.
 func (s *Socket) Close() error {
@@ -86,12 +99,10 @@ func (s *Socket) Close() error {
 	}
 	err := unix.Close(s.fd)
 	s.fd = -1
-	if s.pathIno != 0 {
-		var st unix.Stat_t
-		if unix.Lstat(s.Spec.Path, &st) == nil && st.Ino == s.pathIno {
-			os.Remove(s.Spec.Path)
-		}
-	}
+	// Best effort: a file that cannot be removed (its directory gone, or
+	// not writable any more) is a stale file the next Bind clears.
+	sockfile.Remove(s.Spec.Path, s.file)
+	s.file = sockfile.ID{}
 	if err != nil {
 		return os.NewSyscallError("close", err)
 	}
@@ -100,8 +111,25 @@ func (s *Socket) Close() error {
 
 // Bind creates the socket a spec describes: socket(2) with
 // SOCK_CLOEXEC|SOCK_NONBLOCK, options, bind(2), and listen(2) for stream
-// kinds. A stale unix socket file (one nothing answers on) is removed
-// first; one that something answers on is an error. Errors are *Error.
+// kinds. Errors are *Error.
+//
+// For a unix socket at a path, which baton (often root) creates in a
+// directory other users may be able to write:
+//   - A stale socket file (one nothing answers on) is removed first; one
+//     that something answers on is an error. The file probed is the file
+//     removed (sockfile.OpenPath, Answers, Remove).
+//   - With ?mode=, the file is born with at most the owner's bits of that
+//     mode (fchmod(2) of the socket before bind(2)), so it is never more
+//     open than asked for, even if what follows fails.
+//   - After bind(2), the file at the path must be the one the kernel
+//     recorded for the socket (sockfile.Verify): if another user replaced
+//     it in between (with a symlink to a root-only file, say), Bind fails
+//     and changes nothing. ?owner= and ?mode= are then applied to that
+//     verified file by descriptor, never by path.
+//   - A directory another user can change (pathtrust.Dir) is not an
+//     error: nothing baton does follows a path there. Socket.Warning says
+//     so, because that user can replace the socket file with their own
+//     and be reached by clients that connect to the path.
 func Bind(spec Spec) (*Socket, error) {
 	sa, family, err := sockaddr(spec)
 	if err != nil {
@@ -117,9 +145,10 @@ func Bind(spec Spec) (*Socket, error) {
 	}
 	s := &Socket{Spec: spec, fd: fd}
 	if err := s.setup(sa, family); err != nil {
-		// The descriptor is ours alone until Bind returns: close it so a
+		// The descriptor is ours alone until Bind returns: close it (and
+		// remove the socket file, if one was made and verified) so a
 		// failed start holds nothing.
-		unix.Close(fd)
+		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -158,18 +187,34 @@ func (s *Socket) setup(sa unix.Sockaddr, family int) error {
 			return err
 		}
 		s.StaleRemoved = removed
+		if spec.Mode != 0 {
+			// bind(2) gives the file the socket inode's mode less the
+			// umask: born with the owner's bits only, it is never more
+			// open than asked for, and widened once verified.
+			if err := unix.Fchmod(s.fd, spec.Mode&0o700); err != nil {
+				return fail("fchmod", err, "")
+			}
+		}
 	}
 	if err := unix.Bind(s.fd, sa); err != nil {
 		return fail("bind", err, bindHint(spec, err))
 	}
 	if spec.IsUnix() && !spec.Abstract() {
-		var st unix.Stat_t
-		if err := unix.Lstat(spec.Path, &st); err == nil {
-			s.pathIno = st.Ino
+		if afterBind != nil {
+			afterBind(spec.Path)
 		}
-		if err := applyOwnership(spec); err != nil {
-			s.Close()
+		f, err := sockfile.Verify(s.fd, spec.Path)
+		if err != nil {
+			return &Error{Op: "bind", Spec: spec, Err: err}
+		}
+		s.file = f.ID
+		err = applyOwnership(f, spec)
+		f.Close() // only needed for the changes just made
+		if err != nil {
 			return err
+		}
+		if err := pathtrust.Dir(filepath.Dir(spec.Path)); err != nil {
+			s.Warning = fmt.Errorf("socket file %s: another user can replace it with a socket of their own, which clients that connect to the path would then reach (baton itself acts only on the file it bound, checked by inode): %w", spec.Path, err)
 		}
 	}
 	if spec.Kind == Stream {
@@ -214,15 +259,22 @@ func Somaxconn() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-func applyOwnership(spec Spec) error {
-	if spec.Mode != 0 {
-		if err := os.Chmod(spec.Path, os.FileMode(spec.Mode)); err != nil {
-			return &Error{Op: "chmod", Spec: spec, Err: err}
+// afterBind, when set (by tests), runs between bind(2) and the check of
+// the socket file: where another user would swap the file.
+var afterBind func(path string)
+
+// applyOwnership gives a verified socket file the owner and then the mode
+// of its spec, by descriptor. The owner comes first, so the file is never
+// open to a group or user it is not meant for.
+func applyOwnership(f *sockfile.File, spec Spec) error {
+	if spec.UID >= 0 || spec.GID >= 0 {
+		if err := f.Chown(spec.UID, spec.GID); err != nil {
+			return &Error{Op: "chown", Spec: spec, Err: err, Hint: "changing the owner of a socket file needs root or CAP_CHOWN"}
 		}
 	}
-	if spec.UID >= 0 || spec.GID >= 0 {
-		if err := os.Lchown(spec.Path, spec.UID, spec.GID); err != nil {
-			return &Error{Op: "chown", Spec: spec, Err: err, Hint: "changing the owner of a socket file needs root or CAP_CHOWN"}
+	if spec.Mode != 0 {
+		if err := f.Chmod(spec.Mode); err != nil {
+			return &Error{Op: "chmod", Spec: spec, Err: err}
 		}
 	}
 	return nil
@@ -230,19 +282,23 @@ func applyOwnership(spec Spec) error {
 
 // clearStalePath removes a unix socket file left behind by a process that
 // died, after making sure nothing answers on it. It reports whether it
-// removed one.
+// removed one. The file is opened without following a symlink, probed
+// through that descriptor, and removed only if the path still names it:
+// another user who can write to the directory cannot make it probe or
+// remove something else.
 func clearStalePath(spec Spec) (bool, error) {
-	fi, err := os.Lstat(spec.Path)
+	f, err := sockfile.OpenPath(spec.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
 		return false, &Error{Op: "stat", Spec: spec, Err: err}
 	}
-	if fi.Mode().Type() != fs.ModeSocket {
+	defer f.Close() // only the probe and the check need it
+	if !f.IsSocket() {
 		return false, &Error{Op: "bind", Spec: spec, Err: syscall.EEXIST, Hint: "the path exists and is not a socket; remove it or choose another path"}
 	}
-	if alive, err := unixAnswers(spec.Path); err != nil {
+	if alive, _, err := f.Answers(); err != nil {
 		return false, &Error{Op: "connect", Spec: spec, Err: err, Hint: "cannot tell whether the socket file is in use"}
 	} else if alive {
 		hint := "a running program answers on this socket; stop it or choose another path"
@@ -251,34 +307,11 @@ func clearStalePath(spec Spec) (bool, error) {
 		}
 		return false, &Error{Op: "bind", Spec: spec, Err: syscall.EADDRINUSE, Hint: hint}
 	}
-	if err := os.Remove(spec.Path); err != nil {
+	removed, err := sockfile.Remove(spec.Path, f.ID)
+	if err != nil {
 		return false, &Error{Op: "remove stale socket", Spec: spec, Err: err}
 	}
-	return true, nil
-}
-
-// unixAnswers reports whether a process is bound to the unix socket at
-// path, by connecting to it with each socket type.
-func unixAnswers(path string) (bool, error) {
-	for _, typ := range []int{unix.SOCK_STREAM, unix.SOCK_DGRAM, unix.SOCK_SEQPACKET} {
-		fd, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-		if err != nil {
-			return false, os.NewSyscallError("socket", err)
-		}
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-		unix.Close(fd)
-		switch {
-		case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINPROGRESS):
-			return true, nil
-		case errors.Is(err, unix.EPROTOTYPE):
-			continue // bound, but to another socket type: try the next
-		case errors.Is(err, unix.ECONNREFUSED):
-			return false, nil
-		default:
-			return false, os.NewSyscallError("connect", err)
-		}
-	}
-	return false, nil
+	return removed, nil
 }
 
 func bindHint(spec Spec, err error) string {

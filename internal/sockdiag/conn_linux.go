@@ -191,6 +191,46 @@ func (c *Conn) UnixQueues(inodes ...uint64) (map[uint64]Queue, error) {
 	return queues, nil
 }
 
+// UnixFile returns the file the unix socket with inode ino is bound to, as
+// the kernel recorded it when the socket was bound: one exact lookup
+// (UDIAG_SHOW_VFS). ok is false, with no error, when no such socket
+// exists or it is bound to no file (unbound, or an abstract name). This
+// is how a process that bound a socket at a path learns which file on
+// disk is really its socket: the file now at the path may have been
+// replaced since.
+func (c *Conn) UnixFile(ino uint64) (f UnixFile, ok bool, err error) {
+	if ino == 0 || ino > math.MaxUint32 {
+		// Socket inodes are 32 bits (get_next_ino); this one cannot be.
+		return f, false, nil
+	}
+	msgs, err := c.c.Execute(netlink.Message{
+		Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request},
+		Data:   unixRequestShow(uint32(ino), 0, udiagShowVFS),
+	})
+	if errors.Is(err, unix.ENOENT) {
+		// No such socket, or a kernel without unix_diag: a dump that
+		// matches nothing fails the same way on the latter.
+		if _, err := c.c.Execute(netlink.Message{
+			Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request | netlink.Dump},
+			Data:   unixRequest(0, 0),
+		}); err != nil {
+			return f, false, diagError("unix", err)
+		}
+		return f, false, nil
+	}
+	if err != nil {
+		return f, false, diagError("unix", err)
+	}
+	got, f, ok, err := decodeUnixFile(msgs)
+	if err != nil {
+		return f, false, fmt.Errorf("sock_diag unix inode %d: parsing the kernel's reply: %w", ino, err)
+	}
+	if got != ino {
+		return UnixFile{}, false, fmt.Errorf("sock_diag unix inode %d: the kernel answered for inode %d", ino, got)
+	}
+	return f, ok, nil
+}
+
 // inetName names a family and protocol for error messages: "tcp IPv6".
 func inetName(fam, proto uint8) string {
 	p := fmt.Sprintf("protocol %d", proto)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -509,5 +510,57 @@ func TestConnNoLeak(t *testing.T) {
 	waitFor(t, "goroutines to go back", func() (bool, string) {
 		n := runtime.NumGoroutine()
 		return n <= goroutines, fmt.Sprintf("%d before, %d now", goroutines, n)
+	})
+}
+
+func TestUnixFile(t *testing.T) {
+	c := dial(t)
+	socket := func(t *testing.T) int {
+		t.Helper()
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+
+	t.Run("bound to a path", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "s.sock")
+		fd := socket(t)
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		// The file is replaced: the kernel still names the one bound.
+		if err := os.Rename(path, path+".old"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, ok, err := c.UnixFile(fdInode(t, fd))
+		if err != nil || !ok {
+			t.Fatalf("UnixFile = %+v, %v, %v; want the bound file", f, ok, err)
+		}
+		want := UnixFile{Dev: st.Dev, Ino: st.Ino & math.MaxUint32}
+		if f != want {
+			t.Errorf("UnixFile = %+v, stat of the socket file says %+v", f, want)
+		}
+	})
+	t.Run("abstract, unbound, or no such socket", func(t *testing.T) {
+		abstract := socket(t)
+		if err := unix.Bind(abstract, &unix.SockaddrUnix{Name: fmt.Sprintf("@sockdiag-test-%d", os.Getpid())}); err != nil {
+			t.Fatal(err)
+		}
+		unbound := socket(t)
+		for name, ino := range map[string]uint64{"abstract": fdInode(t, abstract), "unbound": fdInode(t, unbound), "none": fdInode(t, unbound) + 1_000_000} {
+			if f, ok, err := c.UnixFile(ino); ok || err != nil {
+				t.Errorf("%s: UnixFile = %+v, %v, %v; want no file and no error", name, f, ok, err)
+			}
+		}
 	})
 }

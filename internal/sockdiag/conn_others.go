@@ -31,6 +31,11 @@ func (c *Conn) UnixQueues(...uint64) (map[uint64]Queue, error) {
 	return nil, errOS("sock_diag")
 }
 
+// UnixFile returns an error wrapping ErrNotSupported.
+func (c *Conn) UnixFile(uint64) (UnixFile, bool, error) {
+	return UnixFile{}, false, errOS("sock_diag")
+}
+
 func errOS(what string) error {
 	return fmt.Errorf("%s: %w on %s: it is Linux only", what, ErrNotSupported, runtime.GOOS)
 }

@@ -17,6 +17,9 @@
 // ListenQueues and UnixQueues look sockets up by inode, the number fstat(2)
 // gives for a socket fd and /proc/PID/fd shows as "socket:[INODE]". Every
 // socket of a SO_REUSEPORT group has its own inode and its own queue.
+// UnixFile tells which file on disk a unix socket is bound to (the
+// kernel's record from bind(2)), so that a process acting as root on a
+// socket file can make sure the file at the path is still its socket's.
 //
 // # Processes
 //

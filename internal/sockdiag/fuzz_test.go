@@ -136,3 +136,36 @@ func FuzzParseProc(f *testing.F) {
 		socketInode([]byte(s))
 	})
 }
+
+func FuzzParseUnixFile(f *testing.F) {
+	f.Add(joinMessages([]netlink.Message{msg(encodeUnixMsg(99, Listen, nil, encodeUnixVFS(1234, 8<<20|1)))}))
+	f.Add(joinMessages([]netlink.Message{msg(encodeUnixMsg(99, Listen, nil, []byte{8, 0, 1, 0, 1, 0, 0, 0}))}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		msgs, err := splitMessages(b)
+		if err != nil {
+			return
+		}
+		ino, file, ok, err := decodeUnixFile(msgs)
+		if err != nil {
+			return
+		}
+		if !ok && file != (UnixFile{}) {
+			t.Fatalf("no file, but %+v", file)
+		}
+		if ok {
+			ino2, again, ok2, err := decodeUnixFile([]netlink.Message{msg(encodeUnixMsg(uint32(ino), Listen, nil, encodeUnixVFS(uint32(file.Ino), kernelDev(file.Dev))))})
+			if err != nil || !ok2 || ino2 != ino || again != file {
+				t.Fatalf("re-encoded %d %+v as %d %+v (%v, %v)", ino, file, ino2, again, ok2, err)
+			}
+		}
+	})
+}
+
+// kernelDev is userDev undone: a stat(2) device number as the kernel keeps
+// it, major in the top 12 bits and minor in the low 20.
+func kernelDev(d uint64) uint32 {
+	major := uint32(d>>8&0xfff | d>>32&^0xfff)
+	minor := uint32(d&0xff | d>>12&^0xff)
+	return major<<20 | minor&(1<<20-1)
+}

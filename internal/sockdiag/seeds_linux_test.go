@@ -100,6 +100,7 @@ func TestCaptureSeeds(t *testing.T) {
 	_, clIno := connFD(t, cl.(*net.UnixConn))
 	writeSeed(t, "FuzzParseUnixDiag", "kernel-unix-listen", execute(unixRequest(uint32(lnIno), 0), 0))
 	writeSeed(t, "FuzzParseUnixDiag", "kernel-unix-stream", execute(unixRequest(uint32(clIno), 0), 0))
+	writeSeed(t, "FuzzParseUnixFile", "kernel-unix-vfs", execute(unixRequestShow(uint32(lnIno), 0, udiagShowVFS), 0))
 }
 
 func writeSeed(t *testing.T, fuzz, name string, b []byte) {

@@ -155,6 +155,7 @@ type diag interface {
 	Query(Query) ([]Socket, error)
 	ListenQueues(inodes ...uint64) (map[uint64]Queue, error)
 	UnixQueues(inodes ...uint64) (map[uint64]Queue, error)
+	UnixFile(ino uint64) (UnixFile, bool, error)
 	Close() error
 }
 

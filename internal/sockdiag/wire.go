@@ -37,8 +37,11 @@ const (
 	// struct unix_diag_req and struct unix_diag_msg.
 	unixDiagReqLen = 24
 	unixDiagMsgLen = 16
+	udiagShowVFS   = 0x02 // UDIAG_SHOW_VFS
 	udiagShowRQLen = 0x10 // UDIAG_SHOW_RQLEN
+	unixDiagVFS    = 1    // UNIX_DIAG_VFS: struct unix_diag_vfs
 	unixDiagRQLen  = 4    // UNIX_DIAG_RQLEN
+	unixDiagVFSLen = 8    // struct unix_diag_vfs: udiag_vfs_ino, udiag_vfs_dev
 
 	noCookie = ^uint32(0) // INET_DIAG_NOCOOKIE
 )
@@ -108,11 +111,17 @@ func sourcePortFilter(port uint16, eq bool) []byte {
 // inode ino (an exact lookup; states are then ignored) or, with ino 0, a
 // dump of the unix sockets in states. Either way with their queue lengths.
 func unixRequest(ino uint32, states StateMask) []byte {
+	return unixRequestShow(ino, states, udiagShowRQLen)
+}
+
+// unixRequestShow is unixRequest asking for the attributes in show
+// (UDIAG_SHOW_* bits) instead of the queue lengths.
+func unixRequestShow(ino uint32, states StateMask, show uint32) []byte {
 	b := make([]byte, unixDiagReqLen)
 	b[0] = afUnix
 	binary.NativeEndian.PutUint32(b[4:], uint32(states))
 	binary.NativeEndian.PutUint32(b[8:], ino)
-	binary.NativeEndian.PutUint32(b[12:], udiagShowRQLen)
+	binary.NativeEndian.PutUint32(b[12:], show)
 	// No cookie: the kernel then matches on the inode alone.
 	binary.NativeEndian.PutUint32(b[16:], noCookie)
 	binary.NativeEndian.PutUint32(b[20:], noCookie)
@@ -227,4 +236,66 @@ func parseUnixMsg(b []byte) (unixSocket, error) {
 		return unixSocket{}, fmt.Errorf("unix_diag_msg inode %d: %w", u.Inode, errNoRQLen)
 	}
 	return u, nil
+}
+
+// UnixFile is the file a unix socket is bound to, as the kernel recorded it
+// at bind(2) (UNIX_DIAG_VFS): the filesystem's device and the inode.
+type UnixFile struct {
+	// Dev is the device of the filesystem the file was created on,
+	// encoded as stat(2) reports st_dev (unix.Mkdev of its major and
+	// minor). It is the superblock's device: on btrfs, where stat reports
+	// a subvolume's own device, and on overlayfs it can differ from the
+	// file's st_dev; /proc/self/mountinfo lists it for the mount.
+	Dev uint64
+	// Ino is the inode number. The kernel reports its low 32 bits.
+	Ino uint64
+}
+
+// decodeUnixFile reads the reply to an exact lookup with UDIAG_SHOW_VFS:
+// the socket's inode, and the file it is bound to (ok false when it is
+// bound to none: unbound, abstract, or a socket of a socketpair).
+func decodeUnixFile(msgs []netlink.Message) (ino uint64, f UnixFile, ok bool, err error) {
+	if len(msgs) != 1 {
+		return 0, f, false, fmt.Errorf("%d replies to an exact lookup, want 1", len(msgs))
+	}
+	m := msgs[0]
+	if m.Header.Type != sockDiagByFamily {
+		return 0, f, false, fmt.Errorf("%w %d", errBadMsgType, m.Header.Type)
+	}
+	b := m.Data
+	if len(b) < unixDiagMsgLen {
+		return 0, f, false, fmt.Errorf("unix_diag_msg: %w: %d bytes, want %d", errShort, len(b), unixDiagMsgLen)
+	}
+	if b[0] != afUnix {
+		return 0, f, false, fmt.Errorf("unix_diag_msg: %w %d", errFamily, b[0])
+	}
+	ino = uint64(binary.NativeEndian.Uint32(b[4:]))
+	ad, err := netlink.NewAttributeDecoder(b[unixDiagMsgLen:])
+	if err != nil {
+		return 0, f, false, fmt.Errorf("unix_diag_msg attributes: %w", err)
+	}
+	for ad.Next() {
+		if ad.Type() != unixDiagVFS {
+			continue
+		}
+		v := ad.Bytes()
+		if len(v) < unixDiagVFSLen {
+			return 0, f, false, fmt.Errorf("UNIX_DIAG_VFS: %w: %d bytes, want %d", errShort, len(v), unixDiagVFSLen)
+		}
+		f.Ino = uint64(binary.NativeEndian.Uint32(v[0:]))
+		f.Dev = userDev(binary.NativeEndian.Uint32(v[4:]))
+		ok = true
+	}
+	if err := ad.Err(); err != nil {
+		return 0, f, false, fmt.Errorf("unix_diag_msg attributes: %w", err)
+	}
+	return ino, f, ok, nil
+}
+
+// userDev converts a device number as the kernel keeps it (dev_t inside
+// the kernel: major in the top 12 bits, minor in the low 20) to the
+// encoding stat(2) reports, which glibc's makedev and unix.Mkdev produce.
+func userDev(k uint32) uint64 {
+	major, minor := uint64(k>>20), uint64(k&(1<<20-1))
+	return major&0xfff<<8 | major&^0xfff<<32 | minor&0xff | minor&^0xff<<12
 }

@@ -343,3 +343,53 @@ func TestDecodeUnix(t *testing.T) {
 		})
 	}
 }
+
+func TestUserDev(t *testing.T) {
+	for _, tt := range []struct{ major, minor uint32 }{{0, 0}, {8, 1}, {253, 3}, {0, 0x1234}, {0xabc, 0xfffff}, {0xfff, 0x12345}} {
+		k := tt.major<<20 | tt.minor
+		want := uint64(tt.major&0xfff)<<8 | uint64(tt.minor&0xff) | uint64(tt.minor&^0xff)<<12
+		if got := userDev(k); got != want {
+			t.Errorf("userDev(%d:%d) = %#x, want %#x", tt.major, tt.minor, got, want)
+		}
+	}
+}
+
+// encodeUnixVFS is an UNIX_DIAG_VFS attribute.
+func encodeUnixVFS(ino, kdev uint32) []byte {
+	a := make([]byte, 12)
+	binary.NativeEndian.PutUint16(a[0:], 12)
+	binary.NativeEndian.PutUint16(a[2:], unixDiagVFS)
+	binary.NativeEndian.PutUint32(a[4:], ino)
+	binary.NativeEndian.PutUint32(a[8:], kdev)
+	return a
+}
+
+func TestDecodeUnixFile(t *testing.T) {
+	tests := []struct {
+		name    string
+		msgs    []netlink.Message
+		wantIno uint64
+		want    UnixFile
+		wantOK  bool
+		wantErr bool
+	}{
+		{name: "bound", msgs: []netlink.Message{msg(encodeUnixMsg(99, Listen, nil, encodeUnixVFS(1234, 8<<20|1)))},
+			wantIno: 99, want: UnixFile{Dev: 8<<8 | 1, Ino: 1234}, wantOK: true},
+		{name: "abstract", msgs: []netlink.Message{msg(encodeUnixMsg(99, Listen, &[2]uint32{0, 1}, nil))}, wantIno: 99},
+		{name: "short attribute", msgs: []netlink.Message{msg(append(encodeUnixMsg(99, Listen, nil, nil), 8, 0, 1, 0, 1, 0, 0, 0))}, wantErr: true},
+		{name: "two replies", msgs: []netlink.Message{msg(encodeUnixMsg(1, Listen, nil, nil)), msg(encodeUnixMsg(2, Listen, nil, nil))}, wantErr: true},
+		{name: "none", wantErr: true},
+		{name: "not unix", msgs: []netlink.Message{msg(append([]byte{afInet}, encodeUnixMsg(5, Listen, nil, nil)[1:]...))}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ino, f, ok, err := decodeUnixFile(tt.msgs)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want an error: %v", err, tt.wantErr)
+			}
+			if err == nil && (ino != tt.wantIno || f != tt.want || ok != tt.wantOK) {
+				t.Errorf("decodeUnixFile = %d, %+v, %v; want %d, %+v, %v", ino, f, ok, tt.wantIno, tt.want, tt.wantOK)
+			}
+		})
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
 
@@ -122,6 +123,12 @@ type Taken struct {
 // its sockets and receives them. The running instance keeps serving until
 // Commit, which must come within commitWithin of the request, or it
 // carries on as if aborted.
+//
+// Before asking, Take checks who answers (control.CheckServer): only a
+// process of root or this process's user may hand it sockets, since the
+// descriptors it receives become the listeners it serves on. Anyone else
+// is refused before anything is sent, and the error wraps
+// control.ErrUntrustedServer.
 func Take(ctx context.Context, path string, commitWithin time.Duration) (*Taken, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
@@ -129,6 +136,10 @@ func Take(ctx context.Context, path string, commitWithin time.Duration) (*Taken,
 		return nil, fmt.Errorf("takeover: connecting to the running baton at %s: %w", path, err)
 	}
 	conn := c.(*net.UnixConn)
+	if err := control.CheckServer(conn, path); err != nil {
+		conn.Close() // nothing was asked: nothing to abort
+		return nil, fmt.Errorf("takeover: %w", err)
+	}
 	t, err := take(ctx, conn, Params{CommitWithinMS: commitWithin.Milliseconds()})
 	if err != nil {
 		conn.Close()
