@@ -48,7 +48,7 @@ const MaxAnswer = 4 << 10
 // ErrNotBaton is wrapped by the error of a pre-flight whose binary did not
 // answer the handshake as a baton that read the state: it is not a baton,
 // a baton too old to answer, or one that cannot read this state version.
-var ErrNotBaton = errors.New("not a baton that can read this state")
+var ErrNotBaton = errors.New("not a baton")
 
 // Handshake is the answer of a pre-flight run, one JSON line on the
 // descriptor named by BATON_INTERNAL_PREFLIGHT_ANSWER (never stdout,
@@ -409,7 +409,7 @@ func Preflight(ctx context.Context, sp *spawn.Spawner, bin *Binary, argv []strin
 	case <-ctx.Done():
 		p.SignalGroup(unix.SIGKILL)
 		<-exited
-		return fmt.Errorf("%w: %s did not finish its pre-flight within %s", ErrNotBaton, bin.Path, PreflightTimeout)
+		return fmt.Errorf("%s did not answer and exit within %s: %w, or a baton that is stuck", bin.Path, PreflightTimeout, ErrNotBaton)
 	}
 	// What it wrote is in the pipes; a process it left behind holding
 	// them must not hold this up.
@@ -417,7 +417,7 @@ func Preflight(ctx context.Context, sp *spawn.Spawner, bin *Binary, argv []strin
 	ans.SetReadDeadline(time.Now().Add(time.Second))
 	msg := strings.TrimSpace(string(bytes.TrimPrefix(<-output, []byte("baton: "))))
 	if msg == "" {
-		msg = "no output"
+		msg = "none"
 	}
 	return judge(bin.Path, e, <-answer, want, msg)
 }
@@ -439,19 +439,19 @@ func judge(path string, e spawn.Exit, answer []byte, want Handshake, output stri
 	line, _, _ := bytes.Cut(answer, []byte("\n"))
 	switch {
 	case len(answer) == 0 && ok:
-		return fmt.Errorf("%w: %s exited 0 without answering the pre-flight handshake: it is not a baton, or a baton too old to read state version %d (its output: %s)", ErrNotBaton, path, want.Version, output)
+		return fmt.Errorf("%s exited 0 without answering the pre-flight handshake: %w, or a baton too old to read state version %d (its output: %s)", path, ErrNotBaton, want.Version, output)
 	case len(answer) == 0:
-		return fmt.Errorf("%w: %s %s without answering the pre-flight handshake: it is not a baton, or cannot read state version %d: %s", ErrNotBaton, path, describe(e), want.Version, output)
+		return fmt.Errorf("%s %s without answering the pre-flight handshake: %w, or a baton that cannot read state version %d: %s", path, describe(e), ErrNotBaton, want.Version, output)
 	case len(answer) > MaxAnswer || json.Unmarshal(line, &got) != nil:
-		return fmt.Errorf("%w: %s answered the pre-flight handshake with %q, which is not a handshake: it is not a baton that reads state version %d", ErrNotBaton, path, clip(answer), want.Version)
+		return fmt.Errorf("%s answered the pre-flight handshake with %q, which is not a handshake: %w that reads state version %d", path, clip(answer), ErrNotBaton, want.Version)
 	case got.Nonce != want.Nonce:
-		return fmt.Errorf("%w: %s answered the pre-flight handshake with nonce %q, not the one in the state it was given: it did not read that state", ErrNotBaton, path, clip([]byte(got.Nonce)))
+		return fmt.Errorf("%s answered the pre-flight handshake with nonce %q, not the one in the state it was given: %w that read this state", path, clip([]byte(got.Nonce)), ErrNotBaton)
 	case got.Error != "":
 		return fmt.Errorf("%s cannot take over this baton (state version %d): %s", path, want.Version, got.Error)
 	case got.Version != want.Version:
-		return fmt.Errorf("%w: %s read state version %d, but was given version %d", ErrNotBaton, path, got.Version, want.Version)
+		return fmt.Errorf("%s read state version %d, but was given version %d: %w that reads it", path, got.Version, want.Version, ErrNotBaton)
 	case got.Listeners != want.Listeners || got.Sockets != want.Sockets || got.Workers != want.Workers || got.Descriptors != want.Descriptors:
-		return fmt.Errorf("%w: %s checked %s, but was handed %s", ErrNotBaton, path, got.counts(), want.counts())
+		return fmt.Errorf("%s checked %s, but was handed %s: %w that read this state", path, got.counts(), want.counts(), ErrNotBaton)
 	case !ok:
 		return fmt.Errorf("%s answered the pre-flight handshake, then %s: %s", path, describe(e), output)
 	}

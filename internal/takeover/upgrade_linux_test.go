@@ -167,7 +167,7 @@ func TestPreflightHandshake(t *testing.T) {
 		want     string // in the error; "" for none
 	}{
 		{"baton", false, ""},
-		{"exit0", true, "exited 0 without answering the pre-flight handshake: it is not a baton, or a baton too old to read state version 1"},
+		{"exit0", true, "exited 0 without answering the pre-flight handshake: not a baton, or a baton too old to read state version 1"},
 		{"stdout", true, "exited 0 without answering the pre-flight handshake"},
 		{"wrong-nonce", true, `nonce "0123456789abcdef", not the one in the state`},
 		{"wrong-version", true, "read state version 2, but was given version 1"},
@@ -330,4 +330,44 @@ func TestOpenBinaryUntrusted(t *testing.T) {
 		t.Fatalf("OpenBinary(%s), root's 0755 file in a safe directory: %v", ok, err)
 	}
 	b.Close()
+}
+
+// TestPreflightRunsTheOpenedFile: a file put at the path once baton has
+// opened the binary is not what runs (the path-based pre-flight and
+// execve ran whatever was there at each moment).
+func TestPreflightRunsTheOpenedFile(t *testing.T) {
+	t.Setenv(childEnv, "baton")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "baton")
+	copyFile(t, exe, path)
+	bin, err := OpenBinary(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bin.Close()
+	// Swapped: /bin/true (exits 0, answers nothing) is at the path now.
+	swap := filepath.Join(dir, "swap")
+	copyFile(t, "/bin/true", swap)
+	if err := os.Rename(swap, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := preflightOf(t, bin, false); err != nil {
+		t.Errorf("Preflight after the path was swapped: %v; want the opened file (a baton) to have run", err)
+	}
+}
+
+// copyFile copies an executable.
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Skipf("reading %s: %v", from, err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
 }
