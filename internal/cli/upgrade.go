@@ -125,7 +125,9 @@ func waitUpgraded(ctx context.Context, out io.Writer, path string, r *supervisor
 			case upgraded && keep:
 				fmt.Fprintf(out, "upgraded: baton pid %d runs %s; generation %d keeps serving\n", st.PID, r.Binary, st.Generation)
 				return nil
-			case upgraded && st.Generation > r.Generation && st.Pending == 0:
+			case upgraded && st.Generation > r.Generation:
+				// Reloads are held during an upgrade: the first one the
+				// new baton finished is the upgrade's own.
 				fmt.Fprintf(out, "upgraded: baton pid %d runs %s; generation %d serving\n", st.PID, r.Binary, st.Generation)
 				return nil
 			case upgraded && last != nil && !last.OK && last.Reason == "upgrade" && !last.Started.Before(replied):

@@ -118,7 +118,15 @@ func groupMemberUpgradeTakeover(t *testing.T) string {
 		t.Errorf("baton run --takeover as control_group member uid %d: exit %d, %q; want it refused with the reason", u.UID, code, out)
 	}
 	refusals["takeover"] = lastLine(out)
-	if n := strings.Count(b.log.String(), "refused a method to a peer that is neither root nor baton's user"); n != 3 {
+	// baton logs a refusal before it answers; its log reaches b.log a
+	// moment later.
+	logged := func() int {
+		return strings.Count(b.log.String(), "refused a method to a peer that is neither root nor baton's user")
+	}
+	for deadline := time.Now().Add(10 * time.Second); logged() < 3 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := logged(); n != 3 {
 		t.Errorf("baton logged %d refused methods, want 3", n)
 	}
 	if st := b.status(); st.Upgrades != 0 || st.Stopping {

@@ -51,10 +51,17 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
-		ch := s.Reload(fmt.Sprintf("asked by pid %d", peer.PID))
+		reason := fmt.Sprintf("asked by pid %d", peer.PID)
 		if !p.wait() {
+			// No channel: nobody waits for this outcome (an upgrade
+			// tells the clients that wait for a held reload, and waits
+			// until they have taken the news).
+			if !s.post(func() { s.requestReload(reason, nil) }) {
+				return nil, ErrStopping
+			}
 			return map[string]bool{"queued": true}, nil
 		}
+		ch := s.Reload(reason)
 		select {
 		case o := <-ch:
 			if o.Err != nil {
