@@ -58,7 +58,8 @@ generation (--keep-workers swaps only baton).
 
 upgrade prints a line for each step that happened: the pre-flight passed,
 then baton upgraded, or the upgrade failed and why. It exits 1 when the
-upgrade was refused or failed, and when baton stopped answering: then it
+upgrade was refused or failed, and when baton stopped answering (20
+seconds without an answer, or at once when its process is gone): then it
 says whether the old baton had already re-executed itself (then the old
 one is gone).
 
