@@ -36,8 +36,8 @@ func init() {
 func fakeBaton(mode string) int {
 	v, preflight := os.LookupEnv("BATON_INTERNAL_PREFLIGHT")
 	if !preflight {
-		if mode == "hang" {
-			select {} // holds every socket, answers nothing
+		for mode == "hang" { // holds every socket, answers nothing, until killed
+			time.Sleep(time.Hour)
 		}
 		fmt.Fprintln(os.Stderr, "fake baton: exiting instead of taking over")
 		return 1

@@ -401,15 +401,20 @@ func Preflight(ctx context.Context, sp *spawn.Spawner, bin *Binary, argv []strin
 	}
 	output := readAsync(out, 64<<10)
 	answer := readAsync(ans, MaxAnswer+1)
-	ctx, cancel := context.WithTimeout(ctx, PreflightTimeout)
-	defer cancel()
+	limit := time.NewTimer(PreflightTimeout)
+	defer limit.Stop()
 	var e spawn.Exit
 	select {
 	case e = <-exited:
-	case <-ctx.Done():
+	case <-limit.C:
 		p.SignalGroup(unix.SIGKILL)
 		<-exited
 		return fmt.Errorf("%s did not answer and exit within %s: %w, or a baton that is stuck", bin.Path, PreflightTimeout, ErrNotBaton)
+	case <-ctx.Done():
+		// The client went away, or baton stops.
+		p.SignalGroup(unix.SIGKILL)
+		<-exited
+		return fmt.Errorf("pre-flight of %s cancelled: %w", bin.Path, ctx.Err())
 	}
 	// What it wrote is in the pipes; a process it left behind holding
 	// them must not hold this up.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -40,8 +41,13 @@ type testState struct {
 // says: a baton that checks the state and answers, or one of the ways a
 // program that is not one (or not this version) fails the handshake.
 func preflightChild(mode string) int {
-	if mode == "exit0" { // /bin/true: exit 0, no answer
+	switch mode {
+	case "exit0": // /bin/true: exit 0, no answer
 		return 0
+	case "hang": // until killed
+		for {
+			time.Sleep(time.Hour)
+		}
 	}
 	in, err := Inherited()
 	if err != nil || in == nil || !in.Preflight {
@@ -369,5 +375,26 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.WriteFile(to, b, 0o755); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPreflightCancelled: a pre-flight cut short (the client hung up)
+// kills the child and says so, instead of blaming the binary.
+func TestPreflightCancelled(t *testing.T) {
+	t.Setenv(childEnv, "hang")
+	bin := self(t)
+	a := socketPair(t)
+	st := testState{Nonce: NewNonce(), Version: 1, Fds: []int{a[0]}}
+	state, _ := json.Marshal(st)
+	held, err := Hold(st.Fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	err = Preflight(ctx, testSpawner(), bin, os.Args, state, held, Handshake{Nonce: st.Nonce, Version: 1, Descriptors: 1})
+	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrNotBaton) {
+		t.Errorf("Preflight cancelled: %v; want it to say it was cancelled", err)
 	}
 }
