@@ -95,26 +95,25 @@ func newLogger(format, level string) (*slog.Logger, error) {
 func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settings, args []string) error {
 	// A previous baton may have re-executed itself as this binary (an
 	// upgrade), or runs it to check that it could (the pre-flight).
-	state, preflight, err := takeover.Inherited()
+	in, err := takeover.Inherited()
 	if err != nil {
 		return err
+	}
+	if in != nil && in.Preflight {
+		return preflight(c, in, func() error {
+			_, err := load(configPath, flags, c.Flags(), args)
+			return err
+		})
 	}
 	r, err := load(configPath, flags, c.Flags(), args)
 	if err != nil {
 		return err
 	}
 	var h *supervisor.Handover
-	if state != nil {
+	if in != nil {
 		h = &supervisor.Handover{}
-		if err := json.Unmarshal(state, h); err != nil {
+		if err := json.Unmarshal(in.State, h); err != nil {
 			return fmt.Errorf("reading the state the previous baton handed over: %w", err)
-		}
-		if preflight {
-			if err := h.Check(); err != nil {
-				return fmt.Errorf("pre-flight: %w", err)
-			}
-			fmt.Fprintf(c.OutOrStdout(), "pre-flight ok: %d listeners, %d workers, state version %d\n", len(h.Listeners), len(h.Workers), h.Version)
-			return nil
 		}
 	}
 	log, err := newLogger(r.LogFormat, r.LogLevel)
@@ -279,6 +278,28 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 		}
 	}()
 	return sup.Run()
+}
+
+// preflight is a pre-flight run: it checks the state a running baton
+// handed over and the configuration it would run with, answers the
+// running baton's handshake with what it checked (or why it cannot take
+// over), and changes nothing.
+func preflight(c *cobra.Command, in *takeover.Inheritance, loadConfig func() error) error {
+	hs, err := supervisor.CheckState(in.State)
+	if err == nil {
+		if err = loadConfig(); err != nil {
+			err = fmt.Errorf("the configuration: %w", err)
+			hs.Error = err.Error()
+		}
+	}
+	if aerr := in.Answer(hs); aerr != nil && err == nil {
+		err = aerr
+	}
+	if err != nil {
+		return fmt.Errorf("pre-flight: %w", err)
+	}
+	fmt.Fprintf(c.OutOrStdout(), "pre-flight ok: %s\n", hs.Summary())
+	return nil
 }
 
 // warnFixed logs the settings a reload cannot change.

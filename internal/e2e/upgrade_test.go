@@ -107,14 +107,28 @@ func TestUpgradeBySIGUSR2(t *testing.T) {
 
 func TestUpgradePreflightFailureChangesNothing(t *testing.T) {
 	requireE2E(t)
-	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--", helloBin)
+	dir := shortDir(t)
+	conf := filepath.Join(dir, "baton.toml")
+	good := fmt.Sprintf("command = [%q]\nworkers = 2\nready = \"notify\"\n[[listener]]\nname = \"http\"\naddress = \"tcp://127.0.0.1:0\"\n", helloBin)
+	writeConfig(t, conf, good)
+	b := startBaton(t, nil, "--config", conf)
 	before := b.waitReady(2)
 	wait := startLoad(b.addr("http"), 3*time.Second)
-	bad := filepath.Join(shortDir(t), "baton-broken")
+	// A real baton whose pre-flight fails: it cannot load the
+	// configuration it would run with.
+	writeConfig(t, conf, good+"workers = \"many\"\n")
+	out, code := b.cli("upgrade", "--binary", newBinary(t, "baton-next"))
+	if code != 1 || !strings.Contains(out, "pre-flight failed") || !strings.Contains(out, "cannot take over this baton (state version 1): the configuration") || !strings.Contains(out, "keeps running unchanged") {
+		t.Errorf("upgrade to a baton that cannot load the configuration: exit %d, %q", code, out)
+	}
+	writeConfig(t, conf, good)
+	// A script is refused before any pre-flight: its interpreter is
+	// found by path, which baton would not have checked.
+	bad := filepath.Join(dir, "baton-broken")
 	os.WriteFile(bad, []byte("#!/bin/sh\necho 'cannot read this state' >&2\nexit 1\n"), 0o755)
-	out, code := b.cli("upgrade", "--binary", bad)
-	if code != 1 || !strings.Contains(out, "pre-flight failed") || !strings.Contains(out, "cannot read this state") || !strings.Contains(out, "keeps running unchanged") {
-		t.Errorf("upgrade to a failing binary: exit %d, %q", code, out)
+	out, code = b.cli("upgrade", "--binary", bad)
+	if code != 1 || !strings.Contains(out, "is not an ELF executable (it is a #! script") || !strings.Contains(out, "keeps running unchanged") {
+		t.Errorf("upgrade to a script: exit %d, %q", code, out)
 	}
 	out, code = b.cli("upgrade", "--binary", "/nonexistent/baton")
 	if code != 1 || !strings.Contains(out, "/nonexistent/baton") {

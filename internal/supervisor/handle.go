@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/handoff"
@@ -50,10 +51,17 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
-		ch := s.Reload(fmt.Sprintf("asked by pid %d", peer.PID))
+		reason := fmt.Sprintf("asked by pid %d", peer.PID)
 		if !p.wait() {
+			// No channel: nobody waits for this outcome (an upgrade
+			// tells the clients that wait for a held reload, and waits
+			// until they have taken the news).
+			if !s.post(func() { s.requestReload(reason, nil) }) {
+				return nil, ErrStopping
+			}
 			return map[string]bool{"queued": true}, nil
 		}
+		ch := s.Reload(reason)
 		select {
 		case o := <-ch:
 			if o.Err != nil {
@@ -72,12 +80,22 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		}
 		return s.Scale(p.Workers)
 	case "upgrade":
+		if err := s.ownerOnly(peer, req.Method); err != nil {
+			return nil, err
+		}
 		var p upgradeParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
-		return s.upgrade(ctx, p)
+		r, err := s.upgrade(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		return r, nil
 	case "takeover":
+		if err := s.ownerOnly(peer, req.Method); err != nil {
+			return nil, err
+		}
 		var p takeover.Params
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
@@ -103,6 +121,29 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		return map[string]bool{"stopping": true}, nil
 	}
 	return nil, fmt.Errorf("unknown method %q; methods are %v", req.Method, Methods)
+}
+
+// ErrOwnerOnly is wrapped by the refusal of a method that only root and
+// baton's own user may use.
+var ErrOwnerOnly = errors.New("permission denied")
+
+// ownerOnly admits root and baton's own user to the methods that decide
+// what baton runs as itself (upgrade: baton executes a binary of the
+// caller's choosing, as root when baton is root) or where its sockets go
+// (takeover: every listener and the control socket go to the caller).
+// The other users the control socket admits (control_group) may ask for
+// status, reload, scale and stop. A refusal is logged.
+func (s *Supervisor) ownerOnly(peer control.Peer, method string) error {
+	uid := os.Geteuid()
+	if peer.UID == 0 || peer.UID == uid {
+		return nil
+	}
+	what := map[string]string{
+		"upgrade":  "it makes baton execute a binary as its own user",
+		"takeover": "it hands every listener and the control socket to the caller",
+	}[method]
+	s.log.Warn("control socket: refused a method to a peer that is neither root nor baton's user", "method", method, "pid", peer.PID, "uid", peer.UID)
+	return fmt.Errorf("%w: %s is for root and baton's own user (uid %d) only, not uid %d (%s); ask one of them, or use status, reload, scale and stop", ErrOwnerOnly, method, uid, peer.UID, what)
 }
 
 // WorkerInfo is the answer to "hello" on the worker socket.

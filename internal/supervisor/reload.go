@@ -61,6 +61,10 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 		}
 		return
 	}
+	if s.upgrading.on {
+		s.holdReload(reason, ch) // upgrade.go: it runs after the upgrade
+		return
+	}
 	if s.pending != nil || s.preparing {
 		if !s.reload.queued {
 			s.log.Info("reload queued behind the one in progress", "reason", reason)

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -9,11 +10,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/takeover"
 )
 
 // StateVersion is the version of Handover this baton writes and reads. A
 // baton reads the states of its own version only; an upgrade to a binary
-// that cannot read it stops at the pre-flight, changing nothing.
+// that cannot read it stops at the pre-flight, changing nothing. Fields
+// added with omitempty, which an older reader ignores, keep the version.
 const StateVersion = 1
 
 // Handover is everything a baton hands to the binary it re-executes itself
@@ -45,6 +48,13 @@ type Handover struct {
 	Binary      string `json:"binary"`
 	KeepWorkers bool   `json:"keep_workers"`
 	Upgrades    int    `json:"upgrades"` // done before this one
+	// Nonce is the pre-flight's: the new binary answers the handshake
+	// with it (takeover.Handshake), which proves it read this state.
+	Nonce string `json:"nonce,omitempty"`
+	// ReloadQueued says a reload was asked for during the upgrade: the
+	// new baton runs it (with reason ReloadReason) once it has taken over.
+	ReloadQueued bool   `json:"reload_queued,omitempty"`
+	ReloadReason string `json:"reload_reason,omitempty"`
 }
 
 // ListenerState is one listener group.
@@ -126,33 +136,80 @@ func (st *Handover) Fds() []int {
 	return fds
 }
 
+// Expect is the handshake a pre-flight of this state must answer: its
+// nonce and version, and how many of each thing Check checks.
+func (st *Handover) Expect() takeover.Handshake {
+	h := takeover.Handshake{Nonce: st.Nonce, Version: st.Version, Listeners: len(st.Listeners), Workers: len(st.Workers), Descriptors: len(st.Fds())}
+	for _, l := range st.Listeners {
+		h.Sockets += len(l.Sockets)
+	}
+	return h
+}
+
 // Check validates a state before a new binary takes it over: its version,
-// and that every listener descriptor is a socket of the recorded kind on
-// the recorded address. The pre-flight runs it in the new binary.
-func (st *Handover) Check() error {
+// that every descriptor it names is open, that every listener descriptor
+// is a socket of the recorded kind on the recorded address, and that
+// baton's own sockets are sockets. It returns what it checked; the
+// pre-flight runs it in the new binary and answers with that.
+func (st *Handover) Check() (takeover.Handshake, error) {
+	got := takeover.Handshake{Nonce: st.Nonce, Version: st.Version}
 	if st.Version != StateVersion {
-		return fmt.Errorf("state version %d; this baton reads version %d", st.Version, StateVersion)
+		return got, fmt.Errorf("state version %d; this baton reads version %d", st.Version, StateVersion)
+	}
+	for _, fd := range st.Fds() {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			return got, fmt.Errorf("descriptor %d named in the state: %w", fd, os.NewSyscallError("fcntl", err))
+		}
+		got.Descriptors++
 	}
 	for _, l := range st.Listeners {
 		spec, err := listener.Parse(l.Spec)
 		if err != nil {
-			return fmt.Errorf("listener %q: %w", l.Spec, err)
+			return got, fmt.Errorf("listener %q: %w", l.Spec, err)
 		}
 		for _, s := range l.Sockets {
 			if _, err := listener.Adopt(spec, s.Fd, s.Backlog, 0); err != nil {
-				return fmt.Errorf("listener %s, slot %d: %w", spec.Name, s.Slot, err)
+				return got, fmt.Errorf("listener %s, slot %d: %w", spec.Name, s.Slot, err)
 			}
+			got.Sockets++
 		}
+		got.Listeners++
 	}
 	for _, w := range st.Workers {
 		if err := unix.Kill(w.PID, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("worker %d: %w", w.PID, err)
+			return got, fmt.Errorf("worker %d: %w", w.PID, err)
 		}
+		got.Workers++
 	}
 	for _, fd := range []int{st.NotifyFd, st.WorkerFd} {
 		if _, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
-			return fmt.Errorf("baton's own socket at fd %d: %w", fd, os.NewSyscallError("getsockopt", err))
+			return got, fmt.Errorf("baton's own socket at fd %d: %w", fd, os.NewSyscallError("getsockopt", err))
 		}
 	}
-	return nil
+	return got, nil
+}
+
+// CheckState is the pre-flight of this binary: it decodes the state a
+// running baton handed over and checks it (Check). The handshake it
+// returns, its error included, is the pre-flight's answer: even a state
+// this binary cannot decode is answered with the nonce and version found
+// in it, so that the running baton can say why.
+func CheckState(state []byte) (takeover.Handshake, error) {
+	var head struct {
+		Version int    `json:"version"`
+		Nonce   string `json:"nonce"`
+	}
+	if err := json.Unmarshal(state, &head); err != nil {
+		return takeover.Handshake{}, fmt.Errorf("the state the running baton handed over is not JSON: %w", err)
+	}
+	var h Handover
+	if err := json.Unmarshal(state, &h); err != nil {
+		err = fmt.Errorf("reading the state the running baton handed over (version %d; this baton reads version %d): %w", head.Version, StateVersion, err)
+		return takeover.Handshake{Nonce: head.Nonce, Version: head.Version, Error: err.Error()}, err
+	}
+	got, err := h.Check()
+	if err != nil {
+		got.Error = err.Error()
+	}
+	return got, err
 }

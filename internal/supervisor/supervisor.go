@@ -96,6 +96,8 @@ type Supervisor struct {
 	lastUpgradeErr  string    // why the last upgrade failed, if it did
 	restored        *Handover // set by Restore until Run adopts
 	adopted         []*worker // workers of the restored state
+
+	upgrading upgradeState // the upgrade in progress (upgrade.go)
 }
 
 type stats struct {

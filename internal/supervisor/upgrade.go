@@ -16,13 +16,23 @@ import (
 	"github.com/baton-dev/baton/internal/takeover"
 )
 
-// UpgradeReply is what `baton upgrade` hears just before baton re-executes
-// itself; the client then watches status for Upgrades to grow.
+// UpgradeReply is what `baton upgrade` hears once the new binary's
+// pre-flight has passed, just before baton re-executes itself; the client
+// then watches status for Upgrades to grow.
 type UpgradeReply struct {
 	PID      int    `json:"pid"`
 	Binary   string `json:"binary"`
 	Upgrades int    `json:"upgrades"` // upgrades done before this one
-	exec     func()
+	// ID is the upgrade's nonce: the re-executed baton has it in its
+	// environment (takeover.Upgraded), so the client can tell whether
+	// the execve happened.
+	ID string `json:"id"`
+	// Preflight says what the new binary checked.
+	Preflight string `json:"preflight"`
+	// Generation is the generation serving when baton took the state:
+	// without --keep-workers the new baton replaces it.
+	Generation int `json:"generation"`
+	exec       func()
 }
 
 // AfterReply re-executes baton once the reply is out.
@@ -34,18 +44,34 @@ type upgradeParams struct {
 	KeepWorkers bool   `json:"keep_workers"`
 }
 
+// upgradeState is the upgrade in progress; the loop owns it.
+type upgradeState struct {
+	// on: an upgrade holds reloads back, from when it asks for its
+	// snapshot (waiting for a reload in progress to finish first) to its
+	// execve or its failure, so that nothing changes between the state the
+	// pre-flight checked and the one handed over.
+	on bool
+	// held: a reload was asked for meanwhile, for reason; it runs after
+	// the upgrade (in the new baton, or in this one if the upgrade fails).
+	// waiters wait for its outcome.
+	held    bool
+	reason  string
+	waiters []chan<- ReloadOutcome
+}
+
 // Upgrade re-executes baton as binary (its own binary when ""), as the
 // upgrade method does, for SIGUSR2. Failures are logged.
 func (s *Supervisor) Upgrade(binary string, keepWorkers bool) {
 	if r, err := s.upgrade(s.ctx, upgradeParams{Binary: binary, KeepWorkers: keepWorkers}); err == nil {
-		r.(*UpgradeReply).AfterReply()
+		r.AfterReply()
 	}
 }
 
-// upgrade checks the new binary with a pre-flight run and, when it passes,
-// answers and then re-executes baton as that binary (keeping the pid). A
-// refusal is logged as well as returned.
-func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (any, error) {
+// upgrade checks the new binary (OpenBinary) and its pre-flight and, when
+// both pass, returns the reply whose AfterReply re-executes baton as that
+// very file (keeping the pid). A refusal is logged as well as returned,
+// and changes nothing.
+func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (*UpgradeReply, error) {
 	r, err := s.prepareUpgrade(ctx, p)
 	if err != nil {
 		s.log.Error("upgrade refused", "err", err)
@@ -53,7 +79,7 @@ func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (any, error) 
 	return r, err
 }
 
-func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (any, error) {
+func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (*UpgradeReply, error) {
 	if p.Binary == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -61,37 +87,182 @@ func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (any, 
 		}
 		p.Binary = exe
 	}
-	var h *Handover
-	var err error
-	if !s.call(func() { h, err = s.handover(false) }) {
-		return nil, ErrStopping
-	}
+	bin, err := takeover.OpenBinary(p.Binary)
 	if err != nil {
+		return nil, fmt.Errorf("upgrade refused: %w; baton keeps running unchanged", err)
+	}
+	h, held, err := s.upgradeSnapshot(ctx)
+	if err != nil {
+		bin.Close()
 		return nil, err
 	}
+	// From here reloads are held until endUpgrade, or the execve.
+	want := h.Expect()
 	state, err := json.Marshal(h)
+	if err == nil {
+		s.log.Info("upgrade: pre-flight of the new binary", "binary", p.Binary)
+		if err = takeover.Preflight(ctx, s.spawner, bin, s.opts.Args, state, held, want); err != nil {
+			err = fmt.Errorf("upgrade to %s refused: its pre-flight failed: %w; baton keeps running unchanged", p.Binary, err)
+		}
+	}
+	held.Close()
 	if err != nil {
+		bin.Close()
+		s.post(s.endUpgrade)
 		return nil, err
 	}
-	s.log.Info("upgrade: pre-flight of the new binary", "binary", p.Binary)
-	if err := takeover.Preflight(ctx, s.spawner, p.Binary, s.opts.Args, state, h.Fds()); err != nil {
-		return nil, fmt.Errorf("upgrade to %s refused: its pre-flight failed: %w; baton keeps running unchanged", p.Binary, err)
-	}
-	return &UpgradeReply{PID: os.Getpid(), Binary: p.Binary, Upgrades: h.Upgrades, exec: func() {
-		s.call(func() { s.execUpgrade(p) })
-	}}, nil
+	s.log.Info("upgrade: pre-flight passed", "binary", p.Binary, "state_version", want.Version, "listeners", want.Listeners, "workers", want.Workers, "descriptors", want.Descriptors)
+	return &UpgradeReply{PID: os.Getpid(), Binary: p.Binary, Upgrades: h.Upgrades, ID: h.Nonce, Preflight: want.Summary(), Generation: h.Active,
+		exec: func() { s.finishUpgrade(p, bin, h.Nonce) }}, nil
 }
 
-// execUpgrade re-executes baton as p.Binary, handing over everything. It
-// returns only when the execve failed, and then nothing has changed.
-func (s *Supervisor) execUpgrade(p upgradeParams) {
+// upgradeSnapshot begins the upgrade on the loop: it holds reloads back
+// from now on, waits for a reload in progress to finish, and takes the
+// state for the pre-flight with copies of its descriptors (the caller
+// closes them).
+func (s *Supervisor) upgradeSnapshot(ctx context.Context) (*Handover, *takeover.Held, error) {
+	for waited := false; ; waited = true {
+		var (
+			h    *Handover
+			held *takeover.Held
+			wait <-chan ReloadOutcome
+			err  error
+		)
+		if !s.call(func() { h, held, wait, err = s.beginUpgrade(waited) }) {
+			return nil, nil, ErrStopping
+		}
+		if err != nil || h != nil {
+			return h, held, err
+		}
+		if !waited {
+			s.log.Info("upgrade: waiting for the reload in progress to finish; reloads asked for meanwhile run after the upgrade")
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			s.post(s.endUpgrade)
+			return nil, nil, fmt.Errorf("upgrade: stopped waiting for the reload in progress to finish (%w); baton keeps running unchanged", ctx.Err())
+		case <-s.done:
+			return nil, nil, ErrStopping
+		}
+	}
+}
+
+// beginUpgrade starts holding reloads back and takes the state, with a
+// nonce for the handshake and copies of its descriptors. While a reload
+// is in progress it returns instead a channel that receives its outcome:
+// the caller waits, then calls again with waited set. A refusal changes
+// nothing.
+func (s *Supervisor) beginUpgrade(waited bool) (*Handover, *takeover.Held, <-chan ReloadOutcome, error) {
+	switch {
+	case s.stopping:
+		return nil, nil, nil, errors.New("upgrade: baton is stopping")
+	case s.upgrading.on && !waited:
+		return nil, nil, nil, errors.New("upgrade: another upgrade is in progress; baton status shows when it is done")
+	case s.takingOver:
+		return nil, nil, nil, errors.New("upgrade: a takeover by a new instance is in progress")
+	}
+	s.upgrading.on = true
+	s.lastUpgradeErr = ""
+	if s.pending != nil || s.preparing {
+		ch := make(chan ReloadOutcome, 1)
+		s.reload.waiters = append(s.reload.waiters, ch)
+		return nil, nil, ch, nil
+	}
+	h, err := s.handover(false)
+	if err != nil {
+		s.endUpgrade()
+		return nil, nil, nil, err
+	}
+	h.Nonce = takeover.NewNonce()
+	held, err := takeover.Hold(h.Fds())
+	if err != nil {
+		s.endUpgrade()
+		return nil, nil, nil, fmt.Errorf("upgrade: %w", err)
+	}
+	return h, held, nil, nil
+}
+
+// holdReload keeps a reload asked for during an upgrade until the upgrade
+// is over. Every request held is served by one reload, as behind a reload.
+func (s *Supervisor) holdReload(reason string, ch chan<- ReloadOutcome) {
+	if !s.upgrading.held {
+		s.log.Info("reload held until the upgrade in progress is over", "reason", reason)
+	}
+	s.upgrading.held, s.upgrading.reason = true, reason
+	if ch != nil {
+		s.upgrading.waiters = append(s.upgrading.waiters, ch)
+	}
+}
+
+// endUpgrade ends an upgrade that did not happen: reloads are no longer
+// held, and the one held, if any, runs now (or behind the reload in
+// progress).
+func (s *Supervisor) endUpgrade() {
+	u := s.upgrading
+	s.upgrading = upgradeState{}
+	if !u.held {
+		return
+	}
+	switch {
+	case s.stopping:
+		for _, ch := range u.waiters {
+			ch <- ReloadOutcome{Err: ErrStopping}
+		}
+	case s.pending != nil || s.preparing:
+		s.reload.queued, s.reload.queuedReason = true, u.reason
+		s.reload.queuedFor = append(s.reload.queuedFor, u.waiters...)
+	default:
+		s.log.Info("running the reload asked for during the upgrade", "reason", u.reason)
+		s.prepareReload(u.reason, u.waiters)
+	}
+}
+
+// finishUpgrade re-executes baton as bin once the reply is out. The
+// clients waiting for a held reload are told first: the execve closes
+// their connections.
+func (s *Supervisor) finishUpgrade(p upgradeParams, bin *takeover.Binary, id string) {
+	defer bin.Close() // still here: the execve did not happen
+	for range 3 {
+		var told []chan<- ReloadOutcome
+		if !s.call(func() { told = s.tellHeldWaiters(p.Binary) }) {
+			return
+		}
+		if len(told) == 0 {
+			break
+		}
+		// Until their handlers have taken the news (then they write it).
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && slices.ContainsFunc(told, func(ch chan<- ReloadOutcome) bool { return len(ch) > 0 }); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	s.call(func() { s.execUpgrade(p, bin, id) })
+}
+
+// tellHeldWaiters answers the clients waiting for the held reload, which
+// still runs after the upgrade.
+func (s *Supervisor) tellHeldWaiters(binary string) []chan<- ReloadOutcome {
+	told := s.upgrading.waiters
+	s.upgrading.waiters = nil
+	for _, ch := range told {
+		ch <- ReloadOutcome{Err: fmt.Errorf("reload not run yet: baton is re-executing itself as %s (baton upgrade); the reload runs once that is over, in the new baton, or in this one if the upgrade fails: see baton status", binary)}
+	}
+	return told
+}
+
+// execUpgrade re-executes baton as bin, handing over everything. It
+// returns only when that failed, and then nothing has changed (the held
+// reload runs now).
+func (s *Supervisor) execUpgrade(p upgradeParams, bin *takeover.Binary, id string) {
 	// From here on exit statuses wait for the new program: a worker that
 	// exits now stays a zombie until the new baton reaps it.
 	s.spawner.Pause()
 	fail := func(err error) {
 		s.spawner.Resume()
+		err = fmt.Errorf("%w; baton (pid %d) keeps running unchanged", err, os.Getpid())
 		s.lastUpgradeErr = err.Error()
-		s.log.Error("upgrade failed; baton keeps running unchanged", "err", err)
+		s.log.Error("upgrade failed", "err", err)
+		s.endUpgrade()
 	}
 	h, err := s.handover(true)
 	if err != nil {
@@ -100,13 +271,14 @@ func (s *Supervisor) execUpgrade(p upgradeParams) {
 	}
 	h.KeepWorkers = p.KeepWorkers
 	h.Binary = p.Binary
+	h.ReloadQueued, h.ReloadReason = s.upgrading.held, s.upgrading.reason
 	state, err := json.Marshal(h)
 	if err != nil {
 		fail(err)
 		return
 	}
 	s.log.Info("upgrade: re-executing baton", "binary", p.Binary, "pid", os.Getpid(), "workers", len(s.workers), "keep_workers", p.KeepWorkers)
-	err = takeover.Exec(s.spawner, p.Binary, s.opts.Args, state, h.Fds())
+	err = takeover.Exec(s.spawner, bin, s.opts.Args, state, h.Fds(), id)
 	// Still here: the execve failed.
 	for _, w := range s.workers {
 		for _, pp := range w.pipes {
@@ -345,8 +517,15 @@ func (s *Supervisor) adopt() {
 	h := s.restored
 	s.restored = nil
 	s.log.Info("upgrade done: baton re-executed itself", "binary", h.Binary, "pid", os.Getpid(), "workers", len(s.workers), "generation", s.active.id)
-	if !h.KeepWorkers {
+	switch {
+	case !h.KeepWorkers:
+		if h.ReloadQueued {
+			s.log.Info("the reload asked for during the upgrade is the upgrade's own", "reason", h.ReloadReason)
+		}
 		s.requestReload("upgrade", nil)
+	case h.ReloadQueued:
+		s.log.Info("running the reload asked for during the upgrade", "reason", h.ReloadReason)
+		s.requestReload(h.ReloadReason, nil)
 	}
 }
 

@@ -112,6 +112,11 @@ func Give(ctx context.Context, conn *net.UnixConn, socks []Socket, within time.D
 	return v.PID, nil
 }
 
+// ErrRefused is returned by Take when the running instance refused the
+// takeover (a peer that may not take it over, a reload in progress); its
+// reason follows.
+var ErrRefused = errors.New("the running baton refused the takeover")
+
 // Taken is the new instance's side of a takeover in progress.
 type Taken struct {
 	conn    *net.UnixConn
@@ -152,9 +157,17 @@ func take(ctx context.Context, conn *net.UnixConn, p Params) (*Taken, error) {
 	if err := writeLine(conn, map[string]any{"method": "takeover", "params": p}); err != nil {
 		return nil, err
 	}
-	var h header
+	// The running baton answers with the sockets' header, or refuses
+	// with the control protocol's {"ok":false,"error":...}.
+	var h struct {
+		header
+		Error string `json:"error"`
+	}
 	if err := readLine(ctx, conn, &h); err != nil {
 		return nil, err
+	}
+	if h.Error != "" {
+		return nil, fmt.Errorf("%w: %s", ErrRefused, h.Error)
 	}
 	fds, err := fdpass.Recv(ctx, conn, fdpass.Limits{MaxFDs: len(h.Sockets) + 1})
 	if err != nil {
