@@ -219,9 +219,25 @@ func (s *Spawner) Start(spec Spec, onExit func(Exit)) (*Process, error) {
 	}
 	<-done
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.Path, err)
+		return nil, startError(spec, err)
 	}
 	return proc, nil
+}
+
+// startError says why a process could not be started. The child reports
+// a failed chdir(2) with the same errno as a failed execve(2); through the
+// shim (whose own binary, /proc/self/exe, is there) a path error can only
+// be the working directory's, so the error names it, not the command. A
+// Direct start names the directory when it is not one now.
+func startError(spec Spec, err error) error {
+	if spec.Dir != "" && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) ||
+		errors.Is(err, unix.EACCES) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENAMETOOLONG)) {
+		fi, serr := os.Stat(spec.Dir)
+		if !spec.Direct || serr != nil || !fi.IsDir() {
+			return fmt.Errorf("working directory %s: %w", spec.Dir, err)
+		}
+	}
+	return fmt.Errorf("start %s: %w", spec.Path, err)
 }
 
 // Orphans counts children reaped that baton did not start (processes
