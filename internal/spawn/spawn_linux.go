@@ -139,7 +139,14 @@ func Main(program func() int) {
 // thread when Main runs, otherwise a thread locked for good (tests). There
 // is one Spawner per process: the reaper collects every child, so nothing
 // else may wait for children.
+//
+// New makes this process a child subreaper (PR_SET_CHILD_SUBREAPER): a
+// process whose parent exits is re-parented to its closest subreaper
+// ancestor instead of to init, so what a worker leaves behind stays
+// baton's child, which can end it (Processes, Open) and reaps it. On a
+// kernel without it (before 3.4) orphans go to init as before.
 func New() *Spawner {
+	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 	s := &Spawner{shim: "/proc/self/exe", calls: mainCalls, children: map[int]child{}}
 	if s.calls == nil {
 		s.calls = make(chan func())
@@ -246,6 +253,16 @@ func (s *Spawner) Orphans() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.orphans
+}
+
+// Started reports whether pid is a child this Spawner started (or
+// adopted) that has not been reaped yet. A child being started is waited
+// for: a process seen in /proc before Start registered it still counts.
+func (s *Spawner) Started(pid int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.children[pid]
+	return ok
 }
 
 // Pause stops the reaper from collecting exited children until Resume, so

@@ -231,3 +231,112 @@ func workerPIDsOf(st Status) []int {
 	}
 	return pids
 }
+
+// readPID waits for a worker script to write a pid to path.
+func readPID(t *testing.T, path string) int {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b, err := os.ReadFile(path)
+		var pid int
+		if _, serr := fmt.Sscan(string(b), &pid); err == nil && serr == nil && pid > 0 {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no pid in %s within 20s", path)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// alive reports whether pid runs (a zombie does not).
+func alive(pid int) bool {
+	p, err := spawn.ReadProc(pid)
+	return err == nil && !p.Zombie()
+}
+
+// waitGone waits until pid no longer runs.
+func waitGone(t *testing.T, pid int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still runs after %s", pid, within)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stopAndWait stops the supervisor and waits for Run to return.
+func (r *testRun) stopAndWait(t *testing.T) time.Duration {
+	t.Helper()
+	start := time.Now()
+	r.Stop("test")
+	select {
+	case <-r.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Run did not return within 30s of Stop")
+	}
+	return time.Since(start)
+}
+
+// A shell worker that does not exec: the stop signal ends the shell, and
+// its child, which kept the worker's descriptors, must not outlive it.
+func TestStopEndsWhatTheWorkerLeft(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child")
+	r := runSupervisor(t, shellConfig(1, "sleep 60 & echo $! > "+pidFile+"; wait"))
+	r.waitStatus(t, "the worker to be ready", func(st Status) bool { return readyWorkers(st) == 1 })
+	child := readPID(t, pidFile)
+	took := r.stopAndWait(t)
+	if alive(child) {
+		syscall.Kill(child, syscall.SIGKILL)
+		t.Fatalf("the worker's child %d still runs after Run returned", child)
+	}
+	want := fmt.Sprintf("worker's leftover process pid %d (sleep), in its process group: sent SIGTERM", child)
+	if !strings.Contains(r.log.String(), want) {
+		t.Errorf("the log does not say %q:\n%s", want, r.log)
+	}
+	if took > 2*time.Second {
+		t.Errorf("stopping took %s: the leftover drained on SIGTERM at once, nothing had to wait for the drain timeout", took)
+	}
+}
+
+// A leftover that ignores the stop signal is killed at the worker's drain
+// deadline, and Run waits for that.
+func TestLeftoverKilledAtDrainDeadline(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child")
+	cfg := shellConfig(1, `sh -c 'trap "" TERM; echo $$ > `+pidFile+`; while :; do sleep 0.1; done' & wait`)
+	cfg.DrainTimeout = time.Second
+	r := runSupervisor(t, cfg)
+	r.waitStatus(t, "the worker to be ready", func(st Status) bool { return readyWorkers(st) == 1 })
+	child := readPID(t, pidFile)
+	took := r.stopAndWait(t)
+	if alive(child) {
+		syscall.Kill(child, syscall.SIGKILL)
+		t.Fatalf("the leftover %d that ignores SIGTERM still runs after Run returned", child)
+	}
+	if took < 900*time.Millisecond {
+		t.Errorf("Run returned %s after Stop, before the 1s drain deadline: the leftover was not given its drain time", took)
+	}
+	if want := fmt.Sprintf("worker's leftover process pid %d (sh), in its process group: still ran at the drain deadline: killed", child); !strings.Contains(r.log.String(), want) {
+		t.Errorf("the log does not say %q:\n%s", want, r.log)
+	}
+}
+
+// What a crashed worker left running gets the stop signal at once, while
+// baton runs on and restarts the slot.
+func TestCrashLeftoversEnded(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child")
+	script := `if [ ! -e ` + pidFile + ` ]; then sleep 60 & echo $! > ` + pidFile + `; exit 3; fi; exec sleep 60`
+	r := runSupervisor(t, shellConfig(1, script))
+	child := readPID(t, pidFile)
+	waitGone(t, child, 10*time.Second)
+	st := r.waitStatus(t, "the restarted worker to be ready", func(st Status) bool { return readyWorkers(st) == 1 })
+	if st.Process.LeftoversSignalled < 1 {
+		t.Errorf("leftovers signalled: %d; want the crashed worker's child counted", st.Process.LeftoversSignalled)
+	}
+	if !strings.Contains(r.log.String(), fmt.Sprintf("worker's leftover process pid %d (sleep)", child)) {
+		t.Errorf("the log does not name leftover %d:\n%s", child, r.log)
+	}
+}

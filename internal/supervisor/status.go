@@ -130,6 +130,11 @@ type ProcessStatus struct {
 	Goroutines  int `json:"goroutines"`
 	RSSBytes    int `json:"rss_bytes"`
 	OrphansReap int `json:"orphans_reaped"`
+	// LeftoversSignalled and LeftoversKilled count the processes exited
+	// workers left running that baton sent the stop signal, and that it
+	// killed (SIGKILL) at the drain deadline.
+	LeftoversSignalled int64 `json:"leftovers_signalled"`
+	LeftoversKilled    int64 `json:"leftovers_killed"`
 }
 
 // Status returns a snapshot. It returns false if baton has finished.
@@ -162,6 +167,8 @@ func (s *Supervisor) status() Status {
 		UpgradeError: s.lastUpgradeErr,
 	}
 	st.Process.OrphansReap = s.spawner.Orphans()
+	st.Process.LeftoversSignalled = s.leftovers.signalled.Load()
+	st.Process.LeftoversKilled = s.leftovers.killed.Load()
 	st.Handoff = s.handoffStatus(st.Process.FDs)
 	if s.pending != nil {
 		st.Pending = s.pending.id

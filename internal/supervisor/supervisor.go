@@ -95,6 +95,12 @@ type Supervisor struct {
 	lastUpgradeErr  string    // why the last upgrade failed, if it did
 	restored        *Handover // set by Restore until Run adopts
 	adopted         []*worker // workers of the restored state
+	// leftoverSearches counts the searches for what exited workers left
+	// running that have not finished (leftovers.go); Run waits for them.
+	leftoverSearches int
+	killing          bool // Kill was called: leftovers are killed at once
+
+	leftovers *leftovers // shared with the searches' goroutines
 }
 
 type stats struct {
@@ -147,6 +153,7 @@ func newSupervisor(o Options) *Supervisor {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handoff = newHandoff(s.log)
+	s.leftovers = newLeftovers()
 	return s
 }
 
@@ -221,8 +228,11 @@ func (s *Supervisor) closeGroups(all bool) {
 	}
 }
 
-// finished reports whether baton has stopped and every worker is gone.
-func (s *Supervisor) finished() bool { return s.stopping && len(s.workers) == 0 }
+// finished reports whether baton has stopped, every worker is gone and so
+// is what they left running.
+func (s *Supervisor) finished() bool {
+	return s.stopping && len(s.workers) == 0 && s.leftoverSearches == 0
+}
 
 // post runs f on the loop. It returns false, without running f, when the
 // loop has ended.
@@ -279,10 +289,12 @@ func (s *Supervisor) Stop(reason string) {
 	s.post(func() { s.beginStop(reason) })
 }
 
-// Kill sends SIGKILL to every worker's process group at once.
+// Kill sends SIGKILL to every worker's process group at once, and to
+// what exited workers left running.
 func (s *Supervisor) Kill() {
 	s.post(func() {
 		s.beginStop("killed")
+		s.killLeftovers()
 		for _, w := range s.workers {
 			w.kill()
 		}
@@ -315,6 +327,9 @@ func (s *Supervisor) beginStop(reason string) {
 	for _, w := range s.workers {
 		s.stopWorker(w, "baton is stopping")
 	}
+	// With no worker left to exit, nothing else would look for what was
+	// re-parented to baton.
+	s.searchFinal()
 }
 
 // notified handles a datagram on NOTIFY_SOCKET.

@@ -128,10 +128,13 @@ type worker struct {
 	// not a crash; restart is set when baton stopped it to start a
 	// replacement in its slot (it missed its readiness deadline).
 	stopped, restart bool
-	timer            *time.Timer // readiness or drain deadline
-	output           *tail
-	spawned          chan struct{} // closed once the start was attempted
-	outputDone       chan struct{} // closed when its stdout and stderr reached EOF
+	// reaped is set when the reaper has collected it, before its exit is
+	// handled (workerExited): the search for its leftovers has begun.
+	reaped     bool
+	timer      *time.Timer // readiness or drain deadline
+	output     *tail
+	spawned    chan struct{} // closed once the start was attempted
+	outputDone chan struct{} // closed when its stdout and stderr reached EOF
 }
 
 func (w *worker) attrs(extra ...any) []any {
@@ -225,6 +228,8 @@ func newWorker(g *generation, sl *slot) *worker {
 func (s *Supervisor) onExit(w *worker) func(spawn.Exit) {
 	return func(e spawn.Exit) {
 		go func() {
+			// What it left running is looked for at once.
+			s.post(func() { s.reaped(w) })
 			// Let the output readers drain what the worker wrote before it
 			// exited, so its last lines come before the exit in the log
 			// and can be quoted in an error.
@@ -457,6 +462,7 @@ func (s *Supervisor) stopWorker(w *worker, reason string) {
 // workerExited handles a reaped worker.
 func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 	prev := w.state
+	s.reaped(w) // a worker that exited during an upgrade was not seen by the reaper
 	w.state = Exited
 	w.setTimer(nil)
 	delete(s.workers, w.pid)
