@@ -34,7 +34,7 @@ import (
 // detaches) and whose parent then exited is re-parented to baton with no
 // trace of its worker: baton ends it when it stops. One that stayed in
 // baton's session (a plain fork whose parent exited) is a leftover of
-// whichever worker exits next when no live worker's group holds it.
+// whichever worker exits next when no other worker's group holds it.
 
 // leftovers is what the searches share; they run on goroutines of their
 // own.
@@ -84,9 +84,10 @@ type leftoverSearch struct {
 	attrs    []any // the worker's, for the log
 	signal   syscall.Signal
 	deadline time.Time
-	// live holds the process groups of the workers still running: what
-	// is in them is theirs.
-	live map[int]bool
+	// workers holds the process groups of the other workers baton knows,
+	// running or just reaped (with a search of their own): what is in
+	// them is theirs.
+	workers map[int]bool
 	// final: baton stops and no worker runs: everything re-parented to
 	// baton is a leftover, in whatever session.
 	final bool
@@ -114,17 +115,20 @@ func (s *Supervisor) reaped(w *worker) {
 // process group is pgid (0: the final search when baton stops), on a
 // goroutine of its own; Run waits for it.
 func (s *Supervisor) searchLeftovers(pgid int, attrs []any, sig syscall.Signal, deadline time.Time) {
-	live := map[int]bool{}
+	workers, running := map[int]bool{}, 0
 	for pid, w := range s.workers {
+		if pid != pgid {
+			workers[pid] = true
+		}
 		if !w.reaped {
-			live[pid] = true
+			running++
 		}
 	}
 	if s.killing {
 		deadline = time.Now()
 	}
-	j := &leftoverSearch{pgid: pgid, attrs: attrs, signal: sig, deadline: deadline, live: live,
-		final: s.stopping && len(live) == 0, self: os.Getpid()}
+	j := &leftoverSearch{pgid: pgid, attrs: attrs, signal: sig, deadline: deadline, workers: workers,
+		final: s.stopping && running == 0, self: os.Getpid()}
 	j.sid, _ = unix.Getsid(0)
 	s.leftoverSearches++
 	go func() {
@@ -221,7 +225,7 @@ func (s *Supervisor) endLeftovers(j *leftoverSearch) {
 // findLeftovers lists the leftovers of a search that no other search
 // holds, held by pidfd. A process is one when it is in the exited
 // worker's process group, or was re-parented to baton, which did not
-// start it, and is in no live worker's group and (but for the final
+// start it, and is in no other worker's group and (but for the final
 // search) in baton's session.
 func (s *Supervisor) findLeftovers(j *leftoverSearch) []*spawn.Handle {
 	procs, err := spawn.Processes()
@@ -240,11 +244,11 @@ func (s *Supervisor) findLeftovers(j *leftoverSearch) []*spawn.Handle {
 	}
 	var out []*spawn.Handle
 	for _, p := range procs {
-		if p.Zombie() || p.PID == j.self || j.live[p.PID] {
+		if p.Zombie() || p.PID == j.self || j.workers[p.PID] {
 			continue
 		}
 		inGroup := group && p.PGID == j.pgid
-		stray := p.PPID == j.self && !j.live[p.PGID] && (j.final || p.SID == j.sid) && !s.spawner.Started(p.PID)
+		stray := p.PPID == j.self && !j.workers[p.PGID] && (j.final || p.SID == j.sid) && !s.spawner.Started(p.PID)
 		if !inGroup && !stray || !s.leftovers.claim(p) {
 			continue
 		}
