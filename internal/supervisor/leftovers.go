@@ -129,7 +129,6 @@ func (s *Supervisor) searchLeftovers(pgid int, attrs []any, sig syscall.Signal, 
 	}
 	j := &leftoverSearch{pgid: pgid, attrs: attrs, signal: sig, deadline: deadline, workers: workers,
 		final: s.stopping && running == 0, self: os.Getpid()}
-	j.sid, _ = unix.Getsid(0)
 	s.leftoverSearches++
 	go func() {
 		s.endLeftovers(j)
@@ -228,6 +227,9 @@ func (s *Supervisor) endLeftovers(j *leftoverSearch) {
 // start it, and is in no other worker's group and (but for the final
 // search) in baton's session.
 func (s *Supervisor) findLeftovers(j *leftoverSearch) []*spawn.Handle {
+	if j.sid == 0 {
+		j.sid, _ = unix.Getsid(0)
+	}
 	procs, err := spawn.Processes()
 	if err != nil {
 		s.log.Warn("cannot look for what exited workers left running", append(j.attrs, "err", err)...)
