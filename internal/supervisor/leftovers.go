@@ -171,7 +171,7 @@ func (s *Supervisor) endLeftovers(j *leftoverSearch) {
 	if len(found) == 0 {
 		return
 	}
-	sig, why := j.signal, ""
+	sig, why := j.signal, "killed: the worker's stop signal is SIGKILL"
 	select {
 	case <-l.kill:
 		sig, why = syscall.SIGKILL, "killed: baton was told to kill every worker"
