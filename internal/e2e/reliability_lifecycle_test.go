@@ -87,10 +87,22 @@ func crashWhileDirMissing(t *testing.T) string {
 	if st.Workers[0].PID == victim || st.SlotStates[0].State != supervisor.SlotUp {
 		t.Errorf("after the release came back: workers %+v, slot %+v", st.Workers, st.SlotStates)
 	}
+	// A reload while the link points nowhere fails, as a reload does, and
+	// changes nothing.
+	swingLink(t, link, filepath.Join(base, "v3"))
+	out, code := b.cli("reload")
+	swingLink(t, link, release)
+	if code != 1 || !strings.Contains(out, "working directory "+link+" does not exist") {
+		t.Errorf("reload with --dir pointing nowhere: exit %d, %q; want 1 and the directory named", code, out)
+	}
+	if st2 := b.waitReady(1); st2.Generation != st.Generation || st2.Workers[0].PID != st.Workers[0].PID {
+		t.Errorf("the failed reload changed the workers: %+v, was %+v", st2.Workers, st.Workers)
+	}
 	after := rest(b, 1)
 	checkRest(t, before, after)
 	return fmt.Sprintf("the restart failed while the link pointed nowhere; status showed `backoff` with %q and %d restarts; "+
-		"once the link was swung back the slot served again %.1fs after the crash, by itself; %s requests, %d failed (on the killed worker)",
+		"once the link was swung back the slot served again %.1fs after the crash, by itself; %s requests, %d failed (on the killed worker); "+
+		"a reload while the link pointed nowhere failed naming it and changed nothing",
 		firstLine(errors.New(slot.LastError)), slot.Restarts, back.Seconds(), count(r.Requests), r.Failed())
 }
 
