@@ -260,6 +260,7 @@ func printStatus(out io.Writer, st supervisor.Status) {
 		fmt.Fprintf(w, "\ncaptured binds:\n%s\n", strings.Join(captured, "\n"))
 	}
 	fmt.Fprintln(w)
+	printSlotsDown(w, st)
 	printWarnings(w, st)
 	reloads := fmt.Sprintf("reloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
 	if st.Reloads.Queued {

@@ -97,7 +97,10 @@ func (to *takenOver) listeners(r *config.Resolved, log *slog.Logger) ([]*listene
 			if (s.Slot >= 0) != (spec.Balance == listener.Reuseport) {
 				return fail(fmt.Errorf("takeover: listener %s: the running instance holds it with balance %s, this configuration says %s; take over with the same balance", spec.Name, map[bool]string{true: "reuseport", false: "shared"}[s.Slot >= 0], spec.Balance))
 			}
-			sock, err := listener.Adopt(spec, s.Fd, backlogOf(spec), 0)
+			// The socket file is this instance's to remove from now on (the
+			// old one disowns it): Adopt finds which it is from the kernel.
+			const ownsFile = 1
+			sock, err := listener.Adopt(spec, s.Fd, backlogOf(spec), ownsFile)
 			if err == nil {
 				err = sameAddress(spec, sock)
 			}

@@ -291,3 +291,45 @@ func counterDeltas(prev, cur *inspect.View) string {
 	}
 	return strings.Join(out, ", ")
 }
+
+// printSlotsDown writes the slots of the serving generation that have no
+// live worker: each with its backoff, when the next start is due, and the
+// last error with its time.
+func printSlotsDown(w io.Writer, st supervisor.Status) {
+	var down []supervisor.SlotStatus
+	for _, sl := range st.SlotStates {
+		if sl.State != supervisor.SlotUp {
+			down = append(down, sl)
+		}
+	}
+	if len(down) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "slots without a worker (%d):\n", len(down))
+	for _, sl := range down {
+		line := fmt.Sprintf("slot %d: %s", sl.Slot, sl.State)
+		if sl.State == supervisor.SlotBackoff && !sl.NextStart.IsZero() {
+			line += ", next in " + soon(sl.NextIn)
+		}
+		line += fmt.Sprintf(" (restarts %d)", sl.Restarts)
+		if sl.LastError != "" {
+			line += fmt.Sprintf("; last error at %s: %s", sl.LastErrorTime.Local().Format("15:04:05.000"), sl.LastError)
+		}
+		for _, l := range wrap(line, statusWidth, "  !", "    ") {
+			fmt.Fprintln(w, l)
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// soon is a short wait as an operator reads it: 2.3s, 250ms, 1m30s.
+func soon(d supervisor.Duration) string {
+	t := time.Duration(d)
+	switch {
+	case t < time.Second:
+		return t.Round(10 * time.Millisecond).String()
+	case t < time.Minute:
+		return t.Round(100 * time.Millisecond).String()
+	}
+	return t.Round(time.Second).String()
+}

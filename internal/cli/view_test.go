@@ -34,6 +34,12 @@ func wideStatus() supervisor.Status {
 			{Slot: 4095, Generation: 12345, PID: 4194304, State: supervisor.Draining, Uptime: supervisor.Duration(100 * time.Hour), Restarts: 99999, Status: strings.Repeat("s", 200)},
 			{Slot: 0, Generation: 12345, PID: 11, State: supervisor.Ready, Status: "serving"},
 		},
+		SlotStates: []supervisor.SlotStatus{
+			{Slot: 0, State: supervisor.SlotUp, PID: 11},
+			{Slot: 7, State: supervisor.SlotBackoff, Restarts: 5, Backoff: supervisor.Duration(3200 * time.Millisecond),
+				NextIn: supervisor.Duration(2300 * time.Millisecond), NextStart: since.Add(time.Minute), LastErrorTime: since,
+				LastError: "starting worker slot 7 of generation 12345: working directory " + path + ": no such file or directory"},
+		},
 		Reloads: supervisor.ReloadStats{OK: 3, Failed: 1, Queued: true, Last: &supervisor.ReloadResult{Generation: 12345, Duration: supervisor.Duration(time.Second), Error: strings.Repeat("e", 300)}},
 		Kernel: &inspect.View{
 			Listeners: []inspect.ListenerView{
@@ -79,6 +85,8 @@ func TestStatusFits100Columns(t *testing.T) {
 		"! close_wait", "kernel view incomplete: sock_diag unix",
 		"host: somaxconn 4096; ListenOverflows 1099511627776, ListenDrops 1099511627776, SyncookiesSent 5;",
 		"TCP sockets 7 in use", // 5 IPv4 + 2 IPv6
+		"slots without a worker (1):", "! slot 7: backoff, next in 2.3s (restarts 5); last error at 03:04:05.000: starting worker slot 7",
+		"no such file or directory",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

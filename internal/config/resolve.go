@@ -127,6 +127,9 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 	if len(l.Command) == 0 {
 		return nil, bad("command", "no command: give the worker command after --, or command = [...] in the config file")
 	}
+	if err := checkDir(l.Dir); err != nil {
+		return nil, bad("dir", "%v", err)
+	}
 	path, err := resolveCommand(l.Command[0], l.Dir)
 	if err != nil {
 		return nil, bad("command", "%v", err)
@@ -329,6 +332,26 @@ func hasCap(c uintptr) bool {
 		}
 	}
 	return false
+}
+
+// checkDir checks that the workers' working directory is one: a worker
+// that cannot chdir into it cannot start. A symlink is followed, as
+// chdir(2) does (a `current` link to a release directory). It is checked
+// again at each start, which names it when it has gone.
+func checkDir(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("working directory %s does not exist: create it, or give the directory the workers run in", dir)
+	case err != nil:
+		return fmt.Errorf("working directory %s: %w", dir, err)
+	case !fi.IsDir():
+		return fmt.Errorf("working directory %s is not a directory: give the directory the workers run in", dir)
+	}
+	return nil
 }
 
 // resolveCommand finds the worker command as the shell would, relative to

@@ -545,4 +545,3 @@ func junkHandoff(t *testing.T) string {
 	js, _ := json.Marshal(reasons)
 	return fmt.Sprintf("baton refused each, by index, and told the worker why: %s; it kept the one real connection, which generation 2 adopted; status counts %d rejected", js, h.Rejected)
 }
-

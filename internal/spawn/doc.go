@@ -15,6 +15,9 @@
 //     every process holding it.
 //
 // One reaper collects every exited child with wait4(-1), including orphans
-// re-parented to baton when it runs as PID 1 in a container. Processes are
-// signalled through pidfds, so a signal never reaches a recycled pid.
+// re-parented to baton: it makes itself a child subreaper, so what a worker
+// leaves running when it exits stays within baton's reach (and it is PID 1
+// in a container). Processes are signalled through pidfds, so a signal
+// never reaches a recycled pid; Processes and Open find and hold the ones
+// baton did not start (a worker's leftovers), checked by start time.
 package spawn

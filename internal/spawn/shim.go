@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -124,6 +125,14 @@ func RunShim() {
 		fmt.Fprintf(os.Stderr, "baton: %v\n", err)
 		os.Exit(126)
 	}
+	// baton ignores SIGTTIN and SIGTTOU, and an ignored signal stays
+	// ignored across execve: the command starts with every signal at its
+	// default, as it would outside baton.
+	for _, sig := range []syscall.Signal{syscall.SIGTTIN, syscall.SIGTTOU} {
+		if err := setDefault(sig); err != nil {
+			fail(126, "%v", err)
+		}
+	}
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "BATON_INTERNAL_") || strings.HasPrefix(kv, "LISTEN_PID=") {
@@ -158,6 +167,18 @@ func dropPrivileges(c *Credential) error {
 	}
 	if err := syscall.Setuid(int(c.UID)); err != nil {
 		return fmt.Errorf("setuid %d: %w", c.UID, err)
+	}
+	return nil
+}
+
+// setDefault sets sig's disposition to SIG_DFL with rt_sigaction(2). A
+// zeroed struct sigaction is SIG_DFL with no flags and an empty mask on
+// every architecture, whatever its layout; the shim execs right after, so
+// Go's runtime never sees the change.
+func setDefault(sig syscall.Signal) error {
+	var act [64]byte // larger than any architecture's struct sigaction
+	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&act[0])), 0, 8, 0, 0); e != 0 {
+		return fmt.Errorf("resetting %s to its default: %w", unix.SignalName(sig), os.NewSyscallError("rt_sigaction", e))
 	}
 	return nil
 }

@@ -139,7 +139,14 @@ func Main(program func() int) {
 // thread when Main runs, otherwise a thread locked for good (tests). There
 // is one Spawner per process: the reaper collects every child, so nothing
 // else may wait for children.
+//
+// New makes this process a child subreaper (PR_SET_CHILD_SUBREAPER): a
+// process whose parent exits is re-parented to its closest subreaper
+// ancestor instead of to init, so what a worker leaves behind stays
+// baton's child, which can end it (Processes, Open) and reaps it. On a
+// kernel without it (before 3.4) orphans go to init as before.
 func New() *Spawner {
+	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 	s := &Spawner{shim: "/proc/self/exe", calls: mainCalls, children: map[int]child{}}
 	if s.calls == nil {
 		s.calls = make(chan func())
@@ -219,9 +226,25 @@ func (s *Spawner) Start(spec Spec, onExit func(Exit)) (*Process, error) {
 	}
 	<-done
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.Path, err)
+		return nil, startError(spec, err)
 	}
 	return proc, nil
+}
+
+// startError says why a process could not be started. The child reports
+// a failed chdir(2) with the same errno as a failed execve(2); through the
+// shim (whose own binary, /proc/self/exe, is there) a path error can only
+// be the working directory's, so the error names it, not the command. A
+// Direct start names the directory when it is not one now.
+func startError(spec Spec, err error) error {
+	if spec.Dir != "" && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) ||
+		errors.Is(err, unix.EACCES) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENAMETOOLONG)) {
+		fi, serr := os.Stat(spec.Dir)
+		if !spec.Direct || serr != nil || !fi.IsDir() {
+			return fmt.Errorf("working directory %s: %w", spec.Dir, err)
+		}
+	}
+	return fmt.Errorf("start %s: %w", spec.Path, err)
 }
 
 // Orphans counts children reaped that baton did not start (processes
@@ -230,6 +253,16 @@ func (s *Spawner) Orphans() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.orphans
+}
+
+// Started reports whether pid is a child this Spawner started (or
+// adopted) that has not been reaped yet. A child being started is waited
+// for: a process seen in /proc before Start registered it still counts.
+func (s *Spawner) Started(pid int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.children[pid]
+	return ok
 }
 
 // Pause stops the reaper from collecting exited children until Resume, so

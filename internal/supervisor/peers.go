@@ -27,9 +27,10 @@ const maxWorkerConns = 64
 type lineage struct {
 	self int
 
-	mu    sync.Mutex
-	cache map[int]lineageEntry
-	conns map[int]int // worker socket connections open, by child of baton
+	mu      sync.Mutex
+	cache   map[int]lineageEntry
+	conns   map[int]int      // worker socket connections open, by child of baton
+	workers map[int]struct{} // the live workers' pids, as the loop last said
 }
 
 type lineageEntry struct {
@@ -46,7 +47,20 @@ const lineageTTL = time.Second
 const maxDepth = 16
 
 func newLineage() *lineage {
-	return &lineage{self: os.Getpid(), cache: map[int]lineageEntry{}, conns: map[int]int{}}
+	return &lineage{self: os.Getpid(), cache: map[int]lineageEntry{}, conns: map[int]int{}, workers: map[int]struct{}{}}
+}
+
+// setWorker records that pid is (or, with live false, no longer is) a
+// worker. The loop calls it as it registers and reaps workers, right
+// after the fork: before the worker could connect.
+func (l *lineage) setWorker(pid int, live bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if live {
+		l.workers[pid] = struct{}{}
+	} else {
+		delete(l.workers, pid)
+	}
 }
 
 // child returns the pid of baton's child that pid is or descends from, or
@@ -78,16 +92,17 @@ func (l *lineage) child(pid int) int {
 }
 
 // admit decides at accept whether a worker socket peer is served: it
-// must descend from baton, and its worker's tree may hold at most
-// maxWorkerConns connections. The release func ends the connection's
-// count.
+// must be a live worker or descend from one (a process a worker left
+// behind is re-parented to baton, the subreaper, and is none), and its
+// worker's tree may hold at most maxWorkerConns connections. The release
+// func ends the connection's count.
 func (l *lineage) admit(p control.Peer) (func(), error) {
 	child := l.child(p.PID)
-	if child == 0 {
-		return nil, fmt.Errorf("pid %d is not a worker of this baton", p.PID)
-	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if _, ok := l.workers[child]; !ok {
+		return nil, fmt.Errorf("pid %d is not a worker of this baton", p.PID)
+	}
 	if l.conns[child] >= maxWorkerConns {
 		return nil, fmt.Errorf("pid %d: worker %d and its processes hold %d connections to the worker socket already, the most baton allows; close some", p.PID, child, maxWorkerConns)
 	}

@@ -86,6 +86,10 @@ type SlotState struct {
 	Removed  bool          `json:"removed"`
 	Restarts int           `json:"restarts"`
 	Backoff  time.Duration `json:"backoff"`
+	// LastError and LastErrorAt: why the slot last lost its worker, and
+	// when (slot_states in the status).
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
 // WorkerState is a live worker.

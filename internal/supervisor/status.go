@@ -27,8 +27,12 @@ type Status struct {
 	Listeners  []ListenerStatus `json:"listeners"`
 	Workers    []WorkerStatus   `json:"workers"`
 	Slots      int              `json:"slots"`
-	Reloads    ReloadStats      `json:"reloads"`
-	Process    ProcessStatus    `json:"process"`
+	// SlotStates lists every slot of the serving generation, with or
+	// without a live worker: a slot whose worker crashed or could not
+	// start shows its backoff and why.
+	SlotStates []SlotStatus  `json:"slot_states"`
+	Reloads    ReloadStats   `json:"reloads"`
+	Process    ProcessStatus `json:"process"`
 	// Upgrades counts baton's re-executions of itself (baton upgrade);
 	// UpgradeError says why the last one failed, if it did.
 	Upgrades     int    `json:"upgrades"`
@@ -83,6 +87,35 @@ type WorkerStatus struct {
 	Captures []CaptureStatus `json:"captures,omitempty"`
 }
 
+// Slot states in SlotStatus.
+const (
+	// SlotUp: the slot has a live worker of the serving generation.
+	SlotUp = "up"
+	// SlotBackoff: its worker crashed or could not start; a new one
+	// starts at NextStart.
+	SlotBackoff = "backoff"
+	// SlotStopped: baton is stopping; the slot gets no new worker.
+	SlotStopped = "stopped"
+)
+
+// SlotStatus describes one slot of the serving generation.
+type SlotStatus struct {
+	Slot  int    `json:"slot"`
+	State string `json:"state"`
+	// PID is the slot's live worker, 0 when it has none.
+	PID      int `json:"pid,omitempty"`
+	Restarts int `json:"restarts"`
+	// Backoff is the wait before the slot's last restart; NextStart and
+	// NextIn say when the pending one is due (backoff only).
+	Backoff   Duration  `json:"backoff"`
+	NextStart time.Time `json:"next_start,omitzero"`
+	NextIn    Duration  `json:"next_in,omitempty"`
+	// LastError says why the slot's last worker could not start or
+	// exited on its own, LastErrorTime when; empty while nothing failed.
+	LastError     string    `json:"last_error,omitempty"`
+	LastErrorTime time.Time `json:"last_error_time,omitzero"`
+}
+
 // ReloadStats counts reloads.
 type ReloadStats struct {
 	OK     int           `json:"ok"`
@@ -97,6 +130,11 @@ type ProcessStatus struct {
 	Goroutines  int `json:"goroutines"`
 	RSSBytes    int `json:"rss_bytes"`
 	OrphansReap int `json:"orphans_reaped"`
+	// LeftoversSignalled and LeftoversKilled count the processes exited
+	// workers left running that baton sent the stop signal, and that it
+	// killed (SIGKILL) at the drain deadline.
+	LeftoversSignalled int64 `json:"leftovers_signalled"`
+	LeftoversKilled    int64 `json:"leftovers_killed"`
 }
 
 // Status returns a snapshot. It returns false if baton has finished.
@@ -129,6 +167,8 @@ func (s *Supervisor) status() Status {
 		UpgradeError: s.lastUpgradeErr,
 	}
 	st.Process.OrphansReap = s.spawner.Orphans()
+	st.Process.LeftoversSignalled = s.leftovers.signalled.Load()
+	st.Process.LeftoversKilled = s.leftovers.killed.Load()
 	st.Handoff = s.handoffStatus(st.Process.FDs)
 	if s.pending != nil {
 		st.Pending = s.pending.id
@@ -164,6 +204,19 @@ func (s *Supervisor) status() Status {
 			ws.Accepted = &n
 		}
 		st.Workers = append(st.Workers, ws)
+	}
+	for _, sl := range s.active.slots {
+		ss := SlotStatus{Slot: sl.index, State: SlotBackoff, Restarts: sl.restarts, Backoff: Duration(sl.backoff),
+			LastError: sl.lastErr, LastErrorTime: sl.lastErrAt}
+		switch w := s.active.workers[sl.index]; {
+		case w != nil && w.state != Exited:
+			ss.State, ss.PID = SlotUp, w.pid
+		case s.stopping:
+			ss.State = SlotStopped
+		case !sl.nextStart.IsZero():
+			ss.NextStart, ss.NextIn = sl.nextStart, Duration(max(sl.nextStart.Sub(now), 0))
+		}
+		st.SlotStates = append(st.SlotStates, ss)
 	}
 	sort.Slice(st.Workers, func(i, j int) bool {
 		a, b := st.Workers[i], st.Workers[j]

@@ -98,6 +98,12 @@ type Supervisor struct {
 	adopted         []*worker // workers of the restored state
 
 	upgrading upgradeState // the upgrade in progress (upgrade.go)
+	// leftoverSearches counts the searches for what exited workers left
+	// running that have not finished (leftovers.go); Run waits for them.
+	leftoverSearches int
+	killing          bool // Kill was called: leftovers are killed at once
+
+	leftovers *leftovers // shared with the searches' goroutines
 }
 
 type stats struct {
@@ -151,6 +157,7 @@ func newSupervisor(o Options) *Supervisor {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handoff = newHandoff(s.log)
 	s.lineage = newLineage()
+	s.leftovers = newLeftovers()
 	return s
 }
 
@@ -229,8 +236,11 @@ func (s *Supervisor) closeGroups(all bool) {
 	}
 }
 
-// finished reports whether baton has stopped and every worker is gone.
-func (s *Supervisor) finished() bool { return s.stopping && len(s.workers) == 0 }
+// finished reports whether baton has stopped, every worker is gone and so
+// is what they left running.
+func (s *Supervisor) finished() bool {
+	return s.stopping && len(s.workers) == 0 && s.leftoverSearches == 0
+}
 
 // post runs f on the loop. It returns false, without running f, when the
 // loop has ended.
@@ -287,10 +297,12 @@ func (s *Supervisor) Stop(reason string) {
 	s.post(func() { s.beginStop(reason) })
 }
 
-// Kill sends SIGKILL to every worker's process group at once.
+// Kill sends SIGKILL to every worker's process group at once, and to
+// what exited workers left running.
 func (s *Supervisor) Kill() {
 	s.post(func() {
 		s.beginStop("killed")
+		s.killLeftovers()
 		for _, w := range s.workers {
 			w.kill()
 		}
@@ -323,6 +335,9 @@ func (s *Supervisor) beginStop(reason string) {
 	for _, w := range s.workers {
 		s.stopWorker(w, "baton is stopping")
 	}
+	// With no worker left to exit, nothing else would look for what was
+	// re-parented to baton.
+	s.searchFinal()
 }
 
 // heard takes a datagram from NOTIFY_SOCKET, on the notify socket's
@@ -357,6 +372,17 @@ func (s *Supervisor) notified(m notify.Message, child int) {
 	if m.Fields["STOPPING"] == "1" {
 		s.log.Debug("worker says it is stopping", w.attrs()...)
 	}
+}
+
+// addWorker registers a live worker; removeWorker forgets a reaped one.
+func (s *Supervisor) addWorker(w *worker) {
+	s.workers[w.pid] = w
+	s.lineage.setWorker(w.pid, true)
+}
+
+func (s *Supervisor) removeWorker(w *worker) {
+	delete(s.workers, w.pid)
+	s.lineage.setWorker(w.pid, false)
 }
 
 // workerOf finds, from the loop, the live worker a peer belongs to: the

@@ -49,6 +49,13 @@ func (s *Supervisor) giveAway(ctx context.Context, peer control.Peer, within tim
 	if s.opts.Control != nil {
 		s.opts.Control.Release() // the socket file is the new instance's now
 	}
+	// So are the unix listeners' socket files: closing baton's copies of
+	// the sockets must not remove them.
+	s.call(func() {
+		for l := range s.groups {
+			l.Disown()
+		}
+	})
 	s.Stop(fmt.Sprintf("taken over by pid %d", newPID))
 	return control.Hijacked, nil
 }

@@ -343,7 +343,8 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 			gs.Listeners = append(gs.Listeners, ids[l])
 		}
 		for _, sl := range g.slots {
-			gs.Slots = append(gs.Slots, SlotState{Index: sl.index, Removed: sl.removed, Restarts: sl.restarts, Backoff: sl.backoff})
+			gs.Slots = append(gs.Slots, SlotState{Index: sl.index, Removed: sl.removed, Restarts: sl.restarts, Backoff: sl.backoff,
+				LastError: sl.lastErr, LastErrorAt: sl.lastErrAt})
 		}
 		h.Generations = append(h.Generations, gs)
 	}
@@ -411,7 +412,8 @@ func Restore(h *Handover, o Options) (*Supervisor, error) {
 		for _, ss := range gs.Slots {
 			sl := slots[ss.Index]
 			if sl == nil || gs.ID == h.Active {
-				sl = &slot{index: ss.Index, removed: ss.Removed, restarts: ss.Restarts, backoff: ss.Backoff}
+				sl = &slot{index: ss.Index, removed: ss.Removed, restarts: ss.Restarts, backoff: ss.Backoff,
+					lastErr: ss.LastError, lastErrAt: ss.LastErrorAt}
 				slots[ss.Index] = sl
 			}
 			g.slots = append(g.slots, sl)
@@ -474,12 +476,12 @@ func (s *Supervisor) adopt() {
 			// handle its exit now.
 			s.log.Info("worker exited during the upgrade", w.attrs("state", w.state)...)
 			w.proc = deadProcess(w.pid)
-			s.workers[w.pid] = w
+			s.addWorker(w)
 			s.workerExited(w, 0)
 			continue
 		}
 		w.proc = proc
-		s.workers[w.pid] = w
+		s.addWorker(w)
 		if w.captureFd >= 0 {
 			go s.serveCapture(w, -1, w.captureFd)
 		}

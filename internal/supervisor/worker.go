@@ -27,12 +27,20 @@ const (
 )
 
 // slot is a worker position that keeps its identity across generations.
+// A slot of the serving generation always has a live worker or a pending
+// restart (restart), until baton stops or a scale-down removes it.
 type slot struct {
 	index    int
 	removed  bool // by a scale-down
 	restarts int
 	backoff  time.Duration
 	restart  *time.Timer // a pending crash restart
+	// nextStart is when the pending restart is due.
+	nextStart time.Time
+	// lastErr says why the slot's last worker could not start or exited
+	// on its own, and lastErrAt when; empty while nothing went wrong.
+	lastErr   string
+	lastErrAt time.Time
 }
 
 func (sl *slot) cancelRestart() {
@@ -40,6 +48,12 @@ func (sl *slot) cancelRestart() {
 		sl.restart.Stop()
 		sl.restart = nil
 	}
+	sl.nextStart = time.Time{}
+}
+
+// failed records why the slot lost its worker.
+func (sl *slot) failed(err string) {
+	sl.lastErr, sl.lastErrAt = err, time.Now()
 }
 
 // generation is the set of workers started by one start or reload, with
@@ -114,10 +128,13 @@ type worker struct {
 	// not a crash; restart is set when baton stopped it to start a
 	// replacement in its slot (it missed its readiness deadline).
 	stopped, restart bool
-	timer            *time.Timer // readiness or drain deadline
-	output           *tail
-	spawned          chan struct{} // closed once the start was attempted
-	outputDone       chan struct{} // closed when its stdout and stderr reached EOF
+	// reaped is set when the reaper has collected it, before its exit is
+	// handled (workerExited): the search for its leftovers has begun.
+	reaped     bool
+	timer      *time.Timer // readiness or drain deadline
+	output     *tail
+	spawned    chan struct{} // closed once the start was attempted
+	outputDone chan struct{} // closed when its stdout and stderr reached EOF
 }
 
 func (w *worker) attrs(extra ...any) []any {
@@ -187,7 +204,7 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 		go s.serveCapture(w, capt.baton, -1)
 	}
 	g.workers[sl.index] = w
-	s.workers[w.pid] = w
+	s.addWorker(w)
 	s.stats.workersStarted++
 	s.log.Info("worker started", w.attrs()...)
 	if g.cfg.Ready.deadline() {
@@ -211,6 +228,8 @@ func newWorker(g *generation, sl *slot) *worker {
 func (s *Supervisor) onExit(w *worker) func(spawn.Exit) {
 	return func(e spawn.Exit) {
 		go func() {
+			// What it left running is looked for at once.
+			s.post(func() { s.reaped(w) })
 			// Let the output readers drain what the worker wrote before it
 			// exited, so its last lines come before the exit in the log
 			// and can be quoted in an error.
@@ -223,15 +242,19 @@ func (s *Supervisor) onExit(w *worker) func(spawn.Exit) {
 	}
 }
 
-// startFailed handles a worker that could not be started at all.
+// startFailed handles a worker that could not be started at all. In a
+// starting generation that fails the reload; in the serving one the slot
+// tries again after its backoff, as after a crash: it never goes without
+// a worker or a pending restart.
 func (s *Supervisor) startFailed(w *worker, err error) error {
 	err = fmt.Errorf("starting worker slot %d of generation %d: %w", w.slot.index, w.gen.id, err)
 	s.log.Error("cannot start worker", "slot", w.slot.index, "generation", w.gen.id, "err", err)
 	switch {
 	case w.gen == s.pending:
 		s.endReload(err)
-	case w.gen == s.active && !s.stopping:
-		s.scheduleRestart(w)
+	case w.gen == s.active && !s.stopping && !w.slot.removed:
+		w.slot.failed(err.Error())
+		s.scheduleRestart(w.gen, w.slot, time.Time{})
 	}
 	return err
 }
@@ -439,9 +462,10 @@ func (s *Supervisor) stopWorker(w *worker, reason string) {
 // workerExited handles a reaped worker.
 func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 	prev := w.state
+	s.reaped(w) // a worker that exited during an upgrade was not seen by the reaper
 	w.state = Exited
 	w.setTimer(nil)
-	delete(s.workers, w.pid)
+	s.removeWorker(w)
 	how := describeExit(status)
 	level := slog.LevelInfo
 	if !w.stopped {
@@ -461,16 +485,27 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 		}
 		s.endReload(fmt.Errorf("%s", msg))
 	case w.gen == s.active && !s.stopping && !w.slot.removed && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
-		s.scheduleRestart(w)
+		if !w.stopped {
+			why := fmt.Sprintf("worker pid %d %s after %s", w.pid, how, time.Since(w.started).Round(time.Millisecond))
+			if out := w.output.String(); out != "" {
+				why += "; its last output: " + out
+			}
+			w.slot.failed(why)
+		} else {
+			w.slot.failed(fmt.Sprintf("worker pid %d missed its readiness deadline (%s)", w.pid, w.gen.cfg.ReadyTimeout))
+		}
+		s.scheduleRestart(w.gen, w.slot, w.started)
 	}
 	s.closeGroups(false)
 }
 
-// scheduleRestart restarts a crashed worker's slot after the slot's
-// backoff.
-func (s *Supervisor) scheduleRestart(w *worker) {
-	sl, g := w.slot, w.gen
-	if !w.started.IsZero() && time.Since(w.started) >= StableAfter {
+// scheduleRestart starts a new worker in slot sl of generation g after the
+// slot's backoff: its worker crashed (it had started at started), or could
+// not be started at all (started is zero). The backoff doubles with each
+// restart, from MinBackoff up to MaxBackoff, and starts over after a
+// worker that stayed up for StableAfter.
+func (s *Supervisor) scheduleRestart(g *generation, sl *slot, started time.Time) {
+	if !started.IsZero() && time.Since(started) >= StableAfter {
 		sl.backoff = 0
 	}
 	if sl.backoff == 0 {
@@ -482,12 +517,25 @@ func (s *Supervisor) scheduleRestart(w *worker) {
 	s.emit(Event{Kind: EventRestart, Slot: sl.index, Generation: g.id})
 	s.log.Warn("restarting worker", "slot", sl.index, "generation", g.id, "in", sl.backoff, "restarts", sl.restarts)
 	sl.cancelRestart()
-	sl.restart = s.after(sl.backoff, func() {
-		sl.restart = nil
-		if g == s.active && !s.stopping && !sl.removed && g.workers[sl.index] == w {
+	sl.nextStart = time.Now().Add(sl.backoff)
+	var t *time.Timer
+	t = s.after(sl.backoff, func() {
+		if sl.restart != t {
+			return // cancelled, or replaced by a later restart
+		}
+		sl.restart, sl.nextStart = nil, time.Time{}
+		if g == s.active && !s.stopping && !sl.removed && g.slotFree(sl) {
 			s.startWorker(g, sl)
 		}
 	})
+	sl.restart = t
+}
+
+// slotFree reports whether slot sl of g has no live worker: it never had
+// one, or its worker has exited.
+func (g *generation) slotFree(sl *slot) bool {
+	w := g.workers[sl.index]
+	return w == nil || w.state == Exited
 }
 
 // describeExit says how a process ended, as a shell would.
