@@ -9,7 +9,16 @@ import (
 	"net/http"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/netutil"
 )
+
+// MaxConns bounds the metrics connections served at once: each costs
+// baton a descriptor and a goroutine, and whoever can reach the address
+// (it may be every interface) must not exhaust baton's descriptors, which
+// its listeners, workers and fd store need. Further clients wait in the
+// listen backlog.
+const MaxConns = 32
 
 // Server serves /metrics over HTTP.
 type Server struct {
@@ -41,11 +50,13 @@ func Listen(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 		fmt.Fprintln(w, "baton: metrics are at /metrics")
 	})
 	return &Server{
-		ln:  ln,
+		ln:  netutil.LimitListener(ln, MaxConns),
 		log: log,
 		srv: &http.Server{
 			Handler:           mux,
 			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			MaxHeaderBytes:    16 << 10,
 			WriteTimeout:      ScrapeTimeout + 10*time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
