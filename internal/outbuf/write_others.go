@@ -8,4 +8,4 @@ import "os"
 func fileFd(*os.File) int { return -1 }
 
 // write writes all of b to the file.
-func (w *Writer) write(b []byte) (int, error) { return w.f.Write(b) }
+func (w *core) write(b []byte) (int, error) { return w.f.Write(b) }

@@ -28,7 +28,7 @@ func fileFd(f *os.File) int {
 // os package's exit by SIGPIPE. A descriptor someone made non-blocking is
 // waited for with poll(2). It returns how much was written and why not
 // all.
-func (w *Writer) write(b []byte) (int, error) {
+func (w *core) write(b []byte) (int, error) {
 	done := 0
 	for done < len(b) {
 		n, err := unix.Write(w.fd, b[done:])

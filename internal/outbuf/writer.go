@@ -97,6 +97,13 @@ type notice struct {
 // documentation. Each Write (or WriteLine) should be whole lines; it is
 // taken or dropped whole. A Writer is safe for concurrent use.
 type Writer struct {
+	*core
+	file *os.File // what File returns: the file, or an alias's own
+}
+
+// core is a Writer's buffer, counts and writing goroutine, which an
+// alias shares.
+type core struct {
 	name   string
 	f      *os.File // kept referenced: fd is its descriptor
 	fd     int
@@ -128,7 +135,7 @@ type Writer struct {
 // and starts its writing goroutine. f must stay open until Close has
 // returned; the Writer never closes it.
 func New(name string, f *os.File, o Options) *Writer {
-	w := &Writer{
+	w := &core{
 		name: name, f: f, fd: fileFd(f), limit: o.Limit, format: o.Notice,
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		progress: make(chan struct{}),
@@ -141,20 +148,30 @@ func New(name string, f *os.File, o Options) *Writer {
 	}
 	w.pending.Name, w.pending.Limit = name, w.limit
 	go w.run()
-	return w
+	return &Writer{core: w, file: f}
 }
 
-// Name is the name New was given.
-func (w *Writer) Name() string { return w.name }
+// Alias returns a Writer for f that shares w's buffer, counts and
+// writing goroutine, and writes to w's file: for stdout and stderr that
+// are one file (2>&1, the journal's stream), so that their lines never
+// interleave mid-line and keep their order. Only File differs.
+func (w *Writer) Alias(f *os.File) *Writer { return &Writer{core: w.core, file: f} }
 
-// File is the file the Writer writes to (for a child that should write
-// to it directly).
-func (w *Writer) File() *os.File { return w.f }
+// Same reports whether w and o share one buffer (one is an alias of the
+// other).
+func (w *Writer) Same(o *Writer) bool { return o != nil && w.core == o.core }
+
+// Name is the name New was given.
+func (w *core) Name() string { return w.name }
+
+// File is the file the Writer stands for, for a child that should write
+// to it directly: the one given to New, or to Alias.
+func (w *Writer) File() *os.File { return w.file }
 
 // Write takes p (whole lines) to be written, or drops and counts it when
 // the buffer has no room for it. It never blocks on the file and never
 // fails.
-func (w *Writer) Write(p []byte) (int, error) {
+func (w *core) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	if w.admit(len(p), lines(p)) {
 		w.buf = append(w.buf, p...)
@@ -167,7 +184,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 
 // WriteLine is Write of prefix, line and a newline, without making the
 // line first.
-func (w *Writer) WriteLine(prefix, line string) {
+func (w *core) WriteLine(prefix, line string) {
 	w.mu.Lock()
 	if w.admit(len(prefix)+len(line)+1, 1) {
 		w.buf = append(append(append(w.buf, prefix...), line...), '\n')
@@ -180,7 +197,7 @@ func (w *Writer) WriteLine(prefix, line string) {
 // admit reports whether n more bytes (of nl lines) fit; if not, they are
 // counted as dropped. When they fit after a drop, the notice goes first.
 // w.mu is held.
-func (w *Writer) admit(n int, nl int64) bool {
+func (w *core) admit(n int, nl int64) bool {
 	if w.exited || len(w.buf)+w.inflight+n > w.limit {
 		w.drop(nl, nil)
 		return false
@@ -192,13 +209,13 @@ func (w *Writer) admit(n int, nl int64) bool {
 }
 
 // drop counts nl lines as dropped, for err (nil: no room). w.mu is held.
-func (w *Writer) drop(nl int64, err error) {
+func (w *core) drop(nl int64, err error) {
 	w.dropped += nl
 	w.pend(Drop{Lines: nl, Since: time.Now(), Err: err})
 }
 
 // pend adds d to the drops the next notice reports. w.mu is held.
-func (w *Writer) pend(d Drop) {
+func (w *core) pend(d Drop) {
 	if w.pending.Lines == 0 || d.Since.Before(w.pending.Since) {
 		w.pending.Since = d.Since
 	}
@@ -209,7 +226,7 @@ func (w *Writer) pend(d Drop) {
 }
 
 // addNotice appends the notice of the pending drops to buf. w.mu is held.
-func (w *Writer) addNotice() {
+func (w *core) addNotice() {
 	line := w.format(w.pending)
 	if len(line) == 0 || line[len(line)-1] != '\n' {
 		line = append(line, '\n')
@@ -222,7 +239,7 @@ func (w *Writer) addNotice() {
 }
 
 // kick wakes the writing goroutine.
-func (w *Writer) kick() {
+func (w *core) kick() {
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -240,7 +257,7 @@ func lines(p []byte) int64 {
 
 // run is the writing goroutine: it takes everything buffered as one batch
 // and writes it, until Close and the buffer is empty.
-func (w *Writer) run() {
+func (w *core) run() {
 	defer close(w.done)
 	var backoff time.Duration
 	for {
@@ -305,7 +322,7 @@ func (w *Writer) run() {
 // lost accounts for a batch whose bytes from written on did not reach the
 // file: its lines are dropped, and the drops its unwritten notices
 // reported are pending again. w.mu is held.
-func (w *Writer) lost(batch []byte, written int, notices []notice, err error) {
+func (w *core) lost(batch []byte, written int, notices []notice, err error) {
 	nl := lines(batch[written:])
 	for _, nt := range notices {
 		if nt.end > written {
@@ -320,7 +337,7 @@ func (w *Writer) lost(batch []byte, written int, notices []notice, err error) {
 
 // settle records that n more accepted bytes were written or lost, and
 // wakes Flush. w.mu is held.
-func (w *Writer) settle(n int) {
+func (w *core) settle(n int) {
 	w.settled += int64(n)
 	close(w.progress)
 	w.progress = make(chan struct{})
@@ -329,7 +346,7 @@ func (w *Writer) settle(n int) {
 // Flush waits until what was written before it has reached the file (or
 // was lost to a write error), at most timeout. It returns an error when
 // the time ran out: the reader is not reading.
-func (w *Writer) Flush(timeout time.Duration) error {
+func (w *core) Flush(timeout time.Duration) error {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	w.mu.Lock()
@@ -349,7 +366,7 @@ func (w *Writer) Flush(timeout time.Duration) error {
 }
 
 // Stats returns what the Writer holds and what it dropped.
-func (w *Writer) Stats() Stats {
+func (w *core) Stats() Stats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := Stats{Buffered: len(w.buf) + w.inflight, Limit: w.limit, Dropped: w.dropped, WritingSince: w.writingSince, Err: w.lastErr}
@@ -363,7 +380,7 @@ func (w *Writer) Stats() Stats {
 // writing goroutine. Later writes are dropped. If the file does not take
 // everything within timeout (its reader is stopped), Close gives up and
 // says so; the goroutine then ends when its write returns, if ever.
-func (w *Writer) Close(timeout time.Duration) error {
+func (w *core) Close(timeout time.Duration) error {
 	w.mu.Lock()
 	if !w.closing {
 		w.closing = true

@@ -383,3 +383,30 @@ func BenchmarkWrite(b *testing.B) {
 		})
 	}
 }
+
+// TestAlias: an alias writes into the same buffer, in order, and only its
+// File differs.
+func TestAlias(t *testing.T) {
+	noLeak(t)
+	r, wf := smallPipe(t)
+	defer r.Close()
+	defer wf.Close()
+	w := New("stdout and stderr", wf, Options{})
+	a := w.Alias(os.Stdout)
+	other := New("other", wf, Options{})
+	defer other.Close(time.Second)
+	if !w.Same(a) || !a.Same(w) || w.Same(other) || a.File() != os.Stdout || w.File() != wf || a.Name() != w.Name() {
+		t.Fatalf("alias: same %v, file %v (want os.Stdout), name %q", w.Same(a), a.File(), a.Name())
+	}
+	w.WriteLine("", "one")
+	a.WriteLine("", "two")
+	w.WriteLine("", "three")
+	if err := a.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	wf.Close()
+	b, _ := io.ReadAll(r)
+	if diff := cmp.Diff("one\ntwo\nthree\n", string(b)); diff != "" {
+		t.Errorf("output (-want +got):\n%s", diff)
+	}
+}
