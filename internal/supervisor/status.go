@@ -38,6 +38,8 @@ type Status struct {
 	// outside the loop by KernelStatus; nil without Options.Inspector.
 	Kernel  *inspect.View `json:"kernel,omitempty"`
 	Handoff HandoffStatus `json:"handoff"`
+	// Output is baton's stdout and stderr: bytes waiting, lines dropped.
+	Output OutputStatus `json:"output"`
 }
 
 // ListenerStatus describes one listener baton holds.
@@ -130,6 +132,7 @@ func (s *Supervisor) status() Status {
 	}
 	st.Process.OrphansReap = s.spawner.Orphans()
 	st.Handoff = s.handoffStatus(st.Process.FDs)
+	st.Output = s.outputStatus()
 	if s.pending != nil {
 		st.Pending = s.pending.id
 	}
