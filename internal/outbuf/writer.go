@@ -117,6 +117,7 @@ type core struct {
 	inflight     int      // bytes of the batch being written
 	writingSince time.Time
 	pending      Drop  // lines dropped and not reported yet (Lines 0: none)
+	stalled      bool  // a line found no room: drop until a write ends
 	dropped      int64 // lines dropped since New
 	lastErr      error
 	attempts     int           // batches written or tried, for tests
@@ -195,10 +196,14 @@ func (w *core) WriteLine(prefix, line string) {
 }
 
 // admit reports whether n more bytes (of nl lines) fit; if not, they are
-// counted as dropped. When they fit after a drop, the notice goes first.
-// w.mu is held.
+// counted as dropped. Once a line found no room, every line is dropped
+// until a write ends (a short line that would still fit too): the gap in
+// the output is one, and the notice, which goes before the first line
+// taken after it, marks where it was and says how long it is. w.mu is
+// held.
 func (w *core) admit(n int, nl int64) bool {
-	if w.exited || len(w.buf)+w.inflight+n > w.limit {
+	if w.exited || w.stalled || len(w.buf)+w.inflight+n > w.limit {
+		w.stalled = !w.exited
 		w.drop(nl, nil)
 		return false
 	}
@@ -287,7 +292,7 @@ func (w *core) run() {
 		n, err := w.write(batch)
 
 		w.mu.Lock()
-		w.inflight, w.writingSince, w.lastErr = 0, time.Time{}, err
+		w.inflight, w.writingSince, w.lastErr, w.stalled = 0, time.Time{}, err, false
 		if err != nil {
 			w.lost(batch, n, notices, err)
 		}
