@@ -53,7 +53,11 @@ func (d Drop) Reason() string {
 // 2025-01-02T15:04:05.000Z: nothing read stderr fast enough (its 1 MiB
 // buffer was full)".
 func (d Drop) String() string {
-	return fmt.Sprintf("baton: %d lines of %s dropped since %s: %s", d.Lines, d.Name, d.Since.Format(timeFormat), d.Reason())
+	lines := "lines"
+	if d.Lines == 1 {
+		lines = "line"
+	}
+	return fmt.Sprintf("baton: %d %s of %s dropped since %s: %s", d.Lines, lines, d.Name, d.Since.Format(timeFormat), d.Reason())
 }
 
 // timeFormat is how notices write times: RFC 3339 with milliseconds.
@@ -205,6 +209,7 @@ func (w *core) admit(n int, nl int64) bool {
 	if w.exited || w.stalled || len(w.buf)+w.inflight+n > w.limit {
 		w.stalled = !w.exited
 		w.drop(nl, nil)
+		w.kick() // an idle writer writes the notice, which ends the stall
 		return false
 	}
 	if w.pending.Lines > 0 {

@@ -249,7 +249,7 @@ func TestWriteErrorBacksOff(t *testing.T) {
 	wf.Close()
 	b, _ := io.ReadAll(rd)
 	ls := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	if len(ls) != 101 || !strings.HasPrefix(ls[0], "baton: 1 lines of stdout dropped since ") ||
+	if len(ls) != 101 || !strings.HasPrefix(ls[0], "baton: 1 line of stdout dropped since ") ||
 		!strings.HasSuffix(ls[0], ": writing to stdout failed: write: broken pipe") {
 		t.Errorf("read %d lines, first %q; want the notice of the lost line and its error, then 100 lines", len(ls), ls[0])
 	}
@@ -412,5 +412,30 @@ func TestAlias(t *testing.T) {
 	b, _ := io.ReadAll(r)
 	if diff := cmp.Diff("one\ntwo\nthree\n", string(b)); diff != "" {
 		t.Errorf("output (-want +got):\n%s", diff)
+	}
+}
+
+// TestLineLargerThanTheBuffer: a line that can never fit is dropped and
+// reported, and does not stall the lines after it.
+func TestLineLargerThanTheBuffer(t *testing.T) {
+	noLeak(t)
+	r, wf := smallPipe(t)
+	defer r.Close()
+	defer wf.Close()
+	w := New("stderr", wf, Options{Limit: 100})
+	w.WriteLine("", strings.Repeat("L", 200))
+	waitFor(t, "the notice of the long line", func() (bool, string) {
+		st := w.Stats()
+		return st.Dropped == 1 && st.DroppingSince.IsZero(), fmt.Sprintf("%+v", st)
+	})
+	w.WriteLine("", "next")
+	if err := w.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	wf.Close()
+	b, _ := io.ReadAll(r)
+	ls := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(ls) != 2 || !strings.HasPrefix(ls[0], "baton: 1 line of stderr dropped since ") || ls[1] != "next" {
+		t.Errorf("output %q; want the notice, then the next line", ls)
 	}
 }
