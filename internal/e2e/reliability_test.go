@@ -33,7 +33,7 @@ type reliabilityCase struct {
 // follows this order.
 func reliabilityCases() []reliabilityCase {
 	var all []reliabilityCase
-	for _, cs := range [][]reliabilityCase{faultCases, abuseCases, resourceCases} {
+	for _, cs := range [][]reliabilityCase{faultCases, logcfgCases, abuseCases, resourceCases} {
 		all = append(all, cs...)
 	}
 	return all
