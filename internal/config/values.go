@@ -20,7 +20,12 @@ const durationUnits = "ns, us, ms, s, m, h"
 // 18446744073709551615.
 func (l *Loaded) checkValues(raw map[string]any) error {
 	return l.checkTable(raw, reflect.TypeOf(Settings{}), func(key string) Origin {
-		return Origin{File: l.Path, Line: l.lines.key(toml.Key(strings.Split(key, "."))), Key: key}
+		o := Origin{File: l.Path, Line: l.lines.key(toml.Key(strings.Split(key, "."))), Key: key}
+		if o.Line == 0 { // in an inline table: the line of its key
+			first, _, _ := strings.Cut(key, ".")
+			o.Line = l.lines.key(toml.Key{first})
+		}
+		return o
 	}, "")
 }
 
@@ -73,26 +78,41 @@ func (l *Loaded) checkValue(v any, t reflect.Type, full string, at func(string) 
 		if t.Kind() >= reflect.Uint && n < 0 {
 			return bad("%d: want 0 or more%s; there is no value for unlimited", n, unitOf(short))
 		}
+	case reflect.Pointer:
+		return l.checkValue(v, t.Elem(), full, at)
 	case reflect.Slice:
-		list, ok := v.([]any)
-		if !ok {
-			if tables, ok := v.([]map[string]any); ok && t.Elem().Kind() == reflect.Struct {
-				for i, tb := range tables {
-					item := func(key string) Origin {
-						k := key[strings.LastIndexByte(key, '.')+1:]
-						return Origin{File: l.Path, Line: l.lines.item(short, i, k), Key: fmt.Sprintf("%s[%d].%s", short, i, k)}
-					}
-					if err := l.checkTable(tb, t.Elem(), item, full+"."); err != nil {
-						return err
-					}
-				}
-				return nil
+		var items []any
+		switch list := v.(type) {
+		case []any:
+			items = list
+		case []map[string]any:
+			for _, m := range list {
+				items = append(items, m)
 			}
+		default:
 			return bad("%s is %s: want a list in brackets, %s = [...]", l.literal(at(full), v), typeName(v), short)
 		}
-		for _, e := range list {
-			if err := l.checkValue(e, t.Elem(), full, at); err != nil {
-				return err
+		for i, e := range items {
+			if t.Elem().Kind() == reflect.Struct { // [[listener]] tables
+				tb, ok := e.(map[string]any)
+				if !ok {
+					return bad("%s is %s: want a table, [[%s]]", l.literal(at(full), e), typeName(e), short)
+				}
+				item := func(key string) Origin {
+					k := key[strings.LastIndexByte(key, '.')+1:]
+					o := Origin{File: l.Path, Line: l.lines.item(short, i, k), Key: fmt.Sprintf("%s[%d].%s", short, i, k)}
+					if o.Line == 0 {
+						o.Line = at(full).Line // an inline table
+					}
+					return o
+				}
+				if err := l.checkTable(tb, t.Elem(), item, full+"."); err != nil {
+					return err
+				}
+				continue
+			}
+			if _, ok := e.(string); !ok && t.Elem().Kind() == reflect.String {
+				return bad("%v is %s: every element is a string, in quotes: %s = [\"...\"]", e, typeName(e), short)
 			}
 		}
 	case reflect.Map:

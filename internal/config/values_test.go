@@ -169,6 +169,13 @@ func TestOtherValues(t *testing.T) {
 		{"workers as a decimal", "workers = 2.0\n", `:2: workers: 2.0 is a decimal number: want a whole number, without quotes`},
 		{"listen as a string", "listen = \"tcp://:80\"\n", `:2: listen: "tcp://:80" is a string: want a list in brackets, listen = [...]`},
 		{"name as a number", "name = 7\n", `:2: name: 7 is a number: want a string in quotes, name = "..."`},
+		{"mode in an inline table", "listener = [{address = \"unix:///run/x.sock\", mode = 660}]\n",
+			`:2: listener[0].mode: 660 is a number: write the permission bits as a string of octal digits, mode = "0660"`},
+		{"mode in the second table", "[[listener]]\naddress = \"tcp://127.0.0.1:0\"\n[[listener]]\naddress = \"unix:///x\"\nmode = 600\n",
+			`:6: listener[1].mode: 600 is a number: write the permission bits as a string of octal digits, mode = "0600"`},
+		{"negative nofile inline", "rlimits = {nofile = -1}\n", `:2: rlimits.nofile: -1: want 0 or more (descriptors)`},
+		{"v6only in quotes", "[[listener]]\naddress = \"tcp://127.0.0.1:0\"\nv6only = \"yes\"\n", `:4: listener[0].v6only: "yes" is a string: want true or false, without quotes`},
+		{"a list of numbers", "listen = [1, 2]\n", `:2: listen: 1 is a number: every element is a string, in quotes: listen = ["..."]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
