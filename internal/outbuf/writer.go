@@ -28,7 +28,8 @@ type Options struct {
 	// length.
 	Limit int
 	// Notice formats the line written after lines were dropped (one line,
-	// ending in a newline). Nil writes Drop.String.
+	// ending in a newline). Nil writes Drop.String. It is called with the
+	// Writer's lock held: it must not write to the Writer.
 	Notice func(Drop) []byte
 }
 
