@@ -483,6 +483,10 @@ func TestLineLargerThanTheBuffer(t *testing.T) {
 	defer r.Close()
 	defer wf.Close()
 	w := New("stderr", wf, Options{Limit: 100})
+	w.WriteLine("", "first")
+	if err := w.Flush(5 * time.Second); err != nil { // the writer is idle now
+		t.Fatal(err)
+	}
 	w.WriteLine("", strings.Repeat("L", 200))
 	waitFor(t, "the notice of the long line", func() (bool, string) {
 		st := w.Stats()
@@ -495,7 +499,7 @@ func TestLineLargerThanTheBuffer(t *testing.T) {
 	wf.Close()
 	b, _ := io.ReadAll(r)
 	ls := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	if len(ls) != 2 || !strings.HasPrefix(ls[0], "baton: 1 line of stderr dropped since ") || ls[1] != "next" {
-		t.Errorf("output %q; want the notice, then the next line", ls)
+	if len(ls) != 3 || ls[0] != "first" || !strings.HasPrefix(ls[1], "baton: 1 line of stderr dropped since ") || ls[2] != "next" {
+		t.Errorf("output %q; want the first line, the notice, then the next line", ls)
 	}
 }
