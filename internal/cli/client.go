@@ -280,6 +280,7 @@ func printStatus(out io.Writer, st supervisor.Status) {
 	fmt.Fprintf(w, "baton itself: %d fds, %d goroutines, %.1f MiB resident\n",
 		st.Process.FDs, st.Process.Goroutines, float64(st.Process.RSSBytes)/(1<<20))
 	printHandoff(w, st.Handoff)
+	printOutput(w, st.Output)
 }
 
 // printHandoff writes the fd store's line.

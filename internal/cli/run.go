@@ -1,15 +1,19 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -23,6 +27,7 @@ import (
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
+	"github.com/baton-dev/baton/internal/outbuf"
 	"github.com/baton-dev/baton/internal/spawn"
 	"github.com/baton-dev/baton/internal/supervisor"
 	"github.com/baton-dev/baton/internal/takeover"
@@ -86,16 +91,83 @@ func load(configPath string, flags *config.Settings, fs *pflag.FlagSet, args []s
 	return r, nil
 }
 
-func newLogger(format, level string) (*slog.Logger, error) {
+// newLogger is baton's log, in format at level, written to w.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, usagef("log level %q: want debug, info, warn or error", level)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
+	return slog.New(logHandler(w, format, &slog.HandlerOptions{Level: lv})), nil
+}
+
+func logHandler(w io.Writer, format string, opts *slog.HandlerOptions) slog.Handler {
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	return slog.NewTextHandler(w, opts)
+}
+
+// output is baton's stdout and stderr behind outbuf Writers: neither
+// baton's log nor its workers' lines ever wait for whoever reads them
+// (a stopped `| tee`, a log driver that blocks); what does not fit in
+// their 1 MiB is dropped, counted in status, and reported by a warning
+// in the log's format once the reader reads again.
+type output struct{ stdout, stderr *outbuf.Writer }
+
+// flushOnExit bounds how long baton, exiting, waits for its output to
+// be read: a stopped reader must not keep it from exiting.
+const flushOnExit = time.Second
+
+func newOutput(format string) *output {
+	notice := func(d outbuf.Drop) []byte {
+		var b bytes.Buffer
+		r := slog.NewRecord(time.Now(), slog.LevelWarn, "baton's output lines were dropped: nothing read them", 0)
+		r.AddAttrs(slog.String("output", d.Name), slog.Int64("lines", d.Lines), slog.Time("since", d.Since), slog.String("reason", d.Reason()))
+		logHandler(&b, format, nil).Handle(context.Background(), r)
+		return b.Bytes()
+	}
+	if sameFile(os.Stdout, os.Stderr) {
+		// One file (2>&1, the journal's stream): one buffer, so that lines
+		// keep their order and never interleave.
+		both := outbuf.New("stdout and stderr", os.Stderr, outbuf.Options{Notice: notice})
+		return &output{stdout: both.Alias(os.Stdout), stderr: both}
+	}
+	return &output{
+		stdout: outbuf.New("stdout", os.Stdout, outbuf.Options{Notice: notice}),
+		stderr: outbuf.New("stderr", os.Stderr, outbuf.Options{Notice: notice}),
+	}
+}
+
+// close writes what is buffered, at most flushOnExit.
+func (o *output) close() {
+	var wg sync.WaitGroup
+	for _, w := range []*outbuf.Writer{o.stdout, o.stderr} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.Close(flushOnExit) // nothing is left to tell if it fails
+		}()
+	}
+	wg.Wait()
+}
+
+// sameFile reports whether a and b are the same file (device and inode),
+// read with fstat on their descriptors.
+func sameFile(a, b *os.File) bool {
+	var sa, sb unix.Stat_t
+	return fstat(a, &sa) == nil && fstat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+func fstat(f *os.File, st *unix.Stat_t) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), st) }); err != nil {
+		return err
+	}
+	return os.NewSyscallError("fstat", serr)
 }
 
 func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settings, args []string) error {
@@ -127,7 +199,9 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 	// once the supervisor runs, and waits for it until then.
 	sigs := catchSignals()
 	defer signal.Stop(sigs)
-	log, err := newLogger(r.LogFormat, r.LogLevel)
+	out := newOutput(r.LogFormat)
+	defer out.close() // last: everything else logs before it
+	log, err := newLogger(out.stderr, r.LogFormat, r.LogLevel)
 	if err != nil {
 		return err
 	}
@@ -192,6 +266,10 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 		return err
 	}
 	defer obs.close()
+	// prev is the configuration serving now. A Prepare abandoned at its
+	// deadline may still run beside the next one: prev is locked, and
+	// set only when a reload to a plan has succeeded (its Apply).
+	var prevMu sync.Mutex
 	prev := r
 	opts := supervisor.Options{
 		Prepare: func(current []*listener.Group, workers int) (*supervisor.Plan, error) {
@@ -199,21 +277,33 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 			if err != nil {
 				return nil, err
 			}
-			if next.Supervisor.Workers == prev.Supervisor.Workers {
+			prevMu.Lock()
+			before := prev
+			prevMu.Unlock()
+			if next.Supervisor.Workers == before.Supervisor.Workers {
 				next.Supervisor.Workers = workers // keep a `baton scale` the config did not overrule
 			}
-			warnFixed(log, prev, next)
+			warnFixed(log, before, next)
 			plan, err := planListeners(next, current, log)
 			if err != nil {
 				return nil, err
 			}
-			prev = next // only Prepare uses prev, and reloads run one at a time
+			apply := plan.Apply
+			plan.Apply = func() error {
+				prevMu.Lock()
+				prev = next
+				prevMu.Unlock()
+				if apply != nil {
+					return apply()
+				}
+				return nil
+			}
 			return plan, nil
 		},
 		Spawner:     spawn.New(),
 		Log:         log,
-		Stdout:      os.Stdout,
-		Stderr:      os.Stderr,
+		Stdout:      out.stdout,
+		Stderr:      out.stderr,
 		Args:        os.Args,
 		Control:     ctl,
 		OnReady:     func() { tellSystemd(log, "READY=1") },

@@ -333,3 +333,45 @@ func soon(d supervisor.Duration) string {
 	}
 	return t.Round(time.Second).String()
 }
+
+// printOutput writes a line about baton's own stdout and stderr when
+// lines were dropped, a write is stuck or failed: "output: stderr: 1204
+// lines dropped, dropping since 15:04:05, 1.0 of 1.0 MiB buffered, a
+// write blocked for 12s: nothing reads it". Nothing when all is well.
+func printOutput(w io.Writer, o supervisor.OutputStatus) {
+	streams := []struct {
+		name string
+		s    supervisor.OutputStream
+	}{{"stdout", o.Stdout}, {"stderr", o.Stderr}}
+	if o.Stdout.Shared {
+		streams = []struct {
+			name string
+			s    supervisor.OutputStream
+		}{{"stdout and stderr", o.Stderr}}
+	}
+	var parts []string
+	for _, st := range streams {
+		s := st.s
+		if s.DroppedLines == 0 && s.DroppingSince == nil && s.Error == "" && time.Duration(s.BlockedFor) < time.Second {
+			continue
+		}
+		p := fmt.Sprintf("%s: %d lines dropped", st.name, s.DroppedLines)
+		if s.DroppingSince != nil {
+			p += fmt.Sprintf(", dropping since %s", s.DroppingSince.Local().Format(time.TimeOnly))
+		}
+		p += fmt.Sprintf(", %.1f of %.1f MiB buffered", float64(s.BufferedBytes)/(1<<20), float64(s.LimitBytes)/(1<<20))
+		if time.Duration(s.BlockedFor) >= time.Second {
+			p += fmt.Sprintf(", a write blocked for %s: nothing reads it", roundDur(s.BlockedFor))
+		}
+		if s.Error != "" {
+			p += ", last write failed: " + s.Error
+		}
+		parts = append(parts, p)
+	}
+	if len(parts) == 0 {
+		return
+	}
+	for _, line := range wrap(strings.Join(parts, "; "), statusWidth, "output:", "    ") {
+		fmt.Fprintln(w, line)
+	}
+}

@@ -64,6 +64,10 @@ func wideStatus() supervisor.Status {
 			},
 			Errors: []string{"sock_diag unix: not supported: the kernel has no diag handler for it: load unix_diag (modprobe) or build the kernel with it"},
 		},
+		Output: supervisor.OutputStatus{
+			Stdout: supervisor.OutputStream{DroppedLines: 1 << 40, DroppingSince: &since, BufferedBytes: 1 << 20, LimitBytes: 1 << 20, BlockedFor: supervisor.Duration(100 * time.Hour)},
+			Stderr: supervisor.OutputStream{DroppedLines: 1, LimitBytes: 1 << 20, Error: strings.Repeat("e", 300)},
+		},
 	}
 }
 
@@ -149,5 +153,35 @@ func TestCounterDeltas(t *testing.T) {
 	}
 	if got := counterDeltas(nil, cur); got != "" {
 		t.Errorf("first frame: %q", got)
+	}
+}
+
+func TestOutputLine(t *testing.T) {
+	since := time.Date(2025, 1, 2, 3, 4, 5, 0, time.Local)
+	const mib = 1 << 20
+	tests := []struct {
+		name string
+		in   supervisor.OutputStatus
+		want string
+	}{
+		{name: "all well", in: supervisor.OutputStatus{Stdout: supervisor.OutputStream{BufferedBytes: 100, LimitBytes: mib}, Stderr: supervisor.OutputStream{LimitBytes: mib}}, want: ""},
+		{name: "stderr dropping",
+			in: supervisor.OutputStatus{Stdout: supervisor.OutputStream{LimitBytes: mib},
+				Stderr: supervisor.OutputStream{BufferedBytes: mib, LimitBytes: mib, DroppedLines: 1204, DroppingSince: &since, BlockedFor: supervisor.Duration(12 * time.Second)}},
+			want: "output: stderr: 1204 lines dropped, dropping since 03:04:05, 1.0 of 1.0 MiB buffered, a write\n    blocked for 12s: nothing reads it\n"},
+		{name: "shared, write failed",
+			in: supervisor.OutputStatus{
+				Stdout: supervisor.OutputStream{LimitBytes: mib, DroppedLines: 3, Error: "write: broken pipe", Shared: true},
+				Stderr: supervisor.OutputStream{LimitBytes: mib, DroppedLines: 3, Error: "write: broken pipe", Shared: true}},
+			want: "output: stdout and stderr: 3 lines dropped, 0.0 of 1.0 MiB buffered, last write failed: write:\n    broken pipe\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b bytes.Buffer
+			printOutput(&b, tt.in)
+			if diff := cmp.Diff(tt.want, b.String()); diff != "" {
+				t.Errorf("output line (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

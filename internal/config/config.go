@@ -12,7 +12,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"os"
 	"reflect"
 	"regexp"
 	"runtime"
@@ -195,26 +194,26 @@ func Load(path string, flags *Settings, fs *pflag.FlagSet, args []string) (*Load
 	return l, nil
 }
 
+// loadFile reads the config file at path (readFile), checks the type of
+// every value (checkValues) and takes the keys it sets over the defaults.
 func (l *Loaded) loadFile(path string) error {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if err != nil {
-		return fmt.Errorf("%w %s: %v", ErrFile, path, err)
+		return err
+	}
+	l.lines = indexLines(string(data))
+	var raw map[string]any
+	if _, err := toml.Decode(string(data), &raw); err != nil {
+		return decodeError(path, err)
+	}
+	if err := l.checkValues(raw); err != nil {
+		return err
 	}
 	var file Settings
 	md, err := toml.Decode(string(data), &file)
 	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return fmt.Errorf("%w %s:%d: %s", ErrFile, path, pe.Position.Line, pe.Message)
-		}
-		// A value of the wrong type: "toml: line 3 (last key "workers"):
-		// incompatible types: ...".
-		if m := decodeErr.FindStringSubmatch(err.Error()); m != nil {
-			return fmt.Errorf("%w %s:%s: %s: %s", ErrFile, path, m[1], m[2], m[3])
-		}
-		return fmt.Errorf("%w %s: %v", ErrFile, path, err)
+		return decodeError(path, err)
 	}
-	l.lines = indexLines(string(data))
 	if und := md.Undecoded(); len(und) > 0 {
 		key := und[0].String()
 		return fmt.Errorf("%w %s:%d: unknown key %q; keys are %s", ErrFile, path, l.lines.key(und[0]), key, strings.Join(fileKeys(), ", "))
@@ -229,6 +228,20 @@ func (l *Loaded) loadFile(path string) error {
 		}
 	}
 	return nil
+}
+
+// decodeError names the file and line of a TOML decoding error.
+func decodeError(path string, err error) error {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%w %s:%d: %s", ErrFile, path, pe.Position.Line, pe.Message)
+	}
+	// A value of the wrong type: "toml: line 3 (last key "workers"):
+	// incompatible types: ...".
+	if m := decodeErr.FindStringSubmatch(err.Error()); m != nil {
+		return fmt.Errorf("%w %s:%s: %s: %s", ErrFile, path, m[1], m[2], m[3])
+	}
+	return fmt.Errorf("%w %s: %w", ErrFile, path, err)
 }
 
 // applyFlags copies the flags given on the command line over the values.

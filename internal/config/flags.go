@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -21,13 +22,13 @@ func Register(fs *pflag.FlagSet, s *Settings) {
 	fs.StringVar(&s.Fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
 	fs.IntVarP(&s.Workers, "workers", "n", d.Workers, "number of worker processes (slots)")
 	fs.StringVar(&s.Ready, "ready", d.Ready, "when a worker is ready: notify (READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: it bound every listener) or delay:DURATION")
-	fs.DurationVar(&s.ReadyTimeout, "ready-timeout", d.ReadyTimeout, "with --ready notify or bind: how long a worker may take to be ready")
+	durationVar(fs, &s.ReadyTimeout, "ready-timeout", d.ReadyTimeout, "with --ready notify or bind: how long a worker may take to be ready")
 	fs.StringVar(&s.StopSignal, "stop-signal", d.StopSignal, "signal that asks a worker to drain and exit")
-	fs.DurationVar(&s.DrainTimeout, "drain-timeout", d.DrainTimeout, "how long a stopping worker may drain before it is killed")
-	fs.DurationVar(&s.StopWhenIdle, "stop-when-idle", 0, "hold the stop signal until the worker holds no connection on the TCP listeners (checked with it frozen), at most this long: for programs that die on the stop signal")
+	durationVar(fs, &s.DrainTimeout, "drain-timeout", d.DrainTimeout, "how long a stopping worker may drain before it is killed")
+	durationVar(fs, &s.StopWhenIdle, "stop-when-idle", 0, "hold the stop signal until the worker holds no connection on the TCP listeners (checked with it frozen), at most this long: for programs that die on the stop signal")
 	fs.BoolVar(&s.CaptureBind, "capture-bind", false, "run unmodified programs that bind their own port: their bind(2) of a listener's address gets baton's socket (seccomp user notification; see docs/capture-bind.md)")
 	fs.BoolVar(&s.EnableMigrateReq, "enable-migrate-req", false, "let a scale-down set net.ipv4.tcp_migrate_req=1 (root), so closing a reuseport slot's socket moves its queue to the other slots")
-	fs.DurationVar(&s.HandoffTimeout, "handoff-timeout", d.HandoffTimeout, "how long a connection a worker handed off waits for a worker of the next generation to adopt it before baton closes it")
+	durationVar(fs, &s.HandoffTimeout, "handoff-timeout", d.HandoffTimeout, "how long a connection a worker handed off waits for a worker of the next generation to adopt it before baton closes it")
 	fs.IntVar(&s.HandoffMaxState, "handoff-max-state", d.HandoffMaxState, "the most bytes of state a worker may hand off with one connection")
 	fs.StringVar(&s.Dir, "dir", "", "the workers' working directory (default: baton's)")
 	fs.VarP((*envFlag)(&s.Env), "env", "e", "KEY=VALUE added to the workers' environment, repeatable")
@@ -37,8 +38,38 @@ func Register(fs *pflag.FlagSet, s *Settings) {
 	fs.StringVar(&s.LogFormat, "log-format", d.LogFormat, "baton's log format: text or json")
 	fs.StringVar(&s.LogLevel, "log-level", d.LogLevel, "baton's log level: debug, info, warn or error")
 	fs.StringVar(&s.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics (:PORT for every address; see docs/metrics.md)")
-	fs.DurationVar(&s.InspectInterval, "inspect-interval", d.InspectInterval, "how often baton checks the kernel's view of its sockets and logs new warnings (0: only when asked); a connection that stays in CLOSE-WAIT this long counts as never closed")
+	durationVar(fs, &s.InspectInterval, "inspect-interval", d.InspectInterval, "how often baton checks the kernel's view of its sockets and logs new warnings (0: only when asked); a connection that stays in CLOSE-WAIT this long counts as never closed")
 }
+
+// durationVar defines a duration flag like pflag's DurationVar, whose
+// error for a value without a unit ("30") says how to write it.
+func durationVar(fs *pflag.FlagSet, p *time.Duration, name string, value time.Duration, usage string) {
+	*p = value
+	fs.Var((*durationFlag)(p), name, usage)
+}
+
+// durationFlag is a time.Duration flag parsed by ParseDuration.
+type durationFlag time.Duration
+
+func (d *durationFlag) Set(s string) error {
+	v, err := ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = durationFlag(v)
+	return nil
+}
+
+// String is the value as Go writes durations; "0" for none, which pflag
+// takes as no default worth showing.
+func (d *durationFlag) String() string {
+	if *d == 0 {
+		return "0"
+	}
+	return time.Duration(*d).String()
+}
+
+func (d *durationFlag) Type() string { return "duration" }
 
 // envFlag is a repeatable KEY=VALUE flag.
 type envFlag map[string]string

@@ -14,12 +14,13 @@ type lineIndex struct {
 	keys   map[string]int   // "a.b" -> first line assigning it
 	tables map[string][]int // "listener" -> the line of each [[listener]]
 	inItem map[string]int   // "listener#1.address" -> line
+	text   []string         // the file's lines
 }
 
 func indexLines(text string) *lineIndex {
-	x := &lineIndex{keys: map[string]int{}, tables: map[string][]int{}, inItem: map[string]int{}}
+	x := &lineIndex{keys: map[string]int{}, tables: map[string][]int{}, inItem: map[string]int{}, text: strings.Split(text, "\n")}
 	table, item := "", -1
-	for i, raw := range strings.Split(text, "\n") {
+	for i, raw := range x.text {
 		line := strings.TrimSpace(raw)
 		n := i + 1
 		switch {
@@ -80,4 +81,22 @@ func (x *lineIndex) item(name string, i int, k string) int {
 		return n
 	}
 	return x.table(name, i)
+}
+
+// value is the value of the assignment on line n as written ("660" for
+// `mode = 660  # rw`), "" when line n is not one.
+func (x *lineIndex) value(n int) string {
+	if x == nil || n < 1 || n > len(x.text) {
+		return ""
+	}
+	_, v, ok := strings.Cut(x.text[n-1], "=")
+	if !ok {
+		return ""
+	}
+	v = strings.TrimSpace(v)
+	if v == "" || v[0] == '"' || v[0] == '\'' || v[0] == '[' || v[0] == '{' {
+		return "" // strings and lists are quoted from the decoded value
+	}
+	v, _, _ = strings.Cut(v, "#")
+	return strings.TrimSpace(v)
 }

@@ -66,6 +66,9 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 	}
 	ready, err := supervisor.ParseReady(l.Ready)
 	if err != nil {
+		if d, ok := strings.CutPrefix(l.Ready, "delay:"); ok && isNumber(d) {
+			return nil, bad("ready", "%q: the delay needs a unit: delay:%ss (units: %s)", l.Ready, d, durationUnits)
+		}
 		return nil, bad("ready", "%v", err)
 	}
 	if ready.Bind && !l.CaptureBind {

@@ -33,7 +33,7 @@ type reliabilityCase struct {
 // follows this order.
 func reliabilityCases() []reliabilityCase {
 	var all []reliabilityCase
-	for _, cs := range [][]reliabilityCase{faultCases, lifecycleCases, abuseCases, resourceCases, sockfileCases, socketCases, upgradeCases} {
+	for _, cs := range [][]reliabilityCase{faultCases, lifecycleCases, logcfgCases, abuseCases, resourceCases, sockfileCases, socketCases, upgradeCases} {
 		all = append(all, cs...)
 	}
 	return all

@@ -4,8 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"os"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/baton-dev/baton/internal/outbuf"
 )
 
 // maxLine is the longest line of worker output copied as one line; longer
@@ -13,13 +17,23 @@ import (
 const maxLine = 64 << 10
 
 // sink serializes whole lines onto one of baton's outputs, so lines from
-// different workers never interleave mid-line.
+// different workers never interleave mid-line. With an outbuf.Writer (as
+// baton run gives) a line never waits for the file: it is buffered, or
+// dropped and counted when nothing reads baton's output.
 type sink struct {
 	mu sync.Mutex
 	w  io.Writer
 }
 
+// lineWriter takes a line in parts and serializes lines itself
+// (outbuf.Writer).
+type lineWriter interface{ WriteLine(prefix, line string) }
+
 func (s *sink) writeLine(prefix, line string) {
+	if lw, ok := s.w.(lineWriter); ok {
+		lw.WriteLine(prefix, line)
+		return
+	}
 	b := make([]byte, 0, len(prefix)+len(line)+1)
 	b = append(append(append(b, prefix...), line...), '\n')
 	s.mu.Lock()
@@ -77,4 +91,75 @@ func splitLines(data []byte, atEOF bool) (int, []byte, error) {
 		return len(data), data, nil
 	}
 	return 0, nil, nil
+}
+
+// outputFile is the file a worker without a log prefix inherits as its
+// stdout or stderr: Options.Stdout or Stderr itself, or the file the
+// outbuf.Writer there stands for. Such a worker writes to it directly,
+// without baton's buffer: if nothing reads it, the worker waits, baton
+// does not.
+func outputFile(w io.Writer) *os.File {
+	switch f := w.(type) {
+	case *os.File:
+		return f
+	case interface{ File() *os.File }:
+		return f.File()
+	}
+	return nil
+}
+
+// OutputStatus is the state of baton's stdout and stderr: what waits to
+// be written and what was dropped because nothing read it.
+type OutputStatus struct {
+	Stdout OutputStream `json:"stdout"`
+	Stderr OutputStream `json:"stderr"`
+}
+
+// OutputStream is one of baton's outputs (docs/status.md).
+type OutputStream struct {
+	// BufferedBytes waits to be written, of at most LimitBytes.
+	BufferedBytes int `json:"buffered_bytes"`
+	LimitBytes    int `json:"limit_bytes"`
+	// DroppedLines were dropped since baton started: the buffer was full,
+	// or writing failed.
+	DroppedLines int64 `json:"dropped_lines"`
+	// DroppingSince is when the first line was dropped that no notice in
+	// the output has reported yet.
+	DroppingSince *time.Time `json:"dropping_since,omitempty"`
+	// BlockedFor is how long the write in progress has waited for the
+	// reader.
+	BlockedFor Duration `json:"blocked_for,omitempty"`
+	// Error is the last write's error, until a write works.
+	Error string `json:"error,omitempty"`
+	// Shared: stdout and stderr are one file, written through one buffer;
+	// both fields show it (do not add them up).
+	Shared bool `json:"shared,omitempty"`
+}
+
+// outputStatus reads the counts of baton's outputs; zero for an output
+// that is not an outbuf.Writer.
+func (s *Supervisor) outputStatus() OutputStatus {
+	out, _ := s.opts.Stdout.(*outbuf.Writer)
+	errw, _ := s.opts.Stderr.(*outbuf.Writer)
+	shared := out != nil && out.Same(errw)
+	return OutputStatus{Stdout: outputStream(out, shared), Stderr: outputStream(errw, shared)}
+}
+
+func outputStream(w *outbuf.Writer, shared bool) OutputStream {
+	if w == nil {
+		return OutputStream{}
+	}
+	st := w.Stats()
+	o := OutputStream{BufferedBytes: st.Buffered, LimitBytes: st.Limit, DroppedLines: st.Dropped, Shared: shared}
+	if !st.DroppingSince.IsZero() {
+		t := st.DroppingSince
+		o.DroppingSince = &t
+	}
+	if !st.WritingSince.IsZero() {
+		o.BlockedFor = Duration(time.Since(st.WritingSince))
+	}
+	if st.Err != nil {
+		o.Error = st.Err.Error()
+	}
+	return o
 }

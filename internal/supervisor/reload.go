@@ -37,7 +37,22 @@ type reloadState struct {
 	queued       bool // another reload is wanted after this one
 	queuedFor    []chan<- ReloadOutcome
 	queuedReason string
+
+	// prepareSeq numbers the reload being prepared; a Prepare that
+	// returns after its reload was abandoned finds another number.
+	prepareSeq int
 }
+
+// PrepareTimeout bounds a reload's Prepare (reading the config file,
+// looking up users and groups, binding new listeners): past it the
+// reload fails with the reason, the next reload runs, and the plan, if
+// it ever comes, is discarded (its new listeners closed). A Prepare that
+// blocks (a config path on a hung network file system, a user lookup
+// that never answers) thus costs one reload, never all the later ones.
+const PrepareTimeout = 30 * time.Second
+
+// prepareTimeout is PrepareTimeout; tests shorten it.
+var prepareTimeout = PrepareTimeout
 
 func (r *reloadState) failQueued(err error) {
 	for _, ch := range r.queuedFor {
@@ -96,13 +111,46 @@ func (s *Supervisor) prepareReload(reason string, waiters []chan<- ReloadOutcome
 		return
 	}
 	s.preparing = true
+	s.reload.prepareSeq++
+	seq := s.reload.prepareSeq
 	current := append([]*listener.Group(nil), s.active.listeners...)
 	workers := len(s.active.slots)
+	timeout := prepareTimeout
+	deadline := s.after(timeout, func() {
+		if !s.preparing || s.reload.prepareSeq != seq {
+			return // it returned in time
+		}
+		s.preparing = false
+		s.reload.prepareSeq++ // what it returns now is discarded
+		err := fmt.Errorf("preparing it (reading the config file, looking up users, binding new listeners) took more than %s, so baton stopped waiting; a plan that comes later is discarded", timeout)
+		s.log.Error("reload failed", "err", err)
+		s.finishReload(0, s.active.id, fmt.Errorf("reload failed: %w; generation %d keeps serving, unchanged", err, s.active.id))
+	})
 	go func() {
+		start := time.Now()
 		plan, err := s.opts.Prepare(current, workers)
 		if !s.post(func() {
+			switch {
+			case s.reload.prepareSeq != seq || !s.preparing:
+				// Abandoned at its deadline: another reload may run now.
+				s.log.Warn("a reload's preparation finished after it was abandoned; its result is discarded", "took", time.Since(start).Round(time.Millisecond), "err", err)
+				if plan != nil {
+					s.discardPlan(plan, current)
+				}
+				return
+			case s.stopping:
+				s.preparing = false
+				deadline.Stop()
+				if plan != nil {
+					s.discardPlan(plan, current)
+				}
+				s.finishReload(0, s.active.id, ErrStopping)
+				return
+			}
 			s.preparing = false
+			deadline.Stop()
 			if err != nil {
+				s.log.Error("reload failed", "err", err)
 				s.finishReload(0, s.active.id, fmt.Errorf("reload failed: %w; generation %d keeps serving, unchanged", err, s.active.id))
 				return
 			}

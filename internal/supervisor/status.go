@@ -42,6 +42,8 @@ type Status struct {
 	// outside the loop by KernelStatus; nil without Options.Inspector.
 	Kernel  *inspect.View `json:"kernel,omitempty"`
 	Handoff HandoffStatus `json:"handoff"`
+	// Output is baton's stdout and stderr: bytes waiting, lines dropped.
+	Output OutputStatus `json:"output"`
 }
 
 // ListenerStatus describes one listener baton holds.
@@ -170,6 +172,7 @@ func (s *Supervisor) status() Status {
 	st.Process.LeftoversSignalled = s.leftovers.signalled.Load()
 	st.Process.LeftoversKilled = s.leftovers.killed.Load()
 	st.Handoff = s.handoffStatus(st.Process.FDs)
+	st.Output = s.outputStatus()
 	if s.pending != nil {
 		st.Pending = s.pending.id
 	}

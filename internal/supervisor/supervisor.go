@@ -37,7 +37,8 @@ type Options struct {
 	Spawner *spawn.Spawner
 	Log     *slog.Logger
 	// Stdout and Stderr receive worker output. With Config.LogPrefix off
-	// they must be *os.File, which workers then inherit directly.
+	// they must be *os.File or have a File method (outbuf.Writer), whose
+	// file workers then inherit directly.
 	Stdout, Stderr io.Writer
 	// Args is the command line baton re-executes itself with on an
 	// upgrade (os.Args), and Control the control socket it hands over.

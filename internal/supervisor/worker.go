@@ -274,8 +274,8 @@ func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File,
 	}
 	if !g.cfg.LogPrefix {
 		close(w.outputDone)
-		files[1] = int(s.opts.Stdout.(*os.File).Fd())
-		files[2] = int(s.opts.Stderr.(*os.File).Fd())
+		files[1] = int(outputFile(s.opts.Stdout).Fd())
+		files[2] = int(outputFile(s.opts.Stderr).Fd())
 		return files, nil, nil
 	}
 	var readers []*os.File

@@ -1,0 +1,249 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// durationUnits is what a duration's unit may be, for messages.
+const durationUnits = "ns, us, ms, s, m, h"
+
+// checkValues checks the type of every value in a decoded file against
+// the key it is given to, before the file is decoded into Settings, so
+// that a value that is not what it looks like is refused with the fix
+// instead of taken as something else. The TOML decoder would take
+// drain_timeout = 30 as 30 nanoseconds, and rlimits.nofile = -1 as
+// 18446744073709551615.
+func (l *Loaded) checkValues(raw map[string]any) error {
+	return l.checkTable(raw, reflect.TypeOf(Settings{}), func(key string) Origin {
+		o := Origin{File: l.Path, Line: l.lines.key(toml.Key(strings.Split(key, "."))), Key: key}
+		if o.Line == 0 { // in an inline table: the line of its key
+			first, _, _ := strings.Cut(key, ".")
+			o.Line = l.lines.key(toml.Key{first})
+		}
+		return o
+	}, "")
+}
+
+// checkTable checks the keys of one table against the fields of t. at
+// says where a key (its full name) is; prefix is the table's name and a
+// dot ("" at the top).
+func (l *Loaded) checkTable(raw map[string]any, t reflect.Type, at func(string) Origin, prefix string) error {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		key := f.Tag.Get("toml")
+		v, ok := raw[key]
+		if key == "" || !ok {
+			continue // unknown keys are reported after decoding
+		}
+		full := prefix + key
+		if err := l.checkValue(v, f.Type, full, at); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkValue checks one value, of the key named full, against the Go type
+// it decodes into.
+func (l *Loaded) checkValue(v any, t reflect.Type, full string, at func(string) Origin) error {
+	bad := func(format string, args ...any) error {
+		return &Error{Origin: at(full), Msg: fmt.Sprintf(format, args...)}
+	}
+	short := full[strings.LastIndexByte(full, '.')+1:]
+	if t == reflect.TypeOf(time.Duration(0)) {
+		return checkDuration(v, short, bad)
+	}
+	switch t.Kind() {
+	case reflect.String:
+		if _, ok := v.(string); !ok {
+			if short == "mode" {
+				return bad("%s is a number: write the permission bits as a string of octal digits, %s = %q", l.literal(at(full), v), short, octalMode(l.literal(at(full), v)))
+			}
+			return bad("%s is %s: want a string in quotes, %s = \"...\"", l.literal(at(full), v), typeName(v), short)
+		}
+	case reflect.Bool:
+		if _, ok := v.(bool); !ok {
+			return bad("%s is %s: want true or false, without quotes", l.literal(at(full), v), typeName(v))
+		}
+	case reflect.Int, reflect.Int64, reflect.Uint64, reflect.Uint32:
+		n, ok := v.(int64)
+		if !ok {
+			return bad("%s is %s: want a whole number, without quotes%s", l.literal(at(full), v), typeName(v), unitOf(short))
+		}
+		if t.Kind() >= reflect.Uint && n < 0 {
+			return bad("%d: want 0 or more%s; there is no value for unlimited", n, unitOf(short))
+		}
+	case reflect.Pointer:
+		return l.checkValue(v, t.Elem(), full, at)
+	case reflect.Slice:
+		var items []any
+		switch list := v.(type) {
+		case []any:
+			items = list
+		case []map[string]any:
+			for _, m := range list {
+				items = append(items, m)
+			}
+		default:
+			return bad("%s is %s: want a list in brackets, %s = [...]", l.literal(at(full), v), typeName(v), short)
+		}
+		for i, e := range items {
+			if t.Elem().Kind() == reflect.Struct { // [[listener]] tables
+				tb, ok := e.(map[string]any)
+				if !ok {
+					return bad("%s is %s: want a table, [[%s]]", l.literal(at(full), e), typeName(e), short)
+				}
+				item := func(key string) Origin {
+					k := key[strings.LastIndexByte(key, '.')+1:]
+					o := Origin{File: l.Path, Line: l.lines.item(short, i, k), Key: fmt.Sprintf("%s[%d].%s", short, i, k)}
+					if o.Line == 0 {
+						o.Line = at(full).Line // an inline table
+					}
+					return o
+				}
+				if err := l.checkTable(tb, t.Elem(), item, full+"."); err != nil {
+					return err
+				}
+				continue
+			}
+			if _, ok := e.(string); !ok && t.Elem().Kind() == reflect.String {
+				return bad("%v is %s: every element is a string, in quotes: %s = [\"...\"]", e, typeName(e), short)
+			}
+		}
+	case reflect.Map:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return bad("%s is %s: want a table, [%s]", l.literal(at(full), v), typeName(v), full)
+		}
+		for k, e := range m {
+			if _, ok := e.(string); !ok {
+				o := Origin{File: l.Path, Line: l.lines.key(toml.Key{full, k}), Key: full + "." + k}
+				return &Error{Origin: o, Msg: fmt.Sprintf("%s is %s: every value of [%s] is a string, in quotes: %s = \"%v\"", l.literal(o, e), typeName(e), full, k, e)}
+			}
+		}
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return bad("%s is %s: want a table, [%s]", l.literal(at(full), v), typeName(v), full)
+		}
+		return l.checkTable(m, t, at, full+".")
+	}
+	return nil
+}
+
+// checkDuration checks a duration's value: a string with a unit, or a
+// bare 0 (which is unambiguous). A TOML number has no unit, and the
+// decoder would read it as nanoseconds.
+func checkDuration(v any, key string, bad func(string, ...any) error) error {
+	switch n := v.(type) {
+	case string:
+		if _, err := time.ParseDuration(n); err != nil {
+			return bad("%q: %s", n, durationError(n))
+		}
+		return nil
+	case int64:
+		if n == 0 {
+			return nil
+		}
+		return bad("%d has no unit, so it would mean %d nanoseconds: write it in quotes with its unit, %s = \"%ds\" (units: %s)", n, n, key, n, durationUnits)
+	case float64:
+		return bad("%v has no unit: write it in quotes with its unit, %s = \"%vs\" (units: %s)", n, key, n, durationUnits)
+	}
+	return bad("%s: want a duration in quotes with its unit, %s = \"30s\" (units: %s)", typeName(v), key, durationUnits)
+}
+
+// durationError explains why s is not a duration.
+func durationError(s string) string {
+	if isNumber(s) {
+		return fmt.Sprintf("a duration needs a unit: %ss, %sms or %sm (units: %s)", s, s, s, durationUnits)
+	}
+	return fmt.Sprintf("want a duration such as 30s, 1m30s or 500ms (units: %s)", durationUnits)
+}
+
+// ParseDuration is time.ParseDuration with an error that says how to
+// write a duration, for flags and the keys that hold one.
+func ParseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q: %s", s, durationError(s))
+	}
+	return d, nil
+}
+
+// isNumber reports whether s is a plain decimal number ("30", "1.5").
+func isNumber(s string) bool {
+	s = strings.TrimPrefix(s, "-")
+	digits, dot := 0, false
+	for _, c := range s {
+		switch {
+		case c >= '0' && c <= '9':
+			digits++
+		case c == '.' && !dot:
+			dot = true
+		default:
+			return false
+		}
+	}
+	return digits > 0
+}
+
+// unitOf says what a number of this key counts, for messages.
+func unitOf(key string) string {
+	switch key {
+	case "handoff_max_state":
+		return " (bytes)"
+	case "nofile":
+		return " (descriptors)"
+	case "backlog":
+		return " (connections)"
+	}
+	return ""
+}
+
+// typeName names the TOML type of a decoded value.
+func typeName(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "a number"
+	case float64:
+		return "a decimal number"
+	case bool:
+		return "a boolean"
+	case []any, []map[string]any:
+		return "a list"
+	case map[string]any:
+		return "a table"
+	case time.Time:
+		return "a date or time"
+	}
+	return fmt.Sprintf("a %T", v)
+}
+
+// literal is how the value at o was written in the file (`key = 660`:
+// "660"), or v formatted when the line does not say.
+func (l *Loaded) literal(o Origin, v any) string {
+	if lit := l.lines.value(o.Line); lit != "" {
+		return lit
+	}
+	if s, ok := v.(string); ok {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprint(v)
+}
+
+// octalMode suggests the string for a mode written as a number: 660 and
+// 0o660 are "0660"; anything else gets the usual example.
+func octalMode(lit string) string {
+	digits := strings.TrimPrefix(lit, "0o")
+	if digits == "" || len(digits) > 4 || strings.Trim(digits, "01234567") != "" {
+		return "0660"
+	}
+	return strings.Repeat("0", 4-len(digits)) + digits
+}
