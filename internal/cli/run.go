@@ -138,6 +138,15 @@ func newOutput(format string) *output {
 	}
 }
 
+// flush writes what is buffered, waiting at most timeout (before baton
+// re-executes itself, which would lose the buffers).
+func (o *output) flush(timeout time.Duration) {
+	o.stdout.Flush(timeout)
+	if !o.stdout.Same(o.stderr) {
+		o.stderr.Flush(timeout)
+	}
+}
+
 // close writes what is buffered, at most flushOnExit.
 func (o *output) close() {
 	var wg sync.WaitGroup
@@ -205,6 +214,8 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 	if err != nil {
 		return err
 	}
+	sd := systemdNotifier(log)
+	defer sd.Close(time.Second) // STOPPING=1 and the like go out first
 	// Descriptors baton inherited by accident (a shell's, a CI runner's)
 	// must not reach the workers: mark every one above stderr
 	// close-on-exec. Those baton hands over are passed explicitly.
@@ -306,14 +317,18 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 		Stderr:      out.stderr,
 		Args:        os.Args,
 		Control:     ctl,
-		OnReady:     func() { tellSystemd(log, "READY=1") },
-		OnTakenOver: func(pid int) { tellSystemd(log, fmt.Sprintf("MAINPID=%d", pid)) },
+		OnReady:     func() { sd.Notify("READY=1") },
+		OnTakenOver: func(pid int) { sd.Notify(fmt.Sprintf("MAINPID=%d", pid)) },
 		OnReloading: func() {
 			var ts unix.Timespec
 			unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-			tellSystemd(log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
+			sd.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
 		},
-		OnStopping: func() { tellSystemd(log, "STOPPING=1") },
+		OnStopping: func() { sd.Notify("STOPPING=1") },
+		BeforeExec: func() {
+			sd.Flush(time.Second)
+			out.flush(time.Second)
+		},
 	}
 	opts.Inspector, opts.Events = obs.options()
 	var sup *supervisor.Supervisor
@@ -672,11 +687,11 @@ func bindAll(specs []listener.Spec, slots int, log *slog.Logger) ([]*listener.Gr
 	return out, nil
 }
 
-// tellSystemd notifies baton's own supervisor, when there is one.
-func tellSystemd(log *slog.Logger, state string) {
-	if sent, err := notify.Notify(state); err != nil {
-		log.Warn("cannot notify the service manager", "err", err)
-	} else if sent {
-		log.Debug("notified the service manager", "state", state)
-	}
+// systemdNotifier tells baton's own service manager, when there is one
+// (NOTIFY_SOCKET), from a goroutine of its own: a manager that does not
+// read never blocks the supervisor's loop.
+func systemdNotifier(log *slog.Logger) *notify.Notifier {
+	return notify.NewNotifier(os.Getenv("NOTIFY_SOCKET"), func(state string, err error) {
+		log.Warn("cannot notify the service manager", "state", strings.ReplaceAll(state, "\n", " "), "err", err)
+	})
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/baton-dev/baton/internal/pathtrust"
 )
 
@@ -152,5 +154,50 @@ func TestConfigFileTrust(t *testing.T) {
 				t.Errorf("error %v is not ErrUntrusted and ErrFile", err)
 			}
 		})
+	}
+}
+
+// TestRootWorkersCommandTrust: baton as root running workers as root
+// refuses a command another user could change; run as another user, the
+// same command is that user's business.
+func TestRootWorkersCommandTrust(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the check applies to workers that run as root")
+	}
+	dir := filepath.Join(t.TempDir(), "bin")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := filepath.Join(dir, "server")
+	if err := os.WriteFile(cmd, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	resolve := func(extra ...string) error {
+		t.Helper()
+		var s Settings
+		fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+		Register(fs, &s)
+		if err := fs.Parse(append([]string{"-l", "tcp://127.0.0.1:0"}, extra...)); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Load("", &s, fs, []string{cmd})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = l.Resolve()
+		return err
+	}
+	if err := resolve(); err != nil {
+		t.Fatalf("a root-owned 0755 command: %v", err)
+	}
+	if err := os.Chmod(cmd, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	err := resolve()
+	if err == nil || !strings.Contains(err.Error(), "writable by group or others") || !strings.Contains(err.Error(), "the workers run as root") {
+		t.Fatalf("a world-writable command run as root: %v; want it refused with the reason", err)
+	}
+	if err := resolve("--user", "nobody"); err != nil {
+		t.Errorf("the same command run as nobody: %v; want it accepted", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/pathtrust"
 	"github.com/baton-dev/baton/internal/spawn"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -136,6 +137,13 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 	path, err := resolveCommand(l.Command[0], l.Dir)
 	if err != nil {
 		return nil, bad("command", "%v", err)
+	}
+	if os.Geteuid() == 0 && (cred == nil || cred.UID == 0) {
+		// The workers run as root: a command another user can change is
+		// theirs to run as root.
+		if err := pathtrust.File(path); err != nil {
+			return nil, bad("command", "%v: the workers run as root; run them as another user (user = ...) or fix the file", err)
+		}
 	}
 	if r.ControlPath, err = l.controlPath(); err != nil {
 		return nil, err

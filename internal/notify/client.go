@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
+	"time"
 )
 
 // Notify sends state ("READY=1", "STATUS=draining\nSTOPPING=1") to the
@@ -25,6 +27,107 @@ func Send(addr, state string) error {
 		return fmt.Errorf("sd_notify to %s: %w", addr, err)
 	}
 	defer conn.Close()
+	if _, err := conn.Write([]byte(state)); err != nil {
+		return fmt.Errorf("sd_notify to %s: %w", addr, err)
+	}
+	return nil
+}
+
+// Notifier sends notifications to a service manager (baton's own, under
+// systemd) in order, from a goroutine of its own: a manager that does not
+// read (its socket's queue full) delays the notifications, never the
+// caller, which is baton's supervisor loop. The zero value is not usable;
+// use NewNotifier.
+type Notifier struct {
+	addr    string
+	queue   chan string
+	done    chan struct{}
+	failed  func(state string, err error)
+	pending sync.WaitGroup // queued and not yet sent
+}
+
+// notifierQueue bounds the notifications waiting to be sent; past it
+// they are dropped (and reported to failed).
+const notifierQueue = 64
+
+// notifierTimeout bounds one send.
+const notifierTimeout = 10 * time.Second
+
+// NewNotifier returns a Notifier for addr (NOTIFY_SOCKET's value), or nil
+// when addr is "": a nil Notifier's methods do nothing. failed is called,
+// from the Notifier's goroutine or from Notify, for each notification
+// that could not be sent.
+func NewNotifier(addr string, failed func(state string, err error)) *Notifier {
+	if addr == "" {
+		return nil
+	}
+	n := &Notifier{addr: addr, queue: make(chan string, notifierQueue), done: make(chan struct{}), failed: failed}
+	go n.run()
+	return n
+}
+
+// Notify queues state and returns at once.
+func (n *Notifier) Notify(state string) {
+	if n == nil {
+		return
+	}
+	n.pending.Add(1)
+	select {
+	case n.queue <- state:
+	default:
+		n.pending.Done()
+		n.failed(state, fmt.Errorf("%d notifications wait for the service manager at %s already: it does not read them", notifierQueue, n.addr))
+	}
+}
+
+func (n *Notifier) run() {
+	defer close(n.done)
+	for state := range n.queue {
+		if err := sendWithin(n.addr, state, notifierTimeout); err != nil {
+			n.failed(state, err)
+		}
+		n.pending.Done()
+	}
+}
+
+// Flush waits until what is queued has been sent, at most timeout (baton
+// calls it before it re-executes itself, which would lose the queue).
+func (n *Notifier) Flush(timeout time.Duration) {
+	if n == nil {
+		return
+	}
+	sent := make(chan struct{})
+	go func() {
+		n.pending.Wait()
+		close(sent)
+	}()
+	select {
+	case <-sent:
+	case <-time.After(timeout):
+	}
+}
+
+// Close sends what is queued, waiting at most timeout, and stops. Call
+// it once, after the last Notify.
+func (n *Notifier) Close(timeout time.Duration) {
+	if n == nil {
+		return
+	}
+	close(n.queue)
+	select {
+	case <-n.done:
+	case <-time.After(timeout):
+	}
+}
+
+// sendWithin is Send with a deadline on the write.
+func sendWithin(addr, state string, timeout time.Duration) error {
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("sd_notify to %s: %w", addr, err)
+	}
+	defer conn.Close()
+	conn.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write([]byte(state)); err != nil {
 		return fmt.Errorf("sd_notify to %s: %w", addr, err)
 	}

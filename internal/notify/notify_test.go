@@ -3,7 +3,9 @@ package notify
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -130,4 +132,57 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestNotifierNeverBlocks: a service manager that never reads fills its
+// socket's queue; Notify still returns at once, what cannot wait is
+// reported, and Close gives up after its timeout.
+func TestNotifierNeverBlocks(t *testing.T) {
+	addr := fmt.Sprintf("@baton-notifier-test-%d", os.Getpid())
+	mgr, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mgr.Close() // never read
+	var mu sync.Mutex
+	failed := 0
+	n := NewNotifier(addr, func(string, error) {
+		mu.Lock()
+		failed++
+		mu.Unlock()
+	})
+	done := make(chan struct{})
+	go func() {
+		for i := range 5000 {
+			n.Notify(fmt.Sprintf("STATUS=%d", i))
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Notify blocked on a service manager that does not read")
+	}
+	closed := make(chan struct{})
+	go func() {
+		n.Close(100 * time.Millisecond)
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not give up on a service manager that does not read")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if failed == 0 {
+		t.Error("no notification was reported as lost, though the manager read none of 5,000")
+	}
+}
+
+func TestNilNotifier(t *testing.T) {
+	var n *Notifier = NewNotifier("", nil)
+	n.Notify("READY=1")
+	n.Flush(time.Second)
+	n.Close(time.Second)
 }

@@ -58,6 +58,11 @@ type Options struct {
 	// OnTakenOver, if set, is called when a new instance took over
 	// (baton tells systemd its new main pid).
 	OnTakenOver func(pid int)
+	// BeforeExec, if set, is called on the loop just before baton
+	// re-executes itself (an upgrade): what is buffered for its output or
+	// its service manager must go out first, or be lost. It must return
+	// within a second or two.
+	BeforeExec func()
 }
 
 // Supervisor runs worker generations. Create it with New, then call Run.

@@ -278,6 +278,9 @@ func (s *Supervisor) execUpgrade(p upgradeParams, bin *takeover.Binary, id strin
 		return
 	}
 	s.log.Info("upgrade: re-executing baton", "binary", p.Binary, "pid", os.Getpid(), "workers", len(s.workers), "keep_workers", p.KeepWorkers)
+	if s.opts.BeforeExec != nil {
+		s.opts.BeforeExec()
+	}
 	err = takeover.Exec(s.spawner, bin, s.opts.Args, state, h.Fds(), id)
 	// Still here: the execve failed.
 	for _, w := range s.workers {
