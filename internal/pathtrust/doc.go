@@ -11,7 +11,10 @@
 // is accepted on the way: there nobody but an entry's owner may replace
 // it.
 //
-// The checks read the tree as it is now; they make a later swap
+// The checks walk the path as the kernel would, one component at a time
+// with lstat: a symlink counts where it sits (the directory that holds it
+// decides who can replace it), and the way to its target is checked in
+// turn. They read the tree as it is now; they make a later swap
 // impossible rather than detect one, because after them only root and
 // baton's user can change anything on the path.
 package pathtrust

@@ -74,6 +74,50 @@ func TestFileAndDir(t *testing.T) {
 			}
 			return link
 		}},
+		{name: "symlink in a directory of another user, to a safe target", root: true, wantErr: "owned by another user", setup: func(t *testing.T, dir, file string) string {
+			// The capistrano layout: /srv/app owned by the deploy user,
+			// current -> a release root owns. The deploy user can swing
+			// current anywhere.
+			app := filepath.Join(dir, "app")
+			if err := os.Mkdir(app, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(dir, filepath.Join(app, "current")); err != nil {
+				t.Fatal(err)
+			}
+			chown(t, app, other)
+			return filepath.Join(app, "current", "f")
+		}},
+		{name: "symlink of another user in a sticky directory", root: true, wantErr: "a symlink of another user", setup: func(t *testing.T, dir, file string) string {
+			chmod(t, dir, 0o777|os.ModeSticky)
+			link := filepath.Join(dir, "link")
+			if err := os.Symlink(file, link); err != nil {
+				t.Fatal(err)
+			}
+			chown(t, link, other)
+			return link
+		}},
+		{name: "root's symlink in a sticky directory", setup: func(t *testing.T, dir, file string) string {
+			chmod(t, dir, 0o777|os.ModeSticky)
+			link := filepath.Join(dir, "link")
+			if err := os.Symlink(file, link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}},
+		{name: "relative symlink to a safe file", setup: func(t *testing.T, dir, file string) string {
+			link := filepath.Join(dir, "rel")
+			if err := os.Symlink("f", link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}},
+		{name: "symlink loop", wantErr: "too many levels of symbolic links", setup: func(t *testing.T, dir, file string) string {
+			a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+			os.Symlink(b, a)
+			os.Symlink(a, b)
+			return a
+		}},
 		{name: "FIFO", wantErr: "not a regular file (a FIFO)", setup: func(t *testing.T, dir, file string) string {
 			p := filepath.Join(dir, "fifo")
 			if err := mkfifo(p); err != nil {

@@ -68,6 +68,13 @@ func (l *lineage) setWorker(pid int, live bool) {
 func (l *lineage) child(pid int) int {
 	now := time.Now()
 	l.mu.Lock()
+	if _, ok := l.workers[pid]; ok {
+		// A worker itself, the common case, needs no /proc (which may
+		// not even be this pid namespace's, as when baton is PID 1 of a
+		// container that did not mount its own).
+		l.mu.Unlock()
+		return pid
+	}
 	if e, ok := l.cache[pid]; ok && now.Sub(e.at) < lineageTTL {
 		l.mu.Unlock()
 		return e.child
