@@ -49,6 +49,7 @@ type Server struct {
 	// admit, if set, runs after allow, at accept (Admit).
 	admit   func(Peer) (release func(), err error)
 	refused refusalLog
+	closer  *fdpass.Closer // what refused peers queued
 	// requestTimeout bounds reading a request (RequestTimeout).
 	requestTimeout time.Duration
 	connMethods    []string
@@ -217,7 +218,7 @@ func newServer(ln *net.UnixListener, path string, log *slog.Logger, allow func(P
 	if err := fdpass.SetPassRights(ln, false); err != nil && !errors.Is(err, fdpass.ErrNotSupported) {
 		log.Warn("cannot make the socket refuse descriptors", "socket", path, "err", err)
 	}
-	return &Server{ln: ln, path: path, log: log, allow: allow, requestTimeout: RequestTimeout, ctx: ctx, cancel: cancel}
+	return &Server{ln: ln, path: path, log: log, allow: allow, requestTimeout: RequestTimeout, ctx: ctx, cancel: cancel, closer: fdpass.NewCloser(2, nil)}
 }
 
 // Admit sets a check that runs at accept, after the peer's uid is
@@ -421,7 +422,7 @@ func (s *Server) check(c *net.UnixConn) (Peer, func(), bool) {
 	}
 	if err != nil {
 		s.refused.note(s.log, s.path, peer, err)
-		refuse(c, err)
+		s.refuse(c, err)
 		return Peer{}, nil, false
 	}
 	return peer, release, true
@@ -429,8 +430,12 @@ func (s *Server) check(c *net.UnixConn) (Peer, func(), bool) {
 
 // refuse writes a refusal to a connection that has not been read from,
 // in one non-blocking send (a fresh socket's buffer takes it; a peer that
-// made sure it does not loses its answer), and closes it.
-func refuse(c *net.UnixConn, err error) {
+// made sure it does not loses its answer), and closes it. Descriptors the
+// peer queued (possible only where the kernel cannot refuse them, before
+// Linux 6.16) go to the closer first: closing the connection with them
+// queued would close them here, on the accept loop.
+func (s *Server) refuse(c *net.UnixConn, err error) {
+	fdpass.Drain(c, s.discard)
 	b, _ := json.Marshal(Reply{Error: err.Error()})
 	if raw, rerr := c.SyscallConn(); rerr == nil {
 		raw.Write(func(fd uintptr) bool {
@@ -440,6 +445,9 @@ func refuse(c *net.UnixConn, err error) {
 	}
 	c.Close()
 }
+
+// discard gives descriptors a peer sent to the server's closer.
+func (s *Server) discard(fds []int) { s.closer.Close(fds...) }
 
 // refusalLog logs refused peers: each one, or, with a burst set (the
 // abstract sockets, which any local process can flood), at most burst a
@@ -476,7 +484,12 @@ func (r *refusalLog) note(log *slog.Logger, socket string, p Peer, err error) {
 }
 
 func (s *Server) serveConn(c *net.UnixConn, peer Peer, h Handler) {
-	defer c.Close()
+	defer func() {
+		// Descriptors still queued (a handoff that broke off, or a kernel
+		// that cannot refuse them) go to the closer, not to this close.
+		fdpass.Drain(c, s.discard)
+		c.Close()
+	}()
 	c.SetReadDeadline(time.Now().Add(s.requestTimeout))
 	line, extra, err := readLine(c, s.requestTimeout)
 	if err != nil {

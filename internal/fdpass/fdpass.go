@@ -79,6 +79,11 @@ type Limits struct {
 	// their lengths) in one transfer (default DefaultMaxBytes, at most
 	// BytesHardMax).
 	MaxBytes int
+	// Discard, when set, takes the descriptors Recv lets go of (those of
+	// a transfer it refuses or that breaks) instead of Recv closing them
+	// itself: the last close of a descriptor from a peer that is not
+	// trusted can block (see Closer).
+	Discard func(fds []int)
 }
 
 // withDefaults fills the zero fields of l and checks the rest.

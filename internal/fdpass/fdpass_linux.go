@@ -221,7 +221,7 @@ func (c *conn) pendingRefusal() error {
 		}
 		return true
 	})
-	CloseAll(fds) // an acknowledgement never carries descriptors
+	c.discard(fds) // an acknowledgement never carries descriptors
 	if n < AckSize {
 		return nil
 	}
@@ -290,17 +290,23 @@ func recv(ctx context.Context, conn *net.UnixConn, lim Limits, oobLen int) (fds 
 	if oobLen != len(c.oob) {
 		c.oob = make([]byte, oobLen)
 	}
+	if lim.Discard != nil {
+		c.discard = lim.Discard
+	}
 	release := c.bind(ctx)
 	defer release()
 
 	var out []FD
 	defer func() {
 		if err != nil {
-			// Ours alone until we return them: close every descriptor
-			// received so far so a failed transfer leaks nothing.
+			// Ours alone until we return them: let go of every
+			// descriptor received so far so a failed transfer leaks
+			// nothing.
+			fds := make([]int, len(out))
 			for i := range out {
-				unix.Close(out[i].Fd)
+				fds[i] = out[i].Fd
 			}
+			c.discard(fds)
 		}
 	}()
 	t := transfer{lim: lim}
@@ -343,7 +349,7 @@ func (c *conn) recvBatch(t *transfer, out *[]FD) error {
 		err = fmt.Errorf("%w: the frame announces %d descriptors and %d arrived with it", ErrProtocol, h.nfds, len(fds))
 	}
 	if err != nil {
-		CloseAll(fds) // not handed to out yet
+		c.discard(fds) // not handed to out yet
 		return err
 	}
 	if *out == nil {
@@ -465,6 +471,9 @@ type conn struct {
 	nread   int
 	// received counts the bytes the call has read.
 	received int
+	// discard takes the descriptors the call lets go of
+	// (Limits.Discard, or CloseAll).
+	discard func([]int)
 }
 
 func newConn(uc *net.UnixConn) (*conn, error) {
@@ -485,7 +494,7 @@ func newConn(uc *net.UnixConn) (*conn, error) {
 	if serr != nil {
 		return nil, fmt.Errorf("fdpass: %w", os.NewSyscallError("getsockopt SO_TYPE", serr))
 	}
-	c := &conn{uc: uc, raw: raw, ctx: context.Background(), oob: make([]byte, oobSize)}
+	c := &conn{uc: uc, raw: raw, ctx: context.Background(), oob: make([]byte, oobSize), discard: CloseAll}
 	switch typ {
 	case unix.SOCK_STREAM:
 	case unix.SOCK_SEQPACKET:
@@ -636,8 +645,8 @@ func (c *conn) readFull(b []byte, fdsOK bool) error {
 		}
 		c.received += n
 		if len(fds) > 0 && (!fdsOK || !first || c.seqpacket && len(c.arrived) > 0) {
-			CloseAll(fds)
-			CloseAll(c.arrived)
+			c.discard(fds)
+			c.discard(c.arrived)
 			c.arrived = nil
 			if !fdsOK {
 				return fmt.Errorf("%w: %d descriptors arrived with bytes that carry none; descriptors ride only on the first byte of a frame", ErrProtocol, len(fds))
@@ -652,7 +661,7 @@ func (c *conn) readFull(b []byte, fdsOK bool) error {
 			err = fmt.Errorf("the peer closed the connection %d bytes into a %d-byte read: %w", c.nread, len(b), io.ErrUnexpectedEOF)
 		}
 		if err != nil {
-			CloseAll(c.arrived)
+			c.discard(c.arrived)
 			c.arrived = nil
 			return err
 		}
@@ -718,7 +727,7 @@ func (c *conn) recvmsg(b []byte) (n int, fds []int, flags int, err error) {
 		err = perr
 	}
 	if err != nil {
-		CloseAll(fds)
+		c.discard(fds)
 		return 0, nil, 0, err
 	}
 	return n, fds, flags, nil

@@ -3,6 +3,7 @@ package fdpass
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -152,4 +153,44 @@ func (c *Closer) work() {
 // for any socket. It is a no-op on what is not a socket.
 func disarmLinger(fd int) {
 	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
+}
+
+// maxDrain bounds the reads Drain makes: a peer writing without end must
+// not keep it reading.
+const maxDrain = 1024
+
+// Drain readies a unix stream connection that may hold descriptors in its
+// receive queue to be closed without blocking: it turns SO_PASSRIGHTS
+// off and shuts its reading side (the peer's further sends fail, so
+// nothing more can be queued), then reads what is queued without
+// waiting, giving every descriptor that arrives to discard. Closing a
+// socket with descriptors still queued would close them, the last of
+// each in the closing thread: a lingering socket there blocks it. The
+// caller still closes c.
+func Drain(c *net.UnixConn, discard func(fds []int)) {
+	SetPassRights(c, false)
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	raw.Control(func(fd uintptr) {
+		unix.Shutdown(int(fd), unix.SHUT_RD)
+		buf := make([]byte, 4096)
+		oob := make([]byte, oobSize)
+		for range maxDrain {
+			n, oobn, _, _, err := unix.Recvmsg(int(fd), buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return
+			}
+			if fds, _ := parseRights(oob[:oobn]); len(fds) > 0 {
+				discard(fds)
+			}
+			if n == 0 && oobn == 0 {
+				return
+			}
+		}
+	})
 }

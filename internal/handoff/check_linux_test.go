@@ -290,3 +290,43 @@ func TestExpiringALingeringConnectionBlocksNothing(t *testing.T) {
 		t.Fatal("the store stopped answering while it closed a lingering connection (its lock held across close(2))")
 	}
 }
+
+// TestBrokenTransferWithALingeringSocketBlocksNothing: a worker sends a
+// frame that is not one, carrying a TCP socket whose last close would
+// block for a minute, and drops its own copy. The store refuses the
+// transfer and lets go of the socket through its closer: the handoff
+// connection ends at once instead of after the linger time.
+func TestBrokenTransferWithALingeringSocketBlocksNothing(t *testing.T) {
+	h := newHarness(t, Config{})
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close() // the peer: never reads
+	c.SetReadBuffer(4096)
+	sv, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := rawFd(t, sv)
+	sv.Close()
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 60})
+	unix.SetNonblock(fd, true)
+	for buf := make([]byte, 64<<10); ; {
+		if _, err := unix.Write(fd, buf); err != nil {
+			break
+		}
+	}
+	s := h.sender() // asked for a handoff and holds a grant
+	garbage := make([]byte, 20)
+	if _, _, err := s.c.WriteMsgUnix(garbage, unix.UnixRights(fd), nil); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd) // the store's copy is the last one now
+	h.waitStats("the broken transfer refused and its connection ended", func(st Stats) bool { return st.Refused == 1 && st.Senders == 0 })
+}

@@ -422,11 +422,18 @@ func (s *Store) ServeHandoff(ctx context.Context, c *net.UnixConn, src Source) (
 	if err := control.AcceptRights(c); err != nil {
 		return false, fmt.Errorf("handoff: letting the connection carry descriptors: %w", err)
 	}
+	// Whatever the worker still has queued when the exchange ends leaves
+	// through the closer: closing c with descriptors queued would close
+	// them here.
+	defer fdpass.Drain(c, s.discard)
 	if err := WriteResult(c, g); err != nil {
 		return true, err
 	}
 	return true, s.Receive(ctx, c, src, g)
 }
+
+// discard gives descriptors to the store's closer.
+func (s *Store) discard(fds []int) { s.closer.Close(fds...) }
 
 // Receive serves a handoff connection after its first grant g (from
 // Grant) has been sent: it receives transfers until the worker closes the
@@ -458,7 +465,7 @@ func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Gran
 			return err
 		}
 		tctx, cancel := context.WithTimeout(ctx, transferTimeout)
-		fds, err := fdpass.Recv(tctx, c, fdpass.Limits{MaxFDs: g.MaxFDs, MaxMeta: max(g.MaxState, 1), MaxBytes: MaxTransferBytes})
+		fds, err := fdpass.Recv(tctx, c, fdpass.Limits{MaxFDs: g.MaxFDs, MaxMeta: max(g.MaxState, 1), MaxBytes: MaxTransferBytes, Discard: s.discard})
 		cancel()
 		if errors.Is(err, io.EOF) {
 			return nil
