@@ -352,6 +352,7 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 			for _, l := range listeners {
 				l.Close()
 			}
+			taken.abort(err.Error())
 			return err
 		}
 	}

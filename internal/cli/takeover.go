@@ -81,15 +81,22 @@ func (to *takenOver) abort(reason string) {
 // error, and then nothing has changed: the caller aborts.
 func (to *takenOver) listeners(r *config.Resolved, log *slog.Logger) ([]*listener.Group, error) {
 	var out []*listener.Group
+	var socks map[int]*listener.Socket // the listener's sockets adopted so far
 	fail := func(err error) ([]*listener.Group, error) {
+		// What was adopted is closed once, here; the rest is abort's.
+		// Neither removes a socket file: the old instance still serves
+		// on them.
 		for _, g := range out {
 			g.Close()
+		}
+		for _, s := range socks {
+			s.Close()
 		}
 		return nil, err
 	}
 	used := map[int]bool{}
 	for _, spec := range r.Specs {
-		socks := map[int]*listener.Socket{}
+		socks = map[int]*listener.Socket{}
 		for i, s := range to.t.Sockets {
 			if s.Name != spec.Name || s.Fd < 0 {
 				continue
@@ -97,28 +104,30 @@ func (to *takenOver) listeners(r *config.Resolved, log *slog.Logger) ([]*listene
 			if (s.Slot >= 0) != (spec.Balance == listener.Reuseport) {
 				return fail(fmt.Errorf("takeover: listener %s: the running instance holds it with balance %s, this configuration says %s; take over with the same balance", spec.Name, map[bool]string{true: "reuseport", false: "shared"}[s.Slot >= 0], spec.Balance))
 			}
-			// The socket file is this instance's to remove from now on (the
-			// old one disowns it): Adopt finds which it is from the kernel.
-			const ownsFile = 1
-			sock, err := listener.Adopt(spec, s.Fd, backlogOf(spec), ownsFile)
-			if err == nil {
-				err = sameAddress(spec, sock)
-			}
+			// The socket file stays the old instance's until it lets go
+			// (Group.Claim after the commit).
+			sock, err := listener.Adopt(spec, s.Fd, backlogOf(spec), 0)
 			if err != nil {
 				return fail(fmt.Errorf("takeover: listener %s (%s): %w; take over with the same listeners", spec.Name, s.URL, err))
 			}
+			to.t.Sockets[i].Fd = -1 // the Socket owns it now
 			socks[s.Slot] = sock
 			used[i] = true
+			if err := sameAddress(spec, sock); err != nil {
+				return fail(fmt.Errorf("takeover: listener %s (%s): %w; take over with the same listeners", spec.Name, s.URL, err))
+			}
 		}
 		var g *listener.Group
-		if len(socks) == 0 {
+		adopted := socks
+		socks = nil // in a group from here on, which fail closes
+		if len(adopted) == 0 {
 			var err error
 			if g, err = listener.OpenGroup(spec, r.Supervisor.Workers); err != nil {
 				return fail(fmt.Errorf("takeover: listener %s, which the running instance does not have: %w", spec.Name, err))
 			}
 			log.Info("takeover: new listener bound", "name", spec.Name)
 		} else {
-			g = listener.AdoptGroup(spec, socks)
+			g = listener.AdoptGroup(spec, adopted)
 			if err := g.Grow(r.Supervisor.Workers); err != nil {
 				g.Close()
 				return fail(fmt.Errorf("takeover: listener %s: %w", spec.Name, err))
@@ -130,7 +139,7 @@ func (to *takenOver) listeners(r *config.Resolved, log *slog.Logger) ([]*listene
 				}
 				g.Shrink(r.Supervisor.Workers)
 			}
-			log.Info("takeover: listener taken over", "name", spec.Name, "sockets", len(socks))
+			log.Info("takeover: listener taken over", "name", spec.Name, "sockets", len(adopted))
 		}
 		out = append(out, g)
 	}
@@ -204,6 +213,9 @@ func (to *takenOver) commitOnReady(sup *supervisor.Supervisor, ctl *control.Serv
 				} else {
 					log.Info("takeover: the old instance lets go; this one serves", "old_pid", to.t.OldPID)
 				}
+				// This instance answers for the control socket and the unix
+				// listeners' socket files now (as it serves anyway).
+				sup.ClaimListeners()
 				ctl.Own()
 				go ctl.Serve(sup.Handle)
 				next() // READY=1 once the old instance has named this one the main pid

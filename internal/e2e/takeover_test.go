@@ -170,3 +170,45 @@ func TestTakeoverMismatchChangesNothing(t *testing.T) {
 		t.Errorf("the old instance changed")
 	}
 }
+
+// TestTakeoverLeavesSocketFilesToWhoeverServes: a takeover that fails
+// after it adopted a unix listener leaves its socket file to the instance
+// that carries on; one that succeeds makes the file the new instance's,
+// which the old one then leaves in place and the new one removes when it
+// stops.
+func TestTakeoverLeavesSocketFilesToWhoeverServes(t *testing.T) {
+	requireE2E(t)
+	dir := shortDir(t)
+	sock := dir + "/app.sock"
+	b := startBaton(t, []string{workerEnv + "=http-all"}, "-l", "app=unix://"+sock, "-l", "http=tcp://127.0.0.1:0", "-n", "1", "--ready", "notify", "--", testBin)
+	b.waitReady(1)
+	answers := func(who string) {
+		t.Helper()
+		c, err := net.DialTimeout("unix", sock, 5*time.Second)
+		if err != nil {
+			t.Fatalf("%s: connecting to %s: %v", who, sock, err)
+		}
+		c.Close()
+	}
+	answers("before the takeovers")
+
+	// Fails on the second listener, after the first was adopted.
+	out, code := runBaton(t, nil, "run", "--control", b.ctl, "--takeover", b.ctl, "-l", "app=unix://"+sock, "-l", "http=tcp://"+b.addr("http")+"?balance=reuseport", "-n", "1", "--", testBin)
+	if code == 0 || !strings.Contains(out, "balance") {
+		t.Fatalf("takeover with another balance: exit %d, %q", code, out)
+	}
+	answers("after a takeover that failed")
+
+	n := startTakeover(t, b, []string{workerEnv + "=http-all"}, "-l", "app=unix://"+sock, "-l", "http=tcp://"+b.addr("http"), "-n", "1", "--ready", "notify", "--", testBin)
+	n.waitReady(1)
+	select {
+	case <-b.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the old instance did not exit after the takeover")
+	}
+	answers("after the old instance exited")
+	n.stop(20 * time.Second)
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("after the new instance stopped, %s: %v; want it removed", sock, err)
+	}
+}

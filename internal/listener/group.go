@@ -307,6 +307,24 @@ func (g *Group) Disown() {
 	}
 }
 
+// Claim makes Close remove the group's socket files from now on, as if
+// this process had bound them: an instance that took the listeners over
+// claims them once the old one has let go (until then a failed takeover
+// must leave the files to the instance that carries on). Which file is
+// each socket's comes from the kernel (sockfile.Verify); one no longer at
+// its path is not claimed.
+func (g *Group) Claim() {
+	for _, s := range g.Sockets() {
+		if s.fd < 0 || !s.Spec.IsUnix() || s.Spec.Abstract() {
+			continue
+		}
+		if f, err := sockfile.Verify(s.fd, s.Spec.Path); err == nil {
+			s.file = f.ID
+			f.Close() // the identity is all that is kept
+		}
+	}
+}
+
 // PathIno is the inode of the socket file Bind created and verified (0 for
 // none), which Close removes only while the path still names that file.
 // An upgrade passes it on, to Adopt.

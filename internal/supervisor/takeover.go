@@ -84,3 +84,14 @@ func (s *Supervisor) offer() ([]takeover.Socket, error) {
 	s.takingOver = true
 	return socks, nil
 }
+
+// ClaimListeners makes every listener's socket file baton's to remove
+// when it closes (listener.Group.Claim): an instance that took over calls
+// it once the old one has let go.
+func (s *Supervisor) ClaimListeners() {
+	s.call(func() {
+		for g := range s.groups {
+			g.Claim()
+		}
+	})
+}
