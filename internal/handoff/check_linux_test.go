@@ -1,9 +1,13 @@
 package handoff
 
 import (
+	"bufio"
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -329,4 +333,63 @@ func TestBrokenTransferWithALingeringSocketBlocksNothing(t *testing.T) {
 	}
 	unix.Close(fd) // the store's copy is the last one now
 	h.waitStats("the broken transfer refused and its connection ended", func(st Stats) bool { return st.Refused == 1 && st.Senders == 0 })
+}
+
+// TestWorkerRefusesASquatter: once baton is gone, any local user may bind
+// BATON_SOCKET's abstract name. A worker then must not hand its clients'
+// connections to them: the library checks who answers before it sends a
+// byte.
+func TestWorkerRefusesASquatter(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the squatter runs as another user")
+	}
+	// The system's python3: one under root's home (pyenv) is out of the
+	// squatter's reach.
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		t.Skipf("needs %s for the squatter: %v", py, err)
+	}
+	name := fmt.Sprintf("baton-squat-test/%d/%d", os.Getpid(), time.Now().UnixNano())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, py, "-c", `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\0" + sys.argv[1])
+s.listen(8)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    got = c.recv(4096)
+    print("got", len(got), flush=True)
+    c.close()
+`, name)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "listening" {
+		t.Fatalf("the squatter did not start: %q", lines.Text())
+	}
+	_, err = DialSender(ctx, "@"+name)
+	if err == nil || !strings.Contains(err.Error(), "not baton") {
+		t.Fatalf("DialSender to a squatter of uid 65534: %v; want it refused", err)
+	}
+	if _, err := DialAdopter(ctx, "@"+name, 0); err == nil {
+		t.Fatal("DialAdopter to a squatter succeeded")
+	}
+	cmd.Process.Kill()
+	for lines.Scan() {
+		if l := lines.Text(); l != "got 0" {
+			t.Errorf("the squatter read something: %s", l)
+		}
+	}
 }

@@ -41,6 +41,13 @@ func dial(ctx context.Context, path string, req request, v any) (*net.UnixConn, 
 		return nil, fmt.Errorf("connecting to baton's worker socket %s: %w", path, err)
 	}
 	c := nc.(*net.UnixConn)
+	// BATON_SOCKET is an abstract name: whoever binds it first owns it,
+	// and once baton is gone any local user could. Only baton (root, or
+	// this worker's own user when baton runs as it) gets connections.
+	if _, err := fdpass.CheckPeer(c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("baton's worker socket %s: %w: baton runs as root or as this process's user; the process answering does not, so it is not baton", path, err)
+	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
 	err = writeLine(c, req)
 	if err == nil {
