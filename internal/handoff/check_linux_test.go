@@ -393,3 +393,15 @@ while True:
 		}
 	}
 }
+
+// TestIdleSenderIsClosed: a worker that asks for a handoff and then sends
+// nothing does not hold its grant's room for ever.
+func TestIdleSenderIsClosed(t *testing.T) {
+	old := idleTimeout
+	idleTimeout = 200 * time.Millisecond
+	defer func() { idleTimeout = old }()
+	h := newHarness(t, Config{})
+	h.sender()
+	h.waitStats("the sender counted", func(st Stats) bool { return st.Senders == 1 })
+	h.waitStats("the idle sender closed", func(st Stats) bool { return st.Senders == 0 })
+}

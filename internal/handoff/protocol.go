@@ -47,6 +47,10 @@ const (
 	// TransferTimeout bounds one transfer once its first byte has arrived
 	// (baton receiving), or until it is acknowledged (baton pushing).
 	TransferTimeout = 10 * time.Second
+	// IdleTimeout bounds the wait for a worker's next transfer on a
+	// handoff connection: an idle one is closed, and the room its grant
+	// reserved in baton's descriptor table is freed.
+	IdleTimeout = 30 * time.Second
 	// Reserve is how many descriptors baton keeps free for itself (new
 	// control and worker connections, /proc reads, pipes for workers)
 	// when it grants room for connections.

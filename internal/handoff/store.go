@@ -461,7 +461,13 @@ func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Gran
 		return err
 	}
 	for {
-		if err := waitReadableCtx(ctx, c, raw); err != nil {
+		ictx, cancel := context.WithTimeout(ctx, idleTimeout)
+		err := waitReadableCtx(ictx, c, raw)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("no transfer for %s: the handoff connection is closed (send the next one sooner, or open a new connection): %w", idleTimeout, err)
+			}
 			return err
 		}
 		tctx, cancel := context.WithTimeout(ctx, transferTimeout)
@@ -832,8 +838,12 @@ func (s *Store) push(ctx context.Context, c *net.UnixConn, me *subscriber, peer 
 	return err
 }
 
-// transferTimeout is TransferTimeout; tests shorten it.
-var transferTimeout = TransferTimeout
+// transferTimeout is TransferTimeout, idleTimeout IdleTimeout; tests
+// shorten them.
+var (
+	transferTimeout = TransferTimeout
+	idleTimeout     = IdleTimeout
+)
 
 // aLongTimeAgo is a deadline that has passed: setting it wakes a blocked
 // read.

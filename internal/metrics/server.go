@@ -58,7 +58,9 @@ func Listen(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 			ReadTimeout:       10 * time.Second,
 			MaxHeaderBytes:    16 << 10,
 			WriteTimeout:      ScrapeTimeout + 10*time.Second,
-			IdleTimeout:       2 * time.Minute,
+			// A kept-alive connection is dropped soon after its scrape:
+			// idle ones must not keep the scraper out of MaxConns.
+			IdleTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		},
 	}, nil

@@ -44,6 +44,9 @@ type Notifier struct {
 	done    chan struct{}
 	failed  func(state string, err error)
 	pending sync.WaitGroup // queued and not yet sent
+
+	mu     sync.Mutex // orders Notify and Close
+	closed bool
 }
 
 // notifierQueue bounds the notifications waiting to be sent; past it
@@ -66,9 +69,14 @@ func NewNotifier(addr string, failed func(state string, err error)) *Notifier {
 	return n
 }
 
-// Notify queues state and returns at once.
+// Notify queues state and returns at once. After Close it does nothing.
 func (n *Notifier) Notify(state string) {
 	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
 		return
 	}
 	n.pending.Add(1)
@@ -107,13 +115,20 @@ func (n *Notifier) Flush(timeout time.Duration) {
 	}
 }
 
-// Close sends what is queued, waiting at most timeout, and stops. Call
-// it once, after the last Notify.
+// Close sends what is queued, waiting at most timeout, and stops; a later
+// Notify does nothing.
 func (n *Notifier) Close(timeout time.Duration) {
 	if n == nil {
 		return
 	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
 	close(n.queue)
+	n.mu.Unlock()
 	select {
 	case <-n.done:
 	case <-time.After(timeout):

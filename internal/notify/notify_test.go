@@ -180,6 +180,13 @@ func TestNotifierNeverBlocks(t *testing.T) {
 	}
 }
 
+func TestNotifyAfterClose(t *testing.T) {
+	n := NewNotifier("@baton-notifier-closed-test", func(string, error) {})
+	n.Close(time.Second)
+	n.Notify("READY=1") // a late READY=1 (a takeover's commit) must not panic
+	n.Close(time.Second)
+}
+
 func TestNilNotifier(t *testing.T) {
 	var n *Notifier = NewNotifier("", nil)
 	n.Notify("READY=1")

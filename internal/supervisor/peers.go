@@ -22,7 +22,7 @@ import (
 const maxWorkerConns = 64
 
 // lineage finds which child of baton a process descends from. It reads
-// /proc, remembers answers for a short while (a flood from one process
+// /proc, remembers refusals for a short while (a flood from one process
 // costs a map lookup), and is safe for concurrent use.
 type lineage struct {
 	self int
@@ -33,14 +33,13 @@ type lineage struct {
 	workers map[int]struct{} // the live workers' pids, as the loop last said
 }
 
+// lineageEntry is a remembered refusal: the pid did not descend from
+// baton at that time.
 type lineageEntry struct {
-	child int // 0: not a descendant of baton
-	at    time.Time
+	at time.Time
 }
 
-// lineageTTL is how long an answer is remembered: a pid reused within it
-// could be judged by the process that had it before, which the loop
-// catches (it acts only on its own workers).
+// lineageTTL is how long a refusal is remembered.
 const lineageTTL = time.Second
 
 // maxDepth bounds the walk up the process tree.
@@ -60,6 +59,9 @@ func (l *lineage) setWorker(pid int, live bool) {
 		l.workers[pid] = struct{}{}
 	} else {
 		delete(l.workers, pid)
+		// Its connections no longer count: a worker restarted in the
+		// slot gets a pid, and a budget, of its own.
+		delete(l.conns, pid)
 	}
 }
 
@@ -77,7 +79,7 @@ func (l *lineage) child(pid int) int {
 	}
 	if e, ok := l.cache[pid]; ok && now.Sub(e.at) < lineageTTL {
 		l.mu.Unlock()
-		return e.child
+		return 0
 	}
 	l.mu.Unlock()
 	child := 0
@@ -89,12 +91,18 @@ func (l *lineage) child(pid int) int {
 		}
 		p = pp
 	}
-	l.mu.Lock()
-	if len(l.cache) >= 4096 {
-		clear(l.cache) // a flood of pids: start again rather than grow
+	if child == 0 {
+		// Only refusals are remembered: a stranger's flood costs a map
+		// lookup, and a pid reused by a worker's child is refused for at
+		// most lineageTTL. An answer that admits is never reused, so a
+		// pid a stranger reuses is never taken for a worker's.
+		l.mu.Lock()
+		if len(l.cache) >= 4096 {
+			clear(l.cache) // a flood of pids: start again rather than grow
+		}
+		l.cache[pid] = lineageEntry{at: now}
+		l.mu.Unlock()
 	}
-	l.cache[pid] = lineageEntry{child: child, at: now}
-	l.mu.Unlock()
 	return child
 }
 
@@ -117,8 +125,12 @@ func (l *lineage) admit(p control.Peer) (func(), error) {
 	return func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if l.conns[child]--; l.conns[child] <= 0 {
-			delete(l.conns, child)
+		if n, ok := l.conns[child]; ok {
+			if n <= 1 {
+				delete(l.conns, child)
+			} else {
+				l.conns[child] = n - 1
+			}
 		}
 	}, nil
 }
