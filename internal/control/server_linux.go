@@ -249,7 +249,14 @@ func sameUser(p Peer) error {
 // AllowGroup lets members of group gid use the socket besides root and
 // baton's own user: the socket file gets that group and mode 0660, by
 // descriptor, once checked to be the file the socket is bound to.
+//
+// The group's members must also reach the file: a directory baton made
+// (0700) gets the search bit for group and others (0711: nobody can list
+// it or write in it, and the socket's own mode keeps others out).
 func (s *Server) AllowGroup(gid int) error {
+	if err := searchable(filepath.Dir(s.path)); err != nil {
+		return fmt.Errorf("control socket %s: members of group %d could not reach it: %w", s.path, gid, err)
+	}
 	if err := s.onFile(func(f *sockfile.File) error {
 		if err := f.Chown(-1, gid); err != nil {
 			return fmt.Errorf("giving it group %d: %w", gid, err)
@@ -263,6 +270,28 @@ func (s *Server) AllowGroup(gid int) error {
 			return nil
 		}
 		return fmt.Errorf("permission denied: uid %d is neither root, baton's user, nor in group %d; ask for that group or use root", p.UID, gid)
+	}
+	return nil
+}
+
+// searchable adds the search bit for group and others to dir, by
+// descriptor (opened without following a symlink), when it lacks it.
+func searchable(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("directory %s: %w", dir, os.NewSyscallError("open", err))
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("directory %s: %w", dir, os.NewSyscallError("fstat", err))
+	}
+	mode := st.Mode & 0o7777
+	if mode&0o011 == 0o011 {
+		return nil
+	}
+	if err := unix.Fchmod(fd, mode|0o011); err != nil {
+		return fmt.Errorf("directory %s (mode %04o): %w: give it the search bit for group and others (chmod go+x %s)", dir, mode, os.NewSyscallError("fchmod", err), dir)
 	}
 	return nil
 }
