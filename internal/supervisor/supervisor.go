@@ -81,6 +81,7 @@ type Supervisor struct {
 
 	events chan func()
 	done   chan struct{} // closed when Run has finished
+	ended  chan struct{} // closed when the loop has ended, before Run's cleanup
 	start  time.Time
 	// ctx is cancelled when Run returns; goroutines serving workers end.
 	ctx    context.Context
@@ -157,6 +158,7 @@ func newSupervisor(o Options) *Supervisor {
 		stderr:  &sink{w: o.Stderr},
 		events:  make(chan func(), 1024),
 		done:    make(chan struct{}),
+		ended:   make(chan struct{}),
 		workers: map[int]*worker{},
 		start:   time.Now(),
 	}
@@ -208,6 +210,9 @@ func (s *Supervisor) Run() error {
 		f()
 		s.syncHandoff()
 	}
+	// Before the deferred closes wait for the sockets' handlers: one of
+	// them waiting in call must learn now that the loop is gone.
+	close(s.ended)
 	s.log.Info("all workers exited")
 	return nil
 }
@@ -254,7 +259,7 @@ func (s *Supervisor) post(f func()) bool {
 	select {
 	case s.events <- f:
 		return true
-	case <-s.done:
+	case <-s.ended:
 		return false
 	}
 }
@@ -269,7 +274,7 @@ func (s *Supervisor) call(f func()) bool {
 	select {
 	case <-ran:
 		return true
-	case <-s.done:
+	case <-s.ended:
 		// The loop may have run f just before finishing.
 		select {
 		case <-ran:

@@ -142,7 +142,7 @@ func (s *Supervisor) upgradeSnapshot(ctx context.Context) (*Handover, *takeover.
 		case <-ctx.Done():
 			s.post(s.endUpgrade)
 			return nil, nil, fmt.Errorf("upgrade: stopped waiting for the reload in progress to finish (%w); baton keeps running unchanged", ctx.Err())
-		case <-s.done:
+		case <-s.ended:
 			return nil, nil, ErrStopping
 		}
 	}
@@ -305,6 +305,12 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 	}
 	if s.takingOver {
 		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
+	}
+	if s.leftoverSearches > 0 {
+		// Their deadlines live in goroutines the execve would end: what
+		// exited workers left running would then be killed only when
+		// another worker exits or baton stops.
+		return nil, fmt.Errorf("upgrade: baton is still ending what %d exited workers left running (their drain deadline is at most %s away); try again then", s.leftoverSearches, s.active.cfg.DrainTimeout)
 	}
 	h := &Handover{
 		Version: StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
