@@ -300,14 +300,14 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 				return nil, err
 			}
 			apply := plan.Apply
-			plan.Apply = func() error {
+			plan.Apply = func() (func(), error) {
 				prevMu.Lock()
 				prev = next
 				prevMu.Unlock()
 				if apply != nil {
 					return apply()
 				}
-				return nil
+				return nil, nil
 			}
 			return plan, nil
 		},
@@ -601,7 +601,7 @@ func warnFixed(log *slog.Logger, prev, next *config.Resolved) {
 func planListeners(r *config.Resolved, current []*listener.Group, log *slog.Logger) (*supervisor.Plan, error) {
 	plan := &supervisor.Plan{Config: r.Supervisor}
 	var opened []*listener.Group
-	var adjust []func() error
+	var adjust []func() (func(), error)
 	fail := func(err error) (*supervisor.Plan, error) {
 		for _, g := range opened {
 			g.Close()
@@ -620,7 +620,7 @@ func planListeners(r *config.Resolved, current []*listener.Group, log *slog.Logg
 			plan.Listeners = append(plan.Listeners, old)
 		case old != nil && listener.InPlace(old.Spec, spec):
 			plan.Listeners = append(plan.Listeners, old)
-			adjust = append(adjust, func() error { return old.Adjust(spec) })
+			adjust = append(adjust, func() (func(), error) { return old.Adjust(spec) })
 			log.Info("reload: listener changes in place", "name", spec.Name, "from", old.Spec.URL(), "to", spec.URL())
 		default:
 			g, err := listener.OpenGroup(spec, r.Supervisor.Workers)
@@ -641,12 +641,18 @@ func planListeners(r *config.Resolved, current []*listener.Group, log *slog.Logg
 		}
 	}
 	if len(adjust) > 0 {
-		plan.Apply = func() error {
+		plan.Apply = func() (func(), error) {
+			var commits []func()
 			var errs []error
 			for _, f := range adjust {
-				errs = append(errs, f())
+				commit, err := f()
+				commits, errs = append(commits, commit), append(errs, err)
 			}
-			return errors.Join(errs...)
+			return func() {
+				for _, c := range commits {
+					c()
+				}
+			}, errors.Join(errs...)
 		}
 	}
 	return plan, nil

@@ -188,10 +188,22 @@ func InPlace(a, b Spec) bool {
 // (a symlink to a root-only file, say) is left alone, and the error says
 // so. The socket then keeps its previous mode and owner, and a later
 // reload tries again.
-func (g *Group) Adjust(spec Spec) error {
+//
+// Adjust makes the system calls (which, on a path, may block: a mount
+// that does not answer) and changes nothing in the group: commit records
+// what was applied. Call Adjust off the loop that owns the group, commit
+// on it, and do not close the group in between.
+func (g *Group) Adjust(spec Spec) (commit func(), err error) {
+	type change struct {
+		s       *Socket
+		backlog int // 0: unchanged
+		spec    Spec
+	}
+	var changes []change
 	var errs []error
 	kept := false
 	for _, s := range g.Sockets() {
+		c := change{s: s, spec: spec}
 		if spec.Kind == Stream && spec.Backlog != s.Spec.Backlog {
 			backlog := spec.Backlog
 			if backlog == 0 {
@@ -200,28 +212,33 @@ func (g *Group) Adjust(spec Spec) error {
 			if err := unix.Listen(s.fd, backlog); err != nil {
 				errs = append(errs, &Error{Op: "listen", Spec: spec, Err: os.NewSyscallError("listen", err)})
 			} else {
-				s.backlog = backlog
+				c.backlog = backlog
 			}
 		}
-		next := spec
 		if spec.IsUnix() && !spec.Abstract() && (spec.Mode != s.Spec.Mode || spec.UID != s.Spec.UID || spec.GID != s.Spec.GID) {
 			if err := s.adjustFile(spec); err != nil {
 				errs = append(errs, err)
 				// Not applied: keep what the file has, so that the
 				// next reload with this spec tries again.
-				next.Mode, next.Owner, next.UID, next.GID = s.Spec.Mode, s.Spec.Owner, s.Spec.UID, s.Spec.GID
+				c.spec.Mode, c.spec.Owner, c.spec.UID, c.spec.GID = s.Spec.Mode, s.Spec.Owner, s.Spec.UID, s.Spec.GID
 				kept = true
 			}
 		}
-		s.Spec = next
+		changes = append(changes, c)
 	}
-	g.Spec = spec
-	if kept {
-		if first := g.Sockets(); len(first) > 0 {
-			g.Spec.Mode, g.Spec.Owner, g.Spec.UID, g.Spec.GID = first[0].Spec.Mode, first[0].Spec.Owner, first[0].Spec.UID, first[0].Spec.GID
+	return func() {
+		for _, c := range changes {
+			if c.backlog != 0 {
+				c.s.backlog = c.backlog
+			}
+			c.s.Spec = c.spec
 		}
-	}
-	return errors.Join(errs...)
+		g.Spec = spec
+		if kept && len(changes) > 0 {
+			first := changes[0].spec
+			g.Spec.Mode, g.Spec.Owner, g.Spec.UID, g.Spec.GID = first.Mode, first.Owner, first.UID, first.GID
+		}
+	}, errors.Join(errs...)
 }
 
 // adjustFile gives the socket's file the owner and mode of spec, once it

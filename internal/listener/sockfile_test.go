@@ -116,16 +116,19 @@ func TestAdjustRefusesSwappedSocketFile(t *testing.T) {
 	t.Cleanup(g.Close)
 
 	// In place, untouched: the socket file changes.
-	if err := g.Adjust(mustParse(t, "unix://"+path+"?mode=0660")); err != nil {
+	commit, err := g.Adjust(mustParse(t, "unix://"+path+"?mode=0660"))
+	if err != nil {
 		t.Fatal(err)
 	}
+	commit()
 	if got := permOf(t, path); got != 0o660 {
 		t.Fatalf("mode %04o after Adjust to 0660", got)
 	}
 
 	target := rootOnly(t)
 	swapForSymlink(t, path, target)
-	err = g.Adjust(mustParse(t, "unix://"+path+"?mode=0666"))
+	commit, err = g.Adjust(mustParse(t, "unix://"+path+"?mode=0666"))
+	commit()
 	if got := permOf(t, target); got != 0o600 {
 		t.Errorf("the root-only file is mode %04o after Adjust, was 0600", got)
 	}

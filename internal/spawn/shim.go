@@ -26,6 +26,7 @@ const (
 	pdeathEnv = "BATON_INTERNAL_PDEATHSIG"
 	userEnv   = "BATON_INTERNAL_USER"
 	nofileEnv = "BATON_INTERNAL_NOFILE"
+	dirEnv    = "BATON_INTERNAL_DIR"
 )
 
 // Credential is an identity a command runs as.
@@ -91,6 +92,13 @@ func RunShim() {
 	// close-on-exec) stops here: the command gets exactly what was asked.
 	if keep, err := strconv.Atoi(os.Getenv(keepEnv)); err == nil && keep >= 3 {
 		unix.CloseRange(uint(keep), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	}
+	if d := os.Getenv(dirEnv); d != "" {
+		// As baton's user still, as the fork's chdir was: the command's
+		// own user may not be able to reach a directory baton can.
+		if err := os.Chdir(d); err != nil {
+			fail(126, "working directory %s: %v", d, errors.Unwrap(err))
+		}
 	}
 	if v := os.Getenv(nofileEnv); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)

@@ -184,8 +184,16 @@ func (s *Spawner) Start(spec Spec, onExit func(Exit)) (*Process, error) {
 	if spec.Nofile > 0 {
 		env = append(env, nofileEnv+"="+strconv.FormatUint(spec.Nofile, 10))
 	}
+	// The shim changes directory, not the fork: a chdir(2) into a path
+	// that blocks (a mount that does not answer) then holds the worker,
+	// never this call, which the supervisor's loop waits for.
+	dir := ""
+	if spec.Dir != "" {
+		env = append(env, dirEnv+"="+spec.Dir)
+	}
 	var cred *syscall.Credential
 	if spec.Direct {
+		dir = spec.Dir
 		path, argv, env = spec.Path, spec.Args, spec.Env
 		if spec.User != nil {
 			cred = &syscall.Credential{Uid: spec.User.UID, Gid: spec.User.GID, Groups: spec.User.Groups}
@@ -197,7 +205,7 @@ func (s *Spawner) Start(spec Spec, onExit func(Exit)) (*Process, error) {
 	}
 	pidfd := -1
 	attr := &syscall.ProcAttr{
-		Dir:   spec.Dir,
+		Dir:   dir,
 		Env:   env,
 		Files: files,
 		Sys: &syscall.SysProcAttr{

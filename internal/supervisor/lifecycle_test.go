@@ -217,7 +217,11 @@ func TestReloadWhoseWorkerCannotStartFails(t *testing.T) {
 	if out.Err == nil || !strings.Contains(out.Err.Error(), "working directory "+dir) {
 		t.Fatalf("reload: %v; want it to fail naming the directory", out.Err)
 	}
-	after := r.waitStatus(t, "the old workers to serve on", func(s Status) bool { return readyWorkers(s) == 2 && s.Pending == 0 })
+	// The failed generation's other worker (which the shim started before
+	// its own chdir failed) is stopped too.
+	after := r.waitStatus(t, "the old workers to serve on, alone", func(s Status) bool {
+		return readyWorkers(s) == 2 && s.Pending == 0 && len(s.Workers) == 2
+	})
 	if fmt.Sprint(workerPIDsOf(after)) != fmt.Sprint(workerPIDsOf(st)) || after.Generation != st.Generation {
 		t.Errorf("after the failed reload: generation %d workers %v; want generation %d workers %v",
 			after.Generation, workerPIDsOf(after), st.Generation, workerPIDsOf(st))

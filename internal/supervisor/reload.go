@@ -254,9 +254,20 @@ func (s *Supervisor) endReload(err error) {
 		}
 		s.releaseSlots(g.listeners, len(g.slots))
 		if plan != nil && plan.Apply != nil {
-			if aerr := plan.Apply(); aerr != nil {
-				s.log.Warn("reload: changing a kept listener in place failed", "err", aerr)
-			}
+			s.applying++
+			go func() {
+				commit, aerr := plan.Apply()
+				s.post(func() {
+					s.applying--
+					if commit != nil {
+						commit()
+					}
+					if aerr != nil {
+						s.log.Warn("reload: changing a kept listener in place failed", "err", aerr)
+					}
+					s.closeGroups(false)
+				})
+			}()
 		}
 		s.log.Info("reload finished", "generation", g.id, "took", time.Since(s.reload.started).Round(time.Millisecond), "draining", old.id)
 		s.finishReload(g.id, old.id, nil)

@@ -105,6 +105,7 @@ type Supervisor struct {
 	adopted         []*worker // workers of the restored state
 
 	upgrading upgradeState // the upgrade in progress (upgrade.go)
+	applying  int          // plan Applies running (endReload)
 	// leftoverSearches counts the searches for what exited workers left
 	// running that have not finished (leftovers.go); Run waits for them.
 	leftoverSearches int
@@ -221,6 +222,9 @@ func (s *Supervisor) Run() error {
 // not the serving or the starting generation's, and none a live worker
 // holds. With all, it closes every group (baton is exiting).
 func (s *Supervisor) closeGroups(all bool) {
+	if s.applying > 0 && !all {
+		return // a plan's Apply acts on the groups: after it
+	}
 	used := map[*listener.Group]bool{}
 	if !all {
 		for _, g := range []*generation{s.active, s.pending} {
@@ -236,13 +240,33 @@ func (s *Supervisor) closeGroups(all bool) {
 			}
 		}
 	}
+	var closing []*listener.Group
 	for l := range s.groups {
 		if !used[l] {
 			if !all {
 				s.log.Info("listener closed", "name", l.Spec.Name, "url", l.Spec.URL())
 			}
-			l.Close()
+			closing = append(closing, l)
 			delete(s.groups, l)
+		}
+	}
+	if len(closing) == 0 {
+		return
+	}
+	// Closing a unix listener removes its socket file, which works on a
+	// path: off the loop. Nothing else refers to these groups any more.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, l := range closing {
+			l.Close()
+		}
+	}()
+	if all {
+		// baton is exiting: give the files a moment to go, no more.
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
 		}
 	}
 }
@@ -411,10 +435,13 @@ func (s *Supervisor) workerOf(child int) *worker {
 type Plan struct {
 	Config    Config
 	Listeners []*listener.Group
-	// Apply, if set, runs once a reload to this plan has succeeded. Changes
-	// made in place to kept sockets (a new backlog, a socket file's mode)
-	// wait for it, so that a failed reload changes nothing.
-	Apply func() error
+	// Apply, if set, runs once a reload to this plan has succeeded, off
+	// the loop (it acts on socket files, whose paths can block), and
+	// returns what to record on the loop (commit, which may be nil).
+	// Changes made in place to kept sockets (a new backlog, a socket
+	// file's mode) wait for it, so that a failed reload changes nothing.
+	// No listener group is closed while it runs.
+	Apply func() (commit func(), err error)
 }
 
 // check validates what the supervisor itself relies on.

@@ -306,6 +306,9 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 	if s.takingOver {
 		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
 	}
+	if s.applying > 0 {
+		return nil, errors.New("upgrade: a reload is still changing kept listeners in place; try again in a moment")
+	}
 	if s.leftoverSearches > 0 {
 		// Their deadlines live in goroutines the execve would end: what
 		// exited workers left running would then be killed only when
