@@ -152,15 +152,19 @@ func exchange(t *testing.T, path string, req []byte, hangUp bool) control.Reply 
 	t.Helper()
 	c := dialControl(t, path)
 	defer c.Close()
-	if _, err := c.Write(req); err != nil {
-		t.Fatalf("sending %q: %v", clip(req), err)
-	}
-	if hangUp {
+	// A peer refused at accept is answered before its request is read,
+	// and the server shuts its reading side: the write may then fail
+	// (EPIPE) while the refusal waits to be read.
+	_, werr := c.Write(req)
+	if hangUp && werr == nil {
 		c.CloseWrite()
 	}
 	raw, err := readToClose(c, control.RequestTimeout+10*time.Second)
 	if err != nil {
 		t.Fatalf("%q: connection not closed within %s: %v; got %q", clip(req), control.RequestTimeout+10*time.Second, err, raw)
+	}
+	if werr != nil && raw == "" {
+		t.Fatalf("sending %q: %v, and no answer", clip(req), werr)
 	}
 	return parseReply(t, raw)
 }
@@ -741,13 +745,21 @@ func takeoverAckWithFDs(t *testing.T) string {
 	pid := b.cmd.Process.Pid
 	fds, ino := pipeFDs(t, sent)
 
+	// Where the kernel has SO_PASSRIGHTS (Linux 6.16+), the control
+	// socket refuses every descriptor: the sender's sendmsg fails with
+	// EPERM and baton never sees one. Elsewhere baton itself refuses them.
 	c, _ := askTakeover(t, b)
 	defer c.Close()
-	if _, _, err := c.WriteMsgUnix(ack, unix.UnixRights(fds...), nil); err != nil {
+	_, _, err := c.WriteMsgUnix(ack, unix.UnixRights(fds...), nil)
+	kernelRefused := errors.Is(err, unix.EPERM)
+	if err != nil && !kernelRefused {
 		t.Fatalf("sending the acknowledgement: %v", err)
 	}
+	if kernelRefused {
+		c.Close() // the peer goes away: the takeover aborts
+	}
 	reason := waitAborted(t, b, 1)
-	if !strings.Contains(reason, "descriptors arrived") {
+	if !kernelRefused && !strings.Contains(reason, "descriptors arrived") {
 		t.Errorf("takeover aborted for %q; want the descriptors refused", reason)
 	}
 	c.Close()
@@ -757,11 +769,18 @@ func takeoverAckWithFDs(t *testing.T) string {
 	}
 
 	// A request that brings descriptors, on a connection that reads with
-	// read(2): the kernel discards them.
+	// read(2): the kernel refuses them, or discards them.
 	c = dialControl(t, b.ctl)
 	defer c.Close()
-	if _, _, err := c.WriteMsgUnix([]byte(`{"method":"status","params":{"kernel":false}}`+"\n"), unix.UnixRights(fds...), nil); err != nil {
+	req := []byte(`{"method":"status","params":{"kernel":false}}` + "\n")
+	if _, _, err := c.WriteMsgUnix(req, unix.UnixRights(fds...), nil); errors.Is(err, unix.EPERM) {
+		if _, err := c.Write(req); err != nil {
+			t.Fatalf("sending the request: %v", err)
+		}
+	} else if err != nil {
 		t.Fatalf("sending the request: %v", err)
+	} else if kernelRefused {
+		t.Errorf("the kernel refused descriptors with the acknowledgement, but took them with a request")
 	}
 	raw, err := readToClose(c, 20*time.Second)
 	if err != nil {
@@ -772,6 +791,10 @@ func takeoverAckWithFDs(t *testing.T) string {
 	}
 	if n := holding(pid, ino); n != 0 {
 		t.Errorf("baton keeps %d of the %d descriptors sent with a status request", n, sent)
+	}
+	if kernelRefused {
+		return fmt.Sprintf("%d descriptors with an acknowledgement and with a request: the kernel refused both sends (EPERM: the control socket has SO_PASSRIGHTS off), the takeover aborted (%q) and the request was answered without them; %s",
+			sent, reason, a.survived(t))
 	}
 	return fmt.Sprintf("%d descriptors on an acknowledgement: aborted and logged %q, none kept; %d on a status request: answered, none kept; %s",
 		sent, reason, sent, a.survived(t))
@@ -918,8 +941,17 @@ func strangerOnWorkerSockets(t *testing.T) string {
 	}
 	defer unix.Close(nc)
 	msgs := []string{"READY=1", "STOPPING=1", "STATUS=owned\nX_BATON_ACCEPTED=-5", "MAINPID=1", "\x00\xff garbage", strings.Repeat("X=", 3000)}
+	refusedByKernel := 0
 	for _, m := range msgs {
-		if err := unix.Sendmsg(nc, []byte(m), unix.UnixRights(fds...), &unix.SockaddrUnix{Name: notifySock}, 0); err != nil {
+		to := &unix.SockaddrUnix{Name: notifySock}
+		err := unix.Sendmsg(nc, []byte(m), unix.UnixRights(fds...), to, 0)
+		if errors.Is(err, unix.EPERM) {
+			// SO_PASSRIGHTS off (Linux 6.16+): the kernel refuses the
+			// descriptors; the notification itself still goes.
+			refusedByKernel++
+			err = unix.Sendto(nc, []byte(m), 0, to)
+		}
+		if err != nil {
 			t.Fatalf("notification %q: %v", clip([]byte(m)), os.NewSyscallError("sendmsg", err))
 		}
 	}
@@ -932,6 +964,10 @@ func strangerOnWorkerSockets(t *testing.T) string {
 	if n := holding(b.cmd.Process.Pid, ino); n != 0 {
 		t.Errorf("baton keeps %d of the %d descriptors sent with each notification", n, sent)
 	}
-	return fmt.Sprintf("hello, handoff, adopt, status and takeover on BATON_SOCKET from the test process were each refused (%q); %d notifications (READY=1, STOPPING=1, STATUS, MAINPID, garbage, 6 KB) each carrying %d descriptors on NOTIFY_SOCKET were ignored and the descriptors closed; %s",
-		refusal, len(msgs), sent, survived)
+	fate := "ignored and the descriptors closed"
+	if refusedByKernel == len(msgs) {
+		fate = "ignored, their descriptors refused by the kernel (EPERM: SO_PASSRIGHTS off)"
+	}
+	return fmt.Sprintf("hello, handoff, adopt, status and takeover on BATON_SOCKET from the test process were each refused (%q); %d notifications (READY=1, STOPPING=1, STATUS, MAINPID, garbage, 6 KB) each carrying %d descriptors on NOTIFY_SOCKET were %s; %s",
+		refusal, len(msgs), sent, fate, survived)
 }
