@@ -380,9 +380,17 @@ func (s *Store) roomLocked() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	others := s.others.get(s.stats.Held)
+	others := s.others.get(s.stats.Held, false)
 	open := others + committed
 	room := int(min(lim.Soft, 1<<30)) - open - Reserve
+	if room < 2*MaxFDs {
+		// Tight: the count may be up to fdRefresh old, and a reload opens
+		// descriptors meanwhile (pipes, pidfds, connections). Count again
+		// rather than grant room the kernel then cuts short (MSG_CTRUNC).
+		others = s.others.get(s.stats.Held, true)
+		open = others + committed
+		room = int(min(lim.Soft, 1<<30)) - open - Reserve
+	}
 	if room < 1 {
 		return 0, noRoomError{fmt.Sprintf("baton (pid %d) has no room for more connections: about %d descriptors open or promised of its RLIMIT_NOFILE %d, %d of them kept in reserve, %d handed-off connections held: raise baton's limit (LimitNOFILE= in its systemd unit, or ulimit -n before baton run), or let the next generation adopt what baton holds first",
 			os.Getpid(), open, lim.Soft, Reserve, s.stats.Held)}
@@ -399,8 +407,11 @@ type fdEstimate struct {
 
 const fdRefresh = 200 * time.Millisecond
 
-func (f *fdEstimate) get(held int) int {
-	if time.Since(f.at) > fdRefresh {
+// fdRefreshTight is how old the count may be when room is tight.
+const fdRefreshTight = 20 * time.Millisecond
+
+func (f *fdEstimate) get(held int, fresh bool) int {
+	if age := time.Since(f.at); age > fdRefresh || fresh && age > fdRefreshTight {
 		if n, err := CountFDs(); err == nil {
 			f.n, f.at = max(n-held, 0), time.Now()
 		}
