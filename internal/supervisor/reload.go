@@ -80,7 +80,7 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 		s.holdReload(reason, ch) // upgrade.go: it runs after the upgrade
 		return
 	}
-	if s.pending != nil || s.preparing {
+	if s.reloading() {
 		if !s.reload.queued {
 			s.log.Info("reload queued behind the one in progress", "reason", reason)
 		}
@@ -253,7 +253,13 @@ func (s *Supervisor) endReload(err error) {
 			}
 		}
 		s.releaseSlots(g.listeners, len(g.slots))
+		finished := func() {
+			s.log.Info("reload finished", "generation", g.id, "took", time.Since(s.reload.started).Round(time.Millisecond), "draining", old.id)
+			s.finishReload(g.id, old.id, nil)
+		}
 		if plan != nil && plan.Apply != nil {
+			// In-place changes to kept listeners act on paths: off the
+			// loop. The reload is over once they are recorded.
 			s.applying++
 			go func() {
 				commit, aerr := plan.Apply()
@@ -265,12 +271,13 @@ func (s *Supervisor) endReload(err error) {
 					if aerr != nil {
 						s.log.Warn("reload: changing a kept listener in place failed", "err", aerr)
 					}
+					finished()
 					s.closeGroups(false)
 				})
 			}()
+		} else {
+			finished()
 		}
-		s.log.Info("reload finished", "generation", g.id, "took", time.Since(s.reload.started).Round(time.Millisecond), "draining", old.id)
-		s.finishReload(g.id, old.id, nil)
 	} else {
 		err = fmt.Errorf("reload to generation %d failed: %w; generation %d keeps serving", g.id, err, old.id)
 		s.log.Error("reload failed", "generation", g.id, "err", err)
@@ -319,6 +326,10 @@ func (s *Supervisor) finishReload(gen, prev int, err error) {
 		s.prepareReload(reason, waiters)
 	}
 }
+
+// reloading reports whether a reload is under way: its plan being made,
+// its generation starting, or its in-place changes being applied.
+func (s *Supervisor) reloading() bool { return s.pending != nil || s.preparing || s.applying > 0 }
 
 // Duration is a time.Duration that encodes in JSON as seconds.
 type Duration time.Duration

@@ -69,7 +69,7 @@ func (s *Supervisor) offer() ([]takeover.Socket, error) {
 		return nil, errors.New("takeover: another takeover is in progress")
 	case s.upgrading.on:
 		return nil, errors.New("takeover: baton is upgrading itself; try again when baton status shows the upgrade done")
-	case s.pending != nil || s.preparing:
+	case s.reloading():
 		return nil, errors.New("takeover: a reload is in progress; try again when it has finished")
 	}
 	var socks []takeover.Socket

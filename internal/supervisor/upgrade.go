@@ -164,7 +164,7 @@ func (s *Supervisor) beginUpgrade(waited bool) (*Handover, *takeover.Held, <-cha
 	}
 	s.upgrading.on = true
 	s.lastUpgradeErr = ""
-	if s.pending != nil || s.preparing {
+	if s.reloading() {
 		ch := make(chan ReloadOutcome, 1)
 		s.reload.waiters = append(s.reload.waiters, ch)
 		return nil, nil, ch, nil
@@ -209,7 +209,7 @@ func (s *Supervisor) endUpgrade() {
 		for _, ch := range u.waiters {
 			ch <- ReloadOutcome{Err: ErrStopping}
 		}
-	case s.pending != nil || s.preparing:
+	case s.reloading():
 		s.reload.queued, s.reload.queuedReason = true, u.reason
 		s.reload.queuedFor = append(s.reload.queuedFor, u.waiters...)
 	default:
@@ -297,7 +297,7 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 	if s.stopping {
 		return nil, errors.New("upgrade: baton is stopping")
 	}
-	if s.pending != nil || s.preparing {
+	if s.reloading() {
 		return nil, errors.New("upgrade: a reload is in progress; upgrade when it has finished")
 	}
 	if err := s.handoffBusy(); err != nil {
@@ -305,9 +305,6 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 	}
 	if s.takingOver {
 		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
-	}
-	if s.applying > 0 {
-		return nil, errors.New("upgrade: a reload is still changing kept listeners in place; try again in a moment")
 	}
 	if s.leftoverSearches > 0 {
 		// Their deadlines live in goroutines the execve would end: what
