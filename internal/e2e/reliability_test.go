@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,11 @@ func reliabilityCases() []reliabilityCase {
 	for _, cs := range [][]reliabilityCase{faultCases, lifecycleCases, logcfgCases, abuseCases, resourceCases, sockfileCases, socketCases, upgradeCases} {
 		all = append(all, cs...)
 	}
+	// One section per area, in this order; cases keep their order within.
+	order := []string{"Faults", "Lifecycle", "Abuse", "Security", "Resources"}
+	slices.SortStableFunc(all, func(a, b reliabilityCase) int {
+		return slices.Index(order, a.area) - slices.Index(order, b.area)
+	})
 	return all
 }
 
