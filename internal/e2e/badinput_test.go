@@ -119,7 +119,7 @@ func TestStaleUnixSocketIsReplaced(t *testing.T) {
 
 	b := startBaton(t, nil, "-l", "http=unix://"+path+"?mode=0660", "-n", "1", "--ready", "notify", "--", helloBin)
 	b.waitReady(1)
-	if !strings.Contains(b.log.String(), "removed a stale socket file") {
+	if !b.logHas("removed a stale socket file") {
 		t.Errorf("log does not say the stale socket was removed:\n%s", b.log)
 	}
 	fi, err := os.Stat(path)

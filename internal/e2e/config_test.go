@@ -93,7 +93,7 @@ address = "tcp://127.0.0.1:%d"
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !strings.Contains(b.log.String(), "listener closed") {
+	if !b.logHas("listener closed") {
 		t.Errorf("the log does not say the removed listener was closed")
 	}
 }

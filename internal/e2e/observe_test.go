@@ -93,6 +93,26 @@ func (b *instance) waitLog(s string) {
 	}
 }
 
+// logHas reports whether baton's log holds s, waiting up to 10s for it:
+// baton writes its log from a goroutine of its own, so a line about what
+// just happened may still be on its way.
+func (b *instance) logHas(s string) bool {
+	return b.logCount(s, 1) >= 1
+}
+
+// logCount counts the times s appears in baton's log, waiting up to 10s
+// for at least want of them.
+func (b *instance) logCount(s string, want int) int {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := strings.Count(b.log.String(), s)
+		if n >= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // dialHeld opens n connections to addr and closes them when the test ends.
 func dialHeld(t *testing.T, addr string, n int) []net.Conn {
 	t.Helper()

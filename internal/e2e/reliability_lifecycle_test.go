@@ -210,7 +210,12 @@ func wrapperWithoutExec(t *testing.T) string {
 			killPID(p)
 		}
 	}
-	ended := regexp.MustCompile(`worker's leftover process pid \d+ \(hello\), in its process group: sent SIGTERM`).FindAllString(b.log.String(), -1)
+	endedRE := regexp.MustCompile(`worker's leftover process pid \d+ \(hello\), in its process group: sent SIGTERM`)
+	ended := endedRE.FindAllString(b.log.String(), -1)
+	for deadline := time.Now().Add(10 * time.Second); len(ended) < 2*(reloads+1) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond) // baton's log may still be on its way
+		ended = endedRE.FindAllString(b.log.String(), -1)
+	}
 	if len(ended) < 2*(reloads+1) {
 		t.Errorf("the log names %d leftover servers sent SIGTERM; want the %d of %d generations:\n%s", len(ended), 2*(reloads+1), reloads+1, b.log)
 	}
@@ -311,7 +316,7 @@ func sigquitDrains(t *testing.T) string {
 		t.Errorf("%d of %d requests in flight failed: %v", len(bad), inflight, bad)
 	}
 	for _, pid := range workerPIDs(st) {
-		if !strings.Contains(b.log.String(), fmt.Sprintf("pid=%d status=\"exited with status 0\"", pid)) {
+		if !b.logHas(fmt.Sprintf("pid=%d status=\"exited with status 0\"", pid)) {
 			t.Errorf("worker %d did not exit 0 after draining:\n%s", pid, b.log)
 		}
 	}

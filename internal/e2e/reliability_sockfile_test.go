@@ -289,7 +289,7 @@ mode = %q
 	writeConfig(t, conf, config(fmt.Sprintf("%q", helloBin), "0666"))
 	b := startBatonAt(t, filepath.Join(confDir, "ctl.sock"), nil, "--config", conf)
 	b.waitReady(2)
-	if !strings.Contains(b.log.String(), "listener's directory lets another user replace its socket file") {
+	if !b.logHas("listener's directory lets another user replace its socket file") {
 		t.Errorf("baton did not warn that the worker user can replace the socket file:\n%s", b.log)
 	}
 	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Perm() != 0o666 {
