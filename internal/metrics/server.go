@@ -61,7 +61,7 @@ func Listen(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 			// A kept-alive connection is dropped soon after its scrape:
 			// idle ones must not keep the scraper out of MaxConns.
 			IdleTimeout: 5 * time.Second,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+			ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		},
 	}, nil
 }
