@@ -105,7 +105,11 @@ func listenerCorpus() map[string]string {
 
 // TestListenerTablesUnchanged: every config of listenerCorpus resolves
 // to the listeners it did before the options became a table, or fails
-// with the very same message, naming the same line and key.
+// with the very same message, naming the same line and key; except for
+// what the table fixed: a value with '&', ';', '%' or '+' reaches its
+// option whole (owner = "0&backlog=5" set a backlog), an unknown key
+// lists the keys of a [[listener]] table (not the top level's), and an
+// error in an inline table names its line.
 func TestListenerTablesUnchanged(t *testing.T) {
 	corpus := listenerCorpus()
 	var got []resolvedListeners
