@@ -106,8 +106,8 @@ type ListenerTable struct {
 // Options, and any other key into unknown, for loadFile to report with
 // its line.
 func (t *ListenerTable) UnmarshalTOML(data any) error {
-	m, ok := data.(map[string]any)
-	if !ok {
+	m, isTable := data.(map[string]any)
+	if !isTable {
 		return fmt.Errorf("%v is not a table: want [[listener]]", data)
 	}
 	*t = ListenerTable{}

@@ -39,7 +39,7 @@ func (l *Loaded) checkTable(raw map[string]any, t reflect.Type, at func(string) 
 		f := t.Field(i)
 		key := f.Tag.Get("toml")
 		v, ok := raw[key]
-		if key == "" || !ok {
+		if key == "" || key == "-" || !ok {
 			continue // unknown keys are reported after decoding
 		}
 		full := prefix + key

@@ -252,6 +252,7 @@ type OptionError struct {
 	Msg string
 }
 
+// Error is Msg.
 func (e *OptionError) Error() string { return e.Msg }
 
 // parseOptions reads the query of a specification into s, whose scheme
