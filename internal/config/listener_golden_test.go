@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/baton-dev/baton/internal/listener"
 )
 
 // update rewrites testdata/listeners.golden.json from the code as it is:
@@ -122,7 +124,9 @@ func TestListenerTablesUnchanged(t *testing.T) {
 			res, err = l.Resolve()
 		}
 		if err != nil {
-			r.Err = strings.ReplaceAll(err.Error(), path, "FILE")
+			// The file's path, and the lists of options and keys, which a
+			// new option changes, stand for themselves.
+			r.Err = strings.NewReplacer(path, "FILE", optionNames(), "{options}", strings.Join(listenerKeys(), ", "), "{keys}").Replace(err.Error())
 		} else {
 			for _, s := range res.Specs {
 				r.Specs = append(r.Specs, s.String())
@@ -159,6 +163,16 @@ func TestListenerTablesUnchanged(t *testing.T) {
 			t.Errorf("%s:\n%s\n(-want +got):\n%s", g.Name, corpus[g.Name], diff)
 		}
 	}
+}
+
+// optionNames lists the listener options as an error lists them.
+func optionNames() string {
+	var names []string
+	for _, o := range listener.Options() {
+		names = append(names, o.Key)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
 }
 
 // writeGolden writes list sorted by name, one element a line, as a JSON
