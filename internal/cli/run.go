@@ -49,8 +49,7 @@ Listener addresses, --listen [NAME=]ADDRESS (repeatable):
   udp://HOST:PORT  udp4://HOST:PORT  udp6://[::1]:PORT
   unix:///absolute/path.sock  unix://@abstract  unixgram:///absolute/path
 Port 0 picks a free port (see baton status). The name defaults to the scheme.
-Options go in query form: ?backlog=N (stream), ?v6only=true|false (IPv6),
-?mode=0660 and ?owner=USER[:GROUP] (unix socket files), ?balance=shared|reuseport.
+` + listener.OptionsHelp() + `
 
 --config FILE reads every setting from a TOML file (docs/config.md); each flag
 has a key of the same name, and a flag given on the command line wins. A

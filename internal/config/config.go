@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/baton-dev/baton/internal/handoff"
+	"github.com/baton-dev/baton/internal/listener"
 )
 
 // Settings is the whole configuration of `baton run`. The toml tag is the
@@ -84,16 +85,63 @@ type Rlimits struct {
 	Nofile uint64 `toml:"nofile"`
 }
 
-// ListenerTable is a [[listener]] table: the options as keys instead of
-// the query of an address.
+// ListenerTable is a [[listener]] table: a name, an address, and the
+// listener's options (listener.Options) as keys instead of the query of
+// the address.
 type ListenerTable struct {
 	Name    string `toml:"name"`
 	Address string `toml:"address"`
-	Backlog int    `toml:"backlog"`
-	V6Only  *bool  `toml:"v6only"`
-	Mode    string `toml:"mode"`
-	Owner   string `toml:"owner"`
-	Balance string `toml:"balance"`
+	// Options holds the table's other keys, each a listener option, with
+	// its value as the file has it: an int64, a bool or a string, as the
+	// option's type says (checkValues checked it).
+	Options map[string]any `toml:"-"`
+
+	// unknown lists the keys that are neither, in order; loadFile
+	// reports them.
+	unknown []string
+}
+
+// UnmarshalTOML decodes a [[listener]] table whose values' types
+// checkValues has checked: name and address, the listener options into
+// Options, and any other key into unknown, for loadFile to report with
+// its line.
+func (t *ListenerTable) UnmarshalTOML(data any) error {
+	m, isTable := data.(map[string]any)
+	if !isTable {
+		return fmt.Errorf("%v is not a table: want [[listener]]", data)
+	}
+	*t = ListenerTable{}
+	for k, v := range m {
+		var ok bool
+		switch {
+		case k == "name":
+			t.Name, ok = v.(string)
+		case k == "address":
+			t.Address, ok = v.(string)
+		case listener.LookupOption(k) != nil:
+			if t.Options == nil {
+				t.Options = map[string]any{}
+			}
+			t.Options[k], ok = v, true
+		default:
+			t.unknown, ok = append(t.unknown, k), true
+		}
+		if !ok {
+			return fmt.Errorf("%s: %v is not a string", k, v)
+		}
+	}
+	sort.Strings(t.unknown)
+	return nil
+}
+
+// listenerKeys lists the keys a [[listener]] table may have.
+func listenerKeys() []string {
+	keys := []string{"name", "address"}
+	for _, o := range listener.Options() {
+		keys = append(keys, o.Key)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // Defaults are the settings when neither file nor flag says otherwise.
@@ -217,6 +265,15 @@ func (l *Loaded) loadFile(path string) error {
 	if und := md.Undecoded(); len(und) > 0 {
 		key := und[0].String()
 		return fmt.Errorf("%w %s:%d: unknown key %q; keys are %s", ErrFile, path, l.lines.key(und[0]), key, strings.Join(fileKeys(), ", "))
+	}
+	for i, t := range file.Listeners {
+		if len(t.unknown) > 0 {
+			line := l.lines.item("listener", i, t.unknown[0])
+			if line == 0 { // an inline table: the line of its key
+				line = l.lines.key(toml.Key{"listener"})
+			}
+			return fmt.Errorf("%w %s:%d: unknown key \"listener[%d].%s\"; keys of a [[listener]] table are %s", ErrFile, path, line, i, t.unknown[0], strings.Join(listenerKeys(), ", "))
+		}
 	}
 	fv, dv := reflect.ValueOf(file), reflect.ValueOf(&l.Settings).Elem()
 	st := fv.Type()

@@ -8,11 +8,11 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/BurntSushi/toml"
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/handoff"
@@ -56,8 +56,10 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 	bad := func(key, format string, args ...any) error {
 		return &Error{Origin: l.Origin(key), Msg: fmt.Sprintf(format, args...)}
 	}
-	if l.Balance != listener.Shared && l.Balance != listener.Reuseport {
-		return nil, bad("balance", "%q: want %s or %s", l.Balance, listener.Shared, listener.Reuseport)
+	// The default of the listeners' balance option takes what the option
+	// takes.
+	if err := listener.LookupOption("balance").Check(l.Balance); err != nil {
+		return nil, bad("balance", "%v", err)
 	}
 	if err := l.resolveListeners(r); err != nil {
 		return nil, err
@@ -184,13 +186,17 @@ func (l *Loaded) resolveListeners(r *Resolved) error {
 				// Point at the key the problem is with: an option's own key,
 				// or the address.
 				key := "address"
-				if m := optionErr.FindStringSubmatch(err.Error()); m != nil {
-					key = m[1]
+				var oe *listener.OptionError
+				if errors.As(err, &oe) {
+					key = oe.Key
 				}
 				o.Line = l.lines.item("listener", i-len(l.Listen), key)
+				if o.Line == 0 { // an inline table: the line of its key
+					o.Line = l.lines.key(toml.Key{"listener"})
+				}
 				o.Key += "." + key
 			}
-			return &Error{Origin: o, Msg: strings.TrimPrefix(err.Error(), listener.ErrSpec.Error()+" ")}
+			return &Error{Origin: o, Msg: specMessage(err)}
 		}
 		if spec.Balance == "" && spec.IsInet() {
 			spec.Balance = l.Balance
@@ -198,16 +204,31 @@ func (l *Loaded) resolveListeners(r *Resolved) error {
 		r.Specs = append(r.Specs, spec)
 	}
 	if err := listener.CheckNames(r.Specs); err != nil {
-		return &Error{Origin: l.Origin("listen"), Msg: strings.TrimPrefix(err.Error(), listener.ErrSpec.Error()+": ")}
+		return &Error{Origin: l.Origin("listen"), Msg: specMessage(err)}
 	}
 	return nil
 }
 
-var optionErr = regexp.MustCompile(`option "?([a-z0-9]+)"?[ :]`)
+// specMessage is a listener error as a config error says it, after the
+// key: the specification as written and what is wrong with it, without
+// "invalid listener" (the key says that).
+func specMessage(err error) string {
+	var se *listener.SpecError
+	switch {
+	case !errors.As(err, &se):
+		return err.Error()
+	case se.Text == "":
+		return se.Err.Error()
+	}
+	return fmt.Sprintf("%q: %v", se.Text, se.Err)
+}
 
+// tableError is a mistake in a [[listener]] table found before its
+// address is parsed: the key at fault and what is wrong.
 type tableError struct{ key, msg string }
 
-// url turns a [[listener]] table into a listener address with options.
+// url turns a [[listener]] table into a listener address with its
+// options, in the order of listener.Options.
 func (t ListenerTable) url() (string, *tableError) {
 	if t.Address == "" {
 		return "", &tableError{"address", "missing: every [[listener]] needs address = \"tcp://HOST:PORT\" (or unix://, udp://...)"}
@@ -216,20 +237,10 @@ func (t ListenerTable) url() (string, *tableError) {
 		return "", &tableError{"address", "put options in their own keys (backlog = 1024), not in the address"}
 	}
 	var q []string
-	if t.Backlog != 0 {
-		q = append(q, "backlog="+strconv.Itoa(t.Backlog))
-	}
-	if t.V6Only != nil {
-		q = append(q, "v6only="+strconv.FormatBool(*t.V6Only))
-	}
-	if t.Mode != "" {
-		q = append(q, "mode="+t.Mode)
-	}
-	if t.Owner != "" {
-		q = append(q, "owner="+t.Owner)
-	}
-	if t.Balance != "" {
-		q = append(q, "balance="+t.Balance)
+	for _, o := range listener.Options() {
+		if v := queryValue(t.Options[o.Key]); v != "" {
+			q = append(q, o.Key+"="+queryEscaper.Replace(v))
+		}
 	}
 	u := t.Address
 	if t.Name != "" {
@@ -240,6 +251,31 @@ func (t ListenerTable) url() (string, *tableError) {
 	}
 	return u, nil
 }
+
+// queryValue is a [[listener]] table's value as the query of an address
+// writes it; "" for none, and for a number 0 or an empty string, which
+// mean the default.
+func queryValue(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case int64:
+		if v == 0 {
+			return ""
+		}
+		return strconv.FormatInt(v, 10)
+	case bool:
+		return strconv.FormatBool(v)
+	case string:
+		return v
+	}
+	return fmt.Sprint(v)
+}
+
+// queryEscaper escapes what url.ParseQuery would not give back as it is
+// in a value: '&' and ';' would end it, '%' begin an escape, '+' become a
+// space. Anything else stays as written, in the address errors show.
+var queryEscaper = strings.NewReplacer("%", "%25", "&", "%26", ";", "%3B", "+", "%2B")
 
 func checkLogging(l *Loaded) error {
 	switch l.LogFormat {

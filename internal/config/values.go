@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/baton-dev/baton/internal/listener"
 )
 
 // durationUnits is what a duration's unit may be, for messages.
@@ -37,13 +39,43 @@ func (l *Loaded) checkTable(raw map[string]any, t reflect.Type, at func(string) 
 		f := t.Field(i)
 		key := f.Tag.Get("toml")
 		v, ok := raw[key]
-		if key == "" || !ok {
+		if key == "" || key == "-" || !ok {
 			continue // unknown keys are reported after decoding
 		}
 		full := prefix + key
 		if err := l.checkValue(v, f.Type, full, at); err != nil {
 			return err
 		}
+	}
+	if t == reflect.TypeOf(ListenerTable{}) {
+		// The options of a [[listener]] table, in their order, each of
+		// its type.
+		for _, o := range listener.Options() {
+			if v, ok := raw[o.Key]; ok {
+				if err := l.checkValue(v, optionTypes[o.Type], prefix+o.Key, at); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// optionTypes is the Go type whose check a listener option's value in a
+// [[listener]] table gets: what ListenerTable held before its options
+// came from listener.Options.
+var optionTypes = map[listener.ValueType]reflect.Type{
+	listener.ValueText:   reflect.TypeOf(""),
+	listener.ValueNumber: reflect.TypeOf(0),
+	listener.ValueBool:   reflect.TypeOf(false),
+	listener.ValueOctal:  reflect.TypeOf(""),
+}
+
+// listenerOption is the listener option the key named full is, when it
+// is one in a [[listener]] table ("listener.mode"); nil otherwise.
+func listenerOption(full string) *listener.Option {
+	if k, ok := strings.CutPrefix(full, "listener."); ok {
+		return listener.LookupOption(k)
 	}
 	return nil
 }
@@ -61,7 +93,7 @@ func (l *Loaded) checkValue(v any, t reflect.Type, full string, at func(string) 
 	switch t.Kind() {
 	case reflect.String:
 		if _, ok := v.(string); !ok {
-			if short == "mode" {
+			if o := listenerOption(full); o != nil && o.Type == listener.ValueOctal {
 				return bad("%s is a number: write the permission bits as a string of octal digits, %s = %q", l.literal(at(full), v), short, octalMode(l.literal(at(full), v)))
 			}
 			return bad("%s is %s: want a string in quotes, %s = \"...\"", l.literal(at(full), v), typeName(v), short)
@@ -73,10 +105,10 @@ func (l *Loaded) checkValue(v any, t reflect.Type, full string, at func(string) 
 	case reflect.Int, reflect.Int64, reflect.Uint64, reflect.Uint32:
 		n, ok := v.(int64)
 		if !ok {
-			return bad("%s is %s: want a whole number, without quotes%s", l.literal(at(full), v), typeName(v), unitOf(short))
+			return bad("%s is %s: want a whole number, without quotes%s", l.literal(at(full), v), typeName(v), unitOf(full))
 		}
 		if t.Kind() >= reflect.Uint && n < 0 {
-			return bad("%d: want 0 or more%s; there is no value for unlimited", n, unitOf(short))
+			return bad("%d: want 0 or more%s; there is no value for unlimited", n, unitOf(full))
 		}
 	case reflect.Pointer:
 		return l.checkValue(v, t.Elem(), full, at)
@@ -192,15 +224,16 @@ func isNumber(s string) bool {
 	return digits > 0
 }
 
-// unitOf says what a number of this key counts, for messages.
-func unitOf(key string) string {
-	switch key {
+// unitOf says what a number of the key named full counts, for messages.
+func unitOf(full string) string {
+	switch full {
 	case "handoff_max_state":
 		return " (bytes)"
-	case "nofile":
+	case "rlimits.nofile":
 		return " (descriptors)"
-	case "backlog":
-		return " (connections)"
+	}
+	if o := listenerOption(full); o != nil && o.Unit != "" {
+		return " (" + o.Unit + ")"
 	}
 	return ""
 }

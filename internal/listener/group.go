@@ -168,16 +168,6 @@ func (g *Group) Shrink(n int) {
 	}
 }
 
-// InPlace reports whether a listener may go from spec a to spec b keeping
-// its sockets: they differ at most in what Adjust changes on a live socket
-// (the backlog, a socket file's mode and owner).
-func InPlace(a, b Spec) bool {
-	for _, s := range []*Spec{&a, &b} {
-		s.Backlog, s.Mode, s.Owner, s.UID, s.GID = 0, 0, "", -1, -1
-	}
-	return a.URL() == b.URL() && a.Name == b.Name
-}
-
 // Adjust applies spec to the group's live sockets: listen(2) again with a
 // new backlog (Linux updates the queue limit of a listening socket), chown
 // and chmod a socket file. Only differences InPlace allows are applied.

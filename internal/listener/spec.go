@@ -16,6 +16,29 @@ import (
 // mistake in what the user wrote (a usage error) from a failure to bind.
 var ErrSpec = errors.New("invalid listener")
 
+// SpecError is a mistake in a listener specification, as Parse and
+// CheckNames return it. errors.Is(err, ErrSpec) holds for it, and
+// errors.As finds an *OptionError in it when an option is at fault.
+type SpecError struct {
+	// Text is the specification as written; "" when the mistake is in
+	// several together (CheckNames).
+	Text string
+	// Err says what is wrong and what is allowed.
+	Err error
+}
+
+// Error is `invalid listener "TEXT": what is wrong`.
+func (e *SpecError) Error() string {
+	if e.Text == "" {
+		return ErrSpec.Error() + ": " + e.Err.Error()
+	}
+	return fmt.Sprintf("%s %q: %s", ErrSpec, e.Text, e.Err)
+}
+
+// Unwrap makes errors.Is(err, ErrSpec) true and lets errors.As reach
+// what is wrong.
+func (e *SpecError) Unwrap() []error { return []error{ErrSpec, e.Err} }
+
 // MaxUnixPath is the longest unix socket path the kernel accepts: sun_path
 // holds 108 bytes including the terminating NUL (for an abstract name, the
 // leading NUL).
@@ -44,15 +67,6 @@ var schemes = map[string]struct {
 	"udp6":     {Datagram, "inet6"},
 	"unix":     {Stream, "unix"},
 	"unixgram": {Datagram, "unix"},
-}
-
-// options lists the query options and the schemes they apply to.
-var options = map[string]func(s *Spec) bool{
-	"backlog": func(s *Spec) bool { return s.Kind == Stream },
-	"v6only":  func(s *Spec) bool { return s.IsInet() && s.family != "inet4" },
-	"mode":    func(s *Spec) bool { return s.IsUnix() && !s.Abstract() },
-	"owner":   func(s *Spec) bool { return s.IsUnix() && !s.Abstract() },
-	"balance": func(s *Spec) bool { return s.IsInet() },
 }
 
 // Balance modes: how connections are spread over the workers.
@@ -118,24 +132,17 @@ func (s Spec) Address() string {
 }
 
 // URL is the spec's canonical form without the name:
-// "tcp://127.0.0.1:8080?backlog=64". Two specs with the same URL need the
-// same socket.
-func (s Spec) URL() string {
+// "tcp://127.0.0.1:8080?backlog=64", the options that are set in the
+// order of their keys. Two specs with the same URL need the same socket.
+func (s Spec) URL() string { return s.url(func(*Option) bool { return true }) }
+
+// url is the URL with only the options that keep reports true for.
+func (s Spec) url(keep func(*Option) bool) string {
 	q := url.Values{}
-	if s.Backlog != 0 {
-		q.Set("backlog", strconv.Itoa(s.Backlog))
-	}
-	if s.V6Only != nil {
-		q.Set("v6only", strconv.FormatBool(*s.V6Only))
-	}
-	if s.Mode != 0 {
-		q.Set("mode", fmt.Sprintf("%04o", s.Mode))
-	}
-	if s.Owner != "" {
-		q.Set("owner", s.Owner)
-	}
-	if s.Balance != "" {
-		q.Set("balance", s.Balance)
+	for _, o := range options {
+		if v := o.format(s); v != "" && keep(o) {
+			q.Set(o.Key, v)
+		}
 	}
 	u := s.Scheme + "://" + s.Address()
 	if len(q) > 0 {
@@ -147,19 +154,28 @@ func (s Spec) URL() string {
 // String is the spec as the user would write it: NAME=URL.
 func (s Spec) String() string { return s.Name + "=" + s.URL() }
 
+// InPlace reports whether a listener may go from spec a to spec b keeping
+// its sockets: they differ at most in options a reload changes on a live
+// socket (Option.InPlace; Group.Adjust applies them).
+func InPlace(a, b Spec) bool {
+	fixed := func(o *Option) bool { return !o.InPlace }
+	return a.Name == b.Name && a.url(fixed) == b.url(fixed)
+}
+
 // Parse parses a listener specification. It checks syntax, option names
 // and values, and unix path lengths; it does not touch the network. Every
-// error wraps ErrSpec and says what is allowed.
+// error is a *SpecError (so wraps ErrSpec) and says what is allowed; an
+// option at fault is an *OptionError inside it.
 func Parse(text string) (Spec, error) {
 	bad := func(format string, args ...any) (Spec, error) {
-		return Spec{}, fmt.Errorf("%w %q: %s", ErrSpec, text, fmt.Sprintf(format, args...))
+		return Spec{}, &SpecError{Text: text, Err: fmt.Errorf(format, args...)}
 	}
 	var s Spec
 	rest := text
 	if eq := strings.Index(rest, "="); eq >= 0 && eq < strings.Index(rest+"://", "://") {
 		s.Name, rest = rest[:eq], rest[eq+1:]
 		if err := checkName(s.Name); err != nil {
-			return bad("%v", err)
+			return bad("%w", err)
 		}
 	}
 	scheme, addr, ok := strings.Cut(rest, "://")
@@ -178,35 +194,18 @@ func Parse(text string) (Spec, error) {
 
 	if s.IsUnix() {
 		if err := s.parseUnix(addr); err != nil {
-			return bad("%v", err)
+			return bad("%w", err)
 		}
 	} else if err := s.parseInet(addr); err != nil {
-		return bad("%v", err)
+		return bad("%w", err)
 	}
 
 	values, err := url.ParseQuery(query)
 	if err != nil {
 		return bad("options %q: %v", query, err)
 	}
-	keys := make([]string, 0, len(values))
-	for k := range values {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		applies, known := options[k]
-		if !known {
-			return bad("unknown option %q; options are %s", k, strings.Join(optionNames(), ", "))
-		}
-		if !applies(&s) {
-			return bad("option %q does not apply to %s listeners", k, s.describe())
-		}
-		if len(values[k]) != 1 {
-			return bad("option %q given %d times; give it once", k, len(values[k]))
-		}
-		if err := s.setOption(k, values[k][0]); err != nil {
-			return bad("option %s: %v", k, err)
-		}
+	if err := s.parseOptions(values); err != nil {
+		return Spec{}, &SpecError{Text: text, Err: err}
 	}
 	return s, nil
 }
@@ -245,41 +244,6 @@ func (s *Spec) parseInet(addr string) error {
 			return fmt.Errorf("%s needs an IPv6 address, not %s; use %s4:// or [::ffff:%s]", s.Scheme, host, strings.TrimSuffix(s.Scheme, "6"), host)
 		}
 		s.Host = ip.String()
-	}
-	return nil
-}
-
-func (s *Spec) setOption(key, value string) error {
-	switch key {
-	case "backlog":
-		n, err := strconv.Atoi(value)
-		if err != nil || n < 1 || n > 1<<20 {
-			return fmt.Errorf("%q: want a number from 1 to %d", value, 1<<20)
-		}
-		s.Backlog = n
-	case "v6only":
-		b, err := strconv.ParseBool(value)
-		if err != nil {
-			return fmt.Errorf("%q: want true or false", value)
-		}
-		s.V6Only = &b
-	case "mode":
-		m, err := strconv.ParseUint(value, 8, 32)
-		if err != nil || m > 0o777 || m == 0 {
-			return fmt.Errorf("%q: want octal permission bits such as 0660", value)
-		}
-		s.Mode = uint32(m)
-	case "balance":
-		if value != Shared && value != Reuseport {
-			return fmt.Errorf("%q: want %s or %s", value, Shared, Reuseport)
-		}
-		s.Balance = value
-	case "owner":
-		uid, gid, err := lookupOwner(value)
-		if err != nil {
-			return err
-		}
-		s.Owner, s.UID, s.GID = value, uid, gid
 	}
 	return nil
 }
@@ -335,7 +299,7 @@ func CheckNames(specs []Spec) error {
 	seen := map[string]string{}
 	for _, s := range specs {
 		if prev, dup := seen[s.Name]; dup {
-			return fmt.Errorf("%w: two listeners are named %q (%s and %s); name each one with NAME=ADDRESS", ErrSpec, s.Name, prev, s.URL())
+			return &SpecError{Err: fmt.Errorf("two listeners are named %q (%s and %s); name each one with NAME=ADDRESS", s.Name, prev, s.URL())}
 		}
 		seen[s.Name] = s.URL()
 	}
@@ -352,15 +316,6 @@ func (s Spec) describe() string {
 func schemeNames() []string {
 	names := make([]string, 0, len(schemes))
 	for k := range schemes {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	return names
-}
-
-func optionNames() []string {
-	names := make([]string, 0, len(options))
-	for k := range options {
 		names = append(names, k)
 	}
 	sort.Strings(names)

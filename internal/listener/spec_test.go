@@ -64,7 +64,7 @@ func TestParseErrors(t *testing.T) {
 		{"tcp6://127.0.0.1:80", "tcp6 needs an IPv6 address"},
 		{"tcp://:1?backlog=0", "option backlog: \"0\": want a number from 1"},
 		{"tcp://:1?backlog=x", "want a number"},
-		{"tcp://:1?bogus=1", `unknown option "bogus"; options are backlog, balance, mode, owner, v6only`},
+		{"tcp://:1?bogus=1", `unknown option "bogus"; options are ` + strings.Join(optionNames(), ", ")},
 		{"tcp://:1?balance=random", `want shared or reuseport`},
 		{"unix:///a.sock?balance=reuseport", `option "balance" does not apply to unix`},
 		{"tcp://:1?mode=0600", `option "mode" does not apply to tcp listeners`},
