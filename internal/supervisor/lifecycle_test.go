@@ -49,7 +49,7 @@ func shellConfig(n int, script string) Config {
 	return Config{
 		Path: "/bin/sh", Args: []string{"sh", "-c", script},
 		Env:     []string{"PATH=/usr/bin:/bin"},
-		Workers: n, Ready: ReadyMode{Delay: 50 * time.Millisecond}, ReadyTimeout: 5 * time.Second,
+		Workers: n, Ready: ReadyAfter(50 * time.Millisecond), ReadyTimeout: 5 * time.Second,
 		StopSignal: syscall.SIGTERM, DrainTimeout: 2 * time.Second, LogPrefix: true,
 		Handoff: HandoffConfig{Timeout: handoff.DefaultTimeout, MaxState: handoff.DefaultMaxState},
 	}

@@ -401,7 +401,7 @@ func (s *Supervisor) notified(m notify.Message, child int) {
 	if n, err := strconv.ParseInt(m.Fields["X_BATON_ACCEPTED"], 10, 64); err == nil && n >= 0 {
 		w.accepted = n
 	}
-	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Notify {
+	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Kind() == ReadyNotify {
 		s.workerReady(w)
 	}
 	if m.Fields["STOPPING"] == "1" {

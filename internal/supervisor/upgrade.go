@@ -497,15 +497,7 @@ func (s *Supervisor) adopt() {
 		cfg := w.gen.cfg
 		switch w.state {
 		case Starting:
-			if cfg.Ready.deadline() {
-				w.setTimer(s.after(max(cfg.ReadyTimeout-time.Since(w.started), 0), func() { s.readyDeadline(w) }))
-			} else {
-				w.setTimer(s.after(max(cfg.Ready.Delay-time.Since(w.started), 0), func() {
-					if w.state == Starting {
-						s.workerReady(w)
-					}
-				}))
-			}
+			s.armReadiness(w)
 		case Draining:
 			w.setTimer(s.after(max(cfg.DrainTimeout-time.Since(w.stopAt), 0), func() {
 				if w.state != Exited {

@@ -207,16 +207,26 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	s.addWorker(w)
 	s.stats.workersStarted++
 	s.log.Info("worker started", w.attrs()...)
-	if g.cfg.Ready.deadline() {
-		w.setTimer(s.after(g.cfg.ReadyTimeout, func() { s.readyDeadline(w) }))
-	} else {
-		w.setTimer(s.after(g.cfg.Ready.Delay, func() {
-			if w.state == Starting {
-				s.workerReady(w)
-			}
-		}))
-	}
+	s.armReadiness(w)
 	return nil
+}
+
+// armReadiness arms the readiness timer of w, a starting worker, at its
+// ready mode's Deadline counted from its start (a worker adopted after an
+// upgrade has used part of it): a worker still starting then has missed
+// its deadline (notify, bind) or is ready (delay).
+func (s *Supervisor) armReadiness(w *worker) {
+	cfg := w.gen.cfg
+	d, strict := cfg.Ready.Deadline(cfg.ReadyTimeout)
+	w.setTimer(s.after(max(d-time.Since(w.started), 0), func() {
+		switch {
+		case w.state != Starting:
+		case strict:
+			s.readyDeadline(w)
+		default:
+			s.workerReady(w)
+		}
+	}))
 }
 
 func newWorker(g *generation, sl *slot) *worker {
@@ -416,17 +426,11 @@ func (s *Supervisor) workerReady(w *worker) {
 	}
 }
 
-// readyDeadline handles a worker that did not report ready in time.
+// readyDeadline handles a worker still starting at its readiness deadline
+// (armReadiness).
 func (s *Supervisor) readyDeadline(w *worker) {
-	if w.state != Starting {
-		return
-	}
 	cfg := w.gen.cfg
-	what := "send READY=1"
-	if cfg.Ready.Bind {
-		what = "bind every listener"
-	}
-	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, what, cfg.ReadyTimeout)
+	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, cfg.Ready.awaited(), cfg.ReadyTimeout)
 	s.log.Warn("worker missed its readiness deadline", w.attrs("timeout", cfg.ReadyTimeout)...)
 	if w.gen == s.pending {
 		s.endReload(err)
