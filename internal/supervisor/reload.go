@@ -101,7 +101,7 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 // prepareReload gets the reload's plan (off the loop: it may read a file,
 // resolve names and bind sockets) and then starts the new generation.
 func (s *Supervisor) prepareReload(reason string, waiters []chan<- ReloadOutcome) {
-	s.reload.waiters, s.reload.reason, s.reload.started = waiters, reason, time.Now()
+	s.reload.waiters, s.reload.reason, s.reload.started = waiters, reason, s.now()
 	if s.opts.OnReloading != nil {
 		s.opts.OnReloading()
 	}
@@ -254,7 +254,7 @@ func (s *Supervisor) endReload(err error) {
 		}
 		s.releaseSlots(g.listeners, len(g.slots))
 		finished := func() {
-			s.log.Info("reload finished", "generation", g.id, "took", time.Since(s.reload.started).Round(time.Millisecond), "draining", old.id)
+			s.log.Info("reload finished", "generation", g.id, "took", s.since(s.reload.started).Round(time.Millisecond), "draining", old.id)
 			s.finishReload(g.id, old.id, nil)
 		}
 		if plan != nil && plan.Apply != nil {
@@ -300,7 +300,7 @@ func (s *Supervisor) finishReload(gen, prev int, err error) {
 		Generation: gen,
 		Previous:   prev,
 		Started:    s.reload.started,
-		Duration:   Duration(time.Since(s.reload.started)),
+		Duration:   Duration(s.since(s.reload.started)),
 		OK:         err == nil,
 		Reason:     s.reload.reason,
 	}
