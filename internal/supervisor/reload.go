@@ -239,7 +239,7 @@ func (s *Supervisor) endReload(err error) {
 	s.reload.plan = nil
 	if err == nil {
 		s.active = g
-		for _, w := range old.workers {
+		for _, w := range inOrder(old.workers) {
 			if w != nil && w.state != Exited {
 				s.stopWorker(w, fmt.Sprintf("replaced by generation %d", g.id))
 			}
@@ -281,7 +281,7 @@ func (s *Supervisor) endReload(err error) {
 	} else {
 		err = fmt.Errorf("reload to generation %d failed: %w; generation %d keeps serving", g.id, err, old.id)
 		s.log.Error("reload failed", "generation", g.id, "err", err)
-		for _, w := range g.workers {
+		for _, w := range inOrder(g.workers) {
 			if w != nil && w.state != Exited {
 				s.stopWorker(w, "its generation failed to start")
 			}

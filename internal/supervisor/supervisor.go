@@ -369,7 +369,7 @@ func (s *Supervisor) Kill() {
 	s.post(func() {
 		s.beginStop("killed")
 		s.killLeftovers()
-		for _, w := range s.workers {
+		for _, w := range inOrder(s.workers) {
 			w.kill()
 		}
 	})
@@ -398,7 +398,7 @@ func (s *Supervisor) beginStop(reason string) {
 	for _, sl := range s.active.slots {
 		sl.cancelRestart()
 	}
-	for _, w := range s.workers {
+	for _, w := range inOrder(s.workers) {
 		s.stopWorker(w, "baton is stopping")
 	}
 	// With no worker left to exit, nothing else would look for what was

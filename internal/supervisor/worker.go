@@ -1,10 +1,12 @@
 package supervisor
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -135,6 +137,23 @@ type worker struct {
 	output     *tail
 	spawned    chan struct{} // closed once the start was attempted
 	outputDone chan struct{} // closed when its stdout and stderr reached EOF
+}
+
+// inOrder lists the workers of ws (by pid, or by slot) in order of
+// generation, slot and pid. The loop signals a set of workers in this
+// order, so that what it does at one moment happens in the same order
+// each time (its tests compare traces), not in a map's.
+func inOrder(ws map[int]*worker) []*worker {
+	out := make([]*worker, 0, len(ws))
+	for _, w := range ws {
+		if w != nil {
+			out = append(out, w)
+		}
+	}
+	slices.SortFunc(out, func(a, b *worker) int {
+		return cmp.Or(cmp.Compare(a.gen.id, b.gen.id), cmp.Compare(a.slot.index, b.slot.index), cmp.Compare(a.pid, b.pid))
+	})
+	return out
 }
 
 func (w *worker) attrs(extra ...any) []any {
