@@ -52,10 +52,7 @@ func takeOver(path string, r *config.Resolved, log *slog.Logger) (*takenOver, er
 // for its verdict: its workers' readiness deadline (or delay), and a
 // minute to bind new listeners and start them.
 func commitWithin(c supervisor.Config) time.Duration {
-	wait := c.ReadyTimeout
-	if !c.Ready.Notify && !c.Ready.Bind {
-		wait = c.Ready.Delay
-	}
+	wait, _ := c.Ready.Deadline(c.ReadyTimeout)
 	return wait + time.Minute
 }
 

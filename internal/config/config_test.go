@@ -80,7 +80,7 @@ address = "udp://127.0.0.1:0"
 		t.Fatal(err)
 	}
 	c := r.Supervisor
-	if c.Workers != 5 || !c.Ready.Notify || c.DrainTimeout != 10*time.Second || c.StopSignal != 15 {
+	if c.Workers != 5 || c.Ready.String() != "notify" || c.DrainTimeout != 10*time.Second || c.StopSignal != 15 {
 		t.Errorf("workers %d ready %v drain %v signal %v; want the flag's 5, the file's notify and 10s, the default TERM", c.Workers, c.Ready, c.DrainTimeout, c.StopSignal)
 	}
 	if diff := cmp.Diff([]string{"A=file", "B=flag", "C=flag"}, c.Env); diff != "" {

@@ -74,7 +74,7 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 		}
 		return nil, bad("ready", "%v", err)
 	}
-	if ready.Bind && !l.CaptureBind {
+	if ready.Kind() == supervisor.ReadyBind && !l.CaptureBind {
 		return nil, bad("ready", "bind needs capture_bind (--capture-bind): without it baton does not see the program's binds")
 	}
 	sig, err := supervisor.ParseSignal(l.StopSignal)

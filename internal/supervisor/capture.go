@@ -96,7 +96,7 @@ func (s *Supervisor) captureEvent(w *worker, ev capture.Event) {
 	case capture.Captured:
 		w.captures = append(w.captures, CaptureStatus{Listener: ev.Listener, Addr: ev.Addr, PID: ev.PID, Fd: ev.Fd, Time: ev.Time})
 		s.log.Info("bind captured: the program got baton's socket", append(attrs, "listener", ev.Listener)...)
-		if w.gen.cfg.Ready.Bind && w.state == Starting && w.boundAll() {
+		if w.gen.cfg.Ready.Kind() == ReadyBind && w.state == Starting && w.boundAll() {
 			s.workerReady(w)
 		}
 	case capture.Passed:

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"syscall"
@@ -11,46 +12,135 @@ import (
 	"github.com/baton-dev/baton/internal/spawn"
 )
 
-// ReadyMode says when a starting worker counts as ready.
+// ReadyKind is how a worker tells baton it is ready.
+type ReadyKind uint8
+
+// Ready kinds. The zero value is ReadyDelay, as the zero ReadyMode is
+// delay:0s.
+const (
+	// ReadyDelay: a worker that has stayed up for the mode's delay is
+	// ready (delay:DURATION).
+	ReadyDelay ReadyKind = iota
+	// ReadyNotify: a worker is ready when it sends READY=1 on
+	// NOTIFY_SOCKET (notify).
+	ReadyNotify
+	// ReadyBind: a worker is ready when, under --capture-bind, it has
+	// bound every listener (bind).
+	ReadyBind
+)
+
+// ReadyMode says when a starting worker counts as ready, and how long it
+// is given (Deadline). Make one with ParseReady, ReadyWhenNotified,
+// ReadyWhenBound or ReadyAfter; the zero value is delay:0s.
 type ReadyMode struct {
-	// Notify waits for READY=1 on NOTIFY_SOCKET; Bind (with bind capture)
-	// waits until the program has bound every listener; otherwise a
-	// worker is ready once it has stayed up for Delay.
-	Notify bool
-	Bind   bool
-	Delay  time.Duration
+	kind  ReadyKind
+	delay time.Duration // ReadyDelay only
 }
+
+// ReadyWhenNotified is the notify mode: ready on READY=1.
+func ReadyWhenNotified() ReadyMode { return ReadyMode{kind: ReadyNotify} }
+
+// ReadyWhenBound is the bind mode: ready once every listener is bound
+// (with bind capture).
+func ReadyWhenBound() ReadyMode { return ReadyMode{kind: ReadyBind} }
+
+// ReadyAfter is the delay:d mode: ready once up for d. A negative d
+// counts as 0.
+func ReadyAfter(d time.Duration) ReadyMode { return ReadyMode{kind: ReadyDelay, delay: max(d, 0)} }
 
 // ParseReady parses "notify", "bind" or "delay:DURATION".
 func ParseReady(s string) (ReadyMode, error) {
 	switch s {
 	case "notify":
-		return ReadyMode{Notify: true}, nil
+		return ReadyWhenNotified(), nil
 	case "bind":
-		return ReadyMode{Bind: true}, nil
+		return ReadyWhenBound(), nil
 	}
 	if d, ok := strings.CutPrefix(s, "delay:"); ok {
 		dur, err := time.ParseDuration(d)
 		if err == nil && dur >= 0 {
-			return ReadyMode{Delay: dur}, nil
+			return ReadyAfter(dur), nil
 		}
 	}
 	return ReadyMode{}, fmt.Errorf("%q: want notify (wait for READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: wait until the program has bound every listener) or delay:DURATION (for example delay:1s)", s)
 }
 
+// Kind says how a worker in this mode tells baton it is ready.
+func (r ReadyMode) Kind() ReadyKind { return r.kind }
+
+// String is the mode as ParseReady reads it ("notify", "bind",
+// "delay:1s").
 func (r ReadyMode) String() string {
-	switch {
-	case r.Notify:
+	switch r.kind {
+	case ReadyNotify:
 		return "notify"
-	case r.Bind:
+	case ReadyBind:
 		return "bind"
 	}
-	return "delay:" + r.Delay.String()
+	return "delay:" + r.delay.String()
 }
 
-// deadline reports whether the mode has a readiness deadline (the
-// ready timeout); delay has none, it only waits.
-func (r ReadyMode) deadline() bool { return r.Notify || r.Bind }
+// Deadline says how long after its start a worker in this mode is given
+// to become ready, readyTimeout being --ready-timeout. With notify and
+// bind that is readyTimeout, and strict is true: a worker still starting
+// then has missed its deadline (a reload fails, a serving slot restarts).
+// With delay:D it is D, and strict is false: a worker still up then is
+// ready, and there is no deadline to miss. It is the one place that
+// decides it: the supervisor arms its readiness timers from it, and a
+// takeover asks the running instance to wait that long (plus the time to
+// start).
+func (r ReadyMode) Deadline(readyTimeout time.Duration) (d time.Duration, strict bool) {
+	if r.kind == ReadyDelay {
+		return r.delay, false
+	}
+	return readyTimeout, true
+}
+
+// awaited says what a worker in a strict mode had to do, for the error
+// when it did not.
+func (r ReadyMode) awaited() string {
+	if r.kind == ReadyBind {
+		return "bind every listener"
+	}
+	return "send READY=1"
+}
+
+// readyModeJSON is how a ReadyMode is encoded in the state an upgrade
+// hands over (Handover, StateVersion 1): the struct of flags it once was,
+// so that a baton of either shape reads the other's.
+type readyModeJSON struct {
+	Notify bool
+	Bind   bool
+	Delay  time.Duration
+}
+
+// MarshalJSON encodes r as {"Notify":...,"Bind":...,"Delay":nanoseconds},
+// the shape of state version 1.
+func (r ReadyMode) MarshalJSON() ([]byte, error) {
+	return json.Marshal(readyModeJSON{Notify: r.kind == ReadyNotify, Bind: r.kind == ReadyBind, Delay: r.delay})
+}
+
+// UnmarshalJSON decodes what MarshalJSON encodes.
+func (r *ReadyMode) UnmarshalJSON(b []byte) error {
+	var j readyModeJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return fmt.Errorf("ready mode %s: %w", b, err)
+	}
+	switch {
+	case j.Notify && j.Bind:
+		return fmt.Errorf("ready mode %s: both notify and bind; want one of them, or neither (delay)", b)
+	case j.Notify:
+		*r = ReadyWhenNotified()
+	case j.Bind:
+		*r = ReadyWhenBound()
+	default:
+		if j.Delay < 0 {
+			return fmt.Errorf("ready mode %s: negative delay; want 0 or more nanoseconds", b)
+		}
+		*r = ReadyAfter(j.Delay)
+	}
+	return nil
+}
 
 // ParseSignal parses a signal name ("TERM", "SIGQUIT") or number.
 func ParseSignal(s string) (syscall.Signal, error) {

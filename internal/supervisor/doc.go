@@ -12,4 +12,15 @@
 // reaper, the notify socket, timers, the control socket, signals) posts
 // closures to it, so the state machine needs no locks and handles one event
 // at a time in the order they happened.
+//
+// When a worker counts as ready is its ReadyMode's to say (notify, bind or
+// delay:D), and so is how long it is given: ReadyMode.Deadline, from which
+// every readiness timer is armed.
+//
+// The loop reaches processes and time through seams (env.go): a
+// spawn.Starter that starts, adopts and signals workers, a clock for every
+// timestamp and timer, and the search for what exited workers left
+// running. New wires the real ones; the package's tests drive the loop
+// in-process with fake workers and a fake clock (fake_test.go,
+// machine_test.go), and keep the notify and worker sockets real.
 package supervisor

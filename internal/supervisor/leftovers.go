@@ -104,7 +104,7 @@ func (s *Supervisor) reaped(w *worker) {
 	}
 	w.reaped = true
 	cfg := w.gen.cfg
-	deadline := time.Now().Add(cfg.DrainTimeout)
+	deadline := s.now().Add(cfg.DrainTimeout)
 	if w.stopped && !w.stopAt.IsZero() {
 		deadline = w.stopAt.Add(cfg.DrainTimeout)
 	}
@@ -125,13 +125,13 @@ func (s *Supervisor) searchLeftovers(pgid int, attrs []any, sig syscall.Signal, 
 		}
 	}
 	if s.killing {
-		deadline = time.Now()
+		deadline = s.now()
 	}
 	j := &leftoverSearch{pgid: pgid, attrs: attrs, signal: sig, deadline: deadline, workers: workers,
 		final: s.stopping && running == 0, self: os.Getpid()}
 	s.leftoverSearches++
 	go func() {
-		s.endLeftovers(j)
+		s.env.endLeftovers(j)
 		s.post(func() { s.leftoverSearches-- })
 	}()
 }
@@ -144,7 +144,7 @@ func (s *Supervisor) searchFinal() {
 			return
 		}
 	}
-	s.searchLeftovers(0, nil, s.active.cfg.StopSignal, time.Now().Add(s.active.cfg.DrainTimeout))
+	s.searchLeftovers(0, nil, s.active.cfg.StopSignal, s.now().Add(s.active.cfg.DrainTimeout))
 }
 
 // killLeftovers kills every leftover now (Kill).
@@ -250,7 +250,7 @@ func (s *Supervisor) findLeftovers(j *leftoverSearch) []*spawn.Handle {
 			continue
 		}
 		inGroup := group && p.PGID == j.pgid
-		stray := p.PPID == j.self && !j.workers[p.PGID] && (j.final || p.SID == j.sid) && !s.spawner.Started(p.PID)
+		stray := p.PPID == j.self && !j.workers[p.PGID] && (j.final || p.SID == j.sid) && !s.env.procs.Started(p.PID)
 		if !inGroup && !stray || !s.leftovers.claim(p) {
 			continue
 		}

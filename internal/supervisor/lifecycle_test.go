@@ -49,7 +49,7 @@ func shellConfig(n int, script string) Config {
 	return Config{
 		Path: "/bin/sh", Args: []string{"sh", "-c", script},
 		Env:     []string{"PATH=/usr/bin:/bin"},
-		Workers: n, Ready: ReadyMode{Delay: 50 * time.Millisecond}, ReadyTimeout: 5 * time.Second,
+		Workers: n, Ready: ReadyAfter(50 * time.Millisecond), ReadyTimeout: 5 * time.Second,
 		StopSignal: syscall.SIGTERM, DrainTimeout: 2 * time.Second, LogPrefix: true,
 		Handoff: HandoffConfig{Timeout: handoff.DefaultTimeout, MaxState: handoff.DefaultMaxState},
 	}
@@ -180,6 +180,7 @@ func TestCrashedSlotRestartsAfterFailedStart(t *testing.T) {
 	r := runSupervisor(t, cfg)
 	st := r.waitStatus(t, "the worker to be ready", func(st Status) bool { return readyWorkers(st) == 1 })
 	first := st.Workers[0].PID
+	waitExec(t, first, "sleep") // past the shim's chdir
 
 	if err := os.Rename(target, target+".gone"); err != nil {
 		t.Fatal(err)
@@ -208,8 +209,15 @@ func TestReloadWhoseWorkerCannotStartFails(t *testing.T) {
 	}
 	cfg := shellConfig(2, "exec sleep 60")
 	cfg.Dir = dir
+	// With 50ms, a new worker under load can count as ready before its
+	// shim has even tried the directory, and the reload succeed.
+	cfg.Ready = ReadyAfter(time.Second)
 	r := runSupervisor(t, cfg)
 	st := r.waitStatus(t, "the workers to be ready", func(st Status) bool { return readyWorkers(st) == 2 })
+	// The directory goes once they run the command in it.
+	for _, pid := range workerPIDsOf(st) {
+		waitExec(t, pid, "sleep")
+	}
 	if err := os.Remove(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -257,6 +265,23 @@ func readPID(t *testing.T, path string) int {
 func alive(pid int) bool {
 	p, err := spawn.ReadProc(pid)
 	return err == nil && !p.Zombie()
+}
+
+// waitExec waits until pid runs the command comm: the shim has changed
+// into the working directory and executed it.
+func waitExec(t *testing.T, pid int, comm string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		p, err := spawn.ReadProc(pid)
+		if err == nil && p.Comm == comm {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d does not run %s after 20s (%+v, %v)", pid, comm, p, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // waitGone waits until pid no longer runs.

@@ -101,7 +101,7 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 // prepareReload gets the reload's plan (off the loop: it may read a file,
 // resolve names and bind sockets) and then starts the new generation.
 func (s *Supervisor) prepareReload(reason string, waiters []chan<- ReloadOutcome) {
-	s.reload.waiters, s.reload.reason, s.reload.started = waiters, reason, time.Now()
+	s.reload.waiters, s.reload.reason, s.reload.started = waiters, reason, s.now()
 	if s.opts.OnReloading != nil {
 		s.opts.OnReloading()
 	}
@@ -239,7 +239,7 @@ func (s *Supervisor) endReload(err error) {
 	s.reload.plan = nil
 	if err == nil {
 		s.active = g
-		for _, w := range old.workers {
+		for _, w := range inOrder(old.workers) {
 			if w != nil && w.state != Exited {
 				s.stopWorker(w, fmt.Sprintf("replaced by generation %d", g.id))
 			}
@@ -254,7 +254,7 @@ func (s *Supervisor) endReload(err error) {
 		}
 		s.releaseSlots(g.listeners, len(g.slots))
 		finished := func() {
-			s.log.Info("reload finished", "generation", g.id, "took", time.Since(s.reload.started).Round(time.Millisecond), "draining", old.id)
+			s.log.Info("reload finished", "generation", g.id, "took", s.since(s.reload.started).Round(time.Millisecond), "draining", old.id)
 			s.finishReload(g.id, old.id, nil)
 		}
 		if plan != nil && plan.Apply != nil {
@@ -281,7 +281,7 @@ func (s *Supervisor) endReload(err error) {
 	} else {
 		err = fmt.Errorf("reload to generation %d failed: %w; generation %d keeps serving", g.id, err, old.id)
 		s.log.Error("reload failed", "generation", g.id, "err", err)
-		for _, w := range g.workers {
+		for _, w := range inOrder(g.workers) {
 			if w != nil && w.state != Exited {
 				s.stopWorker(w, "its generation failed to start")
 			}
@@ -300,7 +300,7 @@ func (s *Supervisor) finishReload(gen, prev int, err error) {
 		Generation: gen,
 		Previous:   prev,
 		Started:    s.reload.started,
-		Duration:   Duration(time.Since(s.reload.started)),
+		Duration:   Duration(s.since(s.reload.started)),
 		OK:         err == nil,
 		Reason:     s.reload.reason,
 	}

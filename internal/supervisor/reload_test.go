@@ -17,7 +17,7 @@ import (
 // worker: enough for what a reload does before it starts workers.
 func loopOnly(t *testing.T, prepare func([]*listener.Group, int) (*Plan, error)) *Supervisor {
 	t.Helper()
-	s := newSupervisor(Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Prepare: prepare})
+	s := newSupervisor(Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Prepare: prepare}, env{})
 	s.active = &generation{id: 1, cfg: &Config{Workers: 1}, workers: map[int]*worker{}, slots: []*slot{{index: 0}}}
 	s.nextGen = 1
 	go func() {

@@ -147,7 +147,7 @@ func (s *Supervisor) Status() (Status, bool) {
 }
 
 func (s *Supervisor) status() Status {
-	now := time.Now()
+	now := s.now()
 	st := Status{
 		PID:          os.Getpid(),
 		Started:      s.start,
@@ -168,7 +168,7 @@ func (s *Supervisor) status() Status {
 		Upgrades:     s.upgrades,
 		UpgradeError: s.lastUpgradeErr,
 	}
-	st.Process.OrphansReap = s.spawner.Orphans()
+	st.Process.OrphansReap = s.env.procs.Orphans()
 	st.Process.LeftoversSignalled = s.leftovers.signalled.Load()
 	st.Process.LeftoversKilled = s.leftovers.killed.Load()
 	st.Handoff = s.handoffStatus(st.Process.FDs)

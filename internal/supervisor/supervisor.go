@@ -34,6 +34,8 @@ type Options struct {
 	// the new plan or why there is none. It runs off the loop. Without it
 	// a reload runs the same plan again.
 	Prepare func(current []*listener.Group, workers int) (*Plan, error)
+	// Spawner starts, adopts and reaps the workers (through its Starter)
+	// and runs the new binary of an upgrade.
 	Spawner *spawn.Spawner
 	Log     *slog.Logger
 	// Stdout and Stderr receive worker output. With Config.LogPrefix off
@@ -67,8 +69,9 @@ type Options struct {
 
 // Supervisor runs worker generations. Create it with New, then call Run.
 type Supervisor struct {
-	plan    Plan // the first generation's
-	spawner *spawn.Spawner
+	plan    Plan           // the first generation's
+	spawner *spawn.Spawner // for an upgrade's pre-flight and execve
+	env     env            // processes and time (env.go)
 	log     *slog.Logger
 	opts    Options
 
@@ -123,8 +126,12 @@ type stats struct {
 // New prepares a supervisor: it opens the notify socket and the worker
 // socket (BATON_SOCKET), both in the abstract namespace under a random
 // name, but starts no worker.
-func New(o Options) (*Supervisor, error) {
-	s := newSupervisor(o)
+func New(o Options) (*Supervisor, error) { return newWithEnv(o, env{}) }
+
+// newWithEnv is New with the seams of e (env.go); its zero fields get the
+// real ones.
+func newWithEnv(o Options, e env) (*Supervisor, error) {
+	s := newSupervisor(o, e)
 	if err := o.Plan.check(); err != nil {
 		return nil, err
 	}
@@ -148,7 +155,16 @@ func New(o Options) (*Supervisor, error) {
 	return s, nil
 }
 
-func newSupervisor(o Options) *Supervisor {
+// newSupervisor makes the supervisor's state, with the seams of e; its
+// zero fields get the real ones: o.Spawner's Starter, the system's clock,
+// endLeftovers.
+func newSupervisor(o Options, e env) *Supervisor {
+	if e.procs == nil && o.Spawner != nil {
+		e.procs = o.Spawner.Starter()
+	}
+	if e.clock == nil {
+		e.clock = realClock{}
+	}
 	s := &Supervisor{
 		plan:    o.Plan,
 		groups:  map[*listener.Group]bool{},
@@ -161,7 +177,11 @@ func newSupervisor(o Options) *Supervisor {
 		done:    make(chan struct{}),
 		ended:   make(chan struct{}),
 		workers: map[int]*worker{},
-		start:   time.Now(),
+		env:     e,
+		start:   e.clock.Now(),
+	}
+	if s.env.endLeftovers == nil {
+		s.env.endLeftovers = s.endLeftovers
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handoff = newHandoff(s.log)
@@ -195,27 +215,37 @@ func (s *Supervisor) Run() error {
 	defer s.devnull.Close()
 	defer s.closeGroups(true)
 
-	if s.restored != nil {
-		s.adopt()
-	} else {
-		s.active = s.newGeneration(&s.plan, nil)
-		cfg := s.active.cfg
-		s.log.Info("starting workers", "generation", s.active.id, "workers", cfg.Workers, "command", cfg.Args, "ready", cfg.Ready.String())
-		for _, sl := range s.active.slots {
-			s.startWorker(s.active, sl)
-		}
-	}
-	s.syncHandoff()
+	s.handle(s.begin)
 	for !s.finished() {
-		f := <-s.events
-		f()
-		s.syncHandoff()
+		s.handle(<-s.events)
 	}
 	// Before the deferred closes wait for the sockets' handlers: one of
 	// them waiting in call must learn now that the loop is gone.
 	close(s.ended)
 	s.log.Info("all workers exited")
 	return nil
+}
+
+// begin starts the first generation, or adopts the workers of the
+// restored state after an upgrade. It is the loop's first event.
+func (s *Supervisor) begin() {
+	if s.restored != nil {
+		s.adopt()
+		return
+	}
+	s.active = s.newGeneration(&s.plan, nil)
+	cfg := s.active.cfg
+	s.log.Info("starting workers", "generation", s.active.id, "workers", cfg.Workers, "command", cfg.Args, "ready", cfg.Ready.String())
+	for _, sl := range s.active.slots {
+		s.startWorker(s.active, sl)
+	}
+}
+
+// handle runs one event on the loop, then tells the fd store what it
+// changed.
+func (s *Supervisor) handle(f func()) {
+	f()
+	s.syncHandoff()
 }
 
 // closeGroups closes the listener groups no generation needs any more:
@@ -309,10 +339,11 @@ func (s *Supervisor) call(f func()) bool {
 	}
 }
 
-// after runs f on the loop once d has passed. Callbacks check that what
-// they act on is still current, so a timer that fires late is harmless.
-func (s *Supervisor) after(d time.Duration, f func()) *time.Timer {
-	return time.AfterFunc(d, func() { s.post(f) })
+// after runs f on the loop once d has passed by the loop's clock.
+// Callbacks check that what they act on is still current, so a timer that
+// fires late is harmless.
+func (s *Supervisor) after(d time.Duration, f func()) timer {
+	return s.env.clock.AfterFunc(d, func() { s.post(f) })
 }
 
 // Reload asks for a reload and returns a channel that receives its outcome.
@@ -338,7 +369,7 @@ func (s *Supervisor) Kill() {
 	s.post(func() {
 		s.beginStop("killed")
 		s.killLeftovers()
-		for _, w := range s.workers {
+		for _, w := range inOrder(s.workers) {
 			w.kill()
 		}
 	})
@@ -367,7 +398,7 @@ func (s *Supervisor) beginStop(reason string) {
 	for _, sl := range s.active.slots {
 		sl.cancelRestart()
 	}
-	for _, w := range s.workers {
+	for _, w := range inOrder(s.workers) {
 		s.stopWorker(w, "baton is stopping")
 	}
 	// With no worker left to exit, nothing else would look for what was
@@ -401,7 +432,7 @@ func (s *Supervisor) notified(m notify.Message, child int) {
 	if n, err := strconv.ParseInt(m.Fields["X_BATON_ACCEPTED"], 10, 64); err == nil && n >= 0 {
 		w.accepted = n
 	}
-	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Notify {
+	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Kind() == ReadyNotify {
 		s.workerReady(w)
 	}
 	if m.Fields["STOPPING"] == "1" {

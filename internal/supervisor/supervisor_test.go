@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"strings"
 	"syscall"
@@ -13,27 +14,97 @@ import (
 
 func TestParseReady(t *testing.T) {
 	tests := []struct {
-		in   string
-		want ReadyMode
-		err  bool
+		name, in string
+		want     ReadyMode
+		wantErr  bool
 	}{
-		{"notify", ReadyMode{Notify: true}, false},
-		{"delay:1s", ReadyMode{Delay: time.Second}, false},
-		{"delay:0s", ReadyMode{}, false},
-		{"delay:-1s", ReadyMode{}, true},
-		{"delay:", ReadyMode{}, true},
-		{"soon", ReadyMode{}, true},
+		{name: "notify", in: "notify", want: ReadyWhenNotified()},
+		{name: "bind", in: "bind", want: ReadyWhenBound()},
+		{name: "delay", in: "delay:1s", want: ReadyAfter(time.Second)},
+		{name: "zero delay", in: "delay:0s", want: ReadyMode{}},
+		{name: "negative delay", in: "delay:-1s", wantErr: true},
+		{name: "delay without duration", in: "delay:", wantErr: true},
+		{name: "unknown", in: "soon", wantErr: true},
 	}
 	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseReady(tt.in)
-			if (err != nil) != tt.err || got != tt.want {
-				t.Errorf("ParseReady(%q) = %+v, %v", tt.in, got, err)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("ParseReady(%q) error %v; want an error: %v", tt.in, err, tt.wantErr)
+			}
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(ReadyMode{})); diff != "" {
+				t.Errorf("ParseReady(%q) (-want +got):\n%s", tt.in, diff)
 			}
 			if err == nil && got.String() != tt.in {
 				t.Errorf("String() = %q, want %q", got.String(), tt.in)
 			}
 		})
+	}
+}
+
+// TestReadyDeadline: notify and bind give a worker --ready-timeout and
+// fail it then; delay:D gives it D and makes it ready then.
+func TestReadyDeadline(t *testing.T) {
+	type deadline struct {
+		D      time.Duration
+		Strict bool
+	}
+	tests := []struct {
+		name string
+		mode ReadyMode
+		want deadline
+	}{
+		{name: "notify", mode: ReadyWhenNotified(), want: deadline{D: time.Minute, Strict: true}},
+		{name: "bind", mode: ReadyWhenBound(), want: deadline{D: time.Minute, Strict: true}},
+		{name: "delay", mode: ReadyAfter(3 * time.Second), want: deadline{D: 3 * time.Second}},
+		{name: "zero value", mode: ReadyMode{}, want: deadline{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got deadline
+			got.D, got.Strict = tt.mode.Deadline(time.Minute)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("%s.Deadline(1m) (-want +got):\n%s", tt.mode, diff)
+			}
+		})
+	}
+}
+
+// TestReadyModeJSON: a ready mode travels in an upgrade's state in the
+// shape of state version 1 (a struct of flags), both ways.
+func TestReadyModeJSON(t *testing.T) {
+	tests := []struct {
+		name string
+		mode ReadyMode
+		json string
+	}{
+		{name: "notify", mode: ReadyWhenNotified(), json: `{"Notify":true,"Bind":false,"Delay":0}`},
+		{name: "bind", mode: ReadyWhenBound(), json: `{"Notify":false,"Bind":true,"Delay":0}`},
+		{name: "delay", mode: ReadyAfter(1500 * time.Millisecond), json: `{"Notify":false,"Bind":false,"Delay":1500000000}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := json.Marshal(tt.mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.json, string(b)); diff != "" {
+				t.Errorf("encoded (-want +got):\n%s", diff)
+			}
+			var got ReadyMode
+			if err := json.Unmarshal([]byte(tt.json), &got); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.mode, got, cmp.AllowUnexported(ReadyMode{})); diff != "" {
+				t.Errorf("decoded (-want +got):\n%s", diff)
+			}
+		})
+	}
+	for _, bad := range []string{`{"Notify":true,"Bind":true}`, `{"Delay":-1}`, `"notify"`} {
+		var got ReadyMode
+		if err := json.Unmarshal([]byte(bad), &got); err == nil {
+			t.Errorf("decoding %s: %v, no error; want it refused", bad, got)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
+	"github.com/baton-dev/baton/internal/spawn"
 	"github.com/baton-dev/baton/internal/takeover"
 )
 
@@ -80,6 +81,9 @@ func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (*UpgradeRepl
 }
 
 func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (*UpgradeReply, error) {
+	if s.spawner == nil {
+		return nil, errors.New("upgrade refused: this supervisor has no spawner to run the new binary with (Options.Spawner); baton keeps running unchanged")
+	}
 	if p.Binary == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -256,9 +260,9 @@ func (s *Supervisor) tellHeldWaiters(binary string) []chan<- ReloadOutcome {
 func (s *Supervisor) execUpgrade(p upgradeParams, bin *takeover.Binary, id string) {
 	// From here on exit statuses wait for the new program: a worker that
 	// exits now stays a zombie until the new baton reaps it.
-	s.spawner.Pause()
+	s.env.procs.Pause()
 	fail := func(err error) {
-		s.spawner.Resume()
+		s.env.procs.Resume()
 		err = fmt.Errorf("%w; baton (pid %d) keeps running unchanged", err, os.Getpid())
 		s.lastUpgradeErr = err.Error()
 		s.log.Error("upgrade failed", "err", err)
@@ -380,7 +384,7 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 // over when it re-executed itself as this binary. Run then adopts the
 // workers and, unless the upgrade keeps them, starts a new generation.
 func Restore(h *Handover, o Options) (*Supervisor, error) {
-	s := newSupervisor(o)
+	s := newSupervisor(o, env{})
 	s.start, s.nextGen, s.everReady, s.upgrades = h.Started, h.NextGen, h.EverReady, h.Upgrades+1
 	s.restored = h
 	s.stats = stats{reloadsOK: h.Stats.ReloadsOK, reloadsFailed: h.Stats.ReloadsFailed, lastReload: h.Stats.LastReload, workersStarted: h.Stats.WorkersStarted}
@@ -414,7 +418,7 @@ func Restore(h *Handover, o Options) (*Supervisor, error) {
 	gens := map[int]*generation{}
 	for _, gs := range h.Generations {
 		cfg := gs.Config
-		g := &generation{id: gs.ID, cfg: &cfg, workers: map[int]*worker{}, started: time.Now()}
+		g := &generation{id: gs.ID, cfg: &cfg, workers: map[int]*worker{}, started: s.now()}
 		for _, id := range gs.Listeners {
 			g.listeners = append(g.listeners, byID[id])
 		}
@@ -477,7 +481,7 @@ func (s *Supervisor) adopt() {
 		} else {
 			close(w.outputDone)
 		}
-		proc, err := s.spawner.Adopt(w.pid, s.onExit(w))
+		proc, err := s.env.procs.Adopt(w.pid, s.onExit(w))
 		close(w.spawned)
 		if err != nil {
 			// It exited and was reaped just before baton re-executed
@@ -497,17 +501,9 @@ func (s *Supervisor) adopt() {
 		cfg := w.gen.cfg
 		switch w.state {
 		case Starting:
-			if cfg.Ready.deadline() {
-				w.setTimer(s.after(max(cfg.ReadyTimeout-time.Since(w.started), 0), func() { s.readyDeadline(w) }))
-			} else {
-				w.setTimer(s.after(max(cfg.Ready.Delay-time.Since(w.started), 0), func() {
-					if w.state == Starting {
-						s.workerReady(w)
-					}
-				}))
-			}
+			s.armReadiness(w)
 		case Draining:
-			w.setTimer(s.after(max(cfg.DrainTimeout-time.Since(w.stopAt), 0), func() {
+			w.setTimer(s.after(max(cfg.DrainTimeout-s.since(w.stopAt), 0), func() {
 				if w.state != Exited {
 					s.log.Warn("worker did not exit within the drain timeout; killing it", w.attrs("drain_timeout", cfg.DrainTimeout)...)
 					w.kill()
@@ -517,7 +513,7 @@ func (s *Supervisor) adopt() {
 		s.log.Info("worker adopted", w.attrs("state", w.state)...)
 	}
 	s.adopted = nil
-	s.spawner.Resume() // collect what exited during the execve
+	s.env.procs.Resume() // collect what exited during the execve
 	// A slot of the serving generation whose worker crashed and was
 	// waiting for its restart gets it now.
 	for _, sl := range s.active.slots {
@@ -543,7 +539,16 @@ func (s *Supervisor) adopt() {
 // deadProcess stands for a worker that exited before it could be adopted.
 func deadProcess(pid int) *processGone { return &processGone{pid} }
 
+// processGone is a Child that has been reaped already.
 type processGone struct{ pid int }
 
-func (p *processGone) Signal(syscall.Signal) error      { return os.ErrProcessDone }
+// PID is the pid the child had.
+func (p *processGone) PID() int { return p.pid }
+
+// Signal returns os.ErrProcessDone: there is nothing to signal.
+func (p *processGone) Signal(syscall.Signal) error { return os.ErrProcessDone }
+
+// SignalGroup returns os.ErrProcessDone: the group may be another's now.
 func (p *processGone) SignalGroup(syscall.Signal) error { return os.ErrProcessDone }
+
+var _ spawn.Child = (*processGone)(nil)

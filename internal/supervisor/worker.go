@@ -1,10 +1,12 @@
 package supervisor
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,7 +36,7 @@ type slot struct {
 	removed  bool // by a scale-down
 	restarts int
 	backoff  time.Duration
-	restart  *time.Timer // a pending crash restart
+	restart  timer // a pending crash restart
 	// nextStart is when the pending restart is due.
 	nextStart time.Time
 	// lastErr says why the slot's last worker could not start or exited
@@ -51,9 +53,9 @@ func (sl *slot) cancelRestart() {
 	sl.nextStart = time.Time{}
 }
 
-// failed records why the slot lost its worker.
-func (sl *slot) failed(err string) {
-	sl.lastErr, sl.lastErrAt = err, time.Now()
+// failed records why the slot lost its worker, and when.
+func (sl *slot) failed(err string, at time.Time) {
+	sl.lastErr, sl.lastErrAt = err, at
 }
 
 // generation is the set of workers started by one start or reload, with
@@ -72,7 +74,7 @@ type generation struct {
 func (s *Supervisor) newGeneration(plan *Plan, prev *generation) *generation {
 	s.nextGen++
 	cfg := plan.Config
-	g := &generation{id: s.nextGen, cfg: &cfg, listeners: plan.Listeners, workers: map[int]*worker{}, started: time.Now()}
+	g := &generation{id: s.nextGen, cfg: &cfg, listeners: plan.Listeners, workers: map[int]*worker{}, started: s.now()}
 	for i := 0; i < cfg.Workers; i++ {
 		if prev != nil && i < len(prev.slots) {
 			g.slots = append(g.slots, prev.slots[i])
@@ -105,7 +107,7 @@ func (g *generation) listener(name string) *listener.Group {
 type worker struct {
 	slot    *slot
 	gen     *generation
-	proc    process
+	proc    spawn.Child
 	pid     int
 	state   State
 	started time.Time
@@ -131,27 +133,38 @@ type worker struct {
 	// reaped is set when the reaper has collected it, before its exit is
 	// handled (workerExited): the search for its leftovers has begun.
 	reaped     bool
-	timer      *time.Timer // readiness or drain deadline
+	timer      timer // readiness or drain deadline
 	output     *tail
 	spawned    chan struct{} // closed once the start was attempted
 	outputDone chan struct{} // closed when its stdout and stderr reached EOF
+}
+
+// inOrder lists the workers of ws (by pid, or by slot) in order of
+// generation, slot and pid. The loop signals a set of workers in this
+// order, so that what it does at one moment happens in the same order
+// each time (its tests compare traces), not in a map's.
+func inOrder(ws map[int]*worker) []*worker {
+	out := make([]*worker, 0, len(ws))
+	for _, w := range ws {
+		if w != nil {
+			out = append(out, w)
+		}
+	}
+	slices.SortFunc(out, func(a, b *worker) int {
+		return cmp.Or(cmp.Compare(a.gen.id, b.gen.id), cmp.Compare(a.slot.index, b.slot.index), cmp.Compare(a.pid, b.pid))
+	})
+	return out
 }
 
 func (w *worker) attrs(extra ...any) []any {
 	return append([]any{"slot", w.slot.index, "generation", w.gen.id, "pid", w.pid}, extra...)
 }
 
-func (w *worker) setTimer(t *time.Timer) {
+func (w *worker) setTimer(t timer) {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
 	w.timer = t
-}
-
-// process is how the supervisor signals a worker (*spawn.Process).
-type process interface {
-	Signal(syscall.Signal) error
-	SignalGroup(syscall.Signal) error
 }
 
 // kill sends SIGKILL to the worker's whole process group.
@@ -180,7 +193,7 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 		files = append(files, capt.shim)
 		env = append(env, capt.env())
 	}
-	proc, err := s.spawner.Start(spawn.Spec{
+	proc, err := s.env.procs.Start(spawn.Spec{
 		Path:      g.cfg.Path,
 		Args:      g.cfg.Args,
 		Env:       env,
@@ -199,7 +212,7 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	if err != nil {
 		return s.startFailed(w, err)
 	}
-	w.proc, w.pid, w.started = proc, proc.Pid, time.Now()
+	w.proc, w.pid, w.started = proc, proc.PID(), s.now()
 	if capt != nil {
 		go s.serveCapture(w, capt.baton, -1)
 	}
@@ -207,16 +220,26 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 	s.addWorker(w)
 	s.stats.workersStarted++
 	s.log.Info("worker started", w.attrs()...)
-	if g.cfg.Ready.deadline() {
-		w.setTimer(s.after(g.cfg.ReadyTimeout, func() { s.readyDeadline(w) }))
-	} else {
-		w.setTimer(s.after(g.cfg.Ready.Delay, func() {
-			if w.state == Starting {
-				s.workerReady(w)
-			}
-		}))
-	}
+	s.armReadiness(w)
 	return nil
+}
+
+// armReadiness arms the readiness timer of w, a starting worker, at its
+// ready mode's Deadline counted from its start (a worker adopted after an
+// upgrade has used part of it): a worker still starting then has missed
+// its deadline (notify, bind) or is ready (delay).
+func (s *Supervisor) armReadiness(w *worker) {
+	cfg := w.gen.cfg
+	d, strict := cfg.Ready.Deadline(cfg.ReadyTimeout)
+	w.setTimer(s.after(max(d-s.since(w.started), 0), func() {
+		switch {
+		case w.state != Starting:
+		case strict:
+			s.readyDeadline(w)
+		default:
+			s.workerReady(w)
+		}
+	}))
 }
 
 func newWorker(g *generation, sl *slot) *worker {
@@ -253,7 +276,7 @@ func (s *Supervisor) startFailed(w *worker, err error) error {
 	case w.gen == s.pending:
 		s.endReload(err)
 	case w.gen == s.active && !s.stopping && !w.slot.removed:
-		w.slot.failed(err.Error())
+		w.slot.failed(err.Error(), s.now())
 		s.scheduleRestart(w.gen, w.slot, time.Time{})
 	}
 	return err
@@ -401,7 +424,7 @@ func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 
 // workerReady marks w ready and completes a reload waiting for it.
 func (s *Supervisor) workerReady(w *worker) {
-	w.state, w.readyAt = Ready, time.Now()
+	w.state, w.readyAt = Ready, s.now()
 	w.setTimer(nil)
 	s.log.Info("worker ready", w.attrs("after", w.readyAt.Sub(w.started).Round(time.Millisecond))...)
 	switch {
@@ -409,24 +432,18 @@ func (s *Supervisor) workerReady(w *worker) {
 		s.endReload(nil)
 	case w.gen == s.active && !s.everReady && w.gen.allReady():
 		s.everReady = true
-		s.log.Info("all workers ready", "generation", w.gen.id, "after", time.Since(s.start).Round(time.Millisecond))
+		s.log.Info("all workers ready", "generation", w.gen.id, "after", s.since(s.start).Round(time.Millisecond))
 		if s.opts.OnReady != nil {
 			s.opts.OnReady()
 		}
 	}
 }
 
-// readyDeadline handles a worker that did not report ready in time.
+// readyDeadline handles a worker still starting at its readiness deadline
+// (armReadiness).
 func (s *Supervisor) readyDeadline(w *worker) {
-	if w.state != Starting {
-		return
-	}
 	cfg := w.gen.cfg
-	what := "send READY=1"
-	if cfg.Ready.Bind {
-		what = "bind every listener"
-	}
-	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, what, cfg.ReadyTimeout)
+	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, cfg.Ready.awaited(), cfg.ReadyTimeout)
 	s.log.Warn("worker missed its readiness deadline", w.attrs("timeout", cfg.ReadyTimeout)...)
 	if w.gen == s.pending {
 		s.endReload(err)
@@ -442,7 +459,7 @@ func (s *Supervisor) stopWorker(w *worker, reason string) {
 	if w.stopped || w.state == Exited {
 		return
 	}
-	w.stopped, w.state, w.stopAt = true, Draining, time.Now()
+	w.stopped, w.state, w.stopAt = true, Draining, s.now()
 	cfg := w.gen.cfg
 	s.log.Info("stopping worker", w.attrs("signal", SignalName(cfg.StopSignal), "reason", reason)...)
 	if ports := w.gen.tcpPorts(); cfg.StopWhenIdle > 0 && len(ports) > 0 {
@@ -471,7 +488,7 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 	if !w.stopped {
 		level = slog.LevelWarn
 	}
-	s.log.Log(context.Background(), level, "worker exited", w.attrs("status", how, "uptime", time.Since(w.started).Round(time.Millisecond))...)
+	s.log.Log(context.Background(), level, "worker exited", w.attrs("status", how, "uptime", s.since(w.started).Round(time.Millisecond))...)
 	s.emit(Event{Kind: EventExit, Slot: w.slot.index, Generation: w.gen.id, OK: w.stopped})
 
 	switch {
@@ -486,13 +503,13 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 		s.endReload(fmt.Errorf("%s", msg))
 	case w.gen == s.active && !s.stopping && !w.slot.removed && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
 		if !w.stopped {
-			why := fmt.Sprintf("worker pid %d %s after %s", w.pid, how, time.Since(w.started).Round(time.Millisecond))
+			why := fmt.Sprintf("worker pid %d %s after %s", w.pid, how, s.since(w.started).Round(time.Millisecond))
 			if out := w.output.String(); out != "" {
 				why += "; its last output: " + out
 			}
-			w.slot.failed(why)
+			w.slot.failed(why, s.now())
 		} else {
-			w.slot.failed(fmt.Sprintf("worker pid %d missed its readiness deadline (%s)", w.pid, w.gen.cfg.ReadyTimeout))
+			w.slot.failed(fmt.Sprintf("worker pid %d missed its readiness deadline (%s)", w.pid, w.gen.cfg.ReadyTimeout), s.now())
 		}
 		s.scheduleRestart(w.gen, w.slot, w.started)
 	}
@@ -505,7 +522,7 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 // restart, from MinBackoff up to MaxBackoff, and starts over after a
 // worker that stayed up for StableAfter.
 func (s *Supervisor) scheduleRestart(g *generation, sl *slot, started time.Time) {
-	if !started.IsZero() && time.Since(started) >= StableAfter {
+	if !started.IsZero() && s.since(started) >= StableAfter {
 		sl.backoff = 0
 	}
 	if sl.backoff == 0 {
@@ -517,8 +534,8 @@ func (s *Supervisor) scheduleRestart(g *generation, sl *slot, started time.Time)
 	s.emit(Event{Kind: EventRestart, Slot: sl.index, Generation: g.id})
 	s.log.Warn("restarting worker", "slot", sl.index, "generation", g.id, "in", sl.backoff, "restarts", sl.restarts)
 	sl.cancelRestart()
-	sl.nextStart = time.Now().Add(sl.backoff)
-	var t *time.Timer
+	sl.nextStart = s.now().Add(sl.backoff)
+	var t timer
 	t = s.after(sl.backoff, func() {
 		if sl.restart != t {
 			return // cancelled, or replaced by a later restart
