@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/supervisor"
 	"github.com/baton-dev/baton/internal/takeover"
@@ -84,7 +85,7 @@ now).`,
 			if err != nil {
 				return err
 			}
-			var r supervisor.UpgradeReply
+			var r api.UpgradeReply
 			if err := json.Unmarshal(raw, &r); err != nil {
 				return fmt.Errorf("reading the upgrade reply: %w", err)
 			}
@@ -104,7 +105,7 @@ now).`,
 // failed, and says which. It gives up after upgradeSilence without an
 // answer, or at once when baton's process is gone, saying whether the
 // execve had happened.
-func waitUpgraded(ctx context.Context, out io.Writer, path string, r *supervisor.UpgradeReply, keep bool, timeout time.Duration) error {
+func waitUpgraded(ctx context.Context, out io.Writer, path string, r *api.UpgradeReply, keep bool, timeout time.Duration) error {
 	replied := time.Now()
 	lastAnswer := replied
 	execd := false    // seen re-executed (the nonce in its environment)
