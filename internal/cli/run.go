@@ -239,9 +239,10 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 
 	// Taking over from a running instance: its sockets, checked against
 	// this configuration, replace binding them.
-	var taken *takenOver
+	var taken *takeover.Taken
+	takenCtl := -1
 	if takeoverPath != "" {
-		if taken, err = takeOver(takeoverPath, r, log); err != nil {
+		if taken, takenCtl, err = takeOver(takeoverPath, r, log); err != nil {
 			return err
 		}
 	}
@@ -252,13 +253,13 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 		if ctl, err = control.FromFd(h.ControlFd, h.ControlPath, log); err == nil {
 			ctl.Own()
 		}
-	case taken != nil && taken.control >= 0:
-		ctl, err = control.FromFd(taken.control, r.ControlPath, log)
+	case takenCtl >= 0:
+		ctl, err = control.FromFd(takenCtl, r.ControlPath, log)
 	default:
 		ctl, err = control.Listen(r.ControlPath, log)
 	}
 	if err != nil {
-		taken.abort(err.Error())
+		taken.Abort(err.Error())
 		return err
 	}
 	defer ctl.Close()
@@ -273,7 +274,7 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 	// until it has let go: the server then starts once it is free.
 	obs, err := startObserver(r.Metrics, r.InspectInterval, log, taken != nil)
 	if err != nil {
-		taken.abort(err.Error())
+		taken.Abort(err.Error())
 		return err
 	}
 	defer obs.close()
@@ -339,12 +340,12 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 	} else {
 		var listeners []*listener.Group
 		if taken != nil {
-			listeners, err = taken.listeners(r, log)
+			listeners, err = taken.Listeners(r.Specs, r.Supervisor.Workers, r.Supervisor.EnableMigrateReq, log)
 		} else {
 			listeners, err = bindAll(r.Specs, r.Supervisor.Workers, log)
 		}
 		if err != nil {
-			taken.abort(err.Error())
+			taken.Abort(err.Error())
 			return err
 		}
 		opts.Plan = supervisor.Plan{Config: r.Supervisor, Listeners: listeners}
@@ -352,7 +353,7 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 			for _, l := range listeners {
 				l.Close()
 			}
-			taken.abort(err.Error())
+			taken.Abort(err.Error())
 			return err
 		}
 	}
@@ -361,7 +362,7 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 	if taken != nil {
 		// The old instance serves the control socket until this one's
 		// workers are ready and it has let go.
-		opts.OnReady = taken.commitOnReady(sup, ctl, log, r.Supervisor.ReadyTimeout+10*time.Second, opts.OnReady)
+		opts.OnReady = commitOnReady(taken, sup, ctl, log, opts.OnReady)
 		sup.SetOnReady(opts.OnReady)
 	} else {
 		go ctl.Serve(sup.Handle)
