@@ -74,25 +74,8 @@ func Run(o Options) error {
 	}
 	sd := systemdNotifier(log)
 	defer sd.Close(time.Second) // STOPPING=1 and the like go out first
-	// Descriptors baton inherited by accident (a shell's, a CI runner's)
-	// must not reach the workers: mark every one above stderr
-	// close-on-exec. Those baton hands over are passed explicitly.
-	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		log.Warn("cannot mark inherited descriptors close-on-exec; they may leak into workers", "err", err)
-	}
-	// Handed-off connections wait in baton's fd store: take all the room
-	// the hard limit allows (workers keep the soft limit baton was given).
-	if lim, err := handoff.RaiseNOFILE(); err != nil {
-		log.Warn("cannot raise the descriptor limit", "err", err, "soft", lim.Soft, "hard", lim.Hard)
-	} else {
-		log.Debug("descriptor limit", "soft", lim.Soft, "hard", lim.Hard)
-	}
-	if r.Supervisor.CaptureBind {
-		// Probed before anything is bound or started: a kernel or sandbox
-		// without seccomp user notification fails here, with the reason.
-		if err := capture.Supported(); err != nil {
-			return fmt.Errorf("capture_bind (--capture-bind): %w", err)
-		}
+	if err := prepareProcess(r, log); err != nil {
+		return err
 	}
 
 	// Taking over from a running instance: its sockets, checked against
@@ -107,29 +90,12 @@ func Run(o Options) error {
 		}
 	}
 
-	var ctl *control.Server
-	switch {
-	case h != nil && h.ControlFd >= 0:
-		if ctl, err = control.FromFd(h.ControlFd, h.ControlPath, log); err == nil {
-			ctl.Own()
-		}
-	case takenCtl >= 0:
-		ctl, err = control.FromFd(takenCtl, r.ControlPath, log)
-	default:
-		ctl, err = control.Listen(r.ControlPath, log)
-	}
+	ctl, err := openControl(r, h, takenCtl, log)
 	if err != nil {
 		taken.Abort(err.Error())
 		return err
 	}
 	defer ctl.Close()
-	ctl.ConnMethods(api.MethodTakeover)
-	if r.ControlGID >= 0 {
-		if err := ctl.AllowGroup(r.ControlGID); err != nil {
-			taken.Abort(err.Error())
-			return err
-		}
-	}
 
 	// With a takeover, the old instance may hold the metrics address
 	// until it has let go: the server then starts once it is free.
@@ -162,30 +128,10 @@ func Run(o Options) error {
 		},
 	}
 	opts.Inspector, opts.Events = obs.options()
-	var sup *supervisor.Supervisor
-	if h != nil {
-		if sup, err = supervisor.Restore(h, opts); err != nil {
-			return fmt.Errorf("upgrade: taking over from the previous baton: %w", err)
-		}
-	} else {
-		var listeners []*listener.Group
-		if taken != nil {
-			listeners, err = taken.Listeners(r.Specs, r.Supervisor.Workers, r.Supervisor.EnableMigrateReq, log)
-		} else {
-			listeners, err = bindAll(r, log)
-		}
-		if err != nil {
-			taken.Abort(err.Error())
-			return err
-		}
-		opts.Plan = supervisor.Plan{Config: r.Supervisor, Listeners: listeners}
-		if sup, err = supervisor.New(opts); err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
-			taken.Abort(err.Error())
-			return err
-		}
+	sup, err := newSupervisor(r, h, taken, opts, log)
+	if err != nil {
+		taken.Abort(err.Error())
+		return err
 	}
 	log.Info("baton running", "pid", os.Getpid(), "control", ctl.Path(), "config", o.ConfigPath, "version", o.Version)
 
@@ -199,6 +145,96 @@ func Run(o Options) error {
 	obs.run(sup)
 	go handleSignals(sigs, sup, ctl, log)
 	return sup.Run()
+}
+
+// prepareProcess readies baton's own process before anything is bound:
+// inherited descriptors close-on-exec, the descriptor limit raised for
+// the fd store, and with capture_bind the kernel's support checked.
+func prepareProcess(r *config.Resolved, log *slog.Logger) error {
+	// Descriptors baton inherited by accident (a shell's, a CI runner's)
+	// must not reach the workers: mark every one above stderr
+	// close-on-exec. Those baton hands over are passed explicitly.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		log.Warn("cannot mark inherited descriptors close-on-exec; they may leak into workers", "err", err)
+	}
+	// Handed-off connections wait in baton's fd store: take all the room
+	// the hard limit allows (workers keep the soft limit baton was given).
+	if lim, err := handoff.RaiseNOFILE(); err != nil {
+		log.Warn("cannot raise the descriptor limit", "err", err, "soft", lim.Soft, "hard", lim.Hard)
+	} else {
+		log.Debug("descriptor limit", "soft", lim.Soft, "hard", lim.Hard)
+	}
+	if r.Supervisor.CaptureBind {
+		// Probed before anything is bound or started: a kernel or sandbox
+		// without seccomp user notification fails here, with the reason.
+		if err := capture.Supported(); err != nil {
+			return fmt.Errorf("capture_bind (--capture-bind): %w", err)
+		}
+	}
+
+	return nil
+}
+
+// openControl is the control socket: the one the previous baton handed
+// over (an upgrade; this baton removes its file when it stops), the one
+// taken over (takenCtl, when not -1; the running instance removes its
+// file until it lets go), or a new one at r.ControlPath.
+func openControl(r *config.Resolved, h *supervisor.Handover, takenCtl int, log *slog.Logger) (*control.Server, error) {
+	var ctl *control.Server
+	var err error
+	switch {
+	case h != nil && h.ControlFd >= 0:
+		if ctl, err = control.FromFd(h.ControlFd, h.ControlPath, log); err == nil {
+			ctl.Own()
+		}
+	case takenCtl >= 0:
+		ctl, err = control.FromFd(takenCtl, r.ControlPath, log)
+	default:
+		ctl, err = control.Listen(r.ControlPath, log)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ctl.ConnMethods(api.MethodTakeover)
+	if r.ControlGID >= 0 {
+		if err := ctl.AllowGroup(r.ControlGID); err != nil {
+			ctl.Close()
+			return nil, err
+		}
+	}
+	return ctl, nil
+}
+
+// newSupervisor makes the supervisor: restored from the state the
+// previous baton handed over (h), or new, on the listeners taken over or
+// bound here. On an error the listeners bound or adopted here are closed.
+func newSupervisor(r *config.Resolved, h *supervisor.Handover, taken *takeover.Taken, opts supervisor.Options, log *slog.Logger) (*supervisor.Supervisor, error) {
+	if h != nil {
+		sup, err := supervisor.Restore(h, opts)
+		if err != nil {
+			return nil, fmt.Errorf("upgrade: taking over from the previous baton: %w", err)
+		}
+		return sup, nil
+	}
+	var listeners []*listener.Group
+	var err error
+	if taken != nil {
+		listeners, err = taken.Listeners(r.Specs, r.Supervisor.Workers, r.Supervisor.EnableMigrateReq, log)
+	} else {
+		listeners, err = bindAll(r, log)
+	}
+	if err != nil {
+		return nil, err
+	}
+	opts.Plan = supervisor.Plan{Config: r.Supervisor, Listeners: listeners}
+	sup, err := supervisor.New(opts)
+	if err != nil {
+		for _, l := range listeners {
+			l.Close()
+		}
+		return nil, err
+	}
+	return sup, nil
 }
 
 // Preflight is a pre-flight run (in.Preflight: a running baton checks
