@@ -34,7 +34,9 @@ type Options struct {
 	// only.
 	ConfigPath string
 	// Takeover is the control socket of a running baton whose listeners
-	// this one takes over (baton run --takeover); "" for none.
+	// this one takes over (baton run --takeover); "" for none. It is
+	// ignored after an upgrade (Inherited), which re-executes baton with
+	// the argv it started with.
 	Takeover string
 	// Inherited is what the previous baton handed over when it
 	// re-executed itself as this one (an upgrade, takeover.Inherited);
@@ -81,10 +83,14 @@ func Run(o Options) error {
 	// Taking over from a running instance: its sockets, checked against
 	// this configuration, replace binding them. Until it commits, every
 	// failure aborts it (Abort: a no-op without a takeover), and the
-	// running instance carries on.
+	// running instance carries on. A takeover happens when the instance
+	// starts, not again when it upgrades itself: the argv it re-executes
+	// with still says --takeover, but the listeners are the ones the
+	// previous baton handed over (h), and the instance at that path is
+	// this one.
 	var taken *takeover.Taken
 	takenCtl := -1
-	if o.Takeover != "" {
+	if o.Takeover != "" && h == nil {
 		if taken, takenCtl, err = takeOver(o.Takeover, r, log); err != nil {
 			return err
 		}
