@@ -19,7 +19,10 @@ var Version = "dev"
 // usageError marks an error in what the user typed; it exits 2.
 type usageError struct{ err error }
 
+// Error is the error's own message.
 func (e *usageError) Error() string { return e.err.Error() }
+
+// Unwrap returns the error in what the user typed.
 func (e *usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error {

@@ -23,6 +23,8 @@ type fitWriter struct {
 	line  []byte
 }
 
+// Write writes p's complete lines, each cut to the width, and keeps the
+// rest for the next Write or Flush.
 func (f *fitWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {

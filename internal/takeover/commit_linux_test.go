@@ -138,8 +138,10 @@ func TestCommitWhenReadyGivesUp(t *testing.T) {
 	if !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), "by the new instance") || !strings.Contains(err.Error(), reason) {
 		t.Errorf("the running instance: %v; want ErrAborted by the new instance, for %q", err, reason)
 	}
-	if !ready() || !ready() {
-		t.Error("ready calls after giving up were not the takeover's: the caller would go on serving")
+	for i := range 2 {
+		if !ready() {
+			t.Errorf("ready call %d after giving up was not the takeover's: the caller would go on serving", i+1)
+		}
 	}
 	select {
 	case err := <-h.committed:
