@@ -144,10 +144,10 @@ func (r *Reconciled) InPlace() bool {
 // chown of socket files by descriptor) and returns commit, which records
 // them in the groups. It makes system calls on paths, which may block:
 // call it off the loop that owns the groups, once the reload has
-// succeeded, and commit on that loop. A change that fails is reported in
-// err (every failure, joined) and left out of commit; the others are
-// made and recorded all the same. With nothing to change it returns a
-// commit that does nothing, and no error.
+// succeeded, and commit on that loop. What fails is reported in err
+// (every failure, joined) and not recorded, so that the next reload tries
+// again; the other changes are made and recorded all the same. With
+// nothing to change it returns a commit that does nothing, and no error.
 func (r *Reconciled) Apply() (commit func(), err error) {
 	var commits []func()
 	var errs []error
