@@ -12,19 +12,16 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/baton-dev/baton/internal/control"
-	"github.com/baton-dev/baton/internal/supervisor"
+	"github.com/baton-dev/baton/internal/api"
 )
 
-// call sends one request to the baton the flags name.
-func call(cf controlFlags, timeout time.Duration, method string, params any) (json.RawMessage, error) {
-	path, err := cf.socketPath()
+// client is the control API's client for the baton the flags name.
+func (f *controlFlags) client() (*api.Client, error) {
+	path, err := f.socketPath()
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return control.Call(ctx, path, method, params)
+	return &api.Client{Path: path}, nil
 }
 
 func newReloadCmd() *cobra.Command {
@@ -44,17 +41,19 @@ reload waits until the reload has finished unless --no-wait is given.
 Sending SIGHUP to baton does the same without waiting.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			res, err := call(cf, timeout, "reload", map[string]bool{"wait": !noWait})
+			client, err := cf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			r, err := client.Reload(ctx, !noWait)
 			if err != nil {
 				return err
 			}
 			if noWait {
 				fmt.Fprintln(c.OutOrStdout(), "reload requested")
 				return nil
-			}
-			var r supervisor.ReloadResult
-			if err := json.Unmarshal(res, &r); err != nil {
-				return fmt.Errorf("reading the reload result: %w", err)
 			}
 			fmt.Fprintf(c.OutOrStdout(), "reloaded: generation %d is serving (replaced %d) after %s\n",
 				r.Generation, r.Previous, time.Duration(r.Duration).Round(time.Millisecond))
@@ -79,7 +78,13 @@ after the drain timeout), then baton exits 0. stop waits for that unless
 --no-wait is given. Sending SIGTERM to baton does the same.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if _, err := call(cf, timeout, "stop", map[string]bool{"wait": !noWait}); err != nil {
+			client, err := cf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if err := client.Stop(ctx, !noWait); err != nil {
 				return err
 			}
 			if noWait {
@@ -123,13 +128,15 @@ when the reload ends.`,
 			if err != nil || n < 1 {
 				return usagef("scale %q: want a number of workers, 1 or more", args[0])
 			}
-			res, err := call(cf, time.Minute, "scale", map[string]int{"workers": n})
+			client, err := cf.client()
 			if err != nil {
 				return err
 			}
-			var r supervisor.ScaleResult
-			if err := json.Unmarshal(res, &r); err != nil {
-				return fmt.Errorf("reading the scale result: %w", err)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			r, err := client.Scale(ctx, n)
+			if err != nil {
+				return err
 			}
 			switch {
 			case len(r.Started) > 0:
@@ -162,20 +169,32 @@ TIME-WAIT pile-ups. --json prints the full snapshot; docs/status.md
 documents its fields.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			res, err := call(cf, 10*time.Second, "status", nil)
+			client, err := cf.client()
 			if err != nil {
 				return err
 			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
 			if asJSON {
+				res, err := client.StatusJSON(ctx)
+				if err != nil {
+					return err
+				}
+				// Through a map: every field baton sent, keys sorted.
 				var v any
-				json.Unmarshal(res, &v)
-				out, _ := json.MarshalIndent(v, "", "  ")
+				if err := json.Unmarshal(res, &v); err != nil {
+					return fmt.Errorf("reading the status: %w", err)
+				}
+				out, err := json.MarshalIndent(v, "", "  ")
+				if err != nil {
+					return fmt.Errorf("printing the status: %w", err)
+				}
 				fmt.Fprintln(c.OutOrStdout(), string(out))
 				return nil
 			}
-			var st supervisor.Status
-			if err := json.Unmarshal(res, &st); err != nil {
-				return fmt.Errorf("reading the status: %w", err)
+			st, err := client.Status(ctx)
+			if err != nil {
+				return err
 			}
 			printStatus(c.OutOrStdout(), st)
 			return nil
@@ -190,7 +209,7 @@ documents its fields.`,
 // listeners with their accept queues (with balance=reuseport, the sums,
 // and a row per slot's socket below), connections by state, the workers
 // with their fds and connections, warnings, and the counters behind them.
-func printStatus(out io.Writer, st supervisor.Status) {
+func printStatus(out io.Writer, st api.Status) {
 	w := &fitWriter{w: out, width: statusWidth}
 	defer w.Flush()
 	state := "running"
@@ -205,7 +224,7 @@ func printStatus(out io.Writer, st supervisor.Status) {
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBALANCE\tBACKLOG\tQUEUE\tINODE")
-	var perSlot []supervisor.ListenerStatus
+	var perSlot []api.ListenerStatus
 	for _, l := range st.Listeners {
 		backlog, inode := "-", fmt.Sprint(l.Inode)
 		if l.Backlog > 0 {
@@ -284,7 +303,7 @@ func printStatus(out io.Writer, st supervisor.Status) {
 }
 
 // printHandoff writes the fd store's line.
-func printHandoff(w io.Writer, h supervisor.HandoffStatus) {
+func printHandoff(w io.Writer, h api.HandoffStatus) {
 	fmt.Fprintf(w, "handoff: %d held, %d stored, %d adopted, %d expired, %d refused", h.Held, h.Stored, h.Adopted, h.Expired, h.Refused)
 	if h.Unconfirmed > 0 {
 		fmt.Fprintf(w, ", %d unconfirmed", h.Unconfirmed)
@@ -292,7 +311,7 @@ func printHandoff(w io.Writer, h supervisor.HandoffStatus) {
 	fmt.Fprintf(w, " (timeout %s); fd headroom %d of %d\n", roundDur(h.Timeout), h.FDHeadroom, h.FDLimit)
 }
 
-func roundDur(d supervisor.Duration) string {
+func roundDur(d api.Duration) string {
 	t := time.Duration(d)
 	switch {
 	case t < time.Second:

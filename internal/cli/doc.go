@@ -1,5 +1,11 @@
-// Package cli is baton's command line: run, reload, status, stop and demo.
-// cmd/baton only calls Main.
+// Package cli is baton's command line: run, check, reload, scale,
+// upgrade, status, top, stop and demo. cmd/baton only calls Main.
+//
+// The command line parses, calls and prints: `baton run` reads and checks
+// the configuration and hands it to internal/instance, which runs baton;
+// the client commands talk to a running baton through internal/api's
+// typed client, and print its replies. Nothing here decides what baton
+// does.
 //
 // Exit codes: 0 success; 1 the operation failed (an address in use, a
 // failed reload, no baton answering); 2 a usage error (a bad flag, an

@@ -8,9 +8,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/config"
-	"github.com/baton-dev/baton/internal/listener"
 )
 
 // Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
@@ -19,7 +19,10 @@ var Version = "dev"
 // usageError marks an error in what the user typed; it exits 2.
 type usageError struct{ err error }
 
+// Error is the error's own message.
 func (e *usageError) Error() string { return e.err.Error() }
+
+// Unwrap returns the error in what the user typed.
 func (e *usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error {
@@ -78,6 +81,10 @@ func noArgs(c *cobra.Command, args []string) error {
 	return nil
 }
 
+// maxSocketPath is the longest unix socket path the kernel accepts:
+// sun_path holds it and its terminating NUL.
+const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
+
 // controlFlags are how client commands and run find the control socket.
 type controlFlags struct {
 	path   string
@@ -117,8 +124,8 @@ func (f *controlFlags) socketPath() (string, error) {
 	if abs, err := filepath.Abs(p); err == nil {
 		p = abs
 	}
-	if len(p) > listener.MaxUnixPath {
-		return "", usagef("control socket path %s is %d bytes; the kernel allows at most %d: pass a shorter --control", p, len(p), listener.MaxUnixPath)
+	if len(p) > maxSocketPath {
+		return "", usagef("control socket path %s is %d bytes; the kernel allows at most %d: pass a shorter --control", p, len(p), maxSocketPath)
 	}
 	return p, nil
 }

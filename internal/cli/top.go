@@ -3,7 +3,7 @@ package cli
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -15,8 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/baton-dev/baton/internal/inspect"
-	"github.com/baton-dev/baton/internal/supervisor"
+	"github.com/baton-dev/baton/internal/api"
 )
 
 func newTopCmd() *cobra.Command {
@@ -87,7 +86,7 @@ func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, coun
 		defer io.WriteString(out, "\x1b[?25h\x1b[?1049l")
 	}
 
-	var prev *inspect.View
+	var prev *api.KernelView
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for n := 1; ; n++ {
@@ -111,13 +110,9 @@ func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, coun
 
 // frame renders one frame and returns the kernel view it showed (or the
 // previous one when baton did not answer).
-func frame(w io.Writer, cf controlFlags, every time.Duration, prev *inspect.View) *inspect.View {
+func frame(w io.Writer, cf controlFlags, every time.Duration, prev *api.KernelView) *api.KernelView {
 	fmt.Fprintf(w, "baton top, every %s, q quits; %s\n", every, time.Now().Format(time.TimeOnly))
-	res, err := call(cf, max(every, 5*time.Second), "status", nil)
-	var st supervisor.Status
-	if err == nil {
-		err = json.Unmarshal(res, &st)
-	}
+	st, err := status(cf, max(every, 5*time.Second))
 	if err != nil {
 		for _, line := range wrap(err.Error(), statusWidth, "no status:", "    ") {
 			fmt.Fprintln(w, line)
@@ -133,6 +128,18 @@ func frame(w io.Writer, cf controlFlags, every time.Duration, prev *inspect.View
 		return prev
 	}
 	return st.Kernel
+}
+
+// status asks the baton the flags name for its status, waiting at most
+// timeout.
+func status(cf controlFlags, timeout time.Duration) (api.Status, error) {
+	client, err := cf.client()
+	if err != nil {
+		return api.Status{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return client.Status(ctx)
 }
 
 // screenSize is a terminal's size.

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,8 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/baton-dev/baton/internal/control"
-	"github.com/baton-dev/baton/internal/supervisor"
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/takeover"
 )
 
@@ -80,16 +78,13 @@ now).`,
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			raw, err := control.Call(ctx, path, "upgrade", map[string]any{"binary": binary, "keep_workers": keep})
+			client := &api.Client{Path: path}
+			r, err := client.Upgrade(ctx, api.UpgradeParams{Binary: binary, KeepWorkers: keep})
 			if err != nil {
 				return err
 			}
-			var r supervisor.UpgradeReply
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return fmt.Errorf("reading the upgrade reply: %w", err)
-			}
 			fmt.Fprintf(c.OutOrStdout(), "pre-flight of %s passed: %s\n", r.Binary, r.Preflight)
-			return waitUpgraded(ctx, c.OutOrStdout(), path, &r, keep, timeout)
+			return waitUpgraded(ctx, c.OutOrStdout(), client, &r, keep, timeout)
 		},
 	}
 	cf.register(c)
@@ -104,7 +99,8 @@ now).`,
 // failed, and says which. It gives up after upgradeSilence without an
 // answer, or at once when baton's process is gone, saying whether the
 // execve had happened.
-func waitUpgraded(ctx context.Context, out io.Writer, path string, r *supervisor.UpgradeReply, keep bool, timeout time.Duration) error {
+func waitUpgraded(ctx context.Context, out io.Writer, client *api.Client, r *api.UpgradeReply, keep bool, timeout time.Duration) error {
+	path := client.Path
 	replied := time.Now()
 	lastAnswer := replied
 	execd := false    // seen re-executed (the nonce in its environment)
@@ -112,7 +108,7 @@ func waitUpgraded(ctx context.Context, out io.Writer, path string, r *supervisor
 	var lastErr error
 	for {
 		callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		st, err := lightStatus(callCtx, path)
+		st, err := client.StatusWithoutKernel(callCtx)
 		cancel()
 		if err == nil {
 			lastAnswer = time.Now()
@@ -158,16 +154,6 @@ func waitUpgraded(ctx context.Context, out io.Writer, path string, r *supervisor
 		}
 		time.Sleep(50 * time.Millisecond) // polling another process's status
 	}
-}
-
-// lightStatus asks for baton's status without the kernel's view.
-func lightStatus(ctx context.Context, path string) (supervisor.Status, error) {
-	var st supervisor.Status
-	raw, err := control.Call(ctx, path, "status", map[string]bool{"kernel": false})
-	if err != nil {
-		return st, err
-	}
-	return st, json.Unmarshal(raw, &st)
 }
 
 // processGone reports whether pid has exited (a zombie counts as gone).

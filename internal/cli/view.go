@@ -9,8 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/baton-dev/baton/internal/inspect"
-	"github.com/baton-dev/baton/internal/supervisor"
+	"github.com/baton-dev/baton/internal/api"
 )
 
 // statusWidth is the width `baton status` fits in.
@@ -24,6 +23,8 @@ type fitWriter struct {
 	line  []byte
 }
 
+// Write writes p's complete lines, each cut to the width, and keeps the
+// rest for the next Write or Flush.
 func (f *fitWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
@@ -96,7 +97,7 @@ func wrap(text string, width int, first, rest string) []string {
 }
 
 // kernelListener finds the kernel's view of a listener.
-func kernelListener(st supervisor.Status, name string) *inspect.ListenerView {
+func kernelListener(st api.Status, name string) *api.KernelListener {
 	if st.Kernel == nil {
 		return nil
 	}
@@ -109,7 +110,7 @@ func kernelListener(st supervisor.Status, name string) *inspect.ListenerView {
 }
 
 // kernelWorker finds the kernel's view of a worker.
-func kernelWorker(st supervisor.Status, pid int) *inspect.WorkerView {
+func kernelWorker(st api.Status, pid int) *api.KernelWorker {
 	if st.Kernel == nil {
 		return nil
 	}
@@ -123,7 +124,7 @@ func kernelWorker(st supervisor.Status, pid int) *inspect.WorkerView {
 
 // queueCell shows a socket's queue: "waiting/max" for a listening socket,
 // bytes for a datagram one, "?" when the kernel did not say.
-func queueCell(s inspect.SocketView) string {
+func queueCell(s api.KernelSocket) string {
 	switch {
 	case s.State == "":
 		return "?"
@@ -135,7 +136,7 @@ func queueCell(s inspect.SocketView) string {
 
 // listenerQueue is the QUEUE cell of a listener's row: its one socket's
 // queue, or with a socket per slot the sums.
-func listenerQueue(lv *inspect.ListenerView) string {
+func listenerQueue(lv *api.KernelListener) string {
 	if lv == nil || len(lv.Sockets) == 0 {
 		return "-"
 	}
@@ -153,7 +154,7 @@ func listenerQueue(lv *inspect.ListenerView) string {
 }
 
 // socketQueue is the QUEUE cell of one socket of a listener, by inode.
-func socketQueue(lv *inspect.ListenerView, inode uint64) string {
+func socketQueue(lv *api.KernelListener, inode uint64) string {
 	if lv != nil {
 		for _, s := range lv.Sockets {
 			if s.Inode == inode {
@@ -164,7 +165,7 @@ func socketQueue(lv *inspect.ListenerView, inode uint64) string {
 	return "-"
 }
 
-func fdsCell(wv *inspect.WorkerView) string {
+func fdsCell(wv *api.KernelWorker) string {
 	switch {
 	case wv == nil || wv.FDLimit == 0:
 		return "-"
@@ -174,7 +175,7 @@ func fdsCell(wv *inspect.WorkerView) string {
 	return fmt.Sprintf("%d/%d", wv.FDs, wv.FDLimit)
 }
 
-func countCell(wv *inspect.WorkerView, state string) string {
+func countCell(wv *api.KernelWorker, state string) string {
 	if wv == nil {
 		return "-"
 	}
@@ -186,13 +187,13 @@ func countCell(wv *inspect.WorkerView, state string) string {
 var connColumns = []string{"ESTAB", "SYN-RECV", "CLOSE-WAIT", "TIME-WAIT"}
 
 // printConnections writes the TCP connections of each listener by state.
-func printConnections(w io.Writer, st supervisor.Status) {
+func printConnections(w io.Writer, st api.Status) {
 	if st.Kernel == nil {
 		return
 	}
-	var rows []inspect.ListenerView
+	var rows []api.KernelListener
 	for _, l := range st.Kernel.Listeners {
-		if l.Protocol == inspect.TCP {
+		if l.Protocol == api.ProtocolTCP {
 			rows = append(rows, l)
 		}
 	}
@@ -222,7 +223,7 @@ func printConnections(w io.Writer, st supervisor.Status) {
 }
 
 // printWarnings writes the warnings, each wrapped to the status width.
-func printWarnings(w io.Writer, st supervisor.Status) {
+func printWarnings(w io.Writer, st api.Status) {
 	if st.Kernel == nil {
 		return
 	}
@@ -245,7 +246,7 @@ func printWarnings(w io.Writer, st supervisor.Status) {
 }
 
 // printHost writes the host's counters that explain dropped connections.
-func printHost(w io.Writer, st supervisor.Status) {
+func printHost(w io.Writer, st api.Status) {
 	if st.Kernel == nil {
 		return
 	}
@@ -255,7 +256,7 @@ func printHost(w io.Writer, st supervisor.Status) {
 		parts = append(parts, fmt.Sprintf("somaxconn %d;", h.Somaxconn))
 	}
 	names := make([]string, 0, len(h.Netstat))
-	for _, name := range inspect.NetstatCounters {
+	for _, name := range api.NetstatCounters {
 		if n, ok := h.Netstat[name]; ok && (n != 0 || name == "ListenOverflows" || name == "ListenDrops") {
 			names = append(names, fmt.Sprintf("%s %d", name, n))
 		}
@@ -278,12 +279,12 @@ func printHost(w io.Writer, st supervisor.Status) {
 // counterDeltas says how much the host's TcpExt drop counters rose
 // between two views, for `baton top`: "ListenOverflows +3, ListenDrops +3".
 // ListenOverflows and ListenDrops always show; the others when they moved.
-func counterDeltas(prev, cur *inspect.View) string {
+func counterDeltas(prev, cur *api.KernelView) string {
 	if prev == nil || cur == nil || cur.Host.Netstat == nil {
 		return ""
 	}
 	var out []string
-	for _, name := range inspect.NetstatCounters {
+	for _, name := range api.NetstatCounters {
 		d := cur.Host.Netstat[name] - prev.Host.Netstat[name]
 		if d != 0 || name == "ListenOverflows" || name == "ListenDrops" {
 			out = append(out, fmt.Sprintf("%s %+d", name, d))
@@ -295,10 +296,10 @@ func counterDeltas(prev, cur *inspect.View) string {
 // printSlotsDown writes the slots of the serving generation that have no
 // live worker: each with its backoff, when the next start is due, and the
 // last error with its time.
-func printSlotsDown(w io.Writer, st supervisor.Status) {
-	var down []supervisor.SlotStatus
+func printSlotsDown(w io.Writer, st api.Status) {
+	var down []api.SlotStatus
 	for _, sl := range st.SlotStates {
-		if sl.State != supervisor.SlotUp {
+		if sl.State != api.SlotUp {
 			down = append(down, sl)
 		}
 	}
@@ -308,7 +309,7 @@ func printSlotsDown(w io.Writer, st supervisor.Status) {
 	fmt.Fprintf(w, "slots without a worker (%d):\n", len(down))
 	for _, sl := range down {
 		line := fmt.Sprintf("slot %d: %s", sl.Slot, sl.State)
-		if sl.State == supervisor.SlotBackoff && !sl.NextStart.IsZero() {
+		if sl.State == api.SlotBackoff && !sl.NextStart.IsZero() {
 			line += ", next in " + soon(sl.NextIn)
 		}
 		line += fmt.Sprintf(" (restarts %d)", sl.Restarts)
@@ -323,7 +324,7 @@ func printSlotsDown(w io.Writer, st supervisor.Status) {
 }
 
 // soon is a short wait as an operator reads it: 2.3s, 250ms, 1m30s.
-func soon(d supervisor.Duration) string {
+func soon(d api.Duration) string {
 	t := time.Duration(d)
 	switch {
 	case t < time.Second:
@@ -338,15 +339,15 @@ func soon(d supervisor.Duration) string {
 // lines were dropped, a write is stuck or failed: "output: stderr: 1204
 // lines dropped, dropping since 15:04:05, 1.0 of 1.0 MiB buffered, a
 // write blocked for 12s: nothing reads it". Nothing when all is well.
-func printOutput(w io.Writer, o supervisor.OutputStatus) {
+func printOutput(w io.Writer, o api.OutputStatus) {
 	streams := []struct {
 		name string
-		s    supervisor.OutputStream
+		s    api.OutputStream
 	}{{"stdout", o.Stdout}, {"stderr", o.Stderr}}
 	if o.Stdout.Shared {
 		streams = []struct {
 			name string
-			s    supervisor.OutputStream
+			s    api.OutputStream
 		}{{"stdout and stderr", o.Stderr}}
 	}
 	var parts []string

@@ -9,64 +9,63 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/baton-dev/baton/internal/inspect"
-	"github.com/baton-dev/baton/internal/supervisor"
+	"github.com/baton-dev/baton/internal/api"
 )
 
 func intp(i int) *int { return &i }
 
 // wideStatus has every long field at once: names and paths at their
 // limits, a long command and worker status, warnings, a per-slot listener.
-func wideStatus() supervisor.Status {
+func wideStatus() api.Status {
 	long := strings.Repeat("n", 255)
 	path := "/" + strings.Repeat("p", 106)
 	since := time.Date(2025, 1, 2, 3, 4, 5, 0, time.Local)
-	return supervisor.Status{
-		PID: 4120, Uptime: supervisor.Duration(5 * time.Minute), Generation: 12345, Pending: 12346, Ready: "notify",
+	return api.Status{
+		PID: 4120, Uptime: api.Duration(5 * time.Minute), Generation: 12345, Pending: 12346, Ready: "notify",
 		Command: []string{"/usr/local/bin/some-server", "--config", "/etc/some/very/long/path/to/a/config/file.toml", "--verbose"},
-		Listeners: []supervisor.ListenerStatus{
+		Listeners: []api.ListenerStatus{
 			{Name: "http", Address: "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535", Kind: "stream", Balance: "reuseport", Backlog: 65535, Inode: 4294967290,
-				Sockets: []supervisor.SocketStatus{{Slot: 0, Inode: 4294967290, Fd: 1000}, {Slot: 4095, Inode: 4294967291, Fd: 1001}}},
-			{Name: long, Address: path, Kind: "stream", Balance: "shared", Backlog: 4096, Inode: 12, Sockets: []supervisor.SocketStatus{{Slot: -1, Inode: 12, Fd: 5}}},
-			{Name: "dns", Address: "127.0.0.1:53", Kind: "datagram", Balance: "shared", Inode: 13, Sockets: []supervisor.SocketStatus{{Slot: -1, Inode: 13, Fd: 6}}},
+				Sockets: []api.SocketStatus{{Slot: 0, Inode: 4294967290, Fd: 1000}, {Slot: 4095, Inode: 4294967291, Fd: 1001}}},
+			{Name: long, Address: path, Kind: "stream", Balance: "shared", Backlog: 4096, Inode: 12, Sockets: []api.SocketStatus{{Slot: -1, Inode: 12, Fd: 5}}},
+			{Name: "dns", Address: "127.0.0.1:53", Kind: "datagram", Balance: "shared", Inode: 13, Sockets: []api.SocketStatus{{Slot: -1, Inode: 13, Fd: 6}}},
 		},
-		Workers: []supervisor.WorkerStatus{
-			{Slot: 4095, Generation: 12345, PID: 4194304, State: supervisor.Draining, Uptime: supervisor.Duration(100 * time.Hour), Restarts: 99999, Status: strings.Repeat("s", 200)},
-			{Slot: 0, Generation: 12345, PID: 11, State: supervisor.Ready, Status: "serving"},
+		Workers: []api.WorkerStatus{
+			{Slot: 4095, Generation: 12345, PID: 4194304, State: api.WorkerDraining, Uptime: api.Duration(100 * time.Hour), Restarts: 99999, Status: strings.Repeat("s", 200)},
+			{Slot: 0, Generation: 12345, PID: 11, State: api.WorkerReady, Status: "serving"},
 		},
-		SlotStates: []supervisor.SlotStatus{
-			{Slot: 0, State: supervisor.SlotUp, PID: 11},
-			{Slot: 7, State: supervisor.SlotBackoff, Restarts: 5, Backoff: supervisor.Duration(3200 * time.Millisecond),
-				NextIn: supervisor.Duration(2300 * time.Millisecond), NextStart: since.Add(time.Minute), LastErrorTime: since,
+		SlotStates: []api.SlotStatus{
+			{Slot: 0, State: api.SlotUp, PID: 11},
+			{Slot: 7, State: api.SlotBackoff, Restarts: 5, Backoff: api.Duration(3200 * time.Millisecond),
+				NextIn: api.Duration(2300 * time.Millisecond), NextStart: since.Add(time.Minute), LastErrorTime: since,
 				LastError: "starting worker slot 7 of generation 12345: working directory " + path + ": no such file or directory"},
 		},
-		Reloads: supervisor.ReloadStats{OK: 3, Failed: 1, Queued: true, Last: &supervisor.ReloadResult{Generation: 12345, Duration: supervisor.Duration(time.Second), Error: strings.Repeat("e", 300)}},
-		Kernel: &inspect.View{
-			Listeners: []inspect.ListenerView{
-				{Name: "http", Protocol: inspect.TCP, Backlog: 65535,
-					Sockets: []inspect.SocketView{
+		Reloads: api.ReloadStats{OK: 3, Failed: 1, Queued: true, Last: &api.ReloadResult{Generation: 12345, Duration: api.Duration(time.Second), Error: strings.Repeat("e", 300)}},
+		Kernel: &api.KernelView{
+			Listeners: []api.KernelListener{
+				{Name: "http", Protocol: api.ProtocolTCP, Backlog: 65535,
+					Sockets: []api.KernelSocket{
 						{Slot: intp(0), Inode: 4294967290, State: "LISTEN", RecvQ: 4097, SendQ: 4096},
 						{Slot: intp(4095), Inode: 4294967291, State: "LISTEN", RecvQ: 3, SendQ: 4096},
 					},
 					Connections: map[string]int{"ESTAB": 123456, "TIME-WAIT": 20000, "FIN-WAIT-2": 3, "LAST-ACK": 2}},
-				{Name: long, Protocol: inspect.Unix, Sockets: []inspect.SocketView{{Inode: 12, State: "LISTEN", RecvQ: 1, SendQ: 4096}}},
-				{Name: "dns", Protocol: inspect.UDP, Sockets: []inspect.SocketView{{Inode: 13}}},
+				{Name: long, Protocol: api.ProtocolUnix, Sockets: []api.KernelSocket{{Inode: 12, State: "LISTEN", RecvQ: 1, SendQ: 4096}}},
+				{Name: "dns", Protocol: api.ProtocolUDP, Sockets: []api.KernelSocket{{Inode: 13}}},
 			},
-			Workers: []inspect.WorkerView{
+			Workers: []api.KernelWorker{
 				{PID: 4194304, Slot: 4095, Generation: 12345, FDs: 1048576, FDLimit: 1048576, Connections: map[string]int{"ESTAB": 99999, "CLOSE-WAIT": 88888}},
 				{PID: 11, FDs: 12, FDLimit: -1},
 			},
-			Host: inspect.Host{Somaxconn: 4096, Netstat: map[string]int64{"ListenOverflows": 1 << 40, "ListenDrops": 1 << 40, "SyncookiesSent": 5},
+			Host: api.Host{Somaxconn: 4096, Netstat: map[string]int64{"ListenOverflows": 1 << 40, "ListenDrops": 1 << 40, "SyncookiesSent": 5},
 				Sockstat: map[string]map[string]int64{"TCP": {"inuse": 5, "tw": 20000, "orphan": 1}, "TCP6": {"inuse": 2}}},
-			Warnings: []inspect.Warning{
-				{Code: inspect.BacklogClamped, Listener: "http", Since: since, Message: "listener http: backlog 65535 is capped at 4096 by net.core.somaxconn, so the accept queue holds at most 4097 connections; " + strings.Repeat("x", 150)},
-				{Code: inspect.CloseWait, PID: 4194304, Since: since, Message: "worker slot 4095 holds 88888 connections in CLOSE-WAIT"},
+			Warnings: []api.Warning{
+				{Code: api.BacklogClamped, Listener: "http", Since: since, Message: "listener http: backlog 65535 is capped at 4096 by net.core.somaxconn, so the accept queue holds at most 4097 connections; " + strings.Repeat("x", 150)},
+				{Code: api.CloseWait, PID: 4194304, Since: since, Message: "worker slot 4095 holds 88888 connections in CLOSE-WAIT"},
 			},
 			Errors: []string{"sock_diag unix: not supported: the kernel has no diag handler for it: load unix_diag (modprobe) or build the kernel with it"},
 		},
-		Output: supervisor.OutputStatus{
-			Stdout: supervisor.OutputStream{DroppedLines: 1 << 40, DroppingSince: &since, BufferedBytes: 1 << 20, LimitBytes: 1 << 20, BlockedFor: supervisor.Duration(100 * time.Hour)},
-			Stderr: supervisor.OutputStream{DroppedLines: 1, LimitBytes: 1 << 20, Error: strings.Repeat("e", 300)},
+		Output: api.OutputStatus{
+			Stdout: api.OutputStream{DroppedLines: 1 << 40, DroppingSince: &since, BufferedBytes: 1 << 20, LimitBytes: 1 << 20, BlockedFor: api.Duration(100 * time.Hour)},
+			Stderr: api.OutputStream{DroppedLines: 1, LimitBytes: 1 << 20, Error: strings.Repeat("e", 300)},
 		},
 	}
 }
@@ -146,8 +145,8 @@ func TestWrapAndCut(t *testing.T) {
 }
 
 func TestCounterDeltas(t *testing.T) {
-	prev := &inspect.View{Host: inspect.Host{Netstat: map[string]int64{"ListenOverflows": 10, "ListenDrops": 10, "SyncookiesSent": 1}}}
-	cur := &inspect.View{Host: inspect.Host{Netstat: map[string]int64{"ListenOverflows": 13, "ListenDrops": 13, "SyncookiesSent": 1, "TCPReqQFullDrop": 2}}}
+	prev := &api.KernelView{Host: api.Host{Netstat: map[string]int64{"ListenOverflows": 10, "ListenDrops": 10, "SyncookiesSent": 1}}}
+	cur := &api.KernelView{Host: api.Host{Netstat: map[string]int64{"ListenOverflows": 13, "ListenDrops": 13, "SyncookiesSent": 1, "TCPReqQFullDrop": 2}}}
 	if got := counterDeltas(prev, cur); got != "ListenOverflows +3, ListenDrops +3, TCPReqQFullDrop +2" {
 		t.Errorf("counterDeltas = %q", got)
 	}
@@ -161,18 +160,18 @@ func TestOutputLine(t *testing.T) {
 	const mib = 1 << 20
 	tests := []struct {
 		name string
-		in   supervisor.OutputStatus
+		in   api.OutputStatus
 		want string
 	}{
-		{name: "all well", in: supervisor.OutputStatus{Stdout: supervisor.OutputStream{BufferedBytes: 100, LimitBytes: mib}, Stderr: supervisor.OutputStream{LimitBytes: mib}}, want: ""},
+		{name: "all well", in: api.OutputStatus{Stdout: api.OutputStream{BufferedBytes: 100, LimitBytes: mib}, Stderr: api.OutputStream{LimitBytes: mib}}, want: ""},
 		{name: "stderr dropping",
-			in: supervisor.OutputStatus{Stdout: supervisor.OutputStream{LimitBytes: mib},
-				Stderr: supervisor.OutputStream{BufferedBytes: mib, LimitBytes: mib, DroppedLines: 1204, DroppingSince: &since, BlockedFor: supervisor.Duration(12 * time.Second)}},
+			in: api.OutputStatus{Stdout: api.OutputStream{LimitBytes: mib},
+				Stderr: api.OutputStream{BufferedBytes: mib, LimitBytes: mib, DroppedLines: 1204, DroppingSince: &since, BlockedFor: api.Duration(12 * time.Second)}},
 			want: "output: stderr: 1204 lines dropped, dropping since 03:04:05, 1.0 of 1.0 MiB buffered, a write\n    blocked for 12s: nothing reads it\n"},
 		{name: "shared, write failed",
-			in: supervisor.OutputStatus{
-				Stdout: supervisor.OutputStream{LimitBytes: mib, DroppedLines: 3, Error: "write: broken pipe", Shared: true},
-				Stderr: supervisor.OutputStream{LimitBytes: mib, DroppedLines: 3, Error: "write: broken pipe", Shared: true}},
+			in: api.OutputStatus{
+				Stdout: api.OutputStream{LimitBytes: mib, DroppedLines: 3, Error: "write: broken pipe", Shared: true},
+				Stderr: api.OutputStream{LimitBytes: mib, DroppedLines: 3, Error: "write: broken pipe", Shared: true}},
 			want: "output: stdout and stderr: 3 lines dropped, 0.0 of 1.0 MiB buffered, last write failed: write:\n    broken pipe\n"},
 	}
 	for _, tt := range tests {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/baton-dev/baton/internal/listener"
 )
 
 // Register adds the flags of `baton run` to fs, bound to s. Each flag is
@@ -96,3 +98,7 @@ func (e *envFlag) Set(v string) error {
 }
 
 func (e *envFlag) Type() string { return "KEY=VALUE" }
+
+// ListenerOptionsHelp is the help of the listener options, for `baton run
+// --help` (from listener's table of options).
+func ListenerOptionsHelp() string { return listener.OptionsHelp() }

@@ -133,7 +133,7 @@ func benchMove(b *testing.B, mode string) {
 		peaks = append(peaks, peak)
 		st := bt.status(b)
 		b.Logf("generation %d: %d connections moved in %s (%.0f/s); baton peak RSS %.1f MiB, %d fds; store %+v",
-			gen, n, move.Round(time.Millisecond), float64(n)/move.Seconds(), peak, st.Process.FDs, st.Handoff.Stats)
+			gen, n, move.Round(time.Millisecond), float64(n)/move.Seconds(), peak, st.Process.FDs, st.Handoff.HandoffStats)
 		os.WriteFile(filepath.Join(dir, fmt.Sprintf("check-%d", gen)), nil, 0o644) // the raw workers' cue
 		clients.check(b, gen)
 		b.StartTimer()

@@ -214,7 +214,7 @@ func analyze(in Input, s *sample, h *history, o Options) (v *View, raised, clear
 	// the cleared ones.
 	now := map[string]Warning{}
 	for i, w := range warns {
-		k := w.key()
+		k := warningKey(w)
 		if old, ok := h.active[k]; ok {
 			w.Since = old.Since
 		} else {
@@ -229,7 +229,7 @@ func analyze(in Input, s *sample, h *history, o Options) (v *View, raised, clear
 			cleared = append(cleared, w)
 		}
 	}
-	sort.Slice(cleared, func(i, j int) bool { return cleared[i].key() < cleared[j].key() })
+	sort.Slice(cleared, func(i, j int) bool { return warningKey(cleared[i]) < warningKey(cleared[j]) })
 	h.active = now
 	v.Warnings = warns
 	return v, raised, cleared

@@ -94,16 +94,17 @@ func (in *Inspector) Inspect(ctx context.Context, input Input) *View {
 	v, raised, cleared := analyze(input, s, in.hist, in.opts)
 	if log := in.opts.Log; log != nil {
 		for _, w := range raised {
-			log.Warn(w.Message, w.attrs()...)
+			log.Warn(w.Message, warningAttrs(w)...)
 		}
 		for _, w := range cleared {
-			log.Info("warning cleared", w.attrs("was", w.Message)...)
+			log.Info("warning cleared", warningAttrs(w, "was", w.Message)...)
 		}
 	}
 	return v
 }
 
-func (w Warning) attrs(extra ...any) []any {
+// warningAttrs are the log attributes of w, then extra.
+func warningAttrs(w Warning, extra ...any) []any {
 	a := []any{"warning", string(w.Code)}
 	if w.Listener != "" {
 		a = append(a, "listener", w.Listener)

@@ -4,22 +4,11 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/capture"
 )
-
-// CaptureStatus is one bind of a worker that baton answered with its own
-// socket.
-type CaptureStatus struct {
-	Listener string    `json:"listener"`
-	Addr     string    `json:"addr"`
-	PID      int       `json:"pid"` // the process that bound (the worker or a child it forked)
-	Fd       int       `json:"fd"`
-	Time     time.Time `json:"time"`
-}
 
 // captureStart is the socketpair over which a worker's shim hands baton
 // the notification descriptor of its seccomp filter.

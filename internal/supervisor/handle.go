@@ -6,35 +6,20 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/handoff"
-	"github.com/baton-dev/baton/internal/takeover"
 )
-
-// Methods are the control socket's methods.
-var Methods = []string{"status", "reload", "scale", "upgrade", "takeover", "stop"}
-
-// waitParams are the params of reload and stop.
-type waitParams struct {
-	// Wait, true unless given, makes the reply wait for the outcome.
-	Wait *bool `json:"wait"`
-}
-
-func (p waitParams) wait() bool { return p.Wait == nil || *p.Wait }
 
 // Handle answers a request on the control socket.
 func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
 	switch req.Method {
-	case "status":
-		var p struct {
-			// Kernel, true unless given, adds the kernel's view (a few
-			// milliseconds of netlink and /proc on a busy host).
-			Kernel *bool `json:"kernel"`
-		}
+	case api.MethodStatus:
+		var p api.StatusParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
-		if p.Kernel != nil && !*p.Kernel {
+		if !p.WithKernel() {
 			st, ok := s.Status()
 			if !ok {
 				return nil, ErrStopping
@@ -46,20 +31,20 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 			return nil, ErrStopping
 		}
 		return st, nil
-	case "reload":
-		var p waitParams
+	case api.MethodReload:
+		var p api.WaitParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
 		reason := fmt.Sprintf("asked by pid %d", peer.PID)
-		if !p.wait() {
+		if !p.Waits() {
 			// No channel: nobody waits for this outcome (an upgrade
 			// tells the clients that wait for a held reload, and waits
 			// until they have taken the news).
 			if !s.post(func() { s.requestReload(reason, nil) }) {
 				return nil, ErrStopping
 			}
-			return map[string]bool{"queued": true}, nil
+			return api.ReloadQueued{Queued: true}, nil
 		}
 		ch := s.Reload(reason)
 		select {
@@ -71,15 +56,13 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		case <-ctx.Done():
 			return nil, errors.New("stopped waiting for the reload; it goes on")
 		}
-	case "scale":
-		var p struct {
-			Workers int `json:"workers"`
-		}
+	case api.MethodScale:
+		var p api.ScaleParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
 		return s.Scale(p.Workers)
-	case "upgrade":
+	case api.MethodUpgrade:
 		if err := s.ownerOnly(peer, req.Method); err != nil {
 			return nil, err
 		}
@@ -92,11 +75,11 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 			return nil, err
 		}
 		return r, nil
-	case "takeover":
+	case api.MethodTakeover:
 		if err := s.ownerOnly(peer, req.Method); err != nil {
 			return nil, err
 		}
-		var p takeover.Params
+		var p api.TakeoverParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
@@ -105,22 +88,22 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 			return nil, err
 		}
 		return s.giveAway(ctx, peer, within)
-	case "stop":
-		var p waitParams
+	case api.MethodStop:
+		var p api.WaitParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
 		s.Stop(fmt.Sprintf("asked by pid %d", peer.PID))
-		if p.wait() {
+		if p.Waits() {
 			select {
 			case <-s.done:
 			case <-ctx.Done():
 				return nil, errors.New("stopped waiting for baton to stop; it goes on")
 			}
 		}
-		return map[string]bool{"stopping": true}, nil
+		return api.StopReply{Stopping: true}, nil
 	}
-	return nil, fmt.Errorf("unknown method %q; methods are %v", req.Method, Methods)
+	return nil, fmt.Errorf("unknown method %q; methods are %v", req.Method, api.Methods)
 }
 
 // ErrOwnerOnly is wrapped by the refusal of a method that only root and
@@ -139,8 +122,8 @@ func (s *Supervisor) ownerOnly(peer control.Peer, method string) error {
 		return nil
 	}
 	what := map[string]string{
-		"upgrade":  "it makes baton execute a binary as its own user",
-		"takeover": "it hands every listener and the control socket to the caller",
+		api.MethodUpgrade:  "it makes baton execute a binary as its own user",
+		api.MethodTakeover: "it hands every listener and the control socket to the caller",
 	}[method]
 	s.log.Warn("control socket: refused a method to a peer that is neither root nor baton's user", "method", method, "pid", peer.PID, "uid", peer.UID)
 	return fmt.Errorf("%w: %s is for root and baton's own user (uid %d) only, not uid %d (%s); ask one of them, or use status, reload, scale and stop", ErrOwnerOnly, method, uid, peer.UID, what)

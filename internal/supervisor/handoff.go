@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/listener"
@@ -29,18 +30,6 @@ type HandoffConfig struct {
 	// MaxState bounds one connection's state blob, in bytes
 	// (handoff.DefaultMaxState).
 	MaxState int
-}
-
-// HandoffStatus is the fd store's counts, its settings, and the room
-// baton's RLIMIT_NOFILE leaves for it.
-type HandoffStatus struct {
-	handoff.Stats
-	Timeout Duration `json:"timeout"`
-	// FDLimit and FDLimitHard are baton's soft and hard RLIMIT_NOFILE;
-	// FDHeadroom is the soft limit minus the descriptors baton holds.
-	FDLimit     uint64 `json:"fd_limit"`
-	FDLimitHard uint64 `json:"fd_limit_hard"`
-	FDHeadroom  int    `json:"fd_headroom"`
 }
 
 // handoffState is what the supervisor keeps for the fd store.
@@ -131,7 +120,7 @@ func (s *Supervisor) handoffBusy() error {
 // handoffStatus reports the store; fds is how many descriptors baton
 // holds.
 func (s *Supervisor) handoffStatus(fds int) HandoffStatus {
-	st := HandoffStatus{Stats: s.handoff.store.Stats(), Timeout: Duration(s.handoff.store.Config().Timeout)}
+	st := HandoffStatus{HandoffStats: api.HandoffStats(s.handoff.store.Stats()), Timeout: Duration(s.handoff.store.Config().Timeout)}
 	if lim, err := handoff.GetNOFILE(); err == nil {
 		st.FDLimit, st.FDLimitHard = lim.Soft, lim.Hard
 		st.FDHeadroom = int(min(lim.Soft, 1<<31)) - fds

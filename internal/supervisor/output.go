@@ -108,34 +108,6 @@ func outputFile(w io.Writer) *os.File {
 	return nil
 }
 
-// OutputStatus is the state of baton's stdout and stderr: what waits to
-// be written and what was dropped because nothing read it.
-type OutputStatus struct {
-	Stdout OutputStream `json:"stdout"`
-	Stderr OutputStream `json:"stderr"`
-}
-
-// OutputStream is one of baton's outputs (docs/status.md).
-type OutputStream struct {
-	// BufferedBytes waits to be written, of at most LimitBytes.
-	BufferedBytes int `json:"buffered_bytes"`
-	LimitBytes    int `json:"limit_bytes"`
-	// DroppedLines were dropped since baton started: the buffer was full,
-	// or writing failed.
-	DroppedLines int64 `json:"dropped_lines"`
-	// DroppingSince is when the first line was dropped that no notice in
-	// the output has reported yet.
-	DroppingSince *time.Time `json:"dropping_since,omitempty"`
-	// BlockedFor is how long the write in progress has waited for the
-	// reader.
-	BlockedFor Duration `json:"blocked_for,omitempty"`
-	// Error is the last write's error, until a write works.
-	Error string `json:"error,omitempty"`
-	// Shared: stdout and stderr are one file, written through one buffer;
-	// both fields show it (do not add them up).
-	Shared bool `json:"shared,omitempty"`
-}
-
 // outputStatus reads the counts of baton's outputs; zero for an output
 // that is not an outbuf.Writer.
 func (s *Supervisor) outputStatus() OutputStatus {

@@ -9,17 +9,6 @@ import (
 	"github.com/baton-dev/baton/internal/listener"
 )
 
-// ReloadResult describes a finished reload.
-type ReloadResult struct {
-	Generation int       `json:"generation"`
-	Previous   int       `json:"previous"`
-	Started    time.Time `json:"started"`
-	Duration   Duration  `json:"duration"`
-	OK         bool      `json:"ok"`
-	Error      string    `json:"error,omitempty"`
-	Reason     string    `json:"reason"`
-}
-
 // ReloadOutcome is what a caller of Reload receives.
 type ReloadOutcome struct {
 	Result ReloadResult
@@ -330,21 +319,3 @@ func (s *Supervisor) finishReload(gen, prev int, err error) {
 // reloading reports whether a reload is under way: its plan being made,
 // its generation starting, or its in-place changes being applied.
 func (s *Supervisor) reloading() bool { return s.pending != nil || s.preparing || s.applying > 0 }
-
-// Duration is a time.Duration that encodes in JSON as seconds.
-type Duration time.Duration
-
-// MarshalJSON encodes d as a number of seconds.
-func (d Duration) MarshalJSON() ([]byte, error) {
-	return []byte(fmt.Sprintf("%.3f", time.Duration(d).Seconds())), nil
-}
-
-// UnmarshalJSON decodes a number of seconds.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var f float64
-	if _, err := fmt.Sscanf(string(b), "%g", &f); err != nil {
-		return fmt.Errorf("duration %s: want seconds", b)
-	}
-	*d = Duration(f * float64(time.Second))
-	return nil
-}

@@ -6,14 +6,6 @@ import (
 	"github.com/baton-dev/baton/internal/listener"
 )
 
-// ScaleResult describes a scale request once applied.
-type ScaleResult struct {
-	From    int   `json:"from"`
-	To      int   `json:"to"`
-	Started []int `json:"started,omitempty"` // slots added, whose workers are starting
-	Stopped []int `json:"stopped,omitempty"` // slots removed, whose workers drain
-}
-
 // Scale changes the number of slots (workers per generation). Adding slots
 // starts their workers in the serving generation (with balance=reuseport
 // each new slot's socket joins the group first). Removing slots drains

@@ -6,138 +6,63 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/handoff"
-	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/listener"
 )
 
-// Status is a snapshot of a running baton, as `baton status --json` prints
-// it. docs/status.md documents every field.
-type Status struct {
-	PID        int              `json:"pid"`
-	Started    time.Time        `json:"started"`
-	Uptime     Duration         `json:"uptime"`
-	Command    []string         `json:"command"`
-	Generation int              `json:"generation"`
-	Pending    int              `json:"pending_generation,omitempty"`
-	Stopping   bool             `json:"stopping"`
-	Ready      string           `json:"ready"`
-	Listeners  []ListenerStatus `json:"listeners"`
-	Workers    []WorkerStatus   `json:"workers"`
-	Slots      int              `json:"slots"`
-	// SlotStates lists every slot of the serving generation, with or
-	// without a live worker: a slot whose worker crashed or could not
-	// start shows its backoff and why.
-	SlotStates []SlotStatus  `json:"slot_states"`
-	Reloads    ReloadStats   `json:"reloads"`
-	Process    ProcessStatus `json:"process"`
-	// Upgrades counts baton's re-executions of itself (baton upgrade);
-	// UpgradeError says why the last one failed, if it did.
-	Upgrades     int    `json:"upgrades"`
-	UpgradeError string `json:"upgrade_error,omitempty"`
-	WorkersTotal int    `json:"workers_started"`
-	// Kernel is the kernel's view of the listeners and workers, added
-	// outside the loop by KernelStatus; nil without Options.Inspector.
-	Kernel  *inspect.View `json:"kernel,omitempty"`
-	Handoff HandoffStatus `json:"handoff"`
-	// Output is baton's stdout and stderr: bytes waiting, lines dropped.
-	Output OutputStatus `json:"output"`
-}
+// The control API's reply types (internal/api) under the names the
+// supervisor has always used for them; aliases, so that nothing converts.
+type (
+	// Status is a snapshot of a running baton (api.Status).
+	Status = api.Status
+	// ListenerStatus describes one listener baton holds.
+	ListenerStatus = api.ListenerStatus
+	// SocketStatus is one socket of a listener.
+	SocketStatus = api.SocketStatus
+	// WorkerStatus describes one live worker.
+	WorkerStatus = api.WorkerStatus
+	// SlotStatus describes one slot of the serving generation.
+	SlotStatus = api.SlotStatus
+	// ReloadStats counts reloads.
+	ReloadStats = api.ReloadStats
+	// ProcessStatus is baton's own resource use.
+	ProcessStatus = api.ProcessStatus
+	// CaptureStatus is one bind of a worker that baton answered with its
+	// own socket.
+	CaptureStatus = api.CaptureStatus
+	// HandoffStatus is the fd store's counts, its settings, and the room
+	// baton's RLIMIT_NOFILE leaves for it.
+	HandoffStatus = api.HandoffStatus
+	// OutputStatus is the state of baton's stdout and stderr.
+	OutputStatus = api.OutputStatus
+	// OutputStream is one of baton's outputs.
+	OutputStream = api.OutputStream
+	// ReloadResult describes a finished reload.
+	ReloadResult = api.ReloadResult
+	// ScaleResult describes a scale request once applied.
+	ScaleResult = api.ScaleResult
+	// Duration is a time.Duration that encodes in JSON as seconds.
+	Duration = api.Duration
+	// State is where a worker is in its life.
+	State = api.WorkerState
+)
 
-// ListenerStatus describes one listener baton holds.
-type ListenerStatus struct {
-	Name    string `json:"name"`
-	URL     string `json:"url"`
-	Kind    string `json:"kind"`
-	Balance string `json:"balance"`
-	Address string `json:"address"`
-	Port    int    `json:"port,omitempty"`
-	Backlog int    `json:"backlog,omitempty"`
-	// Inode and Fd are those of the first socket (the only one of a
-	// shared listener).
-	Inode uint64 `json:"inode"`
-	Fd    int    `json:"fd"`
-	// Sockets lists every socket: one for a shared listener (slot -1),
-	// one per slot with balance=reuseport.
-	Sockets []SocketStatus `json:"sockets"`
-}
-
-// SocketStatus is one socket of a listener.
-type SocketStatus struct {
-	Slot  int    `json:"slot"`
-	Inode uint64 `json:"inode"`
-	Fd    int    `json:"fd"`
-}
-
-// WorkerStatus describes one live worker.
-type WorkerStatus struct {
-	Slot       int       `json:"slot"`
-	Generation int       `json:"generation"`
-	PID        int       `json:"pid"`
-	State      State     `json:"state"`
-	Started    time.Time `json:"started"`
-	Uptime     Duration  `json:"uptime"`
-	Restarts   int       `json:"restarts"`
-	Status     string    `json:"status,omitempty"`
-	// Accepted is the number of connections the worker says it accepted
-	// (X_BATON_ACCEPTED=, sent by baton's library); absent when unknown.
-	Accepted *int64 `json:"accepted,omitempty"`
-	// Captures lists the binds baton answered with its own socket (with
-	// --capture-bind).
-	Captures []CaptureStatus `json:"captures,omitempty"`
-}
+// Worker states.
+const (
+	Starting = api.WorkerStarting
+	Ready    = api.WorkerReady
+	Draining = api.WorkerDraining
+	Exited   = api.WorkerExited
+)
 
 // Slot states in SlotStatus.
 const (
-	// SlotUp: the slot has a live worker of the serving generation.
-	SlotUp = "up"
-	// SlotBackoff: its worker crashed or could not start; a new one
-	// starts at NextStart.
-	SlotBackoff = "backoff"
-	// SlotStopped: baton is stopping; the slot gets no new worker.
-	SlotStopped = "stopped"
+	SlotUp      = api.SlotUp
+	SlotBackoff = api.SlotBackoff
+	SlotStopped = api.SlotStopped
 )
-
-// SlotStatus describes one slot of the serving generation.
-type SlotStatus struct {
-	Slot  int    `json:"slot"`
-	State string `json:"state"`
-	// PID is the slot's live worker, 0 when it has none.
-	PID      int `json:"pid,omitempty"`
-	Restarts int `json:"restarts"`
-	// Backoff is the wait before the slot's last restart; NextStart and
-	// NextIn say when the pending one is due (backoff only).
-	Backoff   Duration  `json:"backoff"`
-	NextStart time.Time `json:"next_start,omitzero"`
-	NextIn    Duration  `json:"next_in,omitempty"`
-	// LastError says why the slot's last worker could not start or
-	// exited on its own, LastErrorTime when; empty while nothing failed.
-	LastError     string    `json:"last_error,omitempty"`
-	LastErrorTime time.Time `json:"last_error_time,omitzero"`
-}
-
-// ReloadStats counts reloads.
-type ReloadStats struct {
-	OK     int           `json:"ok"`
-	Failed int           `json:"failed"`
-	Queued bool          `json:"queued"`
-	Last   *ReloadResult `json:"last,omitempty"`
-}
-
-// ProcessStatus is baton's own resource use, for leak checks and capacity.
-type ProcessStatus struct {
-	FDs         int `json:"fds"`
-	Goroutines  int `json:"goroutines"`
-	RSSBytes    int `json:"rss_bytes"`
-	OrphansReap int `json:"orphans_reaped"`
-	// LeftoversSignalled and LeftoversKilled count the processes exited
-	// workers left running that baton sent the stop signal, and that it
-	// killed (SIGKILL) at the drain deadline.
-	LeftoversSignalled int64 `json:"leftovers_signalled"`
-	LeftoversKilled    int64 `json:"leftovers_killed"`
-}
 
 // Status returns a snapshot. It returns false if baton has finished.
 func (s *Supervisor) Status() (Status, bool) {

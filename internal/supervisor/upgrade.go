@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
@@ -17,33 +18,18 @@ import (
 	"github.com/baton-dev/baton/internal/takeover"
 )
 
-// UpgradeReply is what `baton upgrade` hears once the new binary's
-// pre-flight has passed, just before baton re-executes itself; the client
-// then watches status for Upgrades to grow.
-type UpgradeReply struct {
-	PID      int    `json:"pid"`
-	Binary   string `json:"binary"`
-	Upgrades int    `json:"upgrades"` // upgrades done before this one
-	// ID is the upgrade's nonce: the re-executed baton has it in its
-	// environment (takeover.Upgraded), so the client can tell whether
-	// the execve happened.
-	ID string `json:"id"`
-	// Preflight says what the new binary checked.
-	Preflight string `json:"preflight"`
-	// Generation is the generation serving when baton took the state:
-	// without --keep-workers the new baton replaces it.
-	Generation int `json:"generation"`
-	exec       func()
+// upgradeReply is the upgrade method's reply (api.UpgradeReply), sent
+// just before baton re-executes itself, which AfterReply does.
+type upgradeReply struct {
+	api.UpgradeReply
+	exec func()
 }
 
 // AfterReply re-executes baton once the reply is out.
-func (r *UpgradeReply) AfterReply() { r.exec() }
+func (r *upgradeReply) AfterReply() { r.exec() }
 
 // upgradeParams are the params of the upgrade method.
-type upgradeParams struct {
-	Binary      string `json:"binary"`
-	KeepWorkers bool   `json:"keep_workers"`
-}
+type upgradeParams = api.UpgradeParams
 
 // upgradeState is the upgrade in progress; the loop owns it.
 type upgradeState struct {
@@ -72,7 +58,7 @@ func (s *Supervisor) Upgrade(binary string, keepWorkers bool) {
 // both pass, returns the reply whose AfterReply re-executes baton as that
 // very file (keeping the pid). A refusal is logged as well as returned,
 // and changes nothing.
-func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (*UpgradeReply, error) {
+func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (*upgradeReply, error) {
 	r, err := s.prepareUpgrade(ctx, p)
 	if err != nil {
 		s.log.Error("upgrade refused", "err", err)
@@ -80,7 +66,7 @@ func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (*UpgradeRepl
 	return r, err
 }
 
-func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (*UpgradeReply, error) {
+func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (*upgradeReply, error) {
 	if s.spawner == nil {
 		return nil, errors.New("upgrade refused: this supervisor has no spawner to run the new binary with (Options.Spawner); baton keeps running unchanged")
 	}
@@ -116,8 +102,8 @@ func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (*Upgr
 		return nil, err
 	}
 	s.log.Info("upgrade: pre-flight passed", "binary", p.Binary, "state_version", want.Version, "listeners", want.Listeners, "workers", want.Workers, "descriptors", want.Descriptors)
-	return &UpgradeReply{PID: os.Getpid(), Binary: p.Binary, Upgrades: h.Upgrades, ID: h.Nonce, Preflight: want.Summary(), Generation: h.Active,
-		exec: func() { s.finishUpgrade(p, bin, h.Nonce) }}, nil
+	reply := api.UpgradeReply{PID: os.Getpid(), Binary: p.Binary, Upgrades: h.Upgrades, ID: h.Nonce, Preflight: want.Summary(), Generation: h.Active}
+	return &upgradeReply{UpgradeReply: reply, exec: func() { s.finishUpgrade(p, bin, h.Nonce) }}, nil
 }
 
 // upgradeSnapshot begins the upgrade on the loop: it holds reloads back

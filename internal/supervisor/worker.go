@@ -17,17 +17,6 @@ import (
 	"github.com/baton-dev/baton/internal/spawn"
 )
 
-// State is where a worker is in its life.
-type State string
-
-// Worker states.
-const (
-	Starting State = "starting"
-	Ready    State = "ready"
-	Draining State = "draining"
-	Exited   State = "exited"
-)
-
 // slot is a worker position that keeps its identity across generations.
 // A slot of the serving generation always has a live worker or a pending
 // restart (restart), until baton stops or a scale-down removes it.

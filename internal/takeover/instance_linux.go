@@ -8,13 +8,19 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
+
+// controlURL is the URL of the control socket among the Sockets handed
+// over.
+const controlURL = "control"
 
 // Socket is one socket a running instance hands to the one taking over.
 type Socket struct {
@@ -30,39 +36,18 @@ type header struct {
 	Sockets []Socket `json:"sockets"`
 }
 
+// Verdicts.
+const (
+	verdictCommit = "commit"
+	verdictAbort  = "abort"
+)
+
 // verdict is the new instance's answer once it has checked the sockets and
 // its workers are ready (commit), or it gives up (abort).
 type verdict struct {
 	Verdict string `json:"verdict"` // commit or abort
 	PID     int    `json:"pid"`
 	Reason  string `json:"reason,omitempty"`
-}
-
-// Params are the params of a takeover request.
-type Params struct {
-	// CommitWithinMS is how long, in milliseconds, the new instance may
-	// take from its request to its verdict: starting its workers and
-	// waiting for them to be ready. The running instance aborts the
-	// takeover when it has passed. 0 means DefaultCommitWithin.
-	CommitWithinMS int64 `json:"commit_within_ms,omitempty"`
-}
-
-// Bounds of Params.CommitWithinMS.
-const (
-	DefaultCommitWithin = 5 * time.Minute
-	MaxCommitWithin     = time.Hour
-)
-
-// CommitWithin checks p and returns its deadline.
-func (p Params) CommitWithin() (time.Duration, error) {
-	d := time.Duration(p.CommitWithinMS) * time.Millisecond
-	switch {
-	case p.CommitWithinMS == 0:
-		return DefaultCommitWithin, nil
-	case p.CommitWithinMS < 0 || d > MaxCommitWithin:
-		return 0, fmt.Errorf("takeover: commit_within_ms %d: want 1 to %d (an hour), or 0 for %s", p.CommitWithinMS, MaxCommitWithin.Milliseconds(), DefaultCommitWithin)
-	}
-	return d, nil
 }
 
 // MaxLine bounds the protocol's JSON lines.
@@ -75,7 +60,8 @@ var ErrAborted = errors.New("takeover aborted")
 // Give is the running instance's side, on the connection that asked for a
 // takeover: it describes socks and sends them (SCM_RIGHTS, each batch
 // acknowledged before the next), then waits for the new instance's
-// verdict, for at most within from now (Params.CommitWithin). It returns
+// verdict, for at most within from now (api.TakeoverParams.CommitWithin,
+// the Window's Commit). It returns
 // the new instance's pid once it committed: the caller then stops and
 // exits, keeping its copies until then. Any other outcome wraps ErrAborted
 // and the caller carries on. allow checks the peer before anything is
@@ -102,7 +88,7 @@ func Give(ctx context.Context, conn *net.UnixConn, socks []Socket, within time.D
 	case err != nil:
 		return 0, fmt.Errorf("%w: the new instance went away before committing: %v", ErrAborted, err)
 	}
-	if v.Verdict != "commit" {
+	if v.Verdict != verdictCommit {
 		return 0, fmt.Errorf("%w by the new instance (pid %d): %s", ErrAborted, v.PID, v.Reason)
 	}
 	// The reply lets the new instance know the old one lets go; it may
@@ -117,24 +103,35 @@ func Give(ctx context.Context, conn *net.UnixConn, socks []Socket, within time.D
 // reason follows.
 var ErrRefused = errors.New("the running baton refused the takeover")
 
-// Taken is the new instance's side of a takeover in progress.
+// Taken is the new instance's side of a takeover in progress: the
+// sockets received, not yet committed.
 type Taken struct {
-	conn    *net.UnixConn
-	OldPID  int
-	Sockets []Socket // with Fd set, owned by the caller
+	conn   *net.UnixConn
+	OldPID int
+	// Sockets are the sockets received, with Fd set. A socket the caller
+	// takes (and then owns) gets Fd -1; Abort closes the others.
+	Sockets []Socket
+	asked   time.Time // before the request was sent
+	window  Window
+
+	mu      sync.Mutex
+	verdict string // "" until decided, then verdictCommit or verdictAbort
+	timer   *time.Timer
 }
 
 // Take connects to a running instance's control socket at path, asks for
 // its sockets and receives them. The running instance keeps serving until
-// Commit, which must come within commitWithin of the request, or it
-// carries on as if aborted.
+// Commit, which must come within w.Commit of the request, or it carries
+// on as if aborted; CommitWhenReady gives up at w.GiveUp, counted from
+// before the request (WindowFor decides both).
 //
 // Before asking, Take checks who answers (control.CheckServer): only a
 // process of root or this process's user may hand it sockets, since the
 // descriptors it receives become the listeners it serves on. Anyone else
 // is refused before anything is sent, and the error wraps
 // control.ErrUntrustedServer.
-func Take(ctx context.Context, path string, commitWithin time.Duration) (*Taken, error) {
+func Take(ctx context.Context, path string, w Window) (*Taken, error) {
+	asked := time.Now() // before the running instance starts its clock
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -145,16 +142,17 @@ func Take(ctx context.Context, path string, commitWithin time.Duration) (*Taken,
 		conn.Close() // nothing was asked: nothing to abort
 		return nil, fmt.Errorf("takeover: %w", err)
 	}
-	t, err := take(ctx, conn, Params{CommitWithinMS: commitWithin.Milliseconds()})
+	t, err := take(ctx, conn, api.TakeoverParams{CommitWithinMS: w.Commit.Milliseconds()})
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("takeover from %s: %w", path, err)
 	}
+	t.asked, t.window = asked, w
 	return t, nil
 }
 
-func take(ctx context.Context, conn *net.UnixConn, p Params) (*Taken, error) {
-	if err := writeLine(conn, map[string]any{"method": "takeover", "params": p}); err != nil {
+func take(ctx context.Context, conn *net.UnixConn, p api.TakeoverParams) (*Taken, error) {
+	if err := writeLine(conn, map[string]any{"method": api.MethodTakeover, "params": p}); err != nil {
 		return nil, err
 	}
 	// The running baton answers with the sockets' header, or refuses
@@ -186,11 +184,57 @@ func take(ctx context.Context, conn *net.UnixConn, p Params) (*Taken, error) {
 	return t, nil
 }
 
+// GiveUpAt is when CommitWhenReady gives up: the Window's GiveUp after
+// the moment this instance asked.
+func (t *Taken) GiveUpAt() time.Time { return t.asked.Add(t.window.GiveUp) }
+
+// ControlFd takes the running instance's control socket out of Sockets
+// and returns it, now the caller's to close; -1 when none was sent.
+func (t *Taken) ControlFd() int {
+	fd := -1
+	for i, s := range t.Sockets {
+		if s.URL == controlURL && s.Fd >= 0 {
+			fd, t.Sockets[i].Fd = s.Fd, -1
+		}
+	}
+	return fd
+}
+
+// decide records the takeover's verdict, and reports whether it is this
+// one: the first decided stands.
+func (t *Taken) decide(v string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.verdict != "" {
+		return false
+	}
+	t.verdict = v
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	return true
+}
+
 // Commit tells the old instance that this one serves now, and waits for it
-// to let go. Then the old instance drains its workers and exits.
+// to let go. Then the old instance drains its workers and exits. It fails
+// without a word to the old instance if the takeover was already decided
+// (aborted, or committed before).
 func (t *Taken) Commit(ctx context.Context) error {
+	if !t.decide(verdictCommit) {
+		return fmt.Errorf("takeover from pid %d: already %s", t.OldPID, t.decided())
+	}
+	return t.commit(ctx)
+}
+
+func (t *Taken) decided() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return map[string]string{verdictCommit: "committed", verdictAbort: "aborted"}[t.verdict]
+}
+
+func (t *Taken) commit(ctx context.Context) error {
 	defer t.conn.Close()
-	if err := writeLine(t.conn, verdict{Verdict: "commit", PID: os.Getpid()}); err != nil {
+	if err := writeLine(t.conn, verdict{Verdict: verdictCommit, PID: os.Getpid()}); err != nil {
 		return fmt.Errorf("takeover: telling the old instance (pid %d) to go: %w", t.OldPID, err)
 	}
 	var ok map[string]bool
@@ -200,11 +244,87 @@ func (t *Taken) Commit(ctx context.Context) error {
 	return nil
 }
 
-// Abort tells the old instance to carry on, and closes what was received
-// that the caller still holds (those it did not take).
+// Abort tells the old instance to carry on, and closes the sockets the
+// caller did not take (those whose Fd is still set). It does nothing once
+// the takeover is decided (committed, or aborted before), and nothing on
+// a nil Taken, so that every failure path may call it.
 func (t *Taken) Abort(reason string) {
-	writeLine(t.conn, verdict{Verdict: "abort", PID: os.Getpid(), Reason: reason})
+	if t != nil {
+		t.abort(reason)
+	}
+}
+
+// abort is Abort, and reports whether this call decided the takeover.
+func (t *Taken) abort(reason string) bool {
+	if !t.decide(verdictAbort) {
+		return false
+	}
+	writeLine(t.conn, verdict{Verdict: verdictAbort, PID: os.Getpid(), Reason: reason})
 	t.conn.Close()
+	for i, s := range t.Sockets {
+		if s.Fd >= 0 {
+			unix.Close(s.Fd) // received, not taken: nothing else holds it here
+			t.Sockets[i].Fd = -1
+		}
+	}
+	return true
+}
+
+// Hooks are what a taking-over instance does once its takeover is decided
+// (CommitWhenReady).
+type Hooks struct {
+	// Committed runs on a goroutine of its own once the old instance has
+	// been told to go: err is nil when it confirmed that it lets go, and
+	// says why not otherwise (this instance committed, and serves
+	// anyway).
+	Committed func(err error)
+	// GaveUp runs on the timer's goroutine when the workers were not
+	// ready by GiveUpAt, once the old instance has been told to carry on:
+	// this instance must stop. reason says why.
+	GaveUp func(reason string)
+}
+
+// commitTimeout bounds the wait for the old instance's confirmation of a
+// commit. The commit itself is one line, sent at once.
+const commitTimeout = 30 * time.Second
+
+// CommitWhenReady starts the give-up timer, due at GiveUpAt, and returns
+// the function to call each time this instance's workers are ready (the
+// supervisor's OnReady). Its first call before the timer commits (in the
+// background, then Committed) and reports true; once the timer has fired
+// (the takeover aborted, GaveUp ran) its calls do nothing and report
+// true as well. After the commit, calls report false: the takeover is
+// over, and the caller does what it does without one.
+func (t *Taken) CommitWhenReady(h Hooks) (ready func() (handled bool)) {
+	t.mu.Lock()
+	if t.verdict == "" {
+		t.timer = time.AfterFunc(time.Until(t.GiveUpAt()), func() {
+			reason := fmt.Sprintf("the new instance's workers were not ready within %s", t.window.GiveUp)
+			if t.abort(reason) {
+				h.GaveUp(reason)
+			}
+		})
+	}
+	t.mu.Unlock()
+	var first sync.Once
+	return func() bool {
+		handled := false
+		first.Do(func() {
+			handled = true
+			if !t.decide(verdictCommit) {
+				return // given up: this instance is stopping
+			}
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+				defer cancel()
+				h.Committed(t.commit(ctx))
+			}()
+		})
+		if !handled && t.decided() == "aborted" {
+			handled = true
+		}
+		return handled
+	}
 }
 
 func writeLine(c net.Conn, v any) error {

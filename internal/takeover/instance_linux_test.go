@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
 
@@ -50,7 +51,7 @@ func serveOne(ln *net.UnixListener, socks []Socket) error {
 	defer c.Close()
 	var req struct {
 		Method string
-		Params Params
+		Params api.TakeoverParams
 	}
 	if err := readLine(context.Background(), c, &req); err != nil || req.Method != "takeover" {
 		return errors.New("bad request")
@@ -87,7 +88,7 @@ func TestTakeCommit(t *testing.T) {
 	path, gave := giver(t, socks)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	taken, err := Take(ctx, path, 10*time.Second)
+	taken, err := Take(ctx, path, Window{Commit: 10 * time.Second, GiveUp: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +103,7 @@ func TestTakeCommit(t *testing.T) {
 			t.Errorf("socket %d: inode %d url %s; sent inode %d url %s", i, a.Ino, s.URL, b.Ino, socks[i].URL)
 		}
 		unix.Close(s.Fd)
+		taken.Sockets[i].Fd = -1
 	}
 	if err := taken.Commit(ctx); err != nil {
 		t.Fatal(err)
@@ -124,13 +126,14 @@ func TestTakeStallsPastItsDeadline(t *testing.T) {
 	path, gave := giver(t, socks)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	taken, err := Take(ctx, path, 300*time.Millisecond)
+	taken, err := Take(ctx, path, Window{Commit: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer taken.conn.Close()
-	for _, s := range taken.Sockets {
+	for i, s := range taken.Sockets {
 		unix.Close(s.Fd)
+		taken.Sockets[i].Fd = -1
 	}
 	select {
 	case err := <-gave:
@@ -145,25 +148,6 @@ func TestTakeStallsPastItsDeadline(t *testing.T) {
 	}
 }
 
-func TestCommitWithinBounds(t *testing.T) {
-	for _, tc := range []struct {
-		ms   int64
-		want time.Duration
-		bad  bool
-	}{
-		{0, DefaultCommitWithin, false},
-		{1500, 1500 * time.Millisecond, false},
-		{MaxCommitWithin.Milliseconds(), MaxCommitWithin, false},
-		{-1, 0, true},
-		{MaxCommitWithin.Milliseconds() + 1, 0, true},
-	} {
-		got, err := Params{CommitWithinMS: tc.ms}.CommitWithin()
-		if (err != nil) != tc.bad || got != tc.want {
-			t.Errorf("commit_within_ms %d: %s, %v; want %s, error %v", tc.ms, got, err, tc.want, tc.bad)
-		}
-	}
-}
-
 func TestTakeAbortAndVanish(t *testing.T) {
 	for _, how := range []string{"abort", "vanish"} {
 		t.Run(how, func(t *testing.T) {
@@ -172,14 +156,17 @@ func TestTakeAbortAndVanish(t *testing.T) {
 			path, gave := giver(t, socks)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			taken, err := Take(ctx, path, 10*time.Second)
+			taken, err := Take(ctx, path, Window{Commit: 10 * time.Second, GiveUp: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, s := range taken.Sockets {
-				unix.Close(s.Fd)
+			if how == "vanish" {
+				for i, s := range taken.Sockets {
+					unix.Close(s.Fd)
+					taken.Sockets[i].Fd = -1
+				}
 			}
-			if how == "abort" {
+			if how == "abort" { // which closes the sockets not taken
 				taken.Abort("the new configuration does not match")
 			} else {
 				taken.conn.Close()

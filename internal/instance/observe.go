@@ -1,4 +1,4 @@
-package cli
+package instance
 
 import (
 	"context"
@@ -32,10 +32,11 @@ type observer struct {
 
 // startObserver makes the inspector, which checks the kernel's view every
 // interval (0: only when asked), and binds the metrics address (none when
-// ""), so that a taken port fails `baton run` before any worker starts.
-// With wait (a takeover), an address in use is bound later instead: the
-// instance being taken over holds it until it exits.
-func startObserver(metricsAddr string, every time.Duration, log *slog.Logger, wait bool) (*observer, error) {
+// ""), so that a taken port fails `baton run` before any worker starts;
+// version is what the metrics report as baton's. With wait (a takeover),
+// an address in use is bound later instead: the instance being taken over
+// holds it until it exits.
+func startObserver(metricsAddr string, every time.Duration, version string, log *slog.Logger, wait bool) (*observer, error) {
 	o := &observer{every: every, log: log}
 	// A connection that stays in CLOSE-WAIT for a whole interval counts as
 	// never closed.
@@ -43,7 +44,7 @@ func startObserver(metricsAddr string, every time.Duration, log *slog.Logger, wa
 	if metricsAddr == "" {
 		return o, nil
 	}
-	o.metrics = metrics.New(Version, func(ctx context.Context) (supervisor.Status, bool) {
+	o.metrics = metrics.New(version, func(ctx context.Context) (supervisor.Status, bool) {
 		return o.sup.KernelStatus(ctx)
 	})
 	srv, err := metrics.Listen(metricsAddr, o.metrics.Handler(), log)
@@ -81,6 +82,7 @@ func (o *observer) run(sup *supervisor.Supervisor) {
 	}
 }
 
+// serve serves metrics on srv, on a goroutine of its own.
 func (o *observer) serve(srv *metrics.Server) {
 	o.log.Info("serving metrics", "address", srv.Addr().String(), "path", "/metrics")
 	go srv.Serve()
@@ -118,6 +120,7 @@ func (o *observer) bindWhenFree(sup *supervisor.Supervisor) {
 	}
 }
 
+// close stops the metrics server and the inspector.
 func (o *observer) close() {
 	o.mu.Lock()
 	o.closed = true
