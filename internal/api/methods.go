@@ -135,7 +135,7 @@ type UpgradeReply struct {
 	Binary   string `json:"binary"`
 	Upgrades int    `json:"upgrades"` // upgrades done before this one
 	// ID is the upgrade's nonce: the re-executed baton has it in its
-	// environment (takeover.Upgraded), so the client can tell whether
+	// environment (upgrade.Upgraded), so the client can tell whether
 	// the execve happened.
 	ID string `json:"id"`
 	// Preflight says what the new binary checked.

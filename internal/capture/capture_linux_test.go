@@ -80,7 +80,7 @@ func TestCapture(t *testing.T) {
 	c := startProgram(t)
 	pid := c.cmd.Process.Pid
 	before := openFds(t)
-	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+	srv := startServe(t, c.notif, heldSockets([]*listener.Socket{sock}), hooks{})
 
 	// The program inherits neither the shim's end of the socketpair nor
 	// the notification descriptor.
@@ -159,7 +159,7 @@ func TestCaptureForkedChild(t *testing.T) {
 	sock := holdSpec(t, "http=tcp4://127.0.0.1:0")
 	addr := fmt.Sprintf("127.0.0.1:%d", sock.Port())
 	c := startProgram(t)
-	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+	srv := startServe(t, c.notif, heldSockets([]*listener.Socket{sock}), hooks{})
 
 	r := c.must("listen tcp4 " + addr)
 	if ev := srv.event(addr); ev.Action != Captured {
@@ -187,7 +187,7 @@ func TestCaptureWildcard(t *testing.T) {
 	anyAddr := holdSpec(t, "any=tcp4://0.0.0.0:0")
 	oneAddr := holdSpec(t, "one=tcp4://127.0.0.1:0")
 	c := startProgram(t)
-	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{anyAddr, oneAddr}), hooks{})
+	srv := startServe(t, c.notif, heldSockets([]*listener.Socket{anyAddr, oneAddr}), hooks{})
 	for _, tc := range []struct {
 		name, bind string
 		want       *listener.Socket
@@ -215,7 +215,7 @@ func TestCaptureChecksSocketType(t *testing.T) {
 	sock := holdSpec(t, "http=tcp4://127.0.0.1:0")
 	addr := fmt.Sprintf("127.0.0.1:%d", sock.Port())
 	c := startProgram(t)
-	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+	srv := startServe(t, c.notif, heldSockets([]*listener.Socket{sock}), hooks{})
 	r := c.must("listenpacket udp4 " + addr)
 	ev := srv.event(addr)
 	if ev.Action != Passed || !errors.Is(ev.Err, ErrNoMatch) {
@@ -235,7 +235,7 @@ func TestCaptureRebind(t *testing.T) {
 	sock := holdSpec(t, "http=tcp4://127.0.0.1:0")
 	addr := fmt.Sprintf("127.0.0.1:%d", sock.Port())
 	c := startProgram(t)
-	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+	srv := startServe(t, c.notif, heldSockets([]*listener.Socket{sock}), hooks{})
 
 	r := c.do("rebind 127.0.0.1:0 " + addr)
 	if want := unix.EINVAL.Error(); !strings.Contains(r.Err, want) {
@@ -265,7 +265,7 @@ func TestCaptureChecksNetns(t *testing.T) {
 	// wildcard rule it would get the held socket.
 	addr := fmt.Sprintf("0.0.0.0:%d", sock.Port())
 	c := startProgram(t)
-	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+	srv := startServe(t, c.notif, heldSockets([]*listener.Socket{sock}), hooks{})
 	r := c.do("netns " + addr)
 	if strings.Contains(r.Err, "unshare") {
 		t.Skipf("cannot make a network namespace here: %s", r.Err)
@@ -290,7 +290,7 @@ func TestCaptureKeepsCloseOnExec(t *testing.T) {
 	sock := holdSpec(t, "http=tcp4://127.0.0.1:0")
 	addr := fmt.Sprintf("127.0.0.1:%d", sock.Port())
 	c := startProgram(t)
-	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+	srv := startServe(t, c.notif, heldSockets([]*listener.Socket{sock}), hooks{})
 	for _, mode := range []string{"inherit", "cloexec"} {
 		r := c.must("raw " + addr + " " + mode)
 		if ev := srv.event(addr); ev.Action != Captured {
@@ -342,7 +342,7 @@ func TestCaptureProcessDies(t *testing.T) {
 				// Only the grandchild binds until it is dead.
 				h.polled = kill
 			}
-			srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), h)
+			srv := startServe(t, c.notif, heldSockets([]*listener.Socket{sock}), h)
 			// One bind(2) in the grandchild, which dies in it.
 			if r := c.do("gc raw " + addr + " cloexec"); r.Err == "" {
 				t.Fatalf("the grandchild's bind succeeded (fd %d); it should have died in it", r.Fd)
@@ -371,7 +371,7 @@ func TestServeRestarts(t *testing.T) {
 	requireCapture(t)
 	sock := holdSpec(t, "http=tcp4://127.0.0.1:0")
 	addr := fmt.Sprintf("127.0.0.1:%d", sock.Port())
-	held := FromSockets([]*listener.Socket{sock})
+	held := heldSockets([]*listener.Socket{sock})
 	c := startProgram(t)
 	if err := startServe(t, c.notif, held, hooks{}).stop(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("stopped Serve returned %v, want context.Canceled", err)
@@ -441,7 +441,7 @@ func TestPythonHTTPServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := startCaptured(t, "", dir, py, "-m", "http.server", "--bind", "127.0.0.1", strconv.Itoa(sock.Port()))
-	srv := startServe(t, c.notif, FromSockets([]*listener.Socket{sock}), hooks{})
+	srv := startServe(t, c.notif, heldSockets([]*listener.Socket{sock}), hooks{})
 	ev := srv.event(addr)
 	if ev.Action != Captured {
 		t.Fatalf("python's bind: %s, want captured", ev)
@@ -593,4 +593,14 @@ func TestReadMem(t *testing.T) {
 			runtime.KeepAlive(want)
 		})
 	}
+}
+
+// heldSockets describes sockets baton holds for Serve, named after their
+// specs. Unix sockets may be included: Serve never offers them.
+func heldSockets(socks []*listener.Socket) []Listener {
+	out := make([]Listener, 0, len(socks))
+	for _, s := range socks {
+		out = append(out, Listener{Name: s.Spec.Name, Fd: s.Fd()})
+	}
+	return out
 }

@@ -10,19 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/baton-dev/baton/internal/listener"
 	"golang.org/x/sys/unix"
 )
-
-// FromSockets describes sockets baton holds for Serve, named after their
-// specs. Unix sockets may be included: Serve never offers them.
-func FromSockets(socks []*listener.Socket) []Listener {
-	out := make([]Listener, 0, len(socks))
-	for _, s := range socks {
-		out = append(out, Listener{Name: s.Spec.Name, Fd: s.Fd()})
-	}
-	return out
-}
 
 // Serve answers the bind notifications on notifFd (from ReceiveNotifFd)
 // until ctx is done, returning ctx.Err(), or until no process uses the

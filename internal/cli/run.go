@@ -9,7 +9,7 @@ import (
 
 	"github.com/baton-dev/baton/internal/config"
 	"github.com/baton-dev/baton/internal/instance"
-	"github.com/baton-dev/baton/internal/takeover"
+	"github.com/baton-dev/baton/internal/upgrade"
 )
 
 func newRunCmd() *cobra.Command {
@@ -76,7 +76,7 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 	loadConfig := func() (*config.Resolved, error) { return load(configPath, flags, c.Flags(), args) }
 	// A previous baton may have re-executed itself as this binary (an
 	// upgrade), or runs it to check that it could (the pre-flight).
-	in, err := takeover.Inherited()
+	in, err := upgrade.Inherited()
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/api"
-	"github.com/baton-dev/baton/internal/takeover"
+	"github.com/baton-dev/baton/internal/upgrade"
 )
 
 // upgradeSilence is how long `baton upgrade` waits for baton to answer
@@ -132,7 +132,7 @@ func waitUpgraded(ctx context.Context, out io.Writer, client *api.Client, r *api
 			}
 		} else {
 			lastErr = err
-			if yes, _ := takeover.Upgraded(r.PID, r.ID); yes {
+			if yes, _ := upgrade.Upgraded(r.PID, r.ID); yes {
 				execd = true
 			}
 			switch {

@@ -47,7 +47,7 @@ func fakeBaton(mode string) int {
 	if err != nil {
 		return 3
 	}
-	var h supervisor.Handover
+	var h supervisor.UpgradeState
 	var nonce struct {
 		Nonce string `json:"nonce"`
 	}

@@ -211,9 +211,6 @@ func DialAdopter(ctx context.Context, path string, maxFDs int) (*Adopter, error)
 	return a, nil
 }
 
-// Subscription is what baton promised for its transfers.
-func (a *Adopter) Subscription() Subscription { return a.sub }
-
 // Next waits for baton's next transfer and returns its connections,
 // acknowledged: they belong to the caller (descriptors with FD_CLOEXEC;
 // Name is the listener, Meta the state). It returns io.EOF when baton

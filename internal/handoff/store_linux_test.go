@@ -651,8 +651,8 @@ func TestSmallSubscriptionsGetSmallTransfers(t *testing.T) {
 	checkLeaks(t)
 	h := newHarness(t, Config{})
 	a := h.adopter(7)
-	if a.Subscription().MaxFDs != 7 {
-		t.Fatalf("subscription %+v", a.Subscription())
+	if a.sub.MaxFDs != 7 {
+		t.Fatalf("subscription %+v", a.sub)
 	}
 	h.allow()
 	_, servers := pairs(t, 30)

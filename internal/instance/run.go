@@ -21,6 +21,7 @@ import (
 	"github.com/baton-dev/baton/internal/spawn"
 	"github.com/baton-dev/baton/internal/supervisor"
 	"github.com/baton-dev/baton/internal/takeover"
+	"github.com/baton-dev/baton/internal/upgrade"
 )
 
 // Options are what Run needs.
@@ -39,9 +40,9 @@ type Options struct {
 	// the argv it started with.
 	Takeover string
 	// Inherited is what the previous baton handed over when it
-	// re-executed itself as this one (an upgrade, takeover.Inherited);
+	// re-executed itself as this one (an upgrade, upgrade.Inherited);
 	// nil for none. A pre-flight is Preflight's, not Run's.
-	Inherited *takeover.Inheritance
+	Inherited *upgrade.Inheritance
 	// Version is baton's version, for the log and the metrics.
 	Version string
 }
@@ -56,9 +57,9 @@ type Options struct {
 // serving, unchanged.
 func Run(o Options) error {
 	r := o.Config
-	var h *supervisor.Handover
+	var h *supervisor.UpgradeState
 	if o.Inherited != nil {
-		h = &supervisor.Handover{}
+		h = &supervisor.UpgradeState{}
 		if err := json.Unmarshal(o.Inherited.State, h); err != nil {
 			return fmt.Errorf("reading the state the previous baton handed over: %w", err)
 		}
@@ -185,7 +186,7 @@ func prepareProcess(r *config.Resolved, log *slog.Logger) error {
 // over (an upgrade; this baton removes its file when it stops), the one
 // taken over (takenCtl, when not -1; the running instance removes its
 // file until it lets go), or a new one at r.ControlPath.
-func openControl(r *config.Resolved, h *supervisor.Handover, takenCtl int, log *slog.Logger) (*control.Server, error) {
+func openControl(r *config.Resolved, h *supervisor.UpgradeState, takenCtl int, log *slog.Logger) (*control.Server, error) {
 	var ctl *control.Server
 	var err error
 	switch {
@@ -214,7 +215,7 @@ func openControl(r *config.Resolved, h *supervisor.Handover, takenCtl int, log *
 // newSupervisor makes the supervisor: restored from the state the
 // previous baton handed over (h), or new, on the listeners taken over or
 // bound here. On an error the listeners bound or adopted here are closed.
-func newSupervisor(r *config.Resolved, h *supervisor.Handover, taken *takeover.Taken, opts supervisor.Options, log *slog.Logger) (*supervisor.Supervisor, error) {
+func newSupervisor(r *config.Resolved, h *supervisor.UpgradeState, taken *takeover.Taken, opts supervisor.Options, log *slog.Logger) (*supervisor.Supervisor, error) {
 	if h != nil {
 		sup, err := supervisor.Restore(h, opts)
 		if err != nil {
@@ -249,7 +250,7 @@ func newSupervisor(r *config.Resolved, h *supervisor.Handover, taken *takeover.T
 // run with, answers the running baton's handshake with what it checked
 // (or why it cannot take over), and changes nothing. It returns the
 // summary of what it checked.
-func Preflight(in *takeover.Inheritance, load func() error) (string, error) {
+func Preflight(in *upgrade.Inheritance, load func() error) (string, error) {
 	hs, err := supervisor.CheckState(in.State)
 	if err == nil {
 		if err = load(); err != nil {

@@ -23,9 +23,8 @@
 //
 // # Processes
 //
-// SocketInodes and Owners read /proc/PID/fd of the processes they are given
-// (baton's workers), never of every process unless the caller passes
-// AllPIDs. FDUsage reports a process's open fds against its RLIMIT_NOFILE.
+// Owners reads /proc/PID/fd of the processes it is given (baton's
+// workers), never of every process. FDUsage reports a process's open fds against its RLIMIT_NOFILE.
 //
 // # Host counters
 //

@@ -136,16 +136,6 @@ type Queue struct {
 	RecvQ, SendQ uint32
 }
 
-// CountByState counts the sockets in each state. States without sockets
-// are absent.
-func CountByState(socks []Socket) map[State]int {
-	n := make(map[State]int)
-	for _, s := range socks {
-		n[s.State]++
-	}
-	return n
-}
-
 // Owner is a process holding a socket, at file descriptor FD.
 type Owner struct{ PID, FD int }
 
@@ -161,9 +151,7 @@ type diag interface {
 
 // The process and host functions have the same signatures on every system.
 var (
-	_ func(int) (map[uint64]int, error)           = SocketInodes
 	_ func(...int) (map[uint64][]Owner, error)    = Owners
-	_ func() ([]int, error)                       = AllPIDs
 	_ func(int) (int, uint64, uint64, error)      = FDUsage
 	_ func() (map[string]map[string]int64, error) = ReadNetstat
 	_ func() (map[string]map[string]int64, error) = ReadSockstat

@@ -106,7 +106,7 @@ func (r ReadyMode) awaited() string {
 }
 
 // readyModeJSON is how a ReadyMode is encoded in the state an upgrade
-// hands over (Handover, StateVersion 1): the struct of flags it once was,
+// hands over (UpgradeState, StateVersion 1): the struct of flags it once was,
 // so that a baton of either shape reads the other's.
 type readyModeJSON struct {
 	Notify bool

@@ -10,20 +10,20 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/listener"
-	"github.com/baton-dev/baton/internal/takeover"
+	"github.com/baton-dev/baton/internal/upgrade"
 )
 
-// StateVersion is the version of Handover this baton writes and reads. A
+// StateVersion is the version of UpgradeState this baton writes and reads. A
 // baton reads the states of its own version only; an upgrade to a binary
 // that cannot read it stops at the pre-flight, changing nothing. Fields
 // added with omitempty, which an older reader ignores, keep the version.
 const StateVersion = 1
 
-// Handover is everything a baton hands to the binary it re-executes itself
+// UpgradeState is everything a baton hands to the binary it re-executes itself
 // as (baton upgrade): the sockets, the workers (still its children: the
 // pid does not change), their generations and slots, and the descriptors
 // that must survive the execve, by number. It is JSON in a memfd.
-type Handover struct {
+type UpgradeState struct {
 	Version   int       `json:"version"`
 	PID       int       `json:"pid"`
 	Started   time.Time `json:"started"`
@@ -49,7 +49,7 @@ type Handover struct {
 	KeepWorkers bool   `json:"keep_workers"`
 	Upgrades    int    `json:"upgrades"` // done before this one
 	// Nonce is the pre-flight's: the new binary answers the handshake
-	// with it (takeover.Handshake), which proves it read this state.
+	// with it (upgrade.Handshake), which proves it read this state.
 	Nonce string `json:"nonce,omitempty"`
 	// ReloadQueued says a reload was asked for during the upgrade: the
 	// new baton runs it (with reason ReloadReason) once it has taken over.
@@ -121,7 +121,7 @@ type StatsState struct {
 
 // Fds lists every descriptor the state names, which must survive the
 // execve (close-on-exec cleared) and be handed to the pre-flight.
-func (st *Handover) Fds() []int {
+func (st *UpgradeState) Fds() []int {
 	fds := []int{st.NotifyFd, st.WorkerFd}
 	if st.ControlFd >= 0 {
 		fds = append(fds, st.ControlFd)
@@ -142,8 +142,8 @@ func (st *Handover) Fds() []int {
 
 // Expect is the handshake a pre-flight of this state must answer: its
 // nonce and version, and how many of each thing Check checks.
-func (st *Handover) Expect() takeover.Handshake {
-	h := takeover.Handshake{Nonce: st.Nonce, Version: st.Version, Listeners: len(st.Listeners), Workers: len(st.Workers), Descriptors: len(st.Fds())}
+func (st *UpgradeState) Expect() upgrade.Handshake {
+	h := upgrade.Handshake{Nonce: st.Nonce, Version: st.Version, Listeners: len(st.Listeners), Workers: len(st.Workers), Descriptors: len(st.Fds())}
 	for _, l := range st.Listeners {
 		h.Sockets += len(l.Sockets)
 	}
@@ -155,8 +155,8 @@ func (st *Handover) Expect() takeover.Handshake {
 // is a socket of the recorded kind on the recorded address, and that
 // baton's own sockets are sockets. It returns what it checked; the
 // pre-flight runs it in the new binary and answers with that.
-func (st *Handover) Check() (takeover.Handshake, error) {
-	got := takeover.Handshake{Nonce: st.Nonce, Version: st.Version}
+func (st *UpgradeState) Check() (upgrade.Handshake, error) {
+	got := upgrade.Handshake{Nonce: st.Nonce, Version: st.Version}
 	if st.Version != StateVersion {
 		return got, fmt.Errorf("state version %d; this baton reads version %d", st.Version, StateVersion)
 	}
@@ -198,18 +198,18 @@ func (st *Handover) Check() (takeover.Handshake, error) {
 // returns, its error included, is the pre-flight's answer: even a state
 // this binary cannot decode is answered with the nonce and version found
 // in it, so that the running baton can say why.
-func CheckState(state []byte) (takeover.Handshake, error) {
+func CheckState(state []byte) (upgrade.Handshake, error) {
 	var head struct {
 		Version int    `json:"version"`
 		Nonce   string `json:"nonce"`
 	}
 	if err := json.Unmarshal(state, &head); err != nil {
-		return takeover.Handshake{}, fmt.Errorf("the state the running baton handed over is not JSON: %w", err)
+		return upgrade.Handshake{}, fmt.Errorf("the state the running baton handed over is not JSON: %w", err)
 	}
-	var h Handover
+	var h UpgradeState
 	if err := json.Unmarshal(state, &h); err != nil {
 		err = fmt.Errorf("reading the state the running baton handed over (version %d; this baton reads version %d): %w", head.Version, StateVersion, err)
-		return takeover.Handshake{Nonce: head.Nonce, Version: head.Version, Error: err.Error()}, err
+		return upgrade.Handshake{Nonce: head.Nonce, Version: head.Version, Error: err.Error()}, err
 	}
 	got, err := h.Check()
 	if err != nil {

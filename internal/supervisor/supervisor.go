@@ -101,11 +101,11 @@ type Supervisor struct {
 	stopping        bool
 	everReady       bool
 	stats           stats
-	takingOver      bool      // a takeover by a new instance is under way
-	upgrades        int       // upgrades done since baton started
-	lastUpgradeErr  string    // why the last upgrade failed, if it did
-	restored        *Handover // set by Restore until Run adopts
-	adopted         []*worker // workers of the restored state
+	takingOver      bool          // a takeover by a new instance is under way
+	upgrades        int           // upgrades done since baton started
+	lastUpgradeErr  string        // why the last upgrade failed, if it did
+	restored        *UpgradeState // set by Restore until Run adopts
+	adopted         []*worker     // workers of the restored state
 
 	upgrading upgradeState // the upgrade in progress (upgrade.go)
 	applying  int          // plan Applies running (endReload)

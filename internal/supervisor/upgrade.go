@@ -15,7 +15,7 @@ import (
 	"github.com/baton-dev/baton/internal/listener"
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
-	"github.com/baton-dev/baton/internal/takeover"
+	"github.com/baton-dev/baton/internal/upgrade"
 )
 
 // upgradeReply is the upgrade method's reply (api.UpgradeReply), sent
@@ -77,7 +77,7 @@ func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (*upgr
 		}
 		p.Binary = exe
 	}
-	bin, err := takeover.OpenBinary(p.Binary)
+	bin, err := upgrade.OpenBinary(p.Binary)
 	if err != nil {
 		return nil, fmt.Errorf("upgrade refused: %w; baton keeps running unchanged", err)
 	}
@@ -91,7 +91,7 @@ func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (*upgr
 	state, err := json.Marshal(h)
 	if err == nil {
 		s.log.Info("upgrade: pre-flight of the new binary", "binary", p.Binary)
-		if err = takeover.Preflight(ctx, s.spawner, bin, s.opts.Args, state, held, want); err != nil {
+		if err = upgrade.Preflight(ctx, s.spawner, bin, s.opts.Args, state, held, want); err != nil {
 			err = fmt.Errorf("upgrade to %s refused: its pre-flight failed: %w; baton keeps running unchanged", p.Binary, err)
 		}
 	}
@@ -110,11 +110,11 @@ func (s *Supervisor) prepareUpgrade(ctx context.Context, p upgradeParams) (*upgr
 // from now on, waits for a reload in progress to finish, and takes the
 // state for the pre-flight with copies of its descriptors (the caller
 // closes them).
-func (s *Supervisor) upgradeSnapshot(ctx context.Context) (*Handover, *takeover.Held, error) {
+func (s *Supervisor) upgradeSnapshot(ctx context.Context) (*UpgradeState, *upgrade.Held, error) {
 	for waited := false; ; waited = true {
 		var (
-			h    *Handover
-			held *takeover.Held
+			h    *UpgradeState
+			held *upgrade.Held
 			wait <-chan ReloadOutcome
 			err  error
 		)
@@ -143,7 +143,7 @@ func (s *Supervisor) upgradeSnapshot(ctx context.Context) (*Handover, *takeover.
 // is in progress it returns instead a channel that receives its outcome:
 // the caller waits, then calls again with waited set. A refusal changes
 // nothing.
-func (s *Supervisor) beginUpgrade(waited bool) (*Handover, *takeover.Held, <-chan ReloadOutcome, error) {
+func (s *Supervisor) beginUpgrade(waited bool) (*UpgradeState, *upgrade.Held, <-chan ReloadOutcome, error) {
 	switch {
 	case s.stopping:
 		return nil, nil, nil, errors.New("upgrade: baton is stopping")
@@ -159,13 +159,13 @@ func (s *Supervisor) beginUpgrade(waited bool) (*Handover, *takeover.Held, <-cha
 		s.reload.waiters = append(s.reload.waiters, ch)
 		return nil, nil, ch, nil
 	}
-	h, err := s.handover(false)
+	h, err := s.upgradeState(false)
 	if err != nil {
 		s.endUpgrade()
 		return nil, nil, nil, err
 	}
-	h.Nonce = takeover.NewNonce()
-	held, err := takeover.Hold(h.Fds())
+	h.Nonce = upgrade.NewNonce()
+	held, err := upgrade.Hold(h.Fds())
 	if err != nil {
 		s.endUpgrade()
 		return nil, nil, nil, fmt.Errorf("upgrade: %w", err)
@@ -211,7 +211,7 @@ func (s *Supervisor) endUpgrade() {
 // finishUpgrade re-executes baton as bin once the reply is out. The
 // clients waiting for a held reload are told first: the execve closes
 // their connections.
-func (s *Supervisor) finishUpgrade(p upgradeParams, bin *takeover.Binary, id string) {
+func (s *Supervisor) finishUpgrade(p upgradeParams, bin *upgrade.Binary, id string) {
 	defer bin.Close() // still here: the execve did not happen
 	for range 3 {
 		var told []chan<- ReloadOutcome
@@ -243,7 +243,7 @@ func (s *Supervisor) tellHeldWaiters(binary string) []chan<- ReloadOutcome {
 // execUpgrade re-executes baton as bin, handing over everything. It
 // returns only when that failed, and then nothing has changed (the held
 // reload runs now).
-func (s *Supervisor) execUpgrade(p upgradeParams, bin *takeover.Binary, id string) {
+func (s *Supervisor) execUpgrade(p upgradeParams, bin *upgrade.Binary, id string) {
 	// From here on exit statuses wait for the new program: a worker that
 	// exits now stays a zombie until the new baton reaps it.
 	s.env.procs.Pause()
@@ -254,7 +254,7 @@ func (s *Supervisor) execUpgrade(p upgradeParams, bin *takeover.Binary, id strin
 		s.log.Error("upgrade failed", "err", err)
 		s.endUpgrade()
 	}
-	h, err := s.handover(true)
+	h, err := s.upgradeState(true)
 	if err != nil {
 		fail(err)
 		return
@@ -271,7 +271,7 @@ func (s *Supervisor) execUpgrade(p upgradeParams, bin *takeover.Binary, id strin
 	if s.opts.BeforeExec != nil {
 		s.opts.BeforeExec()
 	}
-	err = takeover.Exec(s.spawner, bin, s.opts.Args, state, h.Fds(), id)
+	err = upgrade.Exec(s.spawner, bin, s.opts.Args, state, h.Fds(), id)
 	// Still here: the execve failed.
 	for _, w := range s.workers {
 		for _, pp := range w.pipes {
@@ -281,9 +281,9 @@ func (s *Supervisor) execUpgrade(p upgradeParams, bin *takeover.Binary, id strin
 	fail(err)
 }
 
-// handover snapshots the state. With hold, output pipes are held open for
+// upgradeState snapshots the state. With hold, output pipes are held open for
 // the execve. It fails while a reload or baton's stop is under way.
-func (s *Supervisor) handover(hold bool) (*Handover, error) {
+func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	if s.stopping {
 		return nil, errors.New("upgrade: baton is stopping")
 	}
@@ -302,7 +302,7 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 		// another worker exits or baton stops.
 		return nil, fmt.Errorf("upgrade: baton is still ending what %d exited workers left running (their drain deadline is at most %s away); try again then", s.leftoverSearches, s.active.cfg.DrainTimeout)
 	}
-	h := &Handover{
+	h := &UpgradeState{
 		Version: StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
 		Active: s.active.id, EverReady: s.everReady, Upgrades: s.upgrades,
 		Stats: StatsState{
@@ -369,7 +369,7 @@ func (s *Supervisor) handover(hold bool) (*Handover, error) {
 // Restore rebuilds a supervisor from the state a previous baton handed
 // over when it re-executed itself as this binary. Run then adopts the
 // workers and, unless the upgrade keeps them, starts a new generation.
-func Restore(h *Handover, o Options) (*Supervisor, error) {
+func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 	s := newSupervisor(o, env{})
 	s.start, s.nextGen, s.everReady, s.upgrades = h.Started, h.NextGen, h.EverReady, h.Upgrades+1
 	s.restored = h

@@ -1,4 +1,4 @@
-package takeover
+package upgrade
 
 import (
 	"context"
@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 }
 
 // testState is the state the tests hand over: a nonce, a version and
-// descriptors, as baton's Handover names them.
+// descriptors, as baton's UpgradeState names them.
 type testState struct {
 	Nonce   string `json:"nonce"`
 	Version int    `json:"version"`
@@ -397,4 +397,14 @@ func TestPreflightCancelled(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrNotBaton) {
 		t.Errorf("Preflight cancelled: %v; want it to say it was cancelled", err)
 	}
+}
+
+// countFds counts this process's open descriptors.
+func countFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
