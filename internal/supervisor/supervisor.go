@@ -115,6 +115,12 @@ type Supervisor struct {
 	killing          bool // Kill was called: leftovers are killed at once
 
 	leftovers *leftovers // shared with the searches' goroutines
+
+	// recycling is the replacement of a worker baton has under way
+	// (recycle.go); sampling counts the reads of /proc that have not
+	// reported back (sample.go).
+	recycling *recycleState
+	sampling  int
 }
 
 type stats struct {
@@ -157,7 +163,7 @@ func newWithEnv(o Options, e env) (*Supervisor, error) {
 
 // newSupervisor makes the supervisor's state, with the seams of e; its
 // zero fields get the real ones: o.Spawner's Starter, the system's clock,
-// endLeftovers.
+// endLeftovers, readProcSample.
 func newSupervisor(o Options, e env) *Supervisor {
 	if e.procs == nil && o.Spawner != nil {
 		e.procs = o.Spawner.Starter()
@@ -182,6 +188,9 @@ func newSupervisor(o Options, e env) *Supervisor {
 	}
 	if s.env.endLeftovers == nil {
 		s.env.endLeftovers = s.endLeftovers
+	}
+	if s.env.readProc == nil {
+		s.env.readProc = readProcSample
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handoff = newHandoff(s.log)
@@ -229,6 +238,7 @@ func (s *Supervisor) Run() error {
 // begin starts the first generation, or adopts the workers of the
 // restored state after an upgrade. It is the loop's first event.
 func (s *Supervisor) begin() {
+	s.startSampling()
 	if s.restored != nil {
 		s.adopt()
 		return

@@ -293,6 +293,9 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	if err := s.handoffBusy(); err != nil {
 		return nil, err
 	}
+	if err := s.recycleBusy(); err != nil {
+		return nil, err
+	}
 	if s.takingOver {
 		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
 	}
