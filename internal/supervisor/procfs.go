@@ -54,7 +54,36 @@ func readProcSample(pid int, sig syscall.Signal) (procSample, error) {
 		return procSample{}, fmt.Errorf("%s/status: %w", dir, err)
 	}
 	p.Signal = masks.disposition(sig)
+	if p.Signal == sigBlocked && !blockedInEveryThread(dir, sig) {
+		// SigBlk is the main thread's mask, and a thread blocks every
+		// signal for an instant now and then (glibc's pthread_create
+		// does, around the clone): a process-directed signal goes to a
+		// thread that does not block it, whose default action ends the
+		// process.
+		p.Signal = sigDefault
+	}
 	return p, nil
+}
+
+// blockedInEveryThread reports whether every thread of the process whose
+// /proc directory is dir blocks sig (/proc/PID/task/TID/status SigBlk).
+// A thread that exits while it is read does not count.
+func blockedInEveryThread(dir string, sig syscall.Signal) bool {
+	tasks, err := os.ReadDir(dir + "/task")
+	if err != nil {
+		return true // as the main thread said
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/task/" + t.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		m, err := parseSignalMasks(b)
+		if err == nil && m.blocked&(1<<(sig-1)) == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // parseProcStat reads the start time, CPU time and resident memory from a

@@ -145,6 +145,50 @@ func TestReadProcSample(t *testing.T) {
 	}
 }
 
+// TestBlockedMeansEveryThread: SigBlk in /proc/PID/status is the main
+// thread's mask; SIGTERM counts as blocked (taken with sigwait or a
+// signalfd) only when every thread blocks it, since the kernel gives a
+// process-directed signal to a thread that does not.
+func TestBlockedMeansEveryThread(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed")
+	}
+	for _, tt := range []struct {
+		name, script string
+		want         sigDisposition
+	}{
+		{"blocked in the main thread only", `import signal, threading, time
+t = threading.Thread(target=time.sleep, args=(30,), daemon=True); t.start()
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+print("set", flush=True); time.sleep(30)`, sigDefault},
+		{"blocked in every thread", `import signal, threading, time
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+t = threading.Thread(target=time.sleep, args=(30,), daemon=True); t.start()
+print("set", flush=True); time.sleep(30)`, sigBlocked},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(python, "-c", tt.script)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			buf := make([]byte, 4)
+			if _, err := out.Read(buf); err != nil { // "set": the masks are in place
+				t.Fatal(err)
+			}
+			got, err := readProcSample(cmd.Process.Pid, syscall.SIGTERM)
+			if err != nil || got.Signal != tt.want {
+				t.Errorf("SIGTERM %v, %v; want %v", got.Signal, err, tt.want)
+			}
+		})
+	}
+}
+
 func TestChooseDrain(t *testing.T) {
 	cfg := testConfig(1)
 	idle := cfg
