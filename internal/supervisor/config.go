@@ -260,11 +260,16 @@ const (
 	DefaultStartLimitInterval = 10 * time.Second
 )
 
-// MinRecycleUptime is how long a worker must have run for its exit with
-// status 0 to count as recycling itself (php-cgi after
-// PHP_FCGI_MAX_REQUESTS, gunicorn's max_requests, uWSGI's max-requests):
-// it is restarted at once, with no backoff. A worker that exits 0 sooner
-// cannot have served much: a program that daemonizes (nginx without
-// `daemon off;`), or prints its usage and exits, looks like that, and its
-// exit is a failure, with the backoff and the crash-loop limit.
+// MinRecycleUptime is how long a worker that was never ready must have
+// run for its exit with status 0 to count as recycling itself (php-cgi
+// after PHP_FCGI_MAX_REQUESTS, gunicorn's max_requests, uWSGI's
+// max-requests): it is restarted at once, with no backoff. A worker that
+// was ready recycles itself whenever it exits 0: readiness says it served.
+// One that exits 0 sooner without having been ready gives no sign that it
+// served at all: a program that daemonizes (nginx without `daemon off;`),
+// or prints its usage and exits, looks like that, and its exit is a
+// failure, with the backoff and the crash-loop limit. Uptime is the only
+// sign baton has there: a program that reaches its request limit within
+// 100ms under load, before it is ready, is taken for one that failed (the
+// error says so); give it a higher limit.
 const MinRecycleUptime = 100 * time.Millisecond

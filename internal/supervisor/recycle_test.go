@@ -196,7 +196,7 @@ func TestSelfRecycling(t *testing.T) {
 		{
 			// nginx without `daemon off;` forks its daemon and exits 0
 			// at once: that is no recycling.
-			name:    "an exit with status 0 within 100ms of the start is a failure: a program that daemonizes crash-loops and the reload fails",
+			name:    "an exit with status 0 before the worker is ready and within 100ms of its start is a failure: a program that daemonizes crash-loops and the reload fails",
 			workers: 1,
 			behave: func(gen, slot, n int) fakeWorker {
 				if gen == 2 {
@@ -224,8 +224,38 @@ func TestSelfRecycling(t *testing.T) {
 				"5.78s g2.s0#4 exited with status 0",
 				"6.58s start g2.s0#5",
 				"6.6s g2.s0#5 exited with status 0",
-				"6.6s reload r1: reload to generation 2 failed: worker slot 0 of generation 2 is crash-looping: 5 of its workers failed within 10s (start_limit_burst 5 in start_limit_interval 10s), the last: worker g2.s0#5 exited with status 0 after 20ms (within 100ms of its start, too soon to count as recycling itself: does the program daemonize, or print its usage and exit?); generation 1 keeps serving",
+				"6.6s reload r1: reload to generation 2 failed: worker slot 0 of generation 2 is crash-looping: 5 of its workers failed within 10s (start_limit_burst 5 in start_limit_interval 10s), the last: worker g2.s0#5 exited with status 0 after 20ms (before it was ready and within 100ms of its start, too soon to count as recycling itself: does the program daemonize, or print its usage and exit?); generation 1 keeps serving",
 				"10s state: generation 1 serves [s0 g1.s0 ready]",
+			},
+		},
+		{
+			// Readiness says it served: a ready worker that exits 0 recycled
+			// itself however soon (a fast program with a low request limit).
+			name:    "a worker that was ready and exits 0 within 100ms of its start recycled itself",
+			workers: 1,
+			behave: func(gen, slot, n int) fakeWorker {
+				if n <= 3 {
+					return fakeWorker{ready: 10 * time.Millisecond, crash: true, crashAfter: 30 * time.Millisecond}
+				}
+				return fakeWorker{ready: 10 * time.Millisecond}
+			},
+			run: func(h *harness) {
+				h.at(time.Second)
+				h.slots()
+			},
+			want: []string{
+				"0s start g1.s0",
+				"10ms g1.s0 sends READY=1",
+				"30ms g1.s0 exited with status 0",
+				"30ms start g1.s0#2",
+				"40ms g1.s0#2 sends READY=1",
+				"60ms g1.s0#2 exited with status 0",
+				"60ms start g1.s0#3",
+				"70ms g1.s0#3 sends READY=1",
+				"90ms g1.s0#3 exited with status 0",
+				"90ms start g1.s0#4",
+				"100ms g1.s0#4 sends READY=1",
+				"1s slots: s0 recycles 3, restarts 0, backoff 0s, last recycle exited",
 			},
 		},
 		{

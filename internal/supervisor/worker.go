@@ -547,9 +547,9 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 	s.removeWorker(w)
 	how := describeExit(status)
 	uptime := s.since(w.started)
-	// A worker that exits 0 on its own, having run a while, recycled
-	// itself: not a crash (config.go, MinRecycleUptime).
-	clean := !w.stopped && cleanExit(status, uptime)
+	// A worker that exits 0 on its own, having been ready or run a
+	// while, recycled itself: not a crash (config.go, MinRecycleUptime).
+	clean := !w.stopped && cleanExit(status, prev == Ready, uptime)
 	level, reason := slog.LevelInfo, ExitStopped
 	switch {
 	case clean:
@@ -586,10 +586,10 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 }
 
 // cleanExit reports whether a worker that exited on its own after uptime
-// with status recycled itself: status 0, after at least
-// MinRecycleUptime.
-func cleanExit(status syscall.WaitStatus, uptime time.Duration) bool {
-	return status.Exited() && status.ExitStatus() == 0 && uptime >= MinRecycleUptime
+// with status recycled itself: status 0, once it was ready (it served),
+// or after at least MinRecycleUptime.
+func cleanExit(status syscall.WaitStatus, wasReady bool, uptime time.Duration) bool {
+	return status.Exited() && status.ExitStatus() == 0 && (wasReady || uptime >= MinRecycleUptime)
 }
 
 // exitError says how a worker exited on its own, with its last output,
@@ -597,7 +597,7 @@ func cleanExit(status syscall.WaitStatus, uptime time.Duration) bool {
 func (s *Supervisor) exitError(w *worker, status syscall.WaitStatus, uptime time.Duration) string {
 	why := fmt.Sprintf("worker pid %d %s after %s", w.pid, describeExit(status), uptime.Round(time.Millisecond))
 	if status.Exited() && status.ExitStatus() == 0 && uptime < MinRecycleUptime {
-		why += fmt.Sprintf(" (within %s of its start, too soon to count as recycling itself: does the program daemonize, or print its usage and exit?)", MinRecycleUptime)
+		why += fmt.Sprintf(" (before it was ready and within %s of its start, too soon to count as recycling itself: does the program daemonize, or print its usage and exit?)", MinRecycleUptime)
 	}
 	if out := w.output.String(); out != "" {
 		why += "; its last output: " + out
