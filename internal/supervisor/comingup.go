@@ -118,10 +118,15 @@ func (s *Supervisor) comingUpExited(w *worker, prev State, how string, clean boo
 	g, sl := w.gen, w.slot
 	r := g.run(sl)
 	if clean {
-		s.log.Info("worker recycled itself while its generation comes up; restarting it in its slot at once", w.attrs("status", how, "was", prev)...)
+		pause := recyclePause(s.since(w.started))
+		s.log.Info("worker recycled itself while its generation comes up; restarting it in its slot", w.attrs("status", how, "was", prev, "in", pause)...)
 		s.noteRecycle(sl, RecycleExited)
 		s.emit(Event{Kind: EventRecycle, Slot: sl.index, Generation: g.id, Reason: RecycleExited})
-		s.startWorker(g, sl) // startFailed ends the reload if it cannot
+		if pause == 0 {
+			s.startWorker(g, sl) // startFailed ends the reload if it cannot
+		} else {
+			s.restartComingUp(g, sl, r, pause)
+		}
 		return
 	}
 	burst, interval := g.cfg.startLimit()
@@ -140,12 +145,17 @@ func (s *Supervisor) comingUpExited(w *worker, prev State, how string, clean boo
 	s.emit(Event{Kind: EventRestart, Slot: sl.index, Generation: g.id})
 	s.log.Warn("restarting worker of the generation coming up", "slot", sl.index, "generation", g.id, "in", r.backoff,
 		"failures", fmt.Sprintf("%d of %d within %s", len(r.failures), burst, interval))
+	s.restartComingUp(g, sl, r, r.backoff)
+}
+
+// restartComingUp starts a worker in slot sl of g, coming up, after wait.
+func (s *Supervisor) restartComingUp(g *generation, sl *slot, r *slotRun, wait time.Duration) {
 	if r.restart != nil {
 		r.restart.Stop()
 	}
-	r.nextStart = s.now().Add(r.backoff)
+	r.nextStart = s.now().Add(wait)
 	var t timer
-	t = s.after(r.backoff, func() {
+	t = s.after(wait, func() {
 		if r.restart != t {
 			return // replaced by a later restart
 		}

@@ -55,15 +55,42 @@ func (s *Supervisor) noteRecycle(sl *slot, reason string) {
 	sl.lastRecycle, sl.lastRecycleAt = reason, s.now()
 }
 
-// recycledItself restarts at once the slot of w, a worker of the serving
-// generation that exited with status 0 on its own (cleanExit).
+// recycledItself restarts the slot of w, a worker of the serving
+// generation that exited with status 0 on its own (cleanExit): at once,
+// or MinRecycleUptime after w's start if it ran less (recyclePause).
 func (s *Supervisor) recycledItself(w *worker, how string, uptime time.Duration) {
-	sl := w.slot
-	s.log.Info("worker recycled itself; restarting it in its slot at once", w.attrs("status", how, "uptime", uptime.Round(time.Millisecond))...)
+	g, sl := w.gen, w.slot
+	pause := recyclePause(uptime)
+	s.log.Info("worker recycled itself; restarting it in its slot", w.attrs("status", how, "uptime", uptime.Round(time.Millisecond), "in", pause)...)
 	s.noteRecycle(sl, RecycleExited)
-	s.emit(Event{Kind: EventRecycle, Slot: sl.index, Generation: w.gen.id, Reason: RecycleExited})
+	s.emit(Event{Kind: EventRecycle, Slot: sl.index, Generation: g.id, Reason: RecycleExited})
 	sl.cancelRestart()
-	s.startWorker(w.gen, sl) // startFailed schedules a restart after the backoff if it cannot
+	if pause == 0 {
+		s.startWorker(g, sl) // startFailed schedules a restart after the backoff if it cannot
+		return
+	}
+	// The backoff is left as it is: this is no failure.
+	sl.nextStart = s.now().Add(pause)
+	var t timer
+	t = s.after(pause, func() {
+		if sl.restart != t {
+			return // cancelled, or replaced by a later restart
+		}
+		sl.restart, sl.nextStart = nil, time.Time{}
+		if g == s.active && !s.stopping && !sl.removed && g.slotFree(sl) {
+			s.startWorker(g, sl)
+		}
+	})
+	sl.restart = t
+}
+
+// recyclePause is how long a slot whose worker recycled itself after
+// uptime waits before its next start: nothing once the worker ran
+// MinRecycleUptime, the rest of it otherwise, so that a program that
+// exits 0 at once (ready with delay:0s, or after READY=1) is started at
+// most ten times a second, not in a loop.
+func recyclePause(uptime time.Duration) time.Duration {
+	return max(MinRecycleUptime-uptime, 0)
 }
 
 // checkRecycle replaces the first serving worker past Config.MaxRSS or

@@ -230,8 +230,10 @@ func TestSelfRecycling(t *testing.T) {
 		},
 		{
 			// Readiness says it served: a ready worker that exits 0 recycled
-			// itself however soon (a fast program with a low request limit).
-			name:    "a worker that was ready and exits 0 within 100ms of its start recycled itself",
+			// itself however soon (a fast program with a low request limit);
+			// its slot starts again no sooner than 100ms after its start, so
+			// that a program that exits at once does not loop.
+			name:    "a worker that was ready and exits 0 within 100ms of its start recycled itself; the next start waits out the 100ms",
 			workers: 1,
 			behave: func(gen, slot, n int) fakeWorker {
 				if n <= 3 {
@@ -240,6 +242,8 @@ func TestSelfRecycling(t *testing.T) {
 				return fakeWorker{ready: 10 * time.Millisecond}
 			},
 			run: func(h *harness) {
+				h.at(50 * time.Millisecond)
+				h.state()
 				h.at(time.Second)
 				h.slots()
 			},
@@ -247,14 +251,15 @@ func TestSelfRecycling(t *testing.T) {
 				"0s start g1.s0",
 				"10ms g1.s0 sends READY=1",
 				"30ms g1.s0 exited with status 0",
-				"30ms start g1.s0#2",
-				"40ms g1.s0#2 sends READY=1",
-				"60ms g1.s0#2 exited with status 0",
-				"60ms start g1.s0#3",
-				"70ms g1.s0#3 sends READY=1",
-				"90ms g1.s0#3 exited with status 0",
-				"90ms start g1.s0#4",
-				"100ms g1.s0#4 sends READY=1",
+				"50ms state: generation 1 serves [s0 backoff 0s, next start in 50ms ()]",
+				"100ms start g1.s0#2",
+				"110ms g1.s0#2 sends READY=1",
+				"130ms g1.s0#2 exited with status 0",
+				"200ms start g1.s0#3",
+				"210ms g1.s0#3 sends READY=1",
+				"230ms g1.s0#3 exited with status 0",
+				"300ms start g1.s0#4",
+				"310ms g1.s0#4 sends READY=1",
 				"1s slots: s0 recycles 3, restarts 0, backoff 0s, last recycle exited",
 			},
 		},
