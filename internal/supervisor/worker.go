@@ -106,6 +106,9 @@ type worker struct {
 	// accepted is the connection count the worker last reported with
 	// X_BATON_ACCEPTED= (baton's library does), -1 when it never did.
 	accepted int64
+	// errors is the error count it last reported with X_BATON_ERRORS=
+	// (a canary is judged by it), -1 when it never did.
+	errors   int64
 	captures []CaptureStatus // binds baton answered with its own socket
 	pipes    []*outPipe      // read ends of its stdout and stderr pipes
 	// captureFd is the notification descriptor of its bind-capture
@@ -232,7 +235,7 @@ func (s *Supervisor) armReadiness(w *worker) {
 }
 
 func newWorker(g *generation, sl *slot) *worker {
-	return &worker{slot: sl, gen: g, state: Starting, accepted: -1, captureFd: -1, output: &tail{},
+	return &worker{slot: sl, gen: g, state: Starting, accepted: -1, errors: -1, captureFd: -1, output: &tail{},
 		spawned: make(chan struct{}), outputDone: make(chan struct{})}
 }
 
@@ -416,6 +419,9 @@ func (s *Supervisor) workerReady(w *worker) {
 	w.state, w.readyAt = Ready, s.now()
 	w.setTimer(nil)
 	s.log.Info("worker ready", w.attrs("after", w.readyAt.Sub(w.started).Round(time.Millisecond))...)
+	if s.rollReady(w) { // rolling.go: a rolling or canary reload goes on
+		return
+	}
 	switch {
 	case w.gen == s.pending && w.gen.allReady():
 		s.endReload(nil)
@@ -479,6 +485,10 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 	}
 	s.log.Log(context.Background(), level, "worker exited", w.attrs("status", how, "uptime", s.since(w.started).Round(time.Millisecond))...)
 	s.emit(Event{Kind: EventExit, Slot: w.slot.index, Generation: w.gen.id, OK: w.stopped})
+	if s.rollExit(w, status) { // rolling.go: an exit a rollout expects, or a canary's
+		s.closeGroups(false)
+		return
+	}
 
 	switch {
 	case w.gen == s.pending:
