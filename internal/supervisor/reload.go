@@ -82,7 +82,7 @@ func (s *Supervisor) requestReloadWith(reason string, o ReloadOptions, ch chan<-
 		return
 	}
 	if s.upgrading.on {
-		s.holdReload(reason, ch) // upgrade.go: it runs after the upgrade
+		s.holdReload(reason, o, ch) // upgrade.go: it runs after the upgrade
 		return
 	}
 	if s.reloading() {
