@@ -281,7 +281,8 @@ func (s *Supervisor) canaryJudge(r *roll) {
 
 // askKernel asks the kernel's view and the host's reset counter off the
 // loop, at the window's start (to remember what it saw: a CLOSE-WAIT
-// connection counts as leaked once seen for 10s) or its end (judge),
+// connection counts as leaked once seen for the inspector's
+// CloseWaitAge, inspect_interval) or its end (judge),
 // and posts the answer. Without an inspector there is no kernel's view.
 func (s *Supervisor) askKernel(r *roll, c *canary, judge bool) {
 	if s.opts.Inspector == nil {
