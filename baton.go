@@ -45,7 +45,7 @@ var inherited struct {
 func loadInherited() error {
 	inherited.once.Do(func() {
 		inherited.fds, inherited.taken = map[string]int{}, map[string]any{}
-		files, err := listener.Inherit()
+		files, err := listener.Inherit(os.LookupEnv, os.Getpid(), listener.FirstFd)
 		if err != nil {
 			inherited.err = err
 			return
