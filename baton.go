@@ -30,8 +30,9 @@ var errWrongType = errors.New("wrong socket type")
 // Worker is this process as baton (or systemd) started it, made from its
 // environment: the sockets it inherited, where it reports readiness and
 // status, the signal that asks it to stop, and baton's worker socket for
-// handing connections on. Default is the one a program uses; the
-// package-level functions are its methods.
+// handing connections on. The package-level functions are the methods of
+// Default, the one a program has: there is no other constructor, because
+// the descriptors a process inherited can be taken only once.
 //
 // A Worker's methods may be called from many goroutines at once.
 type Worker struct {
@@ -109,6 +110,7 @@ var (
 	_ func(*Worker) <-chan AdoptedConn            = (*Worker).subscribe
 	_ func(*Conn, string, shutdownHow) error      = (*Conn).shutdown
 	_ func(*Conn)                                 = (*Conn).readAddrs
+	_ handoffs                                    // what Handoff keeps in a Worker
 )
 
 // defaultWorker makes Default's Worker, once.
@@ -125,13 +127,6 @@ func envInt(v string) int {
 		return n
 	}
 	return -1
-}
-
-// lookupVar looks a socket-activation variable up in what was read when w
-// was made.
-func (w *Worker) lookupVar(key string) (string, bool) {
-	v, ok := w.vars[key]
-	return v, ok
 }
 
 // load reads the inherited descriptors, once.

@@ -21,10 +21,11 @@
 // signal that asks it to stop, and baton's worker socket for handing
 // connections on. The package-level functions (Listener, Ready, Stopping,
 // Serve, Handoff, Adopted, ...) are the methods of Default, the Worker
-// made from the process's environment on first use. Code that would rather
-// be handed its Worker than reach for the package functions takes
-// Default() as a *Worker; there is one per process, because an inherited
-// descriptor can be taken only once.
+// made from the process's environment on first use. Code that should not
+// reach for package-level state takes a *Worker instead, and the program
+// hands it Default(). A process has that one Worker only, because an
+// inherited descriptor can be taken only once; tests of the library make
+// others, of fake environments.
 //
 // The Worker reads these variables when it is made, so a program may
 // change its environment afterwards (to keep them from its own children,

@@ -15,6 +15,13 @@ func (w *Worker) inheritFiles() ([]listener.Inherited, error) {
 	return listener.Inherit(w.lookupVar, w.env.pid, w.env.firstFd)
 }
 
+// lookupVar looks a socket-activation variable up in what was read when w
+// was made.
+func (w *Worker) lookupVar(key string) (string, bool) {
+	v, ok := w.vars[key]
+	return v, ok
+}
+
 // openInherited turns the inherited descriptor fd, called name, into a
 // net.Listener or a net.PacketConn if it is a socket of the kind wanted,
 // and closes fd: only the returned object holds the socket in this process

@@ -56,12 +56,18 @@ type ServeOptions struct {
 	ShutdownTimeout time.Duration
 }
 
-// Serve calls Serve on the Default Worker: it serves srv with the default
-// ServeOptions.
+// Serve serves srv on its inherited socket (or on srv.Addr when not
+// socket-activated), reports ready, and on the stop signal drains without
+// losing a request, with the Default Worker and the default ServeOptions.
+// To drain, it wraps srv.Handler (every response says "Connection: close"
+// while draining) and srv.ConnState (it counts the open connections):
+// ServeOptions.Serve says how.
 func Serve(srv *http.Server) error { return ServeOptions{}.Serve(srv) }
 
-// Serve serves srv with the default ServeOptions and this Worker: it is
-// ServeOptions{Worker: w}.Serve(srv).
+// Serve is ServeOptions{Worker: w}.Serve(srv): it serves srv on w's
+// socket, reports ready to w's NOTIFY_SOCKET, and drains on w's stop
+// signal, wrapping srv.Handler and srv.ConnState as ServeOptions.Serve
+// says.
 func (w *Worker) Serve(srv *http.Server) error { return ServeOptions{Worker: w}.Serve(srv) }
 
 // Serve serves srv on its inherited socket (or on srv.Addr when not

@@ -108,7 +108,7 @@ func TestWorkerReadsItsEnvironmentOnce(t *testing.T) {
 }
 
 func TestDefaultIsOneWorker(t *testing.T) {
-	if Default() == nil || Default() != Default() {
+	if a, b := Default(), Default(); a == nil || a != b {
 		t.Fatal("Default() is not one Worker")
 	}
 	if (ServeOptions{}).worker() != Default() {
