@@ -3,51 +3,44 @@ package baton
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
+	"sort"
 	"strconv"
-	"sync"
+	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
-
-	"github.com/baton-dev/baton/internal/notify"
 )
 
-var stopping struct {
-	once sync.Once
-	ch   chan struct{}
-}
+// Stopping calls Stopping on the Default Worker: a channel closed when
+// the stop signal arrives.
+func Stopping() <-chan struct{} { return Default().Stopping() }
 
 // Stopping returns a channel that is closed when the stop signal arrives:
 // the signal named in BATON_STOP_SIGNAL (SIGTERM unless baton was told
-// otherwise), or SIGINT. Once Stopping has been called those signals no
-// longer end the process by themselves: the program drains and exits.
-func Stopping() <-chan struct{} {
-	stopping.once.Do(func() {
-		stopping.ch = make(chan struct{})
-		sigs := []os.Signal{syscall.SIGTERM, syscall.SIGINT}
-		if name := os.Getenv("BATON_STOP_SIGNAL"); name != "" {
-			if sig := unix.SignalNum(name); sig != 0 {
-				sigs = append(sigs, sig)
-			}
-		}
+// otherwise), SIGTERM or SIGINT. Once Stopping has been called those
+// signals no longer end the process by themselves: the program drains and
+// exits. Every call returns the same channel.
+func (w *Worker) Stopping() <-chan struct{} {
+	w.stop.once.Do(func() {
+		w.stop.ch = make(chan struct{})
 		c := make(chan os.Signal, 1)
-		signal.Notify(c, sigs...)
+		w.env.notifySignal(c, stopSignals(w.stopSignal)...)
 		go func() {
 			<-c
-			close(stopping.ch)
+			close(w.stop.ch)
 		}()
 	})
-	return stopping.ch
+	return w.stop.ch
 }
 
 // ServeOptions tune Serve. The zero value is ready to use.
 type ServeOptions struct {
+	// Worker is the Worker whose sockets, readiness report and stop
+	// signal Serve uses; nil means Default().
+	Worker *Worker
 	// Listener is the name of the inherited socket to serve; empty means
 	// "http" if there is one, else the only stream socket.
 	Listener string
@@ -63,12 +56,23 @@ type ServeOptions struct {
 	ShutdownTimeout time.Duration
 }
 
-// Serve serves srv with the default ServeOptions.
+// Serve serves srv on its inherited socket (or on srv.Addr when not
+// socket-activated), reports ready, and on the stop signal drains without
+// losing a request, with the Default Worker and the default ServeOptions.
+// To drain, it wraps srv.Handler (every response says "Connection: close"
+// while draining) and srv.ConnState (it counts the open connections):
+// ServeOptions.Serve says how.
 func Serve(srv *http.Server) error { return ServeOptions{}.Serve(srv) }
 
+// Serve is ServeOptions{Worker: w}.Serve(srv): it serves srv on w's
+// socket, reports ready to w's NOTIFY_SOCKET, and drains on w's stop
+// signal, wrapping srv.Handler and srv.ConnState as ServeOptions.Serve
+// says.
+func (w *Worker) Serve(srv *http.Server) error { return ServeOptions{Worker: w}.Serve(srv) }
+
 // Serve serves srv on its inherited socket (or on srv.Addr when not
-// socket-activated), reports ready, and when the stop signal arrives
-// drains without losing a request:
+// socket-activated; ":http" if empty), reports ready, and when the stop
+// signal arrives drains without losing a request:
 //
 //  1. it closes its listener and waits for http.Server.Serve to return,
 //     so no connection is left between accept and the server's tracking;
@@ -77,7 +81,18 @@ func Serve(srv *http.Server) error { return ServeOptions{}.Serve(srv) }
 //     next generation, instead of racing a close of their idle connection;
 //  3. it calls Shutdown for what is left.
 //
-// It returns nil after a clean drain.
+// It returns nil after a clean drain, and an error if it could not get its
+// socket, could not report ready, or a Serve of srv failed.
+//
+// To do this Serve wraps two of srv's fields before it serves, and leaves
+// them wrapped (an http.Server cannot serve again after Shutdown): Handler
+// (nil: http.DefaultServeMux) becomes a handler that sets
+// "Connection: close" on every response while draining and then calls it;
+// ConnState becomes a function that counts the open connections (the
+// drain window ends when none is left) and then calls the original, if
+// any. While it serves, it also counts the connections it accepts and
+// reports the count to baton twice a second, when it changed
+// (X_BATON_ACCEPTED= on NOTIFY_SOCKET, shown by baton status).
 func (o ServeOptions) Serve(srv *http.Server) error {
 	ln, err := o.listener(srv)
 	if err != nil {
@@ -88,8 +103,10 @@ func (o ServeOptions) Serve(srv *http.Server) error {
 
 // ServeListeners is Serve on listeners the caller chose (several sockets
 // served by one http.Server, say every one from Listeners), with the same
-// readiness report and the same drain.
+// readiness report, the same drain, and the same wrapping of srv's Handler
+// and ConnState. It closes the listeners before it returns.
 func (o ServeOptions) ServeListeners(srv *http.Server, listeners ...net.Listener) error {
+	w := o.worker()
 	if o.DrainWindow == 0 {
 		o.DrainWindow = 2 * time.Second
 	}
@@ -97,15 +114,15 @@ func (o ServeOptions) ServeListeners(srv *http.Server, listeners ...net.Listener
 		o.ShutdownTimeout = 30 * time.Second
 	}
 	if len(listeners) == 0 {
-		return errors.New("baton.ServeListeners: no listener to serve")
+		return errors.New("baton.ServeListeners: no listener to serve: pass at least one")
 	}
 	var counted []*countingListener
 	for _, ln := range listeners {
 		counted = append(counted, &countingListener{Listener: ln})
 	}
-	stopReports := reportAccepted(counted)
+	stopReports := w.reportAccepted(counted)
 	defer stopReports()
-	stop := Stopping()
+	stop := w.Stopping()
 
 	var draining atomic.Bool
 	var open atomic.Int64
@@ -148,7 +165,7 @@ func (o ServeOptions) ServeListeners(srv *http.Server, listeners ...net.Listener
 		}
 		return first
 	}
-	if err := Ready(); err != nil {
+	if err := w.Ready(); err != nil {
 		closeAll()
 		return err
 	}
@@ -176,27 +193,41 @@ func (o ServeOptions) ServeListeners(srv *http.Server, listeners ...net.Listener
 	return srv.Shutdown(ctx)
 }
 
+// worker is the Worker o uses.
+func (o ServeOptions) worker() *Worker {
+	if o.Worker != nil {
+		return o.Worker
+	}
+	return Default()
+}
+
 // listener picks the socket Serve uses.
 func (o ServeOptions) listener(srv *http.Server) (net.Listener, error) {
+	w := o.worker()
 	addr := srv.Addr
 	if addr == "" {
 		addr = ":http"
 	}
 	if o.Listener != "" {
-		return Listener(o.Listener, addr)
+		return w.Listener(o.Listener, addr)
 	}
-	if !Activated() {
+	if !w.Activated() {
 		return listenOwn(addr)
 	}
-	if ln, err := Listener("http", addr); err == nil {
+	if ln, err := w.Listener("http", addr); err == nil {
 		return ln, nil
 	}
-	all, err := Listeners()
+	all, err := w.Listeners()
 	if err != nil {
 		return nil, err
 	}
 	if len(all) != 1 {
-		return nil, errors.New("baton.Serve: this process has several stream sockets and none is called \"http\"; set ServeOptions.Listener")
+		names := make([]string, 0, len(all))
+		for name := range all {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		return nil, fmt.Errorf("baton.Serve: this process has %d stream sockets (%s) and none is called \"http\": set ServeOptions.Listener to the one to serve", len(all), strings.Join(names, ", "))
 	}
 	for _, ln := range all {
 		return ln, nil
@@ -210,6 +241,7 @@ type countingListener struct {
 	n atomic.Int64
 }
 
+// Accept accepts a connection and counts it.
 func (l *countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
@@ -221,8 +253,8 @@ func (l *countingListener) Accept() (net.Conn, error) {
 // reportAccepted tells baton, twice a second when it changed, how many
 // connections the worker accepted (X_BATON_ACCEPTED=, shown in baton
 // status), until the returned function is called.
-func reportAccepted(ls []*countingListener) (stop func()) {
-	if os.Getenv("NOTIFY_SOCKET") == "" {
+func (w *Worker) reportAccepted(ls []*countingListener) (stop func()) {
+	if w.notifySocket == "" {
 		return func() {}
 	}
 	done := make(chan struct{})
@@ -238,7 +270,8 @@ func reportAccepted(ls []*countingListener) (stop func()) {
 				n += l.n.Load()
 			}
 			if n != last {
-				notify.Notify("X_BATON_ACCEPTED=" + strconv.FormatInt(n, 10))
+				// A lost report is made good by the next one.
+				w.notify("X_BATON_ACCEPTED=" + strconv.FormatInt(n, 10))
 				last = n
 			}
 			select {

@@ -37,6 +37,9 @@ type Status struct {
 	// Output is baton's stdout and stderr: bytes waiting, lines dropped.
 	Output OutputStatus `json:"output"`
 
+	// Rollout is the progress of a rolling or canary reload under way
+	// (Pending is its generation); absent otherwise.
+	Rollout *RolloutStatus `json:"rollout,omitempty"`
 	// StartLimitBurst and StartLimitInterval: a slot of a generation
 	// coming up whose workers fail this many times within this interval
 	// crash-loops, and the reload fails.
@@ -115,6 +118,10 @@ type WorkerStatus struct {
 	// Accepted is the number of connections the worker says it accepted
 	// (X_BATON_ACCEPTED=, sent by baton's library); absent when unknown.
 	Accepted *int64 `json:"accepted,omitempty"`
+	// Errors is the number of errors the worker says it has had
+	// (X_BATON_ERRORS=, cumulative: an HTTP worker counts its 5xx
+	// answers); absent when it never said. A canary is judged by it.
+	Errors *int64 `json:"errors,omitempty"`
 	// Captures lists the binds baton answered with its own socket (with
 	// --capture-bind).
 	Captures []CaptureStatus `json:"captures,omitempty"`
@@ -188,6 +195,108 @@ type SlotStatus struct {
 	Recycles        int       `json:"recycles"`
 	LastRecycle     string    `json:"last_recycle,omitempty"`
 	LastRecycleTime time.Time `json:"last_recycle_time,omitzero"`
+
+	// Generation is the generation of the slot's live worker: during a
+	// rolling reload a slot already replaced is served by the new one.
+	// Absent when the slot has no worker.
+	Generation int `json:"generation,omitempty"`
+}
+
+// Rollout phases (RolloutStatus.Phase).
+const (
+	// RolloutCanary: the canaries are starting, or being watched.
+	RolloutCanary = "canary"
+	// RolloutRolling: slots are being replaced a batch at a time.
+	RolloutRolling = "rolling"
+	// RolloutWaiting: the next batch waits for the workers it must not
+	// outnumber to exit (at most slots+batch workers at once).
+	RolloutWaiting = "waiting"
+	// RolloutRollingBack: the reload failed after replacing slots, which
+	// go back to the previous generation a batch at a time.
+	RolloutRollingBack = "rolling back"
+	// RolloutDone: the new generation serves every slot (a result).
+	RolloutDone = "done"
+	// RolloutFailed: the reload failed; the previous generation serves
+	// (a result; RolledBack lists the slots it got back).
+	RolloutFailed = "failed"
+)
+
+// RolloutStatus is the progress of a rolling or canary reload (in
+// Status.Rollout while it runs) or how it ended (in ReloadResult.Rollout).
+type RolloutStatus struct {
+	// Generation is the generation rolling out; Previous the one it
+	// replaces.
+	Generation int `json:"generation"`
+	Previous   int `json:"previous"`
+	// Batch is how many slots are replaced at a time; 0: every slot left
+	// at once (after the canary).
+	Batch int `json:"batch"`
+	// MaxWorkers is the most workers the rollout lets run at once:
+	// slots+batch (or slots+canary slots while the canary runs); 0 when
+	// not bounded (no batch).
+	MaxWorkers int `json:"max_workers,omitempty"`
+	// Phase is one of the Rollout phases.
+	Phase string `json:"phase"`
+	// Done lists the slots the new generation serves, in the order they
+	// were replaced; Starting those whose new workers are starting (or
+	// are canaries being watched); Waiting those not started yet.
+	Done     []int `json:"done"`
+	Starting []int `json:"starting"`
+	Waiting  []int `json:"waiting"`
+	// RolledBack lists the slots given back to the previous generation
+	// after a failure; Kept those that could not be (the previous
+	// generation's worker failed there too): the new generation's worker
+	// serves them until the previous generation's restart of the slot is
+	// ready.
+	RolledBack []int `json:"rolled_back,omitempty"`
+	Kept       []int `json:"kept,omitempty"`
+	// Error says why the rollout failed (rolling back, or failed).
+	Error string `json:"error,omitempty"`
+	// Canary is the canary's progress or verdict; absent without one.
+	Canary *CanaryStatus `json:"canary,omitempty"`
+}
+
+// Canary verdicts (CanaryStatus.Verdict).
+const (
+	CanaryStarting   = "starting"    // the canaries are not all ready yet
+	CanaryWatching   = "watching"    // the window runs
+	CanaryJudging    = "judging"     // the window is over; baton asks the kernel
+	CanaryPromoted   = "promoted"    // it passed: the rollout went on
+	CanaryRolledBack = "rolled back" // it failed: its workers were stopped
+)
+
+// CanaryStatus is a canary: the first slots of a reload, started beside
+// their old workers and watched for a window before the rest.
+type CanaryStatus struct {
+	Slots []int `json:"slots"`
+	// PIDs are the canary workers now.
+	PIDs   []int    `json:"pids,omitempty"`
+	Window Duration `json:"window"`
+	// Until is when the window ends: set once every canary is ready.
+	Until time.Time `json:"until,omitzero"`
+	// Verdict is one of the Canary verdicts; Reason says why it failed.
+	Verdict string `json:"verdict"`
+	Reason  string `json:"reason,omitempty"`
+	// Errors and Accepted are what the canaries reported (X_BATON_ERRORS,
+	// X_BATON_ACCEPTED), summed over every canary worker; absent when none
+	// reported it. MaxErrors and MaxErrorRate are the thresholds.
+	Errors       *int64  `json:"errors,omitempty"`
+	Accepted     *int64  `json:"accepted,omitempty"`
+	MaxErrors    int64   `json:"max_errors"`
+	MaxErrorRate float64 `json:"max_error_rate,omitempty"`
+	// PreviousAccepted is how many connections the previous generation's
+	// workers reported accepting during the window; absent when they do
+	// not report it.
+	PreviousAccepted *int64 `json:"previous_accepted,omitempty"`
+	// Recycled counts canaries that exited with status 0 after staying
+	// up 10s and were restarted in their slot (a worker that recycles
+	// itself); any other exit fails the canary.
+	Recycled int `json:"recycled,omitempty"`
+	// HostResets is how many connections the host reset during the window
+	// (TcpExt TCPAbortOnData + TCPAbortOnClose + TCPAbortOnLinger: the
+	// kernel counts them for the whole host, not per process); shown, not
+	// judged. Absent when unknown.
+	HostResets *int64 `json:"host_resets,omitempty"`
 }
 
 // ReloadStats counts reloads.

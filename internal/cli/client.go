@@ -28,6 +28,8 @@ func newReloadCmd() *cobra.Command {
 	var cf controlFlags
 	var noWait bool
 	var timeout time.Duration
+	var rolling, canary int
+	var window time.Duration
 	c := &cobra.Command{
 		Use:   "reload",
 		Short: "Start a new worker generation and drain the old one once it is ready",
@@ -35,19 +37,80 @@ func newReloadCmd() *cobra.Command {
 generation gets the stop signal and drains. If a new worker exits or misses
 its readiness deadline, the new generation is stopped, the old one keeps
 serving, and reload exits 1 with the reason. A reload asked for while one
-runs is queued behind it (several are coalesced into one).
+runs is queued behind it (several are coalesced into one, which runs with
+the options of the last).
 
-reload waits until the reload has finished unless --no-wait is given.
-Sending SIGHUP to baton does the same without waiting.`,
-		Args: noArgs,
+--rolling[=K] replaces K slots at a time (1 when no K is given) instead of
+every slot at once: each new worker starts beside the old one of its slot,
+the old ones drain once the batch is ready, and the next batch starts once
+they have exited, so at most workers+K run at once (a reload otherwise
+doubles them for a moment). If a worker of the new generation fails
+after slots were replaced, the roll stops and those slots roll back to the
+old generation, K at a time; reload exits 1 once it has.
+
+--canary[=N] first starts the new workers of the first N slots (1 when no N
+is given) beside their old workers, which keep serving, and watches them for
+--canary-window once ready: an exit, a missed readiness deadline, errors
+they report (X_BATON_ERRORS) over canary_max_errors, no connection accepted
+while the old workers accept plenty, or a warning in the kernel's view that
+the old workers do not have, stops them (the old generation is untouched)
+and reload exits 1 with the reason. If they pass, the reload goes on:
+--rolling K at a time, or every slot left at once.
+
+Without these flags the configuration the reload loads decides (rolling,
+canary and canary_window in the config file, or --rolling and --canary of
+baton run); --rolling=0 and --canary=0 override it for this reload. SIGHUP
+reloads as the configuration says. baton status shows a reload's
+progress.
+
+reload waits until the reload has finished unless --no-wait is given.`,
+		Example: `  baton reload
+  baton reload --rolling            # one slot at a time
+  baton reload --rolling=2 --canary --canary-window=1m
+  baton reload --canary=0 --rolling=0   # all at once, whatever the configuration says`,
+		Args: func(c *cobra.Command, args []string) error {
+			// --rolling 2 is --rolling (1) and an argument 2: say how to
+			// write it.
+			if len(args) == 1 {
+				if _, err := strconv.Atoi(args[0]); err == nil {
+					for _, f := range []string{"rolling", "canary"} {
+						if c.Flags().Changed(f) {
+							return usagef("reload takes no arguments, got %q: write --%s=%s (with '=': --%s alone means 1)", args[0], f, args[0], f)
+						}
+					}
+				}
+			}
+			return noArgs(c, args)
+		},
 		RunE: func(c *cobra.Command, _ []string) error {
+			p := api.ReloadParams{WaitParams: api.WaitParams{Wait: &[]bool{!noWait}[0]}}
+			fl := c.Flags()
+			if fl.Changed("rolling") {
+				if rolling < 0 {
+					return usagef("--rolling=%d: want the number of slots to replace at a time (1 or more), or 0 for all at once", rolling)
+				}
+				p.Rolling = &rolling
+			}
+			if fl.Changed("canary") {
+				if canary < 0 {
+					return usagef("--canary=%d: want the number of slots to try first (1 or more), or 0 for no canary", canary)
+				}
+				p.Canary = &canary
+			}
+			if fl.Changed("canary-window") {
+				if window <= 0 {
+					return usagef("--canary-window=%s: want a positive duration, such as 30s", window)
+				}
+				d := api.Duration(window)
+				p.CanaryWindow = &d
+			}
 			client, err := cf.client()
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			r, err := client.Reload(ctx, !noWait)
+			r, err := client.ReloadWith(ctx, p)
 			if err != nil {
 				return err
 			}
@@ -55,15 +118,67 @@ Sending SIGHUP to baton does the same without waiting.`,
 				fmt.Fprintln(c.OutOrStdout(), "reload requested")
 				return nil
 			}
-			fmt.Fprintf(c.OutOrStdout(), "reloaded: generation %d is serving (replaced %d) after %s\n",
-				r.Generation, r.Previous, time.Duration(r.Duration).Round(time.Millisecond))
+			fmt.Fprintf(c.OutOrStdout(), "reloaded: generation %d is serving (replaced %d) after %s%s\n",
+				r.Generation, r.Previous, time.Duration(r.Duration).Round(time.Millisecond), rolloutSummary(r.Rollout))
 			return nil
 		},
 	}
 	cf.register(c)
-	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the reload is requested")
-	c.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting after this long (the reload goes on)")
+	fl := c.Flags()
+	fl.BoolVar(&noWait, "no-wait", false, "return once the reload is requested")
+	fl.DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting after this long (the reload goes on)")
+	fl.IntVar(&rolling, "rolling", 0, "replace `K` slots at a time (--rolling alone: 1); 0: all at once (default: the configuration's rolling)")
+	fl.Lookup("rolling").NoOptDefVal = "1"
+	fl.IntVar(&canary, "canary", 0, "try the new generation on the first `N` slots first (--canary alone: 1); 0: no canary (default: the configuration's canary)")
+	fl.Lookup("canary").NoOptDefVal = "1"
+	fl.DurationVar(&window, "canary-window", 0, "how long the canaries are watched once ready (default: the configuration's canary_window, 30s)")
 	return c
+}
+
+// rolloutSummary says how a rolling or canary reload went, after the
+// reload's line: ", rolling 1 slot at a time; canary slot 0 passed its
+// 30s window (0 errors, 120 connections)". Empty without a rollout.
+func rolloutSummary(ro *api.RolloutStatus) string {
+	if ro == nil {
+		return ""
+	}
+	var s string
+	switch ro.Batch {
+	case 0:
+	case 1:
+		s = ", rolling 1 slot at a time"
+	default:
+		s = fmt.Sprintf(", rolling %d slots at a time", ro.Batch)
+	}
+	if c := ro.Canary; c != nil {
+		s += fmt.Sprintf("; canary %s passed its %s window", slotWords(c.Slots), time.Duration(c.Window))
+		var seen []string
+		if c.Errors != nil {
+			seen = append(seen, fmt.Sprintf("%d errors", *c.Errors))
+		}
+		if c.Accepted != nil {
+			seen = append(seen, fmt.Sprintf("%d connections", *c.Accepted))
+		}
+		if c.Recycled > 0 {
+			seen = append(seen, fmt.Sprintf("%d recycled", c.Recycled))
+		}
+		if len(seen) > 0 {
+			s += " (" + strings.Join(seen, ", ") + ")"
+		}
+	}
+	return s
+}
+
+// slotWords names slots: "slot 0", "slots 0, 1".
+func slotWords(slots []int) string {
+	if len(slots) == 1 {
+		return fmt.Sprintf("slot %d", slots[0])
+	}
+	var s []string
+	for _, i := range slots {
+		s = append(s, strconv.Itoa(i))
+	}
+	return "slots " + strings.Join(s, ", ")
 }
 
 func newStopCmd() *cobra.Command {
@@ -221,6 +336,7 @@ func printStatus(out io.Writer, st api.Status) {
 		fmt.Fprintf(w, " (generation %d starting)", st.Pending)
 	}
 	fmt.Fprintf(w, ", ready %s\ncommand: %s\n\n", st.Ready, strings.Join(st.Command, " "))
+	printRollout(w, st, time.Now())
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBALANCE\tBACKLOG\tQUEUE\tINODE")

@@ -81,6 +81,18 @@ type Settings struct {
 	HandoffTimeout  time.Duration `toml:"handoff_timeout" flag:"handoff-timeout"`
 	HandoffMaxState int           `toml:"handoff_max_state" flag:"handoff-max-state"`
 
+	// Rolling is how many slots a reload replaces at a time (0: all at
+	// once); Canary how many it tries first, watched for CanaryWindow,
+	// which fail on more than CanaryMaxErrors errors (and, when set, more
+	// than CanaryMaxErrorRate percent of their connections): how a reload
+	// (baton reload, SIGHUP) replaces the workers unless baton reload
+	// says otherwise (supervisor.Rollout).
+	Rolling            int           `toml:"rolling" flag:"rolling"`
+	Canary             int           `toml:"canary" flag:"canary"`
+	CanaryWindow       time.Duration `toml:"canary_window" flag:"canary-window"`
+	CanaryMaxErrors    int64         `toml:"canary_max_errors" flag:"canary-max-errors"`
+	CanaryMaxErrorRate float64       `toml:"canary_max_error_rate" flag:"canary-max-error-rate"`
+
 	LogPrefix bool   `toml:"log_prefix" flag:"log-prefix"`
 	LogFormat string `toml:"log_format" flag:"log-format"`
 	LogLevel  string `toml:"log_level" flag:"log-level"`
@@ -176,6 +188,8 @@ func Defaults() Settings {
 
 		HandoffTimeout:  handoff.DefaultTimeout,
 		HandoffMaxState: handoff.DefaultMaxState,
+
+		CanaryWindow: supervisor.DefaultCanaryWindow,
 	}
 }
 

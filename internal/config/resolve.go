@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -101,6 +102,9 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 	if l.HandoffMaxState < 1 || l.HandoffMaxState > handoff.MaxStateLimit {
 		return nil, bad("handoff_max_state", "%d: want 1 to %d bytes", l.HandoffMaxState, handoff.MaxStateLimit)
 	}
+	if err := checkRollout(l); err != nil {
+		return nil, err
+	}
 	if l.StopWhenIdle < 0 || l.StopWhenIdle > l.DrainTimeout {
 		return nil, bad("stop_when_idle", "%s: want 0 (off) up to the drain timeout (%s)", l.StopWhenIdle, l.DrainTimeout)
 	}
@@ -187,6 +191,10 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 		Fd0: l.Fd0, LogPrefix: l.LogPrefix, EnableMigrateReq: l.EnableMigrateReq,
 		CaptureBind: l.CaptureBind, User: cred, Nofile: l.Rlimits.Nofile,
 		Handoff: supervisor.HandoffConfig{Timeout: l.HandoffTimeout, MaxState: l.HandoffMaxState},
+		Rollout: supervisor.Rollout{
+			Rolling: l.Rolling, Canary: l.Canary, CanaryWindow: l.CanaryWindow,
+			CanaryMaxErrors: l.CanaryMaxErrors, CanaryMaxErrorRate: l.CanaryMaxErrorRate,
+		},
 	}
 	slices.Sort(r.Supervisor.Env) // map order is random; keep logs and diffs stable
 	return r, nil
@@ -299,6 +307,28 @@ func queryValue(v any) string {
 // in a value: '&' and ';' would end it, '%' begin an escape, '+' become a
 // space. Anything else stays as written, in the address errors show.
 var queryEscaper = strings.NewReplacer("%", "%25", "&", "%26", ";", "%3B", "+", "%2B")
+
+// checkRollout checks the keys that say how a reload replaces the
+// workers. rolling and canary may exceed workers (a scale may change
+// those): a reload takes at most every slot.
+func checkRollout(l *Loaded) error {
+	bad := func(key, format string, args ...any) error {
+		return &Error{Origin: l.Origin(key), Msg: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case l.Rolling < 0:
+		return bad("rolling", "%d: want 0 (every slot at once) or how many slots a reload replaces at a time, such as 1", l.Rolling)
+	case l.Canary < 0:
+		return bad("canary", "%d: want 0 (no canary) or how many slots a reload tries first, such as 1", l.Canary)
+	case l.CanaryWindow <= 0:
+		return bad("canary_window", "%s: want a positive duration such as 30s: how long a reload's canaries are watched", l.CanaryWindow)
+	case l.CanaryMaxErrors < 0:
+		return bad("canary_max_errors", "%d: want 0 (any error fails a canary) or more", l.CanaryMaxErrors)
+	case l.CanaryMaxErrorRate < 0 || math.IsNaN(l.CanaryMaxErrorRate) || math.IsInf(l.CanaryMaxErrorRate, 0):
+		return bad("canary_max_error_rate", "%v: want a percentage of the connections a canary accepted, such as 1 or 0.5; 0 does not check it", l.CanaryMaxErrorRate)
+	}
+	return nil
+}
 
 func checkLogging(l *Loaded) error {
 	switch l.LogFormat {

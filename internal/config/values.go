@@ -111,6 +111,12 @@ func (l *Loaded) checkValue(v any, t reflect.Type, full string, at func(string) 
 		if t.Kind() >= reflect.Uint && n < 0 {
 			return bad("%d: want 0 or more%s; there is no value for unlimited", n, unitOf(full))
 		}
+	case reflect.Float64:
+		switch v.(type) {
+		case int64, float64:
+		default:
+			return bad("%s is %s: want a number, without quotes%s", l.literal(at(full), v), typeName(v), unitOf(full))
+		}
 	case reflect.Pointer:
 		return l.checkValue(v, t.Elem(), full, at)
 	case reflect.Slice:
@@ -273,6 +279,8 @@ func unitOf(full string) string {
 		return " (descriptors)"
 	case "start_limit_burst":
 		return " (failures)"
+	case "canary_max_error_rate":
+		return " (a percentage: 5 is 5%)"
 	}
 	if o := listenerOption(full); o != nil && o.Unit != "" {
 		return " (" + o.Unit + ")"

@@ -22,10 +22,10 @@ import (
 //     when Config.StartLimitBurst failures fall within
 //     Config.StartLimitInterval the slot crash-loops and the reload fails,
 //     as systemd's StartLimitBurst counts;
-//   - a slot has --ready-timeout from its first start in the generation to
-//     become ready (notify, bind), or the delay plus --ready-timeout
-//     (delay:D), whatever its workers did meanwhile; past it the reload
-//     fails.
+//   - a slot has --ready-timeout from its first start in the generation
+//     (or the first since it was last ready) to become ready (notify,
+//     bind), or the delay plus --ready-timeout (delay:D), whatever its
+//     workers did meanwhile; past it the reload fails.
 //
 // The serving generation keeps its own rules (worker.go: a failure
 // restarts after the slot's backoff, forever), but a clean exit there too
@@ -33,7 +33,9 @@ import (
 
 // slotRun is how one slot has fared in one generation.
 type slotRun struct {
-	// first is when the slot's first worker in the generation started.
+	// first is when the slot's first worker in the generation started,
+	// or the first since one of its workers was last ready: the start of
+	// its attempt to come up, which its readiness deadline counts from.
 	first time.Time
 	// upSince is when the slot's current run of workers without a
 	// failure began; zero after a failure, until the next start.
@@ -73,6 +75,11 @@ func (r *slotRun) started(at time.Time) {
 		r.upSince = at
 	}
 }
+
+// ready records that a worker of the slot became ready: a later worker
+// (one that replaces it after it exited) has a readiness deadline of its
+// own again.
+func (r *slotRun) ready() { r.first = time.Time{} }
 
 // failed records a failure at at: the run without failures is over.
 func (r *slotRun) failed(at time.Time, why string) {

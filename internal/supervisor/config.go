@@ -210,6 +210,10 @@ type Config struct {
 	LogPrefix bool
 	// Handoff configures the store of handed-off connections.
 	Handoff HandoffConfig
+	// Rollout says how a reload to this configuration replaces the
+	// serving workers: all at once (the zero value), a few slots at a
+	// time, after a canary (rolling.go).
+	Rollout Rollout
 
 	// StartLimitBurst and StartLimitInterval say when a slot of a
 	// generation that is coming up (a reload's) crash-loops: when

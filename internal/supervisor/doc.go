@@ -18,6 +18,13 @@
 // stop signal would kill it at once, in which case it is stopped only when
 // idle (drain.go, quiesce.go).
 //
+// A reload may instead roll (Rollout, rolling.go): replace a few slots at
+// a time, each new worker beside the old one of its slot, so that at most
+// slots+K workers run, or try canary slots first and watch them for a
+// window (canary.go) before going on. The rolling generation is pending
+// until every slot is replaced; a failure after some were rolls them back
+// to the previous generation first.
+//
 // All state is owned by one goroutine (the loop). Everything else (the
 // reaper, the notify socket, timers, the control socket, signals) posts
 // closures to it, so the state machine needs no locks and handles one event
@@ -32,5 +39,5 @@
 // timestamp and timer, and the search for what exited workers left
 // running. New wires the real ones; the package's tests drive the loop
 // in-process with fake workers and a fake clock (fake_test.go,
-// machine_test.go), and keep the notify and worker sockets real.
+// machine_test.go, rolling_test.go), and keep the notify and worker sockets real.
 package supervisor

@@ -117,6 +117,9 @@ type fakeWorker struct {
 	// it (sigCaught when zero).
 	rss    func(age time.Duration) uint64
 	signal sigDisposition
+	// unkillable keeps it running even on SIGKILL, as a process stuck in
+	// uninterruptible sleep (D state) is.
+	unkillable bool
 }
 
 // never is a fakeWorker.ready that never comes.
@@ -138,6 +141,9 @@ type fakeProcs struct {
 	attempts map[[2]int]int // starts asked for, by generation and slot
 	byPID    map[int]*fakeProc
 	exits    []*fakeProc // exited, not yet delivered
+	// live counts the fake workers started and not exited; maxLive is
+	// the most there ever were at once (what a rolling reload bounds).
+	live, maxLive int
 
 	// seen is what the samples read of each fake worker, by pid: they
 	// read it off the test's goroutine.
@@ -207,6 +213,8 @@ func (p *fakeProcs) Start(spec spawn.Spec, onExit func(spawn.Exit)) (spawn.Child
 	}
 	p.seen[proc.pid] = fakeSeen{started: p.h.clock.Now(), rss: w.rss, signal: w.signal}
 	p.seenMu.Unlock()
+	p.live++
+	p.maxLive = max(p.maxLive, p.live)
 	p.h.tracef("start %s", name)
 	clk := p.h.clock
 	if w.ready >= 0 {
@@ -277,6 +285,7 @@ func (f *fakeProc) SignalGroup(sig syscall.Signal) error {
 
 func (f *fakeProc) receive(sig syscall.Signal) {
 	switch {
+	case sig == syscall.SIGKILL && f.w.unkillable:
 	case sig == syscall.SIGKILL:
 		f.exit(syscall.WaitStatus(syscall.SIGKILL))
 	case f.w.ignoreStop:
@@ -293,6 +302,7 @@ func (f *fakeProc) exit(status syscall.WaitStatus) {
 		return
 	}
 	f.exited, f.status = true, status
+	f.p.live--
 	f.p.h.tracef("%s %s", f.name, describeExit(status))
 	f.p.exits = append(f.p.exits, f)
 }
@@ -597,4 +607,56 @@ func (h *harness) state() {
 		line += ", finished"
 	}
 	h.tracef("%s", line)
+}
+
+// reloadWith asks for a reload named name with rollout overrides, as
+// `baton reload --rolling --canary` does; the trace gets its answer.
+func (h *harness) reloadWith(name string, o ReloadOptions) {
+	h.t.Helper()
+	h.tracef("reload %s asked", name)
+	ch := make(chan ReloadOutcome, 1)
+	h.reloads = append(h.reloads, reloadWait{name, ch})
+	h.step(func() { h.s.requestReloadWith(name, o, ch) })
+	h.settle()
+}
+
+// send makes the worker named name send a datagram on NOTIFY_SOCKET
+// with fields (X_BATON_ERRORS=3), as the notify socket's goroutine
+// hands it to the supervisor.
+func (h *harness) send(name string, fields map[string]string) {
+	h.t.Helper()
+	for _, f := range h.procs.byPID {
+		if f.name == name && !f.exited {
+			var kv []string
+			for k, v := range fields {
+				kv = append(kv, k+"="+v)
+			}
+			sort.Strings(kv)
+			h.tracef("%s sends %s", name, strings.Join(kv, " "))
+			h.s.heard(notify.Message{PID: f.pid, Fields: fields})
+			h.settle()
+			return
+		}
+	}
+	h.t.Fatalf("no live worker %s", name)
+}
+
+// rollout adds the rollout in progress to the trace: its phase, the
+// slots done, starting and waiting, and the canary's verdict; or that
+// there is none. It also says how many fake workers are live.
+func (h *harness) rollout() {
+	s := h.s
+	if s.roll == nil {
+		h.tracef("rollout: none, %d workers live", h.procs.live)
+		return
+	}
+	st := s.rolloutStatus(s.roll, "")
+	line := fmt.Sprintf("rollout: %s, done %v, starting %v, waiting %v", st.Phase, st.Done, st.Starting, st.Waiting)
+	if len(st.RolledBack) > 0 || len(st.Kept) > 0 {
+		line += fmt.Sprintf(", rolled back %v, kept %v", st.RolledBack, st.Kept)
+	}
+	if c := st.Canary; c != nil {
+		line += ", canary " + c.Verdict
+	}
+	h.tracef("%s, %d workers live", line, h.procs.live)
 }

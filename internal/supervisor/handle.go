@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/control"
@@ -32,21 +33,25 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		}
 		return st, nil
 	case api.MethodReload:
-		var p api.WaitParams
+		var p api.ReloadParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
+		if err := p.Check(); err != nil {
+			return nil, err
+		}
+		o := reloadOptions(p)
 		reason := fmt.Sprintf("asked by pid %d", peer.PID)
 		if !p.Waits() {
 			// No channel: nobody waits for this outcome (an upgrade
 			// tells the clients that wait for a held reload, and waits
 			// until they have taken the news).
-			if !s.post(func() { s.requestReload(reason, nil) }) {
+			if !s.post(func() { s.requestReloadWith(reason, o, nil) }) {
 				return nil, ErrStopping
 			}
 			return api.ReloadQueued{Queued: true}, nil
 		}
-		ch := s.Reload(reason)
+		ch := s.ReloadWith(reason, o)
 		select {
 		case o := <-ch:
 			if o.Err != nil {
@@ -104,6 +109,16 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		return api.StopReply{Stopping: true}, nil
 	}
 	return nil, fmt.Errorf("unknown method %q; methods are %v", req.Method, api.Methods)
+}
+
+// reloadOptions are the rollout overrides of a reload request.
+func reloadOptions(p api.ReloadParams) ReloadOptions {
+	o := ReloadOptions{Rolling: p.Rolling, Canary: p.Canary}
+	if p.CanaryWindow != nil {
+		d := time.Duration(*p.CanaryWindow)
+		o.CanaryWindow = &d
+	}
+	return o
 }
 
 // ErrOwnerOnly is wrapped by the refusal of a method that only root and

@@ -358,6 +358,51 @@ func TestSelfRecycling(t *testing.T) {
 			},
 		},
 		{
+			// A rolling reload's batch is a generation coming up too: its
+			// worker's clean exit and a crash are restarted in the slot,
+			// and the roll goes on.
+			name:    "rolling: a new worker that recycles itself, and one that crashes once, are restarted in their slots; the roll goes on",
+			workers: 2,
+			cfg:     func(c *Config) { c.Rollout.Rolling = 1 },
+			behave: func(gen, slot, n int) fakeWorker {
+				switch {
+				case gen == 2 && slot == 0 && n == 1:
+					return fakeWorker{ready: 100 * time.Millisecond, crash: true, crashAfter: 300 * time.Millisecond}
+				case gen == 2 && slot == 1 && n == 1:
+					return fakeWorker{ready: never, crash: true, crashAfter: 200 * time.Millisecond, status: 1}
+				}
+				return fakeWorker{ready: 100 * time.Millisecond}
+			},
+			run: func(h *harness) {
+				h.at(5 * time.Second)
+				h.reload("r1")
+				h.at(8 * time.Second)
+				h.state()
+			},
+			want: []string{
+				"0s start g1.s0",
+				"0s start g1.s1",
+				"100ms g1.s0 sends READY=1",
+				"100ms g1.s1 sends READY=1",
+				"5s reload r1 asked",
+				"5s start g2.s0",
+				"5.1s g2.s0 sends READY=1",
+				"5.1s SIGTERM g1.s0",
+				"5.1s g1.s0 exited with status 0",
+				"5.1s start g2.s1",
+				"5.3s g2.s0 exited with status 0",
+				"5.3s start g2.s0#2",
+				"5.3s g2.s1 exited with status 1",
+				"5.4s g2.s0#2 sends READY=1",
+				"5.4s start g2.s1#2",
+				"5.5s g2.s1#2 sends READY=1",
+				"5.5s SIGTERM g1.s1",
+				"5.5s g1.s1 exited with status 0",
+				"5.5s reload r1: ok, generation 2 replaces 1",
+				"8s state: generation 2 serves [s0 g2.s0#2 ready, s1 g2.s1#2 ready]",
+			},
+		},
+		{
 			name:    "the crash-loop limit is a configuration: start_limit_burst 2",
 			workers: 1,
 			cfg:     func(c *Config) { c.StartLimitBurst, c.StartLimitInterval = 2, time.Second },

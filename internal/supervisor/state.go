@@ -55,6 +55,12 @@ type UpgradeState struct {
 	// new baton runs it (with reason ReloadReason) once it has taken over.
 	ReloadQueued bool   `json:"reload_queued,omitempty"`
 	ReloadReason string `json:"reload_reason,omitempty"`
+	// ReloadRolling, ReloadCanary and ReloadCanaryWindow are that
+	// reload's rollout overrides (baton reload --rolling, --canary,
+	// --canary-window), when it had any.
+	ReloadRolling      *int           `json:"reload_rolling,omitempty"`
+	ReloadCanary       *int           `json:"reload_canary,omitempty"`
+	ReloadCanaryWindow *time.Duration `json:"reload_canary_window,omitempty"`
 }
 
 // ListenerState is one listener group.

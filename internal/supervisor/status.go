@@ -113,6 +113,9 @@ func (s *Supervisor) status() Status {
 	if s.pending != nil {
 		st.Pending = s.pending.id
 	}
+	if s.roll != nil {
+		st.Rollout = s.rolloutStatus(s.roll, "")
+	}
 	for _, l := range s.active.listeners {
 		socks := l.Sockets()
 		first := socks[0]
@@ -144,15 +147,19 @@ func (s *Supervisor) status() Status {
 			ws.Accepted = &n
 		}
 		s.workerResources(w, &ws)
+		if w.errors >= 0 {
+			n := w.errors
+			ws.Errors = &n
+		}
 		st.Workers = append(st.Workers, ws)
 	}
 	for _, sl := range s.active.slots {
 		ss := SlotStatus{Slot: sl.index, State: SlotBackoff, Restarts: sl.restarts, Backoff: Duration(sl.backoff),
 			LastError: sl.lastErr, LastErrorTime: sl.lastErrAt,
 			Recycles: sl.recycles, LastRecycle: sl.lastRecycle, LastRecycleTime: sl.lastRecycleAt}
-		switch w := s.active.workers[sl.index]; {
+		switch w := s.slotWorker(sl); {
 		case w != nil && w.state != Exited:
-			ss.State, ss.PID = SlotUp, w.pid
+			ss.State, ss.PID, ss.Generation = SlotUp, w.pid, w.gen.id
 		case s.stopping:
 			ss.State = SlotStopped
 		case !sl.nextStart.IsZero():

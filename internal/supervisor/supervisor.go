@@ -98,6 +98,7 @@ type Supervisor struct {
 	preparing       bool                     // a reload's plan is being made
 	scaleQueue      []scaleRequest           // scale requests waiting for the reload in progress
 	reload          reloadState
+	roll            *roll // the rolling or canary reload in progress (rolling.go)
 	stopping        bool
 	everReady       bool
 	stats           stats
@@ -441,6 +442,10 @@ func (s *Supervisor) notified(m notify.Message, child int) {
 	}
 	if n, err := strconv.ParseInt(m.Fields["X_BATON_ACCEPTED"], 10, 64); err == nil && n >= 0 {
 		w.accepted = n
+	}
+	if n, err := strconv.ParseInt(m.Fields["X_BATON_ERRORS"], 10, 64); err == nil && n >= 0 {
+		w.errors = n
+		s.canaryHeard(s.roll, w) // canary.go: a canary's errors may fail it at once
 	}
 	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Kind() == ReadyNotify {
 		s.workerReady(w)

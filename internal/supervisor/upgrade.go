@@ -43,6 +43,7 @@ type upgradeState struct {
 	// waiters wait for its outcome.
 	held    bool
 	reason  string
+	opts    ReloadOptions // the last request's rollout overrides
 	waiters []chan<- ReloadOutcome
 }
 
@@ -175,11 +176,11 @@ func (s *Supervisor) beginUpgrade(waited bool) (*UpgradeState, *upgrade.Held, <-
 
 // holdReload keeps a reload asked for during an upgrade until the upgrade
 // is over. Every request held is served by one reload, as behind a reload.
-func (s *Supervisor) holdReload(reason string, ch chan<- ReloadOutcome) {
+func (s *Supervisor) holdReload(reason string, o ReloadOptions, ch chan<- ReloadOutcome) {
 	if !s.upgrading.held {
 		s.log.Info("reload held until the upgrade in progress is over", "reason", reason)
 	}
-	s.upgrading.held, s.upgrading.reason = true, reason
+	s.upgrading.held, s.upgrading.reason, s.upgrading.opts = true, reason, o
 	if ch != nil {
 		s.upgrading.waiters = append(s.upgrading.waiters, ch)
 	}
@@ -200,10 +201,11 @@ func (s *Supervisor) endUpgrade() {
 			ch <- ReloadOutcome{Err: ErrStopping}
 		}
 	case s.reloading():
-		s.reload.queued, s.reload.queuedReason = true, u.reason
+		s.reload.queued, s.reload.queuedReason, s.reload.queuedOpts = true, u.reason, u.opts
 		s.reload.queuedFor = append(s.reload.queuedFor, u.waiters...)
 	default:
 		s.log.Info("running the reload asked for during the upgrade", "reason", u.reason)
+		s.reload.opts = u.opts
 		s.prepareReload(u.reason, u.waiters)
 	}
 }
@@ -262,6 +264,7 @@ func (s *Supervisor) execUpgrade(p upgradeParams, bin *upgrade.Binary, id string
 	h.KeepWorkers = p.KeepWorkers
 	h.Binary = p.Binary
 	h.ReloadQueued, h.ReloadReason = s.upgrading.held, s.upgrading.reason
+	h.ReloadRolling, h.ReloadCanary, h.ReloadCanaryWindow = s.upgrading.opts.Rolling, s.upgrading.opts.Canary, s.upgrading.opts.CanaryWindow
 	state, err := json.Marshal(h)
 	if err != nil {
 		fail(err)
@@ -523,7 +526,7 @@ func (s *Supervisor) adopt() {
 		s.requestReload("upgrade", nil)
 	case h.ReloadQueued:
 		s.log.Info("running the reload asked for during the upgrade", "reason", h.ReloadReason)
-		s.requestReload(h.ReloadReason, nil)
+		s.requestReloadWith(h.ReloadReason, ReloadOptions{Rolling: h.ReloadRolling, Canary: h.ReloadCanary, CanaryWindow: h.ReloadCanaryWindow}, nil)
 	}
 }
 

@@ -118,6 +118,9 @@ type worker struct {
 	// accepted is the connection count the worker last reported with
 	// X_BATON_ACCEPTED= (baton's library does), -1 when it never did.
 	accepted int64
+	// errors is the error count it last reported with X_BATON_ERRORS=
+	// (a canary is judged by it), -1 when it never did.
+	errors   int64
 	captures []CaptureStatus // binds baton answered with its own socket
 	pipes    []*outPipe      // read ends of its stdout and stderr pipes
 	// captureFd is the notification descriptor of its bind-capture
@@ -255,8 +258,8 @@ func (s *Supervisor) spawnWorker(g *generation, sl *slot, replacing *worker) (*w
 // upgrade has used part of it): a worker still starting then has missed
 // its deadline (notify, bind) or is ready (delay). In a generation that
 // is coming up, a strict deadline counts from the slot's first start in
-// it, whatever its workers did since: a slot has --ready-timeout to
-// become ready. With delay:D, it counts from the start of the slot's run
+// it (or the first since it was last ready), whatever its workers did
+// since: a slot has --ready-timeout to become ready. With delay:D, it counts from the start of the slot's run
 // of workers without a failure (comingup.go): a worker that replaces one
 // that recycled itself carries on its run.
 func (s *Supervisor) armReadiness(w *worker) {
@@ -283,7 +286,7 @@ func (s *Supervisor) armReadiness(w *worker) {
 }
 
 func newWorker(g *generation, sl *slot) *worker {
-	return &worker{slot: sl, gen: g, state: Starting, accepted: -1, captureFd: -1, output: &tail{},
+	return &worker{slot: sl, gen: g, state: Starting, accepted: -1, errors: -1, captureFd: -1, output: &tail{},
 		spawned: make(chan struct{}), outputDone: make(chan struct{})}
 }
 
@@ -473,9 +476,17 @@ func (s *Supervisor) workerReady(w *worker) {
 	// How it handles its stop signal is read now that it has set up
 	// (drain.go), off the loop.
 	s.sample([]*worker{w})
+	if r := w.gen.runs[w.slot.index]; r != nil && w.replacing == nil {
+		r.ready()
+	}
+	if w.replacing != nil {
+		s.recycleDone(w) // recycle.go: a worker baton replaces
+		return
+	}
+	if s.rollReady(w) { // rolling.go: a rolling or canary reload goes on
+		return
+	}
 	switch {
-	case w.replacing != nil:
-		s.recycleDone(w)
 	case w.gen == s.pending && w.gen.allReady():
 		s.endReload(nil)
 	case w.gen == s.active && !s.everReady && w.gen.allReady():
@@ -561,6 +572,10 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 	s.emit(Event{Kind: EventExit, Slot: w.slot.index, Generation: w.gen.id, OK: w.stopped, Reason: reason})
 	if !w.stopped && !clean {
 		w.gen.run(w.slot).failed(s.now(), s.exitError(w, status, uptime))
+	}
+	if s.rollExit(w, status) { // rolling.go: an exit a rollout expects, or a canary's
+		s.closeGroups(false)
+		return
 	}
 
 	switch {
