@@ -230,7 +230,7 @@ func healthError(st *api.Status) error {
 	if !h.Degraded() {
 		return nil
 	}
-	return &exitError{code: exitDegraded, err: fmt.Errorf("degraded: %s (see the warnings and slots above)", strings.Join(h.Reasons, "; "))}
+	return &exitError{code: exitDegraded, err: fmt.Errorf("degraded: %s (the status says why)", strings.Join(h.Reasons, "; "))}
 }
 
 // printStatus writes the status as tables that fit 100 columns: the

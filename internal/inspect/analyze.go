@@ -61,12 +61,15 @@ type history struct {
 	// left holds, by listener name, when a connection was last seen to
 	// have left the listener's accept queue (accepted, or dropped).
 	left map[string]time.Time
+	// wrapped holds when each program a worker runs as its child instead
+	// of exec-ing it was first seen, by worker and child pid.
+	wrapped map[[2]int]time.Time
 }
 
 func newHistory() *history {
 	return &history{
 		active: map[string]Warning{}, closeWait: map[uint64]time.Time{}, closeWaitCount: map[int]int{},
-		queued: map[uint64]waitingConn{}, left: map[string]time.Time{},
+		queued: map[uint64]waitingConn{}, left: map[string]time.Time{}, wrapped: map[[2]int]time.Time{},
 	}
 }
 
@@ -153,7 +156,7 @@ func analyze(in Input, s *sample, h *history, o Options) (v *View, raised, clear
 			warns = append(warns, w)
 		}
 		if socks, ok := s.conns[li]; ok && l.Protocol == TCP {
-			if n, oldest, stalled := h.acceptStall(l, queued(l, socks), s.time, o.QueueAge, seenQ); stalled {
+			if n, oldest, stalled := h.acceptStall(l, queued(l, socks), s.time, o.Persist, seenQ); stalled {
 				if w, ok := notAccepting(l, lv, n, s.time.Sub(oldest), in, s); ok {
 					warns = append(warns, w)
 				}
@@ -232,7 +235,7 @@ func analyze(in Input, s *sample, h *history, o Options) (v *View, raised, clear
 		}
 	}
 	h.closeWaitCount = cwCount
-	if w, ok := wrapperWarning(in, s); ok {
+	if w, ok := h.wrapperWarning(in, s, o.Persist); ok {
 		warns = append(warns, w)
 	}
 	warns = append(warns, slotWarnings(in, s.time, o)...)

@@ -365,3 +365,16 @@ func TestSeriesRise(t *testing.T) {
 		}
 	}
 }
+
+// withCode keeps the warnings with code. The tests look at their own
+// warnings only: host-wide ones (ListenOverflows rising) may come from
+// other programs on the machine.
+func withCode(ws []Warning, code Code) []Warning {
+	var out []Warning
+	for _, w := range ws {
+		if w.Code == code {
+			out = append(out, w)
+		}
+	}
+	return out
+}

@@ -37,10 +37,13 @@ type Options struct {
 	// TimeWait is how many TIME-WAIT sockets on one listener's port make a
 	// pile-up (a quarter of net.ipv4.tcp_max_tw_buckets, at most 16384).
 	TimeWait int
-	// QueueAge is how long a connection must wait in a TCP listener's
-	// accept queue, with none accepted meanwhile, for the listener to
-	// count as one nobody accepts on (10s).
-	QueueAge time.Duration
+	// Persist is how long a condition that may pass by itself must last
+	// before it is a warning (10s): a connection waiting in a TCP
+	// listener's accept queue with none accepted meanwhile (nobody
+	// accepts on the listener), a child of a wrapper shell (a shell
+	// runs helpers before it execs the program: pyenv's and rbenv's
+	// shims do).
+	Persist time.Duration
 	// StableAfter is how long a slot's worker must stay up for the slot
 	// to count as no longer crash-looping: the supervisor's StableAfter
 	// (10s).
@@ -67,8 +70,8 @@ func (o Options) withDefaults() Options {
 	if o.FDUsage <= 0 {
 		o.FDUsage = 0.8
 	}
-	if o.QueueAge <= 0 {
-		o.QueueAge = 10 * time.Second
+	if o.Persist <= 0 {
+		o.Persist = 10 * time.Second
 	}
 	if o.StableAfter <= 0 {
 		o.StableAfter = 10 * time.Second

@@ -139,8 +139,8 @@ func whyNotAccepting(l Listener, in Input, s *sample) string {
 				msg += " and listens on " + ownAddrs(own) + " itself"
 			}
 			if isShell(t.self.Comm) {
-				return msg + fmt.Sprintf(". Fix: end the wrapper script with exec (exec %s \"$@\"), so that the program is the worker "+
-					"baton started, then baton reload", d.Comm)
+				return msg + fmt.Sprintf(". Fix: end the wrapper script with exec (%s), so that the program is the worker "+
+					"baton started, then baton reload", execHint(d))
 			}
 			return msg + fmt.Sprintf(". Fix: have %s exec the program (or run the program directly), then baton reload", t.self.Comm)
 		}
@@ -193,31 +193,49 @@ func ownAddrs(own []ownListener) string {
 	return strings.Join(addrs, ", ")
 }
 
-// wrapperWarning warns when a worker is a shell that runs the program as
-// its child instead of exec-ing it (a wrapper script without exec):
-// LISTEN_PID then names the shell, and the stop signal reaches the shell,
-// not the program. One warning covers every such worker.
-func wrapperWarning(in Input, s *sample) (Warning, bool) {
+// wrapperWarning warns when a ready worker is a shell that runs the
+// program as its child instead of exec-ing it (a wrapper script without
+// exec): LISTEN_PID then names the shell, and the stop signal reaches
+// the shell, not the program. The child must have run for persist: a
+// shell may run helpers before it execs the program (pyenv's shims do).
+// One warning covers every such worker.
+func (h *history) wrapperWarning(in Input, s *sample, persist time.Duration) (Warning, bool) {
 	var first Worker
 	var prog proc
 	n := 0
+	seen := map[[2]int]time.Time{}
 	for _, w := range in.Workers {
 		t := s.trees[w.PID]
-		if t == nil || !isShell(t.self.Comm) {
+		if t == nil || w.State != WorkerReady || !isShell(t.self.Comm) {
 			continue
 		}
-		if d, ok := notExeced(w, t); ok {
-			if n == 0 {
-				first, prog = w, d
-			}
-			n++
+		d, ok := notExeced(w, t)
+		if !ok {
+			continue
 		}
+		k := [2]int{w.PID, d.PID}
+		since, ok := h.wrapped[k]
+		if !ok {
+			since = s.time
+		}
+		seen[k] = since
+		if s.time.Sub(since) < persist {
+			continue
+		}
+		if n == 0 {
+			first, prog = w, d
+		}
+		n++
 	}
+	h.wrapped = seen
 	if n == 0 {
 		return Warning{}, false
 	}
 	others := ""
-	if n > 1 {
+	switch {
+	case n == 2:
+		others = " (and so does 1 other worker)"
+	case n > 2:
 		others = fmt.Sprintf(" (and so do %d other workers)", n-1)
 	}
 	shell := s.trees[first.PID].self.Comm
@@ -226,9 +244,19 @@ func wrapperWarning(in Input, s *sample) (Warning, bool) {
 		Message: fmt.Sprintf("%s is a shell (%s) that runs pid %d (%s) as its child instead of exec-ing it%s: LISTEN_PID=%d "+
 			"names the shell, so a program that checks it (sd_listen_fds, go-systemd, baton's library) ignores the sockets "+
 			"baton passes and may bind a port of its own, and baton's stop signal reaches the shell, not the program; end "+
-			"the wrapper script with exec (exec %s \"$@\"), or run the program directly",
-			workerName(first), shell, prog.PID, prog.Comm, others, first.PID, prog.Comm),
+			"the wrapper script with exec (%s), or run the program directly",
+			workerName(first), shell, prog.PID, prog.Comm, others, first.PID, execHint(prog)),
 	}, true
+}
+
+// execHint is the line a wrapper script should end with to run p: exec
+// and p's command line, shortened.
+func execHint(p proc) string {
+	cmd := p.Cmdline
+	if cmd == "" {
+		cmd = p.Comm + ` "$@"`
+	}
+	return "exec " + shorten(cmd, 80)
 }
 
 // restartSlack is how much later than its backoff a slot's restart may
@@ -263,8 +291,8 @@ func slotWarnings(in Input, now time.Time, o Options) []Warning {
 			continue
 		}
 		next := ""
-		if sl.State == SlotBackoff {
-			next = "; the next try is in " + roundDur(sl.NextIn)
+		if sl.State == SlotBackoff && sl.NextIn > 0 {
+			next = "; the next try is in " + sl.NextIn.Round(100*time.Millisecond).String()
 		}
 		if addrInUse(sl.LastError) {
 			warns = append(warns, bindsOwnPort(sl, in, next))
@@ -274,9 +302,9 @@ func slotWarnings(in Input, now time.Time, o Options) []Warning {
 			warns = append(warns, Warning{
 				Code: CrashLoop, Slot: intp(sl.Slot),
 				Message: fmt.Sprintf("worker slot %d is crash-looping: %d workers in a row exited within %s of their start "+
-					"(%d restarts%s), and it serves nothing while it waits to restart: fix what makes the program exit, "+
+					"(%s%s), and it serves nothing while it waits to restart: fix what makes the program exit, "+
 					"and the next restart (or baton reload) picks the fix up; the last: %s",
-					sl.Slot, n, roundDur(o.StableAfter), sl.Restarts, next, shorten(sl.LastError, 400)),
+					sl.Slot, n, roundDur(o.StableAfter), plural(sl.Restarts, "restart"), next, shorten(sl.LastError, 400)),
 			})
 		}
 	}
@@ -307,8 +335,8 @@ func addrInUse(s string) bool {
 // bindsOwnPort is the warning about a slot whose workers exit with
 // "address already in use".
 func bindsOwnPort(sl Slot, in Input, next string) Warning {
-	msg := fmt.Sprintf("worker slot %d keeps exiting with \"address already in use\" (%d restarts%s): the program binds a port "+
-		"of its own instead of taking the socket baton passes it (LISTEN_FDS, from fd 3)", sl.Slot, sl.Restarts, next)
+	msg := fmt.Sprintf("worker slot %d keeps exiting with \"address already in use\" (%s%s): the program binds a port "+
+		"of its own instead of taking the socket baton passes it (LISTEN_FDS, from fd 3)", sl.Slot, plural(sl.Restarts, "restart"), next)
 	if l, port, ok := namedPort(in, sl.LastError); ok {
 		msg += fmt.Sprintf(", and port %d is listener %s's, which baton holds. Run the program with --capture-bind, so "+
 			"that its bind(2) of %s gets baton's socket, and --ready bind, so that a worker counts as ready once it has "+
@@ -358,4 +386,12 @@ func shorten(s string, n int) string {
 		n--
 	}
 	return s[:n] + "…"
+}
+
+// plural is n and the noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return itoa(n) + " " + noun + "s"
 }

@@ -19,6 +19,9 @@ type proc struct {
 	// sd_listen_fds (and every library like it) gives no sockets.
 	ListenPID int
 	ListenFDs bool
+	// Cmdline is its command line, arguments joined by spaces (read with
+	// its environment; "" when unreadable).
+	Cmdline string
 }
 
 // tree is a worker's process and its descendants, with the listening
@@ -111,4 +114,11 @@ func parseChildren(b []byte, dst []int) []int {
 		}
 	}
 	return dst
+}
+
+// parseCmdline joins the NUL-separated arguments of /proc/PID/cmdline
+// with spaces.
+func parseCmdline(b []byte) string {
+	b = bytes.TrimRight(b, "\x00")
+	return string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
 }

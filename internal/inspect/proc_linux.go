@@ -16,7 +16,7 @@ const maxEnviron = 1 << 20
 // readProc reads a process's command name and parent (/proc/PID/stat)
 // and, with env, LISTEN_PID and LISTEN_FDS of its environment
 // (/proc/PID/environ, which root and the process's own user may read;
-// left zero when it cannot be read).
+// left zero when it cannot be read) and its command line.
 func readProc(pid int, env bool) (proc, error) {
 	dir := "/proc/" + strconv.Itoa(pid)
 	b, err := os.ReadFile(dir + "/stat")
@@ -30,13 +30,14 @@ func readProc(pid int, env bool) (proc, error) {
 	if !env {
 		return p, nil
 	}
-	f, err := os.Open(dir + "/environ")
-	if err != nil {
-		return p, nil
+	if f, err := os.Open(dir + "/environ"); err == nil {
+		if b, err := io.ReadAll(io.LimitReader(f, maxEnviron)); err == nil {
+			p.ListenPID, p.ListenFDs = parseEnviron(b)
+		}
+		f.Close()
 	}
-	defer f.Close()
-	if b, err = io.ReadAll(io.LimitReader(f, maxEnviron)); err == nil {
-		p.ListenPID, p.ListenFDs = parseEnviron(b)
+	if b, err := os.ReadFile(dir + "/cmdline"); err == nil {
+		p.Cmdline = parseCmdline(b)
 	}
 	return p, nil
 }
