@@ -64,6 +64,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	fmt.Fprintln(stderr, "baton:", err)
+	return exitCode(err)
+}
+
+// exitCode is the exit code for a command's error: 2 for a usage error,
+// an exitError's own, else 1.
+func exitCode(err error) int {
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return exitUsage
