@@ -30,6 +30,8 @@ func newSample(at time.Time) *sample {
 		queues: map[uint64]sockdiag.Queue{},
 		conns:  map[int][]sockdiag.Socket{},
 		fds:    map[int]fdUsage{},
+		procs:  map[int]proc{},
+		trees:  map[int]*tree{},
 	}
 }
 

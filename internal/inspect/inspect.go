@@ -204,7 +204,7 @@ func (in *Inspector) gather(ctx context.Context, input Input) *sample {
 		}
 		s.owners = owners
 	}
-	if needTrees(input, s) {
+	if needTrees(input, s, in.hist, in.opts.Persist) {
 		in.gatherTrees(input, s)
 	}
 	var err error
@@ -316,19 +316,23 @@ func (in *Inspector) gatherSockets(input Input, s *sample) error {
 
 var errBroken = errors.New("the sock_diag netlink socket failed")
 
-// needTrees reports whether the workers' process trees are worth reading:
-// a worker is a shell (a wrapper script), or connections wait in a TCP
-// listener's accept queue (to say why nobody accepts them, should that
-// last).
-func needTrees(input Input, s *sample) bool {
+// needTrees reports whether the workers' process trees are worth reading
+// (they cost a read of each descendant's /proc): a worker is a shell (a
+// wrapper script), or a connection has waited in a TCP listener's accept
+// queue for persist or more, as the history says (to tell why nobody
+// accepts it). A busy server's queue, whose connections come and go,
+// costs nothing more.
+func needTrees(input Input, s *sample, h *history, persist time.Duration) bool {
 	for _, p := range s.procs {
 		if isShell(p.Comm) {
 			return true
 		}
 	}
 	for li, l := range input.Listeners {
-		if len(queued(l, s.conns[li])) > 0 {
-			return true
+		for _, sk := range queued(l, s.conns[li]) {
+			if w, ok := h.queued[sk.Cookie]; ok && sk.Cookie != 0 && s.time.Sub(w.first) >= persist {
+				return true
+			}
 		}
 	}
 	return false

@@ -497,3 +497,34 @@ func TestSeverities(t *testing.T) {
 		}
 	}
 }
+
+// The process trees are read only when they can tell something: a worker
+// that is a shell, or a connection that has waited its time in a queue.
+func TestNeedTrees(t *testing.T) {
+	in := stallInput()
+	o := Options{}.withDefaults()
+	h := newHistory()
+	h.queued[1] = waitingConn{first: t0, listener: "http"}
+	tests := []struct {
+		name string
+		s    *sample
+		want bool
+	}{
+		{"nothing waits", queuedSample(t0.Add(time.Minute), nil), false},
+		{"a new connection waits", queuedSample(t0.Add(time.Minute), []uint64{2}), false},
+		{"one waited too long", queuedSample(t0.Add(o.Persist), []uint64{1, 2}), true},
+		{"not yet long enough", queuedSample(t0.Add(o.Persist-time.Millisecond), []uint64{1}), false},
+		{"a worker is a shell", func() *sample {
+			s := queuedSample(t0, nil)
+			s.procs[10] = proc{PID: 10, Comm: "dash"}
+			return s
+		}(), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := needTrees(in, tt.s, h, o.Persist); got != tt.want {
+				t.Errorf("needTrees = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
