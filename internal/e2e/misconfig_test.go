@@ -162,6 +162,59 @@ func TestWrapperWithoutExecWarned(t *testing.T) {
 	b.degradedMetric(maddr, 0, inspect.NotAccepting, 0)
 }
 
+// A program that knows nothing of LISTEN_FDS and listens on its own
+// port, another than baton's listener: it runs, it counts as ready after
+// the delay, and baton's port holds connections nobody accepts. The
+// warning names the process and the port it listens on, and the fixes
+// (take the socket from LISTEN_FDS, or --capture-bind); a reload to a
+// program that takes it (examples/hello) clears the warning, and the
+// connections that waited are served.
+func TestProgramIgnoringListenFDsWarned(t *testing.T) {
+	requireE2E(t)
+	baton, own := freePort(t), freePort(t)
+	conf := filepath.Join(shortDir(t), "baton.toml")
+	base := fmt.Sprintf(`listen = ["http=tcp://127.0.0.1:%d"]
+workers = 1
+inspect_interval = "100ms"
+ready = "delay:100ms"
+`, baton)
+	writeConfig(t, conf, base+fmt.Sprintf("command = [%q, \"-addr\", \"127.0.0.1:%d\"]\n", selfbindBin, own))
+	b := startBaton(t, nil, "--config", conf)
+	b.waitReady(1)
+	conns := dialHeld(t, fmt.Sprintf("127.0.0.1:%d", baton), 2)
+	st := b.waitStatus("not_accepting", func(st supervisor.Status) bool { return warningOf(st, inspect.NotAccepting) != nil })
+	w := warningOf(st, inspect.NotAccepting)
+	for _, want := range []string{
+		fmt.Sprintf("of worker slot 0 listens on 127.0.0.1:%d itself: the program ignores LISTEN_FDS and binds a port of its own", own),
+		"Fix: have it take the socket baton passes (LISTEN_FDS from fd 3, sd_listen_fds), or run it with --capture-bind (and --ready bind)",
+	} {
+		if !strings.Contains(w.Message, want) {
+			t.Errorf("not_accepting %q\nlacks %q", w.Message, want)
+		}
+	}
+	if warningOf(st, inspect.WrapperWithoutExec) != nil {
+		t.Errorf("a program started directly reported as a wrapper: %+v", st.Kernel.Warnings)
+	}
+	b.wantStatusExit(3, "not_accepting: listener http")
+
+	writeConfig(t, conf, base+fmt.Sprintf("command = [%q]\n", helloBin))
+	if out, code := b.cli("reload"); code != 0 {
+		t.Fatalf("reload to a program that takes its socket: exit %d\n%s", code, out)
+	}
+	for i, c := range conns {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+		if resp, err := io.ReadAll(c); err != nil || !strings.Contains(string(resp), "hello from pid") {
+			t.Errorf("connection %d that waited: %q, %v; want hello's answer", i, resp, err)
+		}
+	}
+	b.waitStatus("not_accepting cleared", func(st supervisor.Status) bool {
+		return st.Kernel != nil && warningOf(st, inspect.NotAccepting) == nil
+	})
+	b.waitLog("warning cleared\" warning=not_accepting listener=http")
+	b.wantStatusExit(0, "")
+}
+
 // python3 -m http.server without --capture-bind: it binds baton's port
 // itself and exits with EADDRINUSE, again and again. baton warns that the
 // program binds its own port, names the port as its listener's and
