@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -57,64 +58,82 @@ func dupFile(t *testing.T, ln syscall.Conn) *os.File {
 }
 
 // A wrapper script without exec, as a new user writes it: the worker is
-// sh, its child gets LISTEN_PID naming sh, ignores the socket on fd 3 and
-// listens on a port of its own; connections wait on baton's socket. The
-// view warns about the wrapper, and that nobody accepts, naming both.
+// a shell, its child gets LISTEN_PID naming the shell, ignores the socket
+// on fd 3 and listens on a port of its own; connections wait on baton's
+// socket. The view warns about the wrapper, and that nobody accepts,
+// naming both. The shell runs as sh -c, and as a script run directly
+// (whose command name is the script's: the shell is its executable).
 func TestInspectWrapperWithoutExec(t *testing.T) {
-	ln, ino := listenTCP(t, 64)
-	addr := netip.MustParseAddrPort(ln.Addr().String())
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("/bin/sh", "-c", `export LISTEN_FDS=1 LISTEN_PID=$$; "$0"; exit 0`, self)
-	cmd.Env = append(os.Environ(), helperEnv+"=listen")
-	cmd.ExtraFiles = []*os.File{dupFile(t, ln)}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
+	const body = `export LISTEN_FDS=1 LISTEN_PID=$$; "$0"; exit 0`
+	script := filepath.Join(t.TempDir(), "run-it")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexport LISTEN_FDS=1 LISTEN_PID=$$\n\"$1\"\nexit 0\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Skip("no /bin/sh:", err)
-	}
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // the shell and its child
-		cmd.Wait()
-	})
-	own, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("the helper printed no address: %v", err)
-	}
-	own = strings.TrimSpace(own)
-	dialN(t, addr.String(), 2)
-
-	input := Input{
-		Listeners: []Listener{{Name: "http", Protocol: TCP, Addr: addr, Backlog: 64, Sockets: []Socket{{Slot: Shared, Inode: ino}}}},
-		Workers:   []Worker{{PID: cmd.Process.Pid, Slot: 0, Generation: 1, State: WorkerReady}},
-	}
-	in := New(Options{Persist: time.Nanosecond})
-	defer in.Close()
-	v := waitView(t, in, input, "not_accepting and wrapper_without_exec", func(v *View) bool {
-		return len(withCode(v.Warnings, NotAccepting)) == 1 && len(withCode(v.Warnings, WrapperWithoutExec)) == 1
-	})
-	if len(v.Errors) != 0 {
-		t.Errorf("errors: %q", v.Errors)
-	}
-	na := withCode(v.Warnings, NotAccepting)[0].Message
-	for _, want := range []string{
-		"2 connections have waited in the accept queue",
-		fmt.Sprintf("worker slot 0 (pid %d) is sh, which runs pid ", cmd.Process.Pid),
-		fmt.Sprintf("as its child instead of exec-ing it, so LISTEN_PID=%d names sh", cmd.Process.Pid),
-		"and listens on " + own + " itself",
-		"Fix: end the wrapper script with exec (exec " + self,
+	for _, tc := range []struct {
+		name  string
+		cmd   *exec.Cmd
+		shell string // how the message names the worker
+	}{
+		{"sh -c", exec.Command("/bin/sh", "-c", body, self), "is sh, which runs pid "},
+		{"a script run directly", exec.Command(script, self), "is run-it, a "},
 	} {
-		if !strings.Contains(na, want) {
-			t.Errorf("not_accepting %q\nlacks %q", na, want)
-		}
-	}
-	if w := withCode(v.Warnings, WrapperWithoutExec)[0].Message; !strings.Contains(w, "is a shell (sh) that runs pid") {
-		t.Errorf("wrapper_without_exec %q", w)
+		t.Run(tc.name, func(t *testing.T) {
+			ln, ino := listenTCP(t, 64)
+			addr := netip.MustParseAddrPort(ln.Addr().String())
+			cmd := tc.cmd
+			cmd.Env = append(os.Environ(), helperEnv+"=listen")
+			cmd.ExtraFiles = []*os.File{dupFile(t, ln)}
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Skip("no /bin/sh:", err)
+			}
+			t.Cleanup(func() {
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // the shell and its child
+				cmd.Wait()
+			})
+			own, err := bufio.NewReader(out).ReadString('\n')
+			if err != nil {
+				t.Fatalf("the helper printed no address: %v", err)
+			}
+			own = strings.TrimSpace(own)
+			dialN(t, addr.String(), 2)
+
+			input := Input{
+				Listeners: []Listener{{Name: "http", Protocol: TCP, Addr: addr, Backlog: 64, Sockets: []Socket{{Slot: Shared, Inode: ino}}}},
+				Workers:   []Worker{{PID: cmd.Process.Pid, Slot: 0, Generation: 1, State: WorkerReady}},
+			}
+			in := New(Options{Persist: time.Nanosecond})
+			defer in.Close()
+			v := waitView(t, in, input, "not_accepting and wrapper_without_exec", func(v *View) bool {
+				return len(withCode(v.Warnings, NotAccepting)) == 1 && len(withCode(v.Warnings, WrapperWithoutExec)) == 1
+			})
+			if len(v.Errors) != 0 {
+				t.Errorf("errors: %q", v.Errors)
+			}
+			na := withCode(v.Warnings, NotAccepting)[0].Message
+			for _, want := range []string{
+				"2 connections have waited in the accept queue",
+				fmt.Sprintf("worker slot 0 (pid %d) %s", cmd.Process.Pid, tc.shell),
+				fmt.Sprintf("as its child instead of exec-ing it, so LISTEN_PID=%d names ", cmd.Process.Pid),
+				"and listens on " + own + " itself",
+				"Fix: end the wrapper script with exec (exec " + self,
+			} {
+				if !strings.Contains(na, want) {
+					t.Errorf("not_accepting %q\nlacks %q", na, want)
+				}
+			}
+			if w := withCode(v.Warnings, WrapperWithoutExec)[0].Message; !strings.Contains(w, "is a shell (") || !strings.Contains(w, "that runs pid") {
+				t.Errorf("wrapper_without_exec %q", w)
+			}
+		})
 	}
 }
 

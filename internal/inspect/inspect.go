@@ -324,7 +324,7 @@ var errBroken = errors.New("the sock_diag netlink socket failed")
 // costs nothing more.
 func needTrees(input Input, s *sample, h *history, persist time.Duration) bool {
 	for _, p := range s.procs {
-		if isShell(p.Comm) {
+		if isShell(p) {
 			return true
 		}
 	}

@@ -134,11 +134,11 @@ func whyNotAccepting(l Listener, in Input, s *sample) string {
 		if d, ok := notExeced(w, t); ok {
 			msg := fmt.Sprintf("Likely cause: worker slot %d (pid %d) is %s, which runs pid %d (%s) as its child instead of "+
 				"exec-ing it, so LISTEN_PID=%d names %s and pid %d ignores the sockets baton passed (LISTEN_FDS)",
-				w.Slot, w.PID, t.self.Comm, d.PID, d.Comm, w.PID, t.self.Comm, d.PID)
+				w.Slot, w.PID, shellName(t.self), d.PID, d.Comm, w.PID, t.self.Comm, d.PID)
 			if own := t.own[d.PID]; len(own) > 0 {
 				msg += " and listens on " + ownAddrs(own) + " itself"
 			}
-			if isShell(t.self.Comm) {
+			if isShell(t.self) {
 				return msg + fmt.Sprintf(". Fix: end the wrapper script with exec (%s), so that the program is the worker "+
 					"baton started, then baton reload", execHint(d))
 			}
@@ -172,12 +172,12 @@ func whyNotAccepting(l Listener, in Input, s *sample) string {
 
 // notExeced finds, in worker w's tree, a program the worker started as
 // its child instead of exec-ing it: a process with LISTEN_FDS whose
-// LISTEN_PID names the worker, under another command name than the
-// worker's (a prefork server's children are copies of it, under its
-// name, and use the sockets their parent received) and not a shell.
+// LISTEN_PID names the worker, running another program than the worker
+// (a prefork server's children are copies of it, and use the sockets
+// their parent received), and not a shell.
 func notExeced(w Worker, t *tree) (proc, bool) {
 	for _, d := range t.descendants {
-		if d.ListenFDs && d.ListenPID == w.PID && d.PID != w.PID && d.Comm != t.self.Comm && !isShell(d.Comm) {
+		if d.ListenFDs && d.ListenPID == w.PID && d.PID != w.PID && !sameProgram(d, t.self) && !isShell(d) {
 			return d, true
 		}
 	}
@@ -206,7 +206,7 @@ func (h *history) wrapperWarning(in Input, s *sample, persist time.Duration) (Wa
 	seen := map[[2]int]time.Time{}
 	for _, w := range in.Workers {
 		t := s.trees[w.PID]
-		if t == nil || w.State != WorkerReady || !isShell(t.self.Comm) {
+		if t == nil || w.State != WorkerReady || !isShell(t.self) {
 			continue
 		}
 		d, ok := notExeced(w, t)
@@ -238,7 +238,7 @@ func (h *history) wrapperWarning(in Input, s *sample, persist time.Duration) (Wa
 	case n > 2:
 		others = fmt.Sprintf(" (and so do %d other workers)", n-1)
 	}
-	shell := s.trees[first.PID].self.Comm
+	shell := shellName(s.trees[first.PID].self)
 	return Warning{
 		Code: WrapperWithoutExec,
 		Message: fmt.Sprintf("%s is a shell (%s) that runs pid %d (%s) as its child instead of exec-ing it%s: LISTEN_PID=%d "+

@@ -179,6 +179,26 @@ func TestNotAcceptingCause(t *testing.T) {
 			want: []string{"The workers hold the socket but none accepts"},
 		},
 		{
+			// gunicorn renames its workers (setproctitle): another
+			// command name, the same executable.
+			name: "renamed prefork children are no wrapper",
+			trees: map[int]*tree{10: {
+				self:        proc{PID: 10, Comm: "gunicorn", Exe: "python3.11"},
+				descendants: []proc{{PID: 20, PPID: 10, Comm: "gunicorn: worke", Exe: "python3.11", ListenPID: 10, ListenFDs: true}},
+				holds:       map[uint64]bool{100: true},
+			}},
+			want: []string{"The workers hold the socket but none accepts"},
+		},
+		{
+			name: "a script run directly",
+			trees: map[int]*tree{10: {
+				self:        proc{PID: 10, Comm: "start.sh", Exe: "bash"},
+				descendants: []proc{{PID: 20, PPID: 10, Comm: "server", Exe: "server", ListenPID: 10, ListenFDs: true, Cmdline: "/srv/server"}},
+				holds:       map[uint64]bool{100: true},
+			}},
+			want: []string{"worker slot 0 (pid 10) is start.sh, a bash script, which runs pid 20 (server)", "(exec /srv/server)"},
+		},
+		{
 			name:  "nobody holds the socket",
 			trees: map[int]*tree{10: {self: proc{PID: 10, Comm: "server"}, holds: map[uint64]bool{}}},
 			want:  []string{"no ready worker's process holds the socket any more"},
@@ -247,6 +267,10 @@ func TestWrapperWithoutExec(t *testing.T) {
 	}{
 		{name: "two wrapped workers", trees: wrapper,
 			want: "worker slot 0 (pid 10, generation 1) is a shell (sh) that runs pid 20 (hello) as its child instead of exec-ing it (and so does 1 other worker): LISTEN_PID=10 names the shell"},
+		{name: "a script run directly: its name is the command name, the shell the executable", trees: func() map[int]*tree {
+			return map[int]*tree{10: {self: proc{PID: 10, Comm: "run-hello", Exe: "dash"},
+				descendants: []proc{{PID: 20, PPID: 10, Comm: "hello", Exe: "hello", ListenPID: 10, ListenFDs: true, Cmdline: "./hello"}}}}
+		}, want: "worker slot 0 (pid 10, generation 1) is a shell (run-hello, a dash script) that runs pid 20 (hello)"},
 		{name: "starting workers are not judged yet", trees: wrapper,
 			input: func(in *Input) { in.Workers[0].State, in.Workers[1].State = WorkerStarting, WorkerStarting }},
 		{name: "a shell that execs", trees: func() map[int]*tree {

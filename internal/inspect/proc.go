@@ -19,6 +19,10 @@ type proc struct {
 	// sd_listen_fds (and every library like it) gives no sockets.
 	ListenPID int
 	ListenFDs bool
+	// Exe is the base name of its executable (/proc/PID/exe): for a
+	// script run directly, the interpreter ("dash"), while Comm is the
+	// script's name. "" when unreadable.
+	Exe string
 	// Cmdline is its command line, arguments joined by spaces (read with
 	// its environment; "" when unreadable).
 	Cmdline string
@@ -57,8 +61,29 @@ var shells = map[string]bool{
 	"yash": true, "busybox": true,
 }
 
-// isShell reports whether a process's command name is a shell's.
-func isShell(comm string) bool { return shells[comm] }
+// isShell reports whether a process is a shell: its command name is a
+// shell's (sh -c, /bin/sh script), or its executable is (a script run
+// directly, ./start.sh, has the script's name as its command name).
+func isShell(p proc) bool { return shells[p.Comm] || shells[p.Exe] }
+
+// shellName names a shell process in a message: "sh", or "start.sh, a
+// dash script".
+func shellName(p proc) string {
+	if shells[p.Comm] || p.Exe == "" || p.Exe == p.Comm {
+		return p.Comm
+	}
+	return p.Comm + ", a " + p.Exe + " script"
+}
+
+// sameProgram reports whether two processes run the same program: the
+// same executable when both are known, else the same command name. A
+// prefork server's children are copies of it.
+func sameProgram(a, b proc) bool {
+	if a.Exe != "" && b.Exe != "" {
+		return a.Exe == b.Exe
+	}
+	return a.Comm == b.Comm
+}
 
 var errStat = errors.New("unexpected format")
 

@@ -6,15 +6,17 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // maxEnviron bounds what is read of a process's environment.
 const maxEnviron = 1 << 20
 
 // readProc reads a process's command name and parent (/proc/PID/stat)
-// and, with env, LISTEN_PID and LISTEN_FDS of its environment
+// and its executable (/proc/PID/exe) and, with env, LISTEN_PID and LISTEN_FDS of its environment
 // (/proc/PID/environ, which root and the process's own user may read;
 // left zero when it cannot be read) and its command line.
 func readProc(pid int, env bool) (proc, error) {
@@ -26,6 +28,9 @@ func readProc(pid int, env bool) (proc, error) {
 	p, err := parseStat(b)
 	if err != nil {
 		return proc{}, fmt.Errorf("%s/stat: %w", dir, err)
+	}
+	if l, err := os.Readlink(dir + "/exe"); err == nil {
+		p.Exe = path.Base(strings.TrimSuffix(l, " (deleted)"))
 	}
 	if !env {
 		return p, nil
