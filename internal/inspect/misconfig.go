@@ -107,10 +107,18 @@ func notAccepting(l Listener, lv ListenerView, n int, waited time.Duration, in I
 	}
 	return Warning{
 		Code: NotAccepting, Listener: l.Name,
-		Message: fmt.Sprintf("listener %s: %d connections have waited in the accept queue%s for %s and none was accepted, "+
+		Message: fmt.Sprintf("listener %s: %s waited in the accept queue%s for %s and none was accepted, "+
 			"while %s ready: nothing serves %s. %s",
-			l.Name, n, where, roundDur(waited), workers, listenerAddr(l), whyNotAccepting(l, in, s)),
+			l.Name, haveWaited(n), where, roundDur(waited), workers, listenerAddr(l), whyNotAccepting(l, in, s)),
 	}, true
+}
+
+// haveWaited is "1 connection has" or "N connections have".
+func haveWaited(n int) string {
+	if n == 1 {
+		return "1 connection has"
+	}
+	return itoa(n) + " connections have"
 }
 
 // listenerAddr is how a message names a listener's address.
@@ -368,13 +376,22 @@ func namedPort(in Input, lastErr string) (Listener, int, bool) {
 				return l, int(l.Addr.Port()), true
 			}
 		}
-		if i := strings.Index(lastErr, ":"+p); i >= 0 && (i+1+len(p) == len(lastErr) || notDigit(rune(lastErr[i+1+len(p)]))) {
-			return l, int(l.Addr.Port()), true
+		for rest := lastErr; ; {
+			i := strings.Index(rest, ":"+p)
+			if i < 0 {
+				break
+			}
+			rest = rest[i+1+len(p):]
+			if rest == "" || notDigit(rune(rest[0])) {
+				return l, int(l.Addr.Port()), true
+			}
 		}
 	}
 	return Listener{}, 0, false
 }
 
+// notDigit reports whether r is not a decimal digit: it splits a command
+// line into numbers.
 func notDigit(r rune) bool { return !unicode.IsDigit(r) }
 
 // shorten cuts s to at most n bytes, on a rune boundary, marking the cut.

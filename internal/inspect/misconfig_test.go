@@ -69,7 +69,7 @@ func TestNotAccepting(t *testing.T) {
 		{
 			name:    "a connection left before the oldest came",
 			samples: []*sample{queuedSample(sec(0), []uint64{1}), queuedSample(sec(1), []uint64{2}), queuedSample(sec(11), []uint64{2})},
-			want:    "1 connections have waited in the accept queue for 10s",
+			want:    "1 connection has waited in the accept queue for 10s",
 		},
 		{
 			name:    "no worker ready: the slots explain it",
@@ -436,6 +436,27 @@ func TestSlotWarnings(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestNamedPort(t *testing.T) {
+	in := Input{Listeners: []Listener{httpListener(64)}}
+	for _, tt := range []struct {
+		command []string
+		lastErr string
+		want    bool
+	}{
+		{[]string{"python3", "-m", "http.server", "8080"}, "", true},
+		{[]string{"./server", "--listen=127.0.0.1:8080"}, "", true},
+		{[]string{"./server", "--port", "18080"}, "", false},
+		{nil, "bind() to 0.0.0.0:80 failed; bind() to 0.0.0.0:8080 failed", true},
+		{nil, "bind() to 0.0.0.0:80801 failed", false},
+		{nil, "listen tcp :8080", true},
+	} {
+		in.Command = tt.command
+		if _, _, got := namedPort(in, tt.lastErr); got != tt.want {
+			t.Errorf("namedPort(%q, %q) = %v, want %v", tt.command, tt.lastErr, got, tt.want)
+		}
 	}
 }
 
