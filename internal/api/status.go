@@ -22,9 +22,13 @@ type Status struct {
 	// SlotStates lists every slot of the serving generation, with or
 	// without a live worker: a slot whose worker crashed or could not
 	// start shows its backoff and why.
-	SlotStates []SlotStatus  `json:"slot_states"`
-	Reloads    ReloadStats   `json:"reloads"`
-	Process    ProcessStatus `json:"process"`
+	SlotStates []SlotStatus `json:"slot_states"`
+	// Health says whether baton serves as configured (HealthOf): the
+	// slots, and the warnings of the kernel's view when the status has
+	// it.
+	Health  Health        `json:"health"`
+	Reloads ReloadStats   `json:"reloads"`
+	Process ProcessStatus `json:"process"`
 	// Upgrades counts baton's re-executions of itself (baton upgrade);
 	// UpgradeError says why the last one failed, if it did.
 	Upgrades     int    `json:"upgrades"`

@@ -278,10 +278,23 @@ func newStatusCmd() *cobra.Command {
 backlog, accept queue now/max as the kernel reports it, socket inode), the
 TCP connections on each by state, and the workers (slot, generation, pid,
 state, uptime, restarts, open fds against RLIMIT_NOFILE, connections held),
-with warnings about the classic traps: a backlog capped by somaxconn, the
-1024 fd default, a full accept queue or listen overflows, CLOSE-WAIT leaks,
-TIME-WAIT pile-ups. --json prints the full snapshot; docs/status.md
-documents its fields.`,
+with warnings about the classic traps: a backlog capped by somaxconn or
+lowered by the program's own listen(2), the 1024 fd default, a full accept
+queue or listen overflows, CLOSE-WAIT leaks, TIME-WAIT pile-ups, and the
+misconfigurations that look healthy: a listener nobody accepts on, a
+wrapper script without exec, a program that binds its own port, a slot
+that crash-loops. --json prints the full snapshot; docs/status.md
+documents its fields.
+
+Exit codes, for monitoring (--json too):
+  0  healthy: every slot has a worker, no warning of severity degraded
+  3  degraded: a slot has no worker (it crashed or could not start and
+     waits in backoff), or a warning of severity degraded is active
+     (not_accepting, crash_loop, binds_own_port); the reasons follow on
+     stderr
+  1  no baton answered (not running, wrong --name or --control), or it
+     could not say
+  2  a usage error`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			client, err := cf.client()
@@ -305,19 +318,34 @@ documents its fields.`,
 					return fmt.Errorf("printing the status: %w", err)
 				}
 				fmt.Fprintln(c.OutOrStdout(), string(out))
-				return nil
+				var st api.Status
+				if err := json.Unmarshal(res, &st); err != nil {
+					return fmt.Errorf("reading the status: %w", err)
+				}
+				return healthError(&st)
 			}
 			st, err := client.Status(ctx)
 			if err != nil {
 				return err
 			}
 			printStatus(c.OutOrStdout(), st)
-			return nil
+			return healthError(&st)
 		},
 	}
 	cf.register(c)
 	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
 	return c
+}
+
+// healthError judges a status (api.HealthOf, whatever baton sent): nil
+// when healthy, else an error naming what degrades the service, which
+// exits 3.
+func healthError(st *api.Status) error {
+	h := api.HealthOf(st)
+	if !h.Degraded() {
+		return nil
+	}
+	return &exitError{code: exitDegraded, err: fmt.Errorf("degraded: %s (the status says why)", strings.Join(h.Reasons, "; "))}
 }
 
 // printStatus writes the status as tables that fit 100 columns: the
@@ -335,7 +363,9 @@ func printStatus(out io.Writer, st api.Status) {
 	if st.Pending != 0 {
 		fmt.Fprintf(w, " (generation %d starting)", st.Pending)
 	}
-	fmt.Fprintf(w, ", ready %s\ncommand: %s\n\n", st.Ready, strings.Join(st.Command, " "))
+	fmt.Fprintf(w, ", ready %s\ncommand: %s\n", st.Ready, strings.Join(st.Command, " "))
+	printHealth(w, st)
+	fmt.Fprintln(w)
 	printRollout(w, st, time.Now())
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -16,6 +16,30 @@ import (
 // Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
 var Version = "dev"
 
+// Exit codes of baton's commands, as the README and `baton status
+// --help` list them.
+const (
+	// exitFailed: the operation failed, or no baton answered.
+	exitFailed = 1
+	// exitUsage: an error in what the user typed.
+	exitUsage = 2
+	// exitDegraded: baton status (and top --count) answered, and the
+	// service is degraded (api.HealthDegraded).
+	exitDegraded = 3
+)
+
+// exitError is an error with an exit code of its own.
+type exitError struct {
+	code int
+	err  error
+}
+
+// Error is the error's own message.
+func (e *exitError) Error() string { return e.err.Error() }
+
+// Unwrap returns the error.
+func (e *exitError) Unwrap() error { return e.err }
+
 // usageError marks an error in what the user typed; it exits 2.
 type usageError struct{ err error }
 
@@ -40,11 +64,21 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	fmt.Fprintln(stderr, "baton:", err)
+	return exitCode(err)
+}
+
+// exitCode is the exit code for a command's error: 2 for a usage error,
+// an exitError's own, else 1.
+func exitCode(err error) int {
 	var ue *usageError
 	if errors.As(err, &ue) {
-		return 2
+		return exitUsage
 	}
-	return 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return exitFailed
 }
 
 func newRoot() *cobra.Command {

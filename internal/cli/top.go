@@ -31,7 +31,9 @@ cookies) rose since the previous frame. Press q (or Ctrl-C) to quit.
 
 On a terminal top redraws one screen. When its output is not a terminal it
 prints one frame per interval, and reads lines from stdin: a line "q" quits.
---count stops after that many frames.`,
+--count stops after that many frames, and top then exits as baton status
+would for the last frame (0 healthy, 3 degraded, 1 no baton answered);
+quitting with q or Ctrl-C exits 0.`,
 		Example: `  baton top --name web
   baton top --interval 5s --count 3 > frames.txt`,
 		Args: noArgs,
@@ -91,14 +93,15 @@ func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, coun
 	defer t.Stop()
 	for n := 1; ; n++ {
 		var buf bytes.Buffer
-		prev = frame(&buf, cf, every, prev)
+		var verdict error
+		prev, verdict = frame(&buf, cf, every, prev)
 		if screen != nil {
 			draw(out, screen, buf.String())
 		} else {
 			fmt.Fprintln(out, buf.String())
 		}
 		if count > 0 && n >= count {
-			return nil
+			return verdict
 		}
 		select {
 		case <-quit:
@@ -109,15 +112,16 @@ func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, coun
 }
 
 // frame renders one frame and returns the kernel view it showed (or the
-// previous one when baton did not answer).
-func frame(w io.Writer, cf controlFlags, every time.Duration, prev *api.KernelView) *api.KernelView {
+// previous one when baton did not answer), and what baton status would
+// exit with for it: nil when healthy, the error otherwise.
+func frame(w io.Writer, cf controlFlags, every time.Duration, prev *api.KernelView) (*api.KernelView, error) {
 	fmt.Fprintf(w, "baton top, every %s, q quits; %s\n", every, time.Now().Format(time.TimeOnly))
 	st, err := status(cf, max(every, 5*time.Second))
 	if err != nil {
 		for _, line := range wrap(err.Error(), statusWidth, "no status:", "    ") {
 			fmt.Fprintln(w, line)
 		}
-		return prev
+		return prev, err
 	}
 	if d := counterDeltas(prev, st.Kernel); d != "" {
 		fmt.Fprintf(w, "since the last frame: %s\n", d)
@@ -125,9 +129,9 @@ func frame(w io.Writer, cf controlFlags, every time.Duration, prev *api.KernelVi
 	fmt.Fprintln(w)
 	printStatus(w, st)
 	if st.Kernel == nil {
-		return prev
+		return prev, healthError(&st)
 	}
-	return st.Kernel
+	return st.Kernel, healthError(&st)
 }
 
 // status asks the baton the flags name for its status, waiting at most

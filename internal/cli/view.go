@@ -237,7 +237,11 @@ func printWarnings(w io.Writer, st api.Status) {
 	}
 	fmt.Fprintf(w, "warnings (%d):\n", len(st.Kernel.Warnings))
 	for _, wn := range st.Kernel.Warnings {
-		head := fmt.Sprintf("  ! %s, since %s:", wn.Code, wn.Since.Local().Format(time.TimeOnly))
+		sev := ""
+		if wn.Severity == api.SeverityDegraded {
+			sev = " (degraded)"
+		}
+		head := fmt.Sprintf("  ! %s%s, since %s:", wn.Code, sev, wn.Since.Local().Format(time.TimeOnly))
 		for _, line := range wrap(wn.Message, statusWidth, head, "    ") {
 			fmt.Fprintln(w, line)
 		}
@@ -499,4 +503,17 @@ func sizeCell(n uint64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// printHealth writes the health line: "health: ok", or "health:
+// degraded:" and the reasons, wrapped.
+func printHealth(w io.Writer, st api.Status) {
+	h := api.HealthOf(&st)
+	if !h.Degraded() {
+		fmt.Fprintln(w, "health: ok")
+		return
+	}
+	for _, line := range wrap(strings.Join(h.Reasons, "; "), statusWidth, "health: DEGRADED:", "    ") {
+		fmt.Fprintln(w, line)
+	}
 }

@@ -52,8 +52,11 @@ type Settings struct {
 	// [[listener]] tables of the file. Both end up as one list.
 	Listen    []string        `toml:"listen" flag:"listen"`
 	Listeners []ListenerTable `toml:"listener"`
-	Balance   string          `toml:"balance" flag:"balance"`
-	Fd0       string          `toml:"fd0" flag:"fd0"`
+	// NoListeners says that the workers are meant to run without
+	// sockets: without it, a configuration without listeners is refused.
+	NoListeners bool   `toml:"no_listeners" flag:"no-listeners"`
+	Balance     string `toml:"balance" flag:"balance"`
+	Fd0         string `toml:"fd0" flag:"fd0"`
 
 	Workers      int           `toml:"workers" flag:"workers"`
 	Ready        string        `toml:"ready" flag:"ready"`

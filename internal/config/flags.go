@@ -20,6 +20,7 @@ func Register(fs *pflag.FlagSet, s *Settings) {
 	fs.StringVar(&s.Control, "control", "", "control socket path (default /run/baton/NAME.sock as root, else $XDG_RUNTIME_DIR/baton/NAME.sock, else $TMPDIR/baton-UID/NAME.sock)")
 	fs.StringVar(&s.ControlGroup, "control-group", "", "let members of this group use the control socket (mode 0660)")
 	fs.StringArrayVarP(&s.Listen, "listen", "l", nil, "listener [NAME=]ADDRESS, repeatable (see above)")
+	fs.BoolVar(&s.NoListeners, "no-listeners", false, "run the workers without sockets (baton refuses a configuration without listeners unless this is given)")
 	fs.StringVar(&s.Balance, "balance", d.Balance, "default for TCP/UDP listeners without ?balance=: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
 	fs.StringVar(&s.Fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
 	fs.IntVarP(&s.Workers, "workers", "n", d.Workers, "number of worker processes (slots)")

@@ -141,7 +141,7 @@ func TestRollbackWhenNewWorkersNeverReady(t *testing.T) {
 
 func TestCrashedWorkerRestartsWithBackoff(t *testing.T) {
 	requireE2E(t)
-	b := startBaton(t, []string{workerEnv + "=crash"}, "-n", "1", "--ready", "delay:50ms", "--", testBin)
+	b := startBaton(t, []string{workerEnv + "=crash"}, "--no-listeners", "-n", "1", "--ready", "delay:50ms", "--", testBin)
 	// The worker exits at once, every time: the restarts back off 100ms,
 	// 200ms, 400ms, 800ms.
 	deadline := time.Now().Add(30 * time.Second)

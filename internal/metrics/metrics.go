@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -148,6 +149,7 @@ var (
 	descOpenFDs    = desc("baton_worker_open_fds", "Descriptors a worker has open.", "slot", "generation")
 	descMaxFDs     = desc("baton_worker_max_fds", "A worker's soft RLIMIT_NOFILE (+Inf when unlimited).", "slot", "generation")
 	descWarnings   = desc("baton_warnings", "Warnings active now, by code (see baton status).", "code")
+	descDegraded   = desc("baton_degraded", "1 while the service is degraded (baton status exits 3): a slot has no worker, or a warning of severity degraded is active (not_accepting, crash_loop, binds_own_port); else 0.")
 	descViewTime   = desc("baton_kernel_view_duration_seconds", "How long asking the kernel for this scrape's view took.")
 	descViewErrors = desc("baton_kernel_view_errors", "Questions the kernel did not answer for this scrape's view (see baton status --json, kernel.errors).")
 
@@ -187,7 +189,7 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 		descBuildInfo, descStartTime, descGeneration, descListener, descBacklog, descWorkers, descStarted, descUpgrades, descReloads,
 		descWorkerRSS, descWorkerCPU,
 		descQueue, descQueueMax, descRecvBytes, descConns, descWorkerConn, descOpenFDs, descMaxFDs,
-		descWarnings, descViewTime, descViewErrors,
+		descWarnings, descDegraded, descViewTime, descViewErrors,
 		descSomaxconn, descMaxTW, descInUse, descOrphan, descTW, descAlloc, descTCPMem,
 	} {
 		ch <- d
@@ -234,6 +236,11 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descWorkers, float64(n), s)
 	}
 	collectWorkers(st.Workers, gauge, counter)
+	degraded := 0.0
+	if api.HealthOf(&st).Degraded() {
+		degraded = 1
+	}
+	gauge(descDegraded, degraded)
 	if st.Kernel != nil {
 		collectKernel(st.Kernel, gauge, counter)
 	}

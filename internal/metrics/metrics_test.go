@@ -158,9 +158,11 @@ func TestScrape(t *testing.T) {
 		},
 		"baton_worker_open_fds": {"generation=3,slot=0": 20, "generation=3,slot=1": 30, "generation=2,slot=0": 9},
 		"baton_warnings": {
-			"code=backlog_clamped": 0, "code=accept_queue_full": 0, "code=listen_overflows": 0,
+			"code=backlog_clamped": 0, "code=backlog_lowered": 0, "code=accept_queue_full": 0, "code=listen_overflows": 0,
 			"code=nofile_default": 2, "code=nofile_headroom": 0, "code=close_wait": 1, "code=time_wait": 0,
+			"code=not_accepting": 0, "code=wrapper_without_exec": 0, "code=binds_own_port": 0, "code=crash_loop": 0,
 		},
+		"baton_degraded":                        {"": 0},
 		"baton_kernel_view_errors":              {"": 1},
 		"baton_host_somaxconn":                  {"": 4096},
 		"baton_host_tcp_max_tw_buckets":         {"": 131072},
@@ -214,6 +216,38 @@ func TestScrapeSumsDuplicates(t *testing.T) {
 	mf := scrape(t, m.Handler())
 	if got := series(mf["baton_worker_connections"])["generation=3,slot=1,state=ESTAB"]; got != 5 {
 		t.Errorf("summed connections %v, want 5", got)
+	}
+}
+
+// baton_degraded is 1 when baton status would exit 3: for a slot without
+// a worker, and for a warning of severity degraded.
+func TestScrapeDegraded(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*supervisor.Status)
+		want   float64
+	}{
+		{"healthy", func(*supervisor.Status) {}, 0},
+		{"a slot in backoff", func(st *supervisor.Status) {
+			st.SlotStates = []supervisor.SlotStatus{{Slot: 0, State: supervisor.SlotUp}, {Slot: 1, State: supervisor.SlotBackoff}}
+		}, 1},
+		{"nobody accepts", func(st *supervisor.Status) {
+			st.Kernel.Warnings = append(st.Kernel.Warnings, inspect.Warning{Code: inspect.NotAccepting, Listener: "http", Severity: inspect.SeverityDegraded})
+		}, 1},
+		{"a warning that does not degrade", func(st *supervisor.Status) {
+			st.Kernel.Warnings = append(st.Kernel.Warnings, inspect.Warning{Code: inspect.WrapperWithoutExec, Severity: inspect.SeverityWarning})
+		}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := fakeStatus()
+			tt.change(&st)
+			m := New("dev", func(context.Context) (supervisor.Status, bool) { return st, true })
+			mf := scrape(t, m.Handler())
+			if got := series(mf["baton_degraded"])[""]; got != tt.want {
+				t.Errorf("baton_degraded = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }
 

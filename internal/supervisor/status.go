@@ -174,6 +174,7 @@ func (s *Supervisor) status() Status {
 		}
 		return a.Slot < b.Slot
 	})
+	st.Health = api.HealthOf(&st) // the slots' part; KernelStatus adds the kernel's
 	return st
 }
 
