@@ -587,6 +587,9 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 		switch {
 		case s.takeOverSlot(w):
 			// Baton was replacing it: the replacement has the slot now.
+			if !clean {
+				w.slot.failed(s.exitError(w, status, uptime), s.now())
+			}
 		case clean:
 			s.recycledItself(w, how, uptime)
 		case !w.stopped:
