@@ -60,6 +60,12 @@ type Options struct {
 	// OnTakenOver, if set, is called when a new instance took over
 	// (baton tells systemd its new main pid).
 	OnTakenOver func(pid int)
+	// OnListeners, if set, is called on the loop after every event with
+	// the serving generation's listeners (baton keeps their sockets in
+	// its service manager's fd store). It must never block, and must
+	// duplicate a descriptor it wants to use later: the groups close
+	// their sockets when the loop says so.
+	OnListeners func([]*listener.Group)
 	// BeforeExec, if set, is called on the loop just before baton
 	// re-executes itself (an upgrade): what is buffered for its output or
 	// its service manager must go out first, or be lost. It must return
@@ -253,10 +259,13 @@ func (s *Supervisor) begin() {
 }
 
 // handle runs one event on the loop, then tells the fd store what it
-// changed.
+// changed, and OnListeners which listeners serve.
 func (s *Supervisor) handle(f func()) {
 	f()
 	s.syncHandoff()
+	if s.opts.OnListeners != nil && s.active != nil {
+		s.opts.OnListeners(s.active.listeners)
+	}
 }
 
 // closeGroups closes the listener groups no generation needs any more:
