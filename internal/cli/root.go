@@ -103,7 +103,9 @@ reload swaps worker generations without one refused or reset connection.
 		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
 	})
 	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd())
-	root.CompletionOptions.HiddenDefaultCmd = true
+	// `baton completion bash|zsh|fish` is cobra's, listed in the help;
+	// gen-man (hidden) writes the manual pages (docs.go).
+	root.AddCommand(newGenManCmd())
 	return root
 }
 
