@@ -467,8 +467,9 @@ func storeMatches(m *fdManager, st supervisor.Status) error {
 // sockets never close, a connection made while no baton ran waits in
 // their queues and is answered by the next one, on every kind of
 // listener (shared TCP, reuseport slots, unix); not one connection is
-// refused. A reload that removes a listener removes it from the store;
-// a graceful stop leaves the unix socket's file for the next baton.
+// refused. An upgrade leaves the store as it is; a reload that removes a
+// listener removes it from the store; a graceful stop leaves the unix
+// socket's file for the next baton.
 func TestFDStoreAcrossRestarts(t *testing.T) {
 	requireE2E(t)
 	dir := shortDir(t)
@@ -546,6 +547,15 @@ func TestFDStoreAcrossRestarts(t *testing.T) {
 	}
 	if !strings.Contains(second.log.String(), `from="fd store"`) {
 		t.Errorf("the second baton does not say it took the store's sockets:\n%s", second.log)
+	}
+
+	// An upgrade (same pid, same sockets) leaves the store as it is.
+	if out, code := second.cli("upgrade"); code != 0 {
+		t.Fatalf("baton upgrade: %s", out)
+	}
+	st2 = second.waitReady(2)
+	if err := storeMatches(m, st2); err != nil {
+		t.Errorf("after an upgrade: %v", err)
 	}
 
 	// A reload without the extra listener takes it out of the store.
