@@ -84,6 +84,26 @@ XDG_RUNTIME_DIR, TMPDIR
 /lib/systemd/system/baton@.service, /lib/systemd/system/baton@.socket
   the units of the Debian package: an instance per configuration file.`},
 		},
+		"baton run": {
+			{Title: "SOCKET ACTIVATION", Text: `Started with sockets (LISTEN_FDS, with LISTEN_PID baton's pid: a systemd
+socket unit, systemd-socket-activate), baton takes each for the listener named
+by its FileDescriptorName= or, failing that, the listener with its address and
+type; it checks the socket's type, address, that it listens, SO_REUSEPORT for
+balance=reuseport and the backlog in effect (a difference is a warning), and
+binds only the listeners it was not given. A socket that matches no listener,
+or is named after one and differs from it, stops baton with its address and
+the fix. baton removes LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID from its
+environment: its workers get their own.`},
+			{Title: "THE FD STORE", Text: `When systemd keeps a file descriptor store for baton (FileDescriptorStoreMax=,
+which systemd 254 and later pass as FDSTORE; set Environment=FDSTORE= before),
+baton stores every listening socket once bound (FDSTORE=1, FDNAME=baton/NAME,
+baton/NAME/SLOT for the slots of a reuseport listener) and removes those a
+reload or a scale drops (FDSTOREREMOVE=1). After a restart it takes them back
+from LISTEN_FDS: the sockets never close, and connections made while no baton
+ran are answered by the next one. Stored sockets the configuration no longer
+has are dropped from the store. FileDescriptorStorePreserve=yes (systemd 254)
+keeps the store across a stop too.`},
+		},
 	},
 	SeeAlso: map[string][]string{
 		"baton":     {"systemd.service(5)", "systemd.socket(5)", "sd_notify(3)", "sd_listen_fds(3)"},

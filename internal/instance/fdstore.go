@@ -38,11 +38,17 @@ type fdStore struct {
 	stored map[string]uint64 // what the manager holds: name -> inode
 	held   map[uint64]bool   // a socket unit's sockets, by inode
 	// last is what the previous sync saw (group and inode, in order),
-	// to skip the events that change no listener.
-	last   []groupSocket
-	groups []*listener.Group
-	full   bool // warned that max is too small
+	// to skip the events that change no listener; scratch is the next
+	// one's room.
+	last, scratch []groupSocket
+	groups        []*listener.Group
+	full          bool            // warned that max is too small
+	tooLong       map[string]bool // names warned to be too long
 }
+
+// maxFDName is the longest name systemd keeps a descriptor under
+// (FDNAME_MAX).
+const maxFDName = 255
 
 // groupSocket is one socket of a group, for fdStore.last.
 type groupSocket struct {
@@ -72,7 +78,7 @@ func newFDStore(send func(string, []int), max int, act *listener.Activation, log
 	if max <= 0 {
 		return nil
 	}
-	f := &fdStore{send: send, max: max, log: log, stored: map[string]uint64{}, held: map[uint64]bool{}}
+	f := &fdStore{send: send, max: max, log: log, stored: map[string]uint64{}, held: map[uint64]bool{}, tooLong: map[string]bool{}}
 	if act != nil {
 		for name, ino := range act.Stored {
 			f.stored[name] = ino
@@ -120,6 +126,13 @@ func (f *fdStore) sync(groups []*listener.Group) {
 			}
 			continue
 		}
+		if len(name) > maxFDName {
+			if !f.tooLong[name] {
+				f.tooLong[name] = true
+				f.log.Warn("fd store: a listener's name is too long for the store; its socket closes if baton restarts: use a shorter name", "fdname", name, "max", maxFDName)
+			}
+			continue
+		}
 		s := want[name]
 		// A duplicate goes to the Notifier, which sends it from its own
 		// goroutine: the group may close its socket meanwhile.
@@ -139,16 +152,17 @@ func (f *fdStore) sync(groups []*listener.Group) {
 // changed reports whether the groups or their sockets differ from the
 // last sync's, and records them.
 func (f *fdStore) changed(groups []*listener.Group) bool {
-	var now []groupSocket
+	now := f.scratch[:0]
 	for _, g := range groups {
 		for _, s := range g.Sockets() {
 			now = append(now, groupSocket{g, s.Inode()})
 		}
 	}
 	if slices.Equal(now, f.last) && f.last != nil {
+		f.scratch = now
 		return false
 	}
-	f.last = now
+	f.last, f.scratch = now, f.last
 	return true
 }
 

@@ -205,3 +205,20 @@ func TestHandedSocketsUnsetsTheVariables(t *testing.T) {
 		})
 	}
 }
+
+// TestFDStoreNameTooLong: a listener whose store name is longer than
+// systemd keeps (255) is not sent, and is warned about once.
+func TestFDStoreNameTooLong(t *testing.T) {
+	var m fakeManager
+	var buf bytes.Buffer
+	f := newFDStore(m.send, 16, nil, slog.New(slog.NewTextHandler(&buf, nil)))
+	gs := openGroups(t, 1, strings.Repeat("a", 250)+"=tcp://127.0.0.1:0", "ok=tcp://127.0.0.1:0")
+	f.sync(gs)
+	f.sync(append([]*listener.Group(nil), gs[1], gs[0])) // changed: in another order
+	if got := m.take(); len(got) != 1 || !strings.Contains(got[0], "FDNAME=baton/ok") {
+		t.Errorf("sent %q; want baton/ok only", got)
+	}
+	if n := strings.Count(buf.String(), "too long"); n != 1 {
+		t.Errorf("warned %d times, want once:\n%s", n, buf.String())
+	}
+}
