@@ -266,15 +266,22 @@ func (a *Activation) adopt(spec Spec, h *handed, stored bool, log *slog.Logger) 
 			want = min(want, n)
 		}
 		backlog = want
-		switch got, err := backlogOf(h); {
-		case err != nil:
-			log.Debug("cannot read the backlog of a handed socket", "listener", spec.Name, "fd", h.Fd, "err", err)
-		case got != want && stored:
+		got, diagErr := backlogOf(h)
+		if diagErr != nil {
+			log.Debug("cannot read the backlog of a handed socket", "listener", spec.Name, "fd", h.Fd, "err", diagErr)
+		}
+		switch {
+		case stored:
+			// baton's own socket: the listener's backlog, which a
+			// configuration changed since the restart may have changed
+			// (listen(2) again sets it on a listening socket).
 			if err := unix.Listen(h.Fd, want); err != nil {
 				return nil, fmt.Errorf("setting its backlog to %d: %w", want, os.NewSyscallError("listen", err))
 			}
-			log.Info("socket from the fd store: backlog changed to the listener's", "listener", spec.Name, "from", got, "to", want)
-		case got != want:
+			if diagErr == nil && got != want {
+				log.Info("socket from the fd store: backlog changed to the listener's", "listener", spec.Name, "from", got, "to", want)
+			}
+		case diagErr == nil && got != want:
 			backlog = got
 			log.Warn("the socket unit's backlog differs from the listener's; the socket keeps the unit's (set Backlog= in the socket unit to change it)",
 				"listener", spec.Name, "fd", h.Fd, "backlog", got, "listener_backlog", want)
