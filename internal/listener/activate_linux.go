@@ -206,7 +206,7 @@ func Match(specs []Spec, slots int, inherited []Inherited, log *slog.Logger) (*A
 			for _, h := range units {
 				list = append(list, h.String())
 			}
-			return fail(fmt.Errorf("%w: %d sockets are handed for listener %s, which takes %d (%s); hand at most %d, or run more workers with balance=reuseport: %s", ErrHanded, len(units), spec.Name, want, spec.Balance, want, strings.Join(list, ", ")))
+			return fail(fmt.Errorf("%w: %d sockets are handed for listener %s, which takes %d (%s); hand at most %d, or run more workers with balance=reuseport: %s", ErrHanded, len(units), spec.Name, want, orDefault(spec.Balance, Shared), want, strings.Join(list, ", ")))
 		}
 		slot := func(k int) int {
 			if spec.Balance == Reuseport {
