@@ -40,6 +40,11 @@ v=$(baton --version) || fail "baton --version"
 [[ $v == "baton version "* ]] || fail "baton --version says: $v"
 echo "check-deb: $v"
 
+# The example configuration is valid as installed (its command, baton's
+# demo server, exists).
+out=$(baton check --config /etc/baton/example.toml 2>&1) || fail "baton check --config /etc/baton/example.toml: $out"
+echo "check-deb: baton check accepts /etc/baton/example.toml"
+
 # The man pages, where man finds them.
 if command -v man >/dev/null; then
 	for page in baton baton-run; do
