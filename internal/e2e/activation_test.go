@@ -500,7 +500,23 @@ func TestFDStoreAcrossRestarts(t *testing.T) {
 	go func() {
 		loaded <- loadgen.Run(ctx, loadgen.Config{Addr: fmt.Sprintf("127.0.0.1:%d", httpPort), KeepAlive: 4, Close: 4, Duration: 6 * time.Second, Timeout: 30 * time.Second})
 	}()
-	time.Sleep(time.Second) // load before the kill: nothing to observe but the load itself
+	// The kill comes once the workers have served a good part of it.
+	eventually(t, 30*time.Second, "the workers serving the load", func() error {
+		st, err := first.tryStatusOf(false)
+		if err != nil {
+			return err
+		}
+		var n int64
+		for _, w := range st.Workers {
+			if w.Accepted != nil {
+				n += *w.Accepted
+			}
+		}
+		if n < 500 {
+			return fmt.Errorf("%d connections accepted", n)
+		}
+		return nil
+	})
 	first.cmd.Process.Signal(syscall.SIGKILL)
 	first.waitExit(10 * time.Second)
 	waitGone(t, workerPIDs(st), 30*time.Second)
