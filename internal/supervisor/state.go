@@ -35,6 +35,9 @@ type UpgradeState struct {
 	Generations []GenerationState `json:"generations"`
 	Workers     []WorkerState     `json:"workers"`
 	Stats       StatsState        `json:"stats"`
+	// Leftovers are the searches for what exited workers left running
+	// that were under way: the new baton runs them again.
+	Leftovers []LeftoverState `json:"leftovers,omitempty"`
 
 	// Descriptors of baton's own sockets.
 	NotifyFd    int    `json:"notify_fd"`
@@ -120,6 +123,13 @@ type WorkerState struct {
 	Output     []int           `json:"output,omitempty"` // read ends of its stdout and stderr pipes
 	CaptureFd  int             `json:"capture_fd"`       // notification descriptor, -1 without capture
 	Captures   []CaptureStatus `json:"captures,omitempty"`
+}
+
+// LeftoverState is a search for what an exited worker left running.
+type LeftoverState struct {
+	PGID     int       `json:"pgid"`     // the exited worker's process group
+	Signal   int       `json:"signal"`   // its stop signal
+	Deadline time.Time `json:"deadline"` // when what is left is killed
 }
 
 // StatsState carries the counters.

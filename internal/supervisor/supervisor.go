@@ -113,7 +113,8 @@ type Supervisor struct {
 	// leftoverSearches counts the searches for what exited workers left
 	// running that have not finished (leftovers.go); Run waits for them.
 	leftoverSearches int
-	killing          bool // Kill was called: leftovers are killed at once
+	searches         map[*leftoverSearch]bool // those of exited workers, for an upgrade
+	killing          bool                     // Kill was called: leftovers are killed at once
 
 	leftovers *leftovers // shared with the searches' goroutines
 
@@ -197,6 +198,7 @@ func newSupervisor(o Options, e env) *Supervisor {
 	s.handoff = newHandoff(s.log)
 	s.lineage = newLineage()
 	s.leftovers = newLeftovers()
+	s.searches = map[*leftoverSearch]bool{}
 	return s
 }
 

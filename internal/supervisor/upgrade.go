@@ -302,14 +302,9 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	if s.takingOver {
 		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
 	}
-	if s.leftoverSearches > 0 {
-		// Their deadlines live in goroutines the execve would end: what
-		// exited workers left running would then be killed only when
-		// another worker exits or baton stops.
-		return nil, fmt.Errorf("upgrade: baton is still ending what %d exited workers left running (their drain deadline is at most %s away); try again then", s.leftoverSearches, s.active.cfg.DrainTimeout)
-	}
 	h := &UpgradeState{
-		Version: StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
+		Leftovers: s.pendingLeftovers(),
+		Version:   StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
 		Active: s.active.id, EverReady: s.everReady, Upgrades: s.upgrades,
 		Stats: StatsState{
 			ReloadsOK: s.stats.reloadsOK, ReloadsFailed: s.stats.reloadsFailed,
@@ -517,6 +512,11 @@ func (s *Supervisor) adopt() {
 	}
 	h := s.restored
 	s.restored = nil
+	// What exited workers left running was being ended by searches the
+	// execve cut short: they start again here, with the same deadlines.
+	for _, l := range h.Leftovers {
+		s.searchLeftovers(l.PGID, []any{"pgid", l.PGID, "across", "an upgrade"}, syscall.Signal(l.Signal), l.Deadline)
+	}
 	s.log.Info("upgrade done: baton re-executed itself", "binary", h.Binary, "pid", os.Getpid(), "workers", len(s.workers), "generation", s.active.id)
 	switch {
 	case !h.KeepWorkers:
