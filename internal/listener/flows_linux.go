@@ -69,6 +69,12 @@ const (
 	// baton keeps its copy (a worker of a serving slot may come back to
 	// it).
 	FlowOut
+	// FlowLent: in the array while its workers hold it, but baton's copy
+	// closed: a draining generation's socket, which goes (and leaves the
+	// array, by the kernel's doing) as soon as its last worker closes it,
+	// so that a worker that stops reading and closes it on the stop
+	// signal loses only what was queued at that moment.
+	FlowLent
 	// FlowClosed: out of the array, and baton's copy closed: what it had
 	// queued goes with the last worker that holds it.
 	FlowClosed
@@ -175,6 +181,13 @@ func (set *flowSet) any() *Socket {
 	return nil
 }
 
+// lend closes baton's copy of the socket, which its workers keep.
+func (s *Socket) lend() {
+	if s.fd >= 0 {
+		s.Close()
+	}
+}
+
 func (set *flowSet) close() {
 	for i, s := range set.socks {
 		if s != nil {
@@ -269,7 +282,7 @@ func (g *Group) SocketOf(gen, slot int) *Socket {
 	if !g.Reuseport() {
 		slot = 0
 	}
-	if slot < 0 || slot >= len(set.socks) || set.socks[slot] == nil {
+	if slot < 0 || slot >= len(set.socks) || set.socks[slot] == nil || set.socks[slot].fd < 0 {
 		return nil
 	}
 	return set.socks[slot].Socket
@@ -312,7 +325,8 @@ func (g *Group) allKeys() []FlowKey {
 // SyncFlows makes the program steer as the supervisor says: fate tells,
 // for each socket of a generation, whether it is in the socket array,
 // out of it, or closed; serving lists the sockets new peers go to (those
-// of them in the array), in order. It acts only on what changed since the
+// of them in the array), in order, and nil leaves the serving list as it
+// is (another baton decides it, during a takeover). It acts only on what changed since the
 // last call, so calling it after every event costs nothing when nothing
 // did. A set left without sockets is forgotten. What fails is returned,
 // and tried again at the next call.
@@ -340,6 +354,13 @@ func (g *Group) SyncFlows(fate func(FlowKey) FlowFate, serving []FlowKey) error 
 				}
 			case FlowOut:
 				errs = append(errs, f.remove(s, false))
+			case FlowLent:
+				if s.fd >= 0 {
+					if !s.inArray {
+						errs = append(errs, f.put(s))
+					}
+					s.Socket.lend()
+				}
 			case FlowClosed:
 				if err := f.remove(s, true); err != nil {
 					errs = append(errs, err)
@@ -355,19 +376,19 @@ func (g *Group) SyncFlows(fate func(FlowKey) FlowFate, serving []FlowKey) error 
 			delete(f.sets, gen)
 		}
 	}
-	var want []int
-	in := map[int]*flowSock{}
-	for _, k := range serving {
-		if s := f.sock(g, k); s != nil && s.inArray && !slices.Contains(want, s.index) {
-			want = append(want, s.index)
-			in[s.index] = s
+	if serving != nil {
+		var want []int
+		for _, k := range serving {
+			if s := f.sock(g, k); s != nil && s.inArray && !slices.Contains(want, s.index) {
+				want = append(want, s.index)
+			}
 		}
-	}
-	if !slices.Equal(want, f.serving) {
-		if err := f.steer.Serve(want); err != nil {
-			errs = append(errs, fmt.Errorf("listener %s: %w", g.Spec.Name, err))
-		} else {
-			f.serving = want
+		if !slices.Equal(want, f.serving) {
+			if err := f.steer.Serve(want); err != nil {
+				errs = append(errs, fmt.Errorf("listener %s: %w", g.Spec.Name, err))
+			} else {
+				f.serving = want
+			}
 		}
 	}
 	for _, set := range f.sets {
@@ -375,7 +396,7 @@ func (g *Group) SyncFlows(fate func(FlowKey) FlowFate, serving []FlowKey) error 
 			if s == nil || !s.inArray {
 				continue
 			}
-			switch now := in[s.index] == s; {
+			switch now := slices.Contains(f.serving, s.index); {
 			case now && !s.serving:
 				s.serving = true
 			case !now && s.serving:
@@ -402,6 +423,9 @@ func (f *flowSets) sock(g *Group, k FlowKey) *flowSock {
 
 // put places s in the socket array, at a free index.
 func (f *flowSets) put(s *flowSock) error {
+	if s.fd < 0 {
+		return nil // lent: the workers' copies are all there is
+	}
 	if s.index < 0 {
 		i, err := f.steer.Alloc()
 		if err != nil {
@@ -435,4 +459,183 @@ func (f *flowSets) remove(s *flowSock, free bool) error {
 		s.index = -1
 	}
 	return nil
+}
+
+// FlowStats is what a steered group's program did and holds, for the
+// status.
+type FlowStats struct {
+	steer.Stats
+	// Evicted estimates the peers the flow table forgot to make room
+	// (new peers recorded less those it holds).
+	Evicted uint64
+	// Draining counts the datagrams steered to sockets that no longer
+	// served: peers kept by a draining generation.
+	Draining uint64
+	// Generations is the sockets of each generation, in order.
+	Generations []FlowGeneration
+}
+
+// FlowGeneration is the part of a steered group one generation has.
+type FlowGeneration struct {
+	Gen      int
+	Sockets  int    // in the socket array
+	Serving  bool   // new peers go to it
+	Flows    int    // peers steered to it
+	Draining uint64 // datagrams it got since it stopped serving
+}
+
+// FlowStats reads the program's counters and walks its flow table: a few
+// milliseconds per 100,000 peers, so not on the supervisor's loop.
+func (g *Group) FlowStats() (FlowStats, error) {
+	f := g.flows
+	if f == nil {
+		return FlowStats{}, errors.New("not steered")
+	}
+	type sockInfo struct {
+		gen     int
+		serving bool
+		base    uint64
+	}
+	f.mu.Lock()
+	if f.steer == nil {
+		f.mu.Unlock()
+		return FlowStats{}, errors.New("closed")
+	}
+	sg := f.steer
+	byIndex := map[int]sockInfo{}
+	for _, set := range f.sets {
+		for _, s := range set.socks {
+			if s != nil && s.inArray {
+				byIndex[s.index] = sockInfo{set.gen, s.serving, s.base}
+			}
+		}
+	}
+	retired := f.retired
+	f.mu.Unlock()
+	st, err := sg.Stats(true)
+	if err != nil {
+		return FlowStats{}, err
+	}
+	out := FlowStats{Stats: st, Draining: retired}
+	if st.New > uint64(st.Entries) {
+		out.Evicted = st.New - uint64(st.Entries)
+	}
+	gens := map[int]*FlowGeneration{}
+	for idx, info := range byIndex {
+		fg := gens[info.gen]
+		if fg == nil {
+			fg = &FlowGeneration{Gen: info.gen}
+			gens[info.gen] = fg
+		}
+		fg.Sockets++
+		fg.Serving = fg.Serving || info.serving
+		fg.Flows += st.Flows[idx]
+		if !info.serving {
+			if n, err := sg.Delivered(idx); err == nil && n > info.base {
+				fg.Draining += n - info.base
+				out.Draining += n - info.base
+			}
+		}
+	}
+	for _, fg := range gens {
+		out.Generations = append(out.Generations, *fg)
+	}
+	slices.SortFunc(out.Generations, func(a, b FlowGeneration) int { return cmp.Compare(a.Gen, b.Gen) })
+	return out, nil
+}
+
+// FlowState is a steered group as an upgrade hands it over: the
+// program's and maps' descriptors, and each socket with its generation,
+// slot and place in the socket array.
+type FlowState struct {
+	FDs     steer.FDs         `json:"fds"`
+	Sockets []FlowSocketState `json:"sockets"`
+	Serving []int             `json:"serving"`
+	Retired uint64            `json:"retired,omitempty"`
+}
+
+// FlowSocketState is one socket of a steered group.
+type FlowSocketState struct {
+	Gen     int    `json:"generation"`
+	Slot    int    `json:"slot"` // -1: the generation's one socket (shared)
+	Fd      int    `json:"fd"`
+	Index   int    `json:"index"` // -1: not in the socket array
+	Tag     uint32 `json:"tag,omitempty"`
+	InArray bool   `json:"in_array,omitempty"`
+	Serving bool   `json:"serving,omitempty"`
+	Base    uint64 `json:"base,omitempty"`
+}
+
+// FlowState is the group's steering for a hand-over, nil when it is not
+// steered. The descriptors stay the group's.
+func (g *Group) FlowState() *FlowState {
+	f := g.flows
+	if f == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := &FlowState{FDs: f.steer.FDs(), Serving: slices.Clone(f.serving), Retired: f.retired}
+	for _, set := range f.sets {
+		for i, s := range set.socks {
+			if s == nil {
+				continue
+			}
+			k := g.key(set, i)
+			st.Sockets = append(st.Sockets, FlowSocketState{Gen: k.Gen, Slot: k.Slot, Fd: s.fd, Index: s.index, Tag: s.tag, InArray: s.inArray, Serving: s.serving, Base: s.base})
+		}
+	}
+	return st
+}
+
+// Fds lists every descriptor of the state.
+func (st *FlowState) Fds() []int {
+	fds := st.FDs.List()
+	for _, s := range st.Sockets {
+		if s.Fd >= 0 {
+			fds = append(fds, s.Fd)
+		}
+	}
+	return fds
+}
+
+// AdoptFlows rebuilds a steered group from the state an upgrade handed
+// over: each socket is checked and adopted (Adopt), the program and maps
+// wrapped (steer.FromFDs), and the program keeps steering as it did.
+func AdoptFlows(spec Spec, st *FlowState) (*Group, error) {
+	g := &Group{Spec: spec}
+	f := &flowSets{sets: map[int]*flowSet{}, serving: st.Serving, retired: st.Retired}
+	for _, ss := range st.Sockets {
+		sock := &Socket{Spec: spec, fd: -1} // lent: only its index is left
+		if ss.Fd >= 0 {
+			var err error
+			if sock, err = Adopt(spec, ss.Fd, 0, 0); err != nil {
+				f.close()
+				return nil, fmt.Errorf("listener %s, generation %d: %w", spec.Name, ss.Gen, err)
+			}
+		}
+		set := f.sets[ss.Gen]
+		if set == nil {
+			set = &flowSet{gen: ss.Gen}
+			f.sets[ss.Gen] = set
+		}
+		i := max(ss.Slot, 0)
+		for len(set.socks) <= i {
+			set.socks = append(set.socks, nil)
+		}
+		set.socks[i] = &flowSock{Socket: sock, index: ss.Index, tag: ss.Tag, inArray: ss.InArray, serving: ss.Serving, base: ss.Base}
+	}
+	sg, err := steer.FromFDs(st.FDs)
+	if err != nil {
+		f.close()
+		return nil, fmt.Errorf("listener %s: %w", spec.Name, err)
+	}
+	for _, ss := range st.Sockets {
+		if ss.Index >= 0 {
+			sg.Reserve(ss.Index)
+		}
+	}
+	f.steer = sg
+	g.flows = f
+	return g, nil
 }

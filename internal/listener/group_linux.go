@@ -89,7 +89,9 @@ func (g *Group) Sockets() []*Socket {
 	var out []*Socket
 	if g.flows != nil {
 		for _, k := range g.allKeys() {
-			out = append(out, g.SocketOf(k.Gen, max(k.Slot, 0)))
+			if s := g.SocketOf(k.Gen, max(k.Slot, 0)); s != nil {
+				out = append(out, s)
+			}
 		}
 		return out
 	}

@@ -116,6 +116,14 @@ type Supervisor struct {
 	killing          bool // Kill was called: leftovers are killed at once
 
 	leftovers *leftovers // shared with the searches' goroutines
+
+	// UDP flows (flows.go): the last error telling a steering program,
+	// logged once; givenAway once a takeover committed (the new instance
+	// decides the serving sockets); tookOver in an instance that took
+	// over (it decides them once its workers are ready).
+	flowErr   string
+	givenAway bool
+	tookOver  bool
 }
 
 type stats struct {
@@ -236,6 +244,9 @@ func (s *Supervisor) begin() {
 	}
 	s.active = s.newGeneration(&s.plan, nil)
 	cfg := s.active.cfg
+	if err := claimFlows(s.active.listeners, s.active.id, cfg.Workers); err != nil {
+		s.log.Error("UDP flows: the first generation's sockets", "err", err)
+	}
 	s.log.Info("starting workers", "generation", s.active.id, "workers", cfg.Workers, "command", cfg.Args, "ready", cfg.Ready.String())
 	for _, sl := range s.active.slots {
 		s.startWorker(s.active, sl)
@@ -247,6 +258,7 @@ func (s *Supervisor) begin() {
 func (s *Supervisor) handle(f func()) {
 	f()
 	s.syncHandoff()
+	s.syncFlows()
 }
 
 // closeGroups closes the listener groups no generation needs any more:
@@ -439,6 +451,9 @@ func (s *Supervisor) notified(m notify.Message, child int) {
 	}
 	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Kind() == ReadyNotify {
 		s.workerReady(w)
+	}
+	if m.Fields["X_BATON_FLOWS"] == "released" {
+		s.releaseFlows(w, nil) // flows.go
 	}
 	if m.Fields["STOPPING"] == "1" {
 		s.log.Debug("worker says it is stopping", w.attrs()...)
