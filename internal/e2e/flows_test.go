@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/baton-dev/baton/internal/api"
+	"github.com/baton-dev/baton/internal/steer"
+)
+
+// requireSteering skips a test of kept UDP flows where this process may
+// not load the steering program (baton runs as the same user).
+func requireSteering(t *testing.T) {
+	t.Helper()
+	if err := steer.Supported(); err != nil {
+		t.Skipf("UDP flows cannot be kept here: %v", err)
+	}
+}
+
+// flowCounts is what the peers of the udp-flows worker saw.
+type flowCounts struct {
+	sent, ok, nostate, lost, sessions, quiet atomic.Int64
+	pids                                     sync.Map // answering pids
+}
+
+func (c *flowCounts) String() string {
+	return fmt.Sprintf("%d datagrams, %d answered by a worker with the peer's session, %d by one without it, %d lost; %d sessions, %d peers went quiet and came back",
+		c.sent.Load(), c.ok.Load(), c.nostate.Load(), c.lost.Load(), c.sessions.Load(), c.quiet.Load())
+}
+
+// runFlowPeers runs n peers of the udp-flows worker at addr until stop
+// is closed, then waits for them. A peer runs sessions of 10 to 30
+// datagrams, each answered before the next, 2 to 6 ms apart; after a
+// session it says bye and the next session comes from a new port (a new
+// peer), or, one time in ten, it goes quiet for longer than a draining
+// worker keeps an idle session and opens its next session from the same
+// port.
+func runFlowPeers(t *testing.T, addr string, n int, stop <-chan struct{}) (*flowCounts, func()) {
+	t.Helper()
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &flowCounts{}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(i), 7))
+			buf := make([]byte, 128)
+			var conn *net.UDPConn
+			defer func() {
+				if conn != nil {
+					conn.Close()
+				}
+			}()
+			send := func(msg string, seq int) {
+				c.sent.Add(1)
+				conn.Write([]byte(msg))
+				want := fmt.Sprintf(" %d", seq)
+				deadline := time.Now().Add(2 * time.Second)
+				for {
+					conn.SetReadDeadline(deadline)
+					m, err := conn.Read(buf)
+					if err != nil {
+						c.lost.Add(1)
+						return
+					}
+					reply := string(buf[:m])
+					if !strings.HasSuffix(reply, want) {
+						continue // a late answer to an earlier datagram
+					}
+					f := strings.Fields(reply)
+					c.pids.Store(f[1], true)
+					if f[0] == "ok" {
+						c.ok.Add(1)
+					} else {
+						c.nostate.Add(1)
+					}
+					return
+				}
+			}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if conn == nil {
+					var err error
+					if conn, err = net.DialUDP("udp", nil, raddr); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				c.sessions.Add(1)
+				length := 10 + rng.IntN(21)
+				for seq := range length {
+					send(fmt.Sprint(seq), seq)
+					time.Sleep(time.Duration(2+rng.IntN(5)) * time.Millisecond)
+				}
+				if rng.IntN(10) == 0 {
+					c.quiet.Add(1)
+					time.Sleep(flowIdle + 300*time.Millisecond)
+					continue
+				}
+				send(fmt.Sprintf("bye %d", length), length)
+				conn.Close()
+				conn = nil
+			}
+		}()
+	}
+	return c, wg.Wait
+}
+
+// flowsCase runs baton with the udp-flows worker on listener URL url and
+// workers workers, 200 peers, and reloads reloads, one after the other;
+// it returns what the peers saw and the listener's flows at the end.
+func flowsCase(t *testing.T, query string, workers, reloads int) (*flowCounts, *api.FlowsStatus) {
+	t.Helper()
+	b := startBaton(t, []string{workerEnv + "=udp-flows"}, "-l", "flows=udp://127.0.0.1:0"+query,
+		"-n", fmt.Sprint(workers), "--ready", "notify", "--drain-timeout", "30s", "--", testBin)
+	b.waitReady(workers)
+	stop := make(chan struct{})
+	counts, wait := runFlowPeers(t, b.addr("flows"), 200, stop)
+	start := time.Now()
+	for i := range reloads {
+		for counts.ok.Load() < int64(500*(i+1)) && time.Since(start) < time.Minute {
+			time.Sleep(5 * time.Millisecond) // traffic between reloads
+		}
+		if out, code := b.cli("reload"); code != 0 {
+			t.Fatalf("reload %d: %s", i+1, out)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wait()
+	// Every old worker drains: its sessions end, it releases its flows
+	// and exits.
+	st := b.waitStatus("the old workers to drain and exit", func(st api.Status) bool { return len(st.Workers) == workers })
+	t.Logf("%s, %d reloads in %s: %s; flows %+v", query, reloads, time.Since(start).Round(time.Millisecond), counts, *st.Listeners[0].Flows)
+	return counts, st.Listeners[0].Flows
+}
+
+// TestUDPFlowsKeptAcrossReloads: a worker that keeps per-peer state,
+// 200 peers sending without pause, 20 reloads: no datagram reaches a
+// worker without its peer's session, none is lost, and every old
+// generation drains and exits, with balance=shared (one worker) and
+// balance=reuseport (two).
+func TestUDPFlowsKeptAcrossReloads(t *testing.T) {
+	requireE2E(t)
+	requireSteering(t)
+	for _, tc := range []struct {
+		name    string
+		query   string
+		workers int
+	}{
+		{"shared", "", 1},
+		{"reuseport", "?balance=reuseport", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, fs := flowsCase(t, tc.query, tc.workers, 20)
+			if n := c.nostate.Load(); n != 0 {
+				t.Errorf("%d datagrams reached a worker without their peer's session (%s)", n, c)
+			}
+			if n := c.lost.Load(); n != 0 {
+				t.Errorf("%d datagrams lost (%s)", n, c)
+			}
+			if n := 0; true {
+				c.pids.Range(func(any, any) bool { n++; return true })
+				if n < 20*tc.workers {
+					t.Errorf("answers came from %d processes; 20 reloads of %d workers should have made %d", n, tc.workers, 21*tc.workers)
+				}
+			}
+			if fs == nil || !fs.Kept || fs.Known == 0 || fs.Draining == 0 || fs.Moved == 0 {
+				t.Errorf("flows status %+v: want them kept, datagrams of known peers, to draining generations, and moved (the quiet peers)", fs)
+			}
+		})
+	}
+}
+
+// TestUDPFlowsOffLosesSessions is the same with flows=off, as baton did
+// before it kept flows: old and new workers read one socket, and peers'
+// datagrams reach workers without their session. It shows the check
+// above sees what it checks.
+func TestUDPFlowsOffLosesSessions(t *testing.T) {
+	requireE2E(t)
+	c, fs := flowsCase(t, "?flows=off", 1, 5)
+	if c.nostate.Load() == 0 {
+		t.Errorf("flows=off: no datagram reached a worker without its session (%s); the test does not see what it checks", c)
+	}
+	if fs == nil || fs.Kept || !strings.Contains(fs.Error, "flows=off") {
+		t.Errorf("flows status %+v: want not kept, flows=off", fs)
+	}
+}
