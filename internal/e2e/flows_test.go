@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,18 +126,42 @@ func runFlowPeers(t *testing.T, addr string, n int, stop <-chan struct{}) (*flow
 // it returns what the peers saw and the listener's flows at the end.
 func flowsCase(t *testing.T, query string, workers, reloads int) (*flowCounts, *api.FlowsStatus) {
 	t.Helper()
+	actions := make([][]string, reloads)
+	for i := range actions {
+		actions[i] = []string{"reload"}
+	}
+	return flowsActions(t, query, workers, actions)
+}
+
+// flowsActions is flowsCase with a list of baton commands to run one
+// after the other under the peers' traffic (reload, upgrade, scale N).
+func flowsActions(t *testing.T, query string, workers int, actions [][]string) (*flowCounts, *api.FlowsStatus) {
+	t.Helper()
+	reloads := len(actions)
 	b := startBaton(t, []string{workerEnv + "=udp-flows"}, "-l", "flows=udp://127.0.0.1:0"+query,
 		"-n", fmt.Sprint(workers), "--ready", "notify", "--drain-timeout", "30s", "--", testBin)
 	b.waitReady(workers)
 	stop := make(chan struct{})
 	counts, wait := runFlowPeers(t, b.addr("flows"), 200, stop)
 	start := time.Now()
-	for i := range reloads {
+	for i, action := range actions {
 		for counts.ok.Load() < int64(500*(i+1)) && time.Since(start) < time.Minute {
 			time.Sleep(5 * time.Millisecond) // traffic between reloads
 		}
-		if out, code := b.cli("reload"); code != 0 {
-			t.Fatalf("reload %d: %s", i+1, out)
+		for try := 0; ; try++ {
+			out, code := b.cli(action...)
+			if code == 0 {
+				break
+			}
+			// An upgrade waits for what exited workers left running
+			// to be ended: it says to try again.
+			if !strings.Contains(out, "try again") || try == 50 {
+				t.Fatalf("%s (%d): %s", strings.Join(action, " "), i+1, out)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if action[0] == "scale" {
+			workers, _ = strconv.Atoi(action[1])
 		}
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -145,7 +170,7 @@ func flowsCase(t *testing.T, query string, workers, reloads int) (*flowCounts, *
 	// Every old worker drains: its sessions end, it releases its flows
 	// and exits.
 	st := b.waitStatus("the old workers to drain and exit", func(st api.Status) bool { return len(st.Workers) == workers })
-	t.Logf("%s, %d reloads in %s: %s; flows %+v", query, reloads, time.Since(start).Round(time.Millisecond), counts, *st.Listeners[0].Flows)
+	t.Logf("%s, %d commands in %s: %s; flows %+v", query, reloads, time.Since(start).Round(time.Millisecond), counts, *st.Listeners[0].Flows)
 	return counts, st.Listeners[0].Flows
 }
 
@@ -198,5 +223,24 @@ func TestUDPFlowsOffLosesSessions(t *testing.T) {
 	}
 	if fs == nil || fs.Kept || !strings.Contains(fs.Error, "flows=off") {
 		t.Errorf("flows status %+v: want not kept, flows=off", fs)
+	}
+}
+
+// TestUDPFlowsKeptAcrossUpgradesAndScale: the same traffic across
+// upgrades (the program, its maps and every generation's sockets go
+// across baton's execve), reloads and scales up and down with
+// balance=reuseport: 0 datagrams reach a worker without their session,
+// 0 lost.
+func TestUDPFlowsKeptAcrossUpgradesAndScale(t *testing.T) {
+	requireE2E(t)
+	requireSteering(t)
+	c, fs := flowsActions(t, "?balance=reuseport", 2, [][]string{
+		{"reload"}, {"upgrade"}, {"scale", "3"}, {"reload"}, {"upgrade"}, {"scale", "1"}, {"reload"}, {"scale", "2"}, {"upgrade", "--keep-workers"},
+	})
+	if c.nostate.Load() != 0 || c.lost.Load() != 0 {
+		t.Errorf("across upgrades and scales: %s", c)
+	}
+	if fs == nil || !fs.Kept || fs.Known == 0 || fs.Draining == 0 {
+		t.Errorf("flows status %+v", fs)
 	}
 }

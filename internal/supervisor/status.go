@@ -96,6 +96,8 @@ func flowsStatus(l *listener.Group) *api.FlowsStatus {
 	switch {
 	case l.FlowsErr != nil:
 		fs.Error = "UDP flows are not kept across reloads: " + l.FlowsErr.Error()
+	case !l.Steered() && l.Spec.WantsFlows():
+		fs.Error = "UDP flows are not kept across reloads: they could not be when baton bound the listener; restart baton where it may load the steering program"
 	case !l.Steered():
 		fs.Error = "UDP flows are not kept across reloads: flows=off"
 	}
