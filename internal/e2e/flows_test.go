@@ -1,9 +1,14 @@
 package e2e
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -242,5 +247,50 @@ func TestUDPFlowsKeptAcrossUpgradesAndScale(t *testing.T) {
 	}
 	if fs == nil || !fs.Kept || fs.Known == 0 || fs.Draining == 0 {
 		t.Errorf("flows status %+v", fs)
+	}
+}
+
+// TestUDPFlowsWithoutPrivilege runs baton as a user who may not load
+// eBPF programs: with flows=auto (the default) a UDP listener falls back
+// to a shared socket and says why, once, in the log and in the status;
+// with flows=on baton refuses to start, with the same reason.
+func TestUDPFlowsWithoutPrivilege(t *testing.T) {
+	requireE2E(t)
+	u := newTestUser(t)
+	dir := shortDir(t)
+	os.Chown(dir, u.UID, u.GID)
+	ctl := filepath.Join(dir, "ctl.sock")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := u.command(ctx, batonBin, "run", "--control", ctl, "-l", "dns=udp://127.0.0.1:0?flows=on", "--", "/bin/sleep", "30").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "UDP flows are not kept across reloads") || !strings.Contains(string(out), "CAP_BPF") {
+		t.Errorf("flows=on as user %s: %v: %s; want exit 1 and the reason", u.Name, err, out)
+	}
+
+	b := &instance{t: t, ctl: ctl, log: &logBuffer{}, done: make(chan struct{})}
+	b.cmd = u.command(context.Background(), batonBin, "run", "--control", ctl, "-l", "dns=udp://127.0.0.1:0", "-n", "1", "--ready", "notify", "--", testBin)
+	b.cmd.Env = append(b.cmd.Env, workerEnv+"=udp-flows")
+	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { b.err = b.cmd.Wait(); close(b.done) }()
+	t.Cleanup(func() { b.stop(20 * time.Second) })
+	st := b.waitReady(1)
+	fs := st.Listeners[0].Flows
+	if fs == nil || fs.Kept || !strings.Contains(fs.Error, "UDP flows are not kept across reloads") || !strings.Contains(fs.Error, "CAP_BPF") {
+		t.Errorf("flows=auto as user %s: status %+v; want not kept, with the reason", u.Name, fs)
+	}
+	if n := strings.Count(b.log.String(), "UDP flows are not kept"); n != 1 {
+		t.Errorf("the log says %d times that flows are not kept, want once:\n%s", n, b.log)
+	}
+	// It serves all the same, from one shared socket, across a reload.
+	if out, code := b.cli("reload"); code != 0 {
+		t.Errorf("reload: %s", out)
+	}
+	if n := strings.Count(b.log.String(), "UDP flows are not kept"); n != 1 {
+		t.Errorf("after a reload the log says %d times that flows are not kept, want once", n)
 	}
 }

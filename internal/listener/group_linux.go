@@ -49,7 +49,7 @@ func OpenGroup(spec Spec, slots int) (*Group, error) {
 		case err == nil:
 			return g, nil
 		case spec.Flows == FlowsOn || !errors.Is(err, steer.ErrNotSupported):
-			return nil, fmt.Errorf("listener %s (flows=%s): UDP flows are not kept across reloads: %w", spec.Name, cmp.Or(spec.Flows, FlowsAuto), err)
+			return nil, fmt.Errorf("listener %s (flows=%s): %w", spec.Name, cmp.Or(spec.Flows, FlowsAuto), err)
 		}
 		g.FlowsErr = err
 	}

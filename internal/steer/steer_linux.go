@@ -16,7 +16,7 @@ import (
 
 // ErrNotSupported is wrapped by the errors of Supported and New when this
 // process or kernel cannot steer flows.
-var ErrNotSupported = errors.New("UDP flows cannot be kept across reloads here")
+var ErrNotSupported = errors.New("UDP flows are not kept across reloads")
 
 // Defaults of Options.
 const (

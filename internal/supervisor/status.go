@@ -95,7 +95,7 @@ func flowsStatus(l *listener.Group) *api.FlowsStatus {
 	fs := &api.FlowsStatus{Mode: cmp.Or(l.Spec.Flows, listener.FlowsAuto), Kept: l.Steered()}
 	switch {
 	case l.FlowsErr != nil:
-		fs.Error = "UDP flows are not kept across reloads: " + l.FlowsErr.Error()
+		fs.Error = l.FlowsErr.Error()
 	case !l.Steered() && l.Spec.WantsFlows():
 		fs.Error = "UDP flows are not kept across reloads: they could not be when baton bound the listener; restart baton where it may load the steering program"
 	case !l.Steered():
