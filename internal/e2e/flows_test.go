@@ -294,3 +294,52 @@ func TestUDPFlowsWithoutPrivilege(t *testing.T) {
 		t.Errorf("after a reload the log says %d times that flows are not kept, want once", n)
 	}
 }
+
+// TestUDPFlowsKeptAcrossTakeover: a new instance takes the listener over
+// (baton run --takeover) under the peers' traffic, with the steering
+// program and its maps: the old instance's workers keep their sessions
+// until they drain, new sessions go to the new instance's workers once
+// they are ready, and a reload there keeps them too. 0 sessions lost, 0
+// datagrams.
+func TestUDPFlowsKeptAcrossTakeover(t *testing.T) {
+	requireE2E(t)
+	requireSteering(t)
+	env := []string{workerEnv + "=udp-flows"}
+	args := []string{"-l", fmt.Sprintf("flows=udp://127.0.0.1:%d?balance=reuseport", freePort(t)), "-n", "2", "--ready", "notify", "--drain-timeout", "30s", "--", testBin}
+	b := startBaton(t, env, args...)
+	b.waitReady(2)
+	stop := make(chan struct{})
+	counts, wait := runFlowPeers(t, b.addr("flows"), 200, stop)
+	for counts.ok.Load() < 2000 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	n := startTakeover(t, b, env, args...)
+	if code := b.waitExit(30 * time.Second); code != 0 {
+		t.Errorf("the old instance exited %d", code)
+	}
+	n.waitReady(2)
+	before := counts.ok.Load()
+	for counts.ok.Load() < before+2000 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if out, code := n.cli("reload"); code != 0 {
+		t.Fatalf("reload in the new instance: %s", out)
+	}
+	before = counts.ok.Load()
+	for counts.ok.Load() < before+2000 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(stop)
+	wait()
+	st := n.waitStatus("the old workers to drain", func(st api.Status) bool { return len(st.Workers) == 2 })
+	t.Logf("takeover: %s; flows %+v", counts, *st.Listeners[0].Flows)
+	if counts.nostate.Load() != 0 || counts.lost.Load() != 0 {
+		t.Errorf("across the takeover: %s", counts)
+	}
+	if !strings.Contains(n.log.String(), "its UDP flows kept") {
+		t.Errorf("the new instance did not take the flows over:\n%s", n.log)
+	}
+	if fs := st.Listeners[0].Flows; fs == nil || !fs.Kept || fs.Known == 0 {
+		t.Errorf("flows status %+v", fs)
+	}
+}

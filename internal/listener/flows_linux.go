@@ -639,3 +639,63 @@ func AdoptFlows(spec Spec, st *FlowState) (*Group, error) {
 	g.flows = f
 	return g, nil
 }
+
+// SteerFDs are the descriptors of a steered group's program and maps, for
+// a takeover (they stay the group's); false when it is not steered.
+func (g *Group) SteerFDs() (steer.FDs, bool) {
+	f := g.flows
+	if f == nil {
+		return steer.FDs{}, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.steer == nil {
+		return steer.FDs{}, false
+	}
+	return f.steer.FDs(), true
+}
+
+// ForgetServing makes the next SyncFlows write the serving list even if
+// it has not changed here: another baton may have written its own (a
+// takeover that was then aborted).
+func (g *Group) ForgetServing() {
+	if f := g.flows; f != nil {
+		f.mu.Lock()
+		f.serving = []int{-1}
+		f.mu.Unlock()
+	}
+}
+
+// JoinFlows makes the group of a UDP listener taken over from a running
+// baton whose flows it keeps: fds are its program and maps (the group
+// takes them, and closes them on an error), at is one of its sockets,
+// whose address the new sockets are bound to (the caller keeps it). The
+// group binds its first sockets (for slots slots), which join the running
+// baton's reuseport group, where the program is attached already; the
+// running baton's sockets stay in the program's array, with their peers,
+// until its workers have drained.
+func JoinFlows(spec Spec, fds steer.FDs, at *Socket, slots int) (*Group, error) {
+	sg, err := steer.FromFDs(fds)
+	if err != nil {
+		return nil, err
+	}
+	g := &Group{Spec: spec, flows: &flowSets{steer: sg, sets: map[int]*flowSet{}}}
+	set := &flowSet{}
+	n := 1
+	if g.Reuseport() {
+		n = max(slots, 1)
+	}
+	for i := range n {
+		spec := at.sibling()
+		spec.steer = true
+		s, err := Bind(spec)
+		if err != nil {
+			set.close()
+			sg.Close()
+			return nil, fmt.Errorf("listener %s, slot %d: %w", g.Spec.Name, i, err)
+		}
+		set.socks = append(set.socks, &flowSock{Socket: s, index: -1})
+	}
+	g.flows.sets[0] = set
+	return g, nil
+}

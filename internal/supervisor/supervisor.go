@@ -60,6 +60,10 @@ type Options struct {
 	// OnTakenOver, if set, is called when a new instance took over
 	// (baton tells systemd its new main pid).
 	OnTakenOver func(pid int)
+	// TookOver says the listeners were taken over from a running
+	// instance: the UDP sockets of this one serve new peers only once its
+	// workers are ready (the running instance's serve until then).
+	TookOver bool
 	// BeforeExec, if set, is called on the loop just before baton
 	// re-executes itself (an upgrade): what is buffered for its output or
 	// its service manager must go out first, or be lost. It must return
@@ -175,19 +179,20 @@ func newSupervisor(o Options, e env) *Supervisor {
 		e.clock = realClock{}
 	}
 	s := &Supervisor{
-		plan:    o.Plan,
-		groups:  map[*listener.Group]bool{},
-		spawner: o.Spawner,
-		log:     o.Log,
-		opts:    o,
-		stdout:  &sink{w: o.Stdout},
-		stderr:  &sink{w: o.Stderr},
-		events:  make(chan func(), 1024),
-		done:    make(chan struct{}),
-		ended:   make(chan struct{}),
-		workers: map[int]*worker{},
-		env:     e,
-		start:   e.clock.Now(),
+		plan:     o.Plan,
+		groups:   map[*listener.Group]bool{},
+		spawner:  o.Spawner,
+		log:      o.Log,
+		opts:     o,
+		stdout:   &sink{w: o.Stdout},
+		stderr:   &sink{w: o.Stderr},
+		events:   make(chan func(), 1024),
+		done:     make(chan struct{}),
+		ended:    make(chan struct{}),
+		workers:  map[int]*worker{},
+		env:      e,
+		tookOver: o.TookOver,
+		start:    e.clock.Now(),
 	}
 	if s.env.endLeftovers == nil {
 		s.env.endLeftovers = s.endLeftovers
