@@ -175,7 +175,7 @@ func flowsActions(t *testing.T, query string, workers int, actions [][]string) (
 	// Every old worker drains: its sessions end, it releases its flows
 	// and exits.
 	st := b.waitStatus("the old workers to drain and exit", func(st api.Status) bool { return len(st.Workers) == workers })
-	t.Logf("%s, %d commands in %s: %s; flows %+v", query, reloads, time.Since(start).Round(time.Millisecond), counts, *st.Listeners[0].Flows)
+	t.Logf("%s, %d commands in %s: %s; flows %s", query, reloads, time.Since(start).Round(time.Millisecond), counts, flowsText(st.Listeners[0].Flows))
 	return counts, st.Listeners[0].Flows
 }
 
@@ -332,7 +332,7 @@ func TestUDPFlowsKeptAcrossTakeover(t *testing.T) {
 	close(stop)
 	wait()
 	st := n.waitStatus("the old workers to drain", func(st api.Status) bool { return len(st.Workers) == 2 })
-	t.Logf("takeover: %s; flows %+v", counts, *st.Listeners[0].Flows)
+	t.Logf("takeover: %s; flows %s", counts, flowsText(st.Listeners[0].Flows))
 	if counts.nostate.Load() != 0 || counts.lost.Load() != 0 {
 		t.Errorf("across the takeover: %s", counts)
 	}
@@ -342,4 +342,13 @@ func TestUDPFlowsKeptAcrossTakeover(t *testing.T) {
 	if fs := st.Listeners[0].Flows; fs == nil || !fs.Kept || fs.Known == 0 {
 		t.Errorf("flows status %+v", fs)
 	}
+}
+
+// flowsText is a listener's flows for a log line, also when the status
+// has none (a baton without them, E2E_BATON_BINARY).
+func flowsText(f *api.FlowsStatus) string {
+	if f == nil {
+		return "(none in the status)"
+	}
+	return fmt.Sprintf("%+v", *f)
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -54,7 +55,9 @@ func udpFlowsWorker() error {
 			}
 			if len(sessions) == 0 {
 				if err := baton.ReleaseFlows(); err != nil {
-					return err
+					// A baton without kept flows (E2E_BATON_BINARY):
+					// there is nothing to release.
+					fmt.Fprintln(os.Stderr, "udp-flows:", err)
 				}
 				released, lastRead = true, time.Now()
 			}
