@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -44,7 +45,7 @@ func (c *flowCounts) String() string {
 // is closed, then waits for them. A peer runs sessions of 10 to 30
 // datagrams, each answered before the next, 2 to 6 ms apart; after a
 // session it says bye and the next session comes from a new port (a new
-// peer), or, one time in ten, it goes quiet for longer than a draining
+// peer), or, one time in twenty, it goes quiet for longer than a draining
 // worker keeps an idle session and opens its next session from the same
 // port.
 func runFlowPeers(t *testing.T, addr string, n int, stop <-chan struct{}) (*flowCounts, func()) {
@@ -112,9 +113,9 @@ func runFlowPeers(t *testing.T, addr string, n int, stop <-chan struct{}) (*flow
 					send(fmt.Sprint(seq), seq)
 					time.Sleep(time.Duration(2+rng.IntN(5)) * time.Millisecond)
 				}
-				if rng.IntN(10) == 0 {
+				if rng.IntN(20) == 0 {
 					c.quiet.Add(1)
-					time.Sleep(flowIdle + 300*time.Millisecond)
+					time.Sleep(flowIdle + 500*time.Millisecond)
 					continue
 				}
 				send(fmt.Sprintf("bye %d", length), length)
@@ -269,8 +270,16 @@ func TestUDPFlowsWithoutPrivilege(t *testing.T) {
 		t.Errorf("flows=on as user %s: %v: %s; want exit 1 and the reason", u.Name, err, out)
 	}
 
+	// The test binary's directory is its builder's alone: a copy the user
+	// may run.
+	worker := filepath.Join(binDir, "e2e-worker")
+	if b, err := os.ReadFile(testBin); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(worker, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	b := &instance{t: t, ctl: ctl, log: &logBuffer{}, done: make(chan struct{})}
-	b.cmd = u.command(context.Background(), batonBin, "run", "--control", ctl, "-l", "dns=udp://127.0.0.1:0", "-n", "1", "--ready", "notify", "--", testBin)
+	b.cmd = u.command(context.Background(), batonBin, "run", "--control", ctl, "-l", "flows=udp://127.0.0.1:0", "-n", "1", "--ready", "notify", "--", worker)
 	b.cmd.Env = append(b.cmd.Env, workerEnv+"=udp-flows")
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	if err := b.cmd.Start(); err != nil {
@@ -278,19 +287,37 @@ func TestUDPFlowsWithoutPrivilege(t *testing.T) {
 	}
 	go func() { b.err = b.cmd.Wait(); close(b.done) }()
 	t.Cleanup(func() { b.stop(20 * time.Second) })
-	st := b.waitReady(1)
+	// baton's client talks only to a baton of its own user: as the user.
+	cli := func(args ...string) (string, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := u.command(ctx, clientBin, append(args, "--control", ctl)...)
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	var st api.Status
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		out, code := cli("status", "--json")
+		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && len(st.Workers) == 1 && st.Workers[0].State == "ready" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("baton as user %s not ready: %s\n%s", u.Name, out, b.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	fs := st.Listeners[0].Flows
 	if fs == nil || fs.Kept || !strings.Contains(fs.Error, "UDP flows are not kept across reloads") || !strings.Contains(fs.Error, "CAP_BPF") {
 		t.Errorf("flows=auto as user %s: status %+v; want not kept, with the reason", u.Name, fs)
 	}
-	if n := strings.Count(b.log.String(), "UDP flows are not kept"); n != 1 {
+	if n := strings.Count(b.log.String(), "listener's UDP flows are not kept"); n != 1 {
 		t.Errorf("the log says %d times that flows are not kept, want once:\n%s", n, b.log)
 	}
 	// It serves all the same, from one shared socket, across a reload.
-	if out, code := b.cli("reload"); code != 0 {
+	if out, code := cli("reload"); code != 0 {
 		t.Errorf("reload: %s", out)
 	}
-	if n := strings.Count(b.log.String(), "UDP flows are not kept"); n != 1 {
+	if n := strings.Count(b.log.String(), "listener's UDP flows are not kept"); n != 1 {
 		t.Errorf("after a reload the log says %d times that flows are not kept, want once", n)
 	}
 }

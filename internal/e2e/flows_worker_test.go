@@ -14,7 +14,7 @@ import (
 
 // flowIdle is how long the udp-flows worker keeps a session that sends
 // nothing, once it drains (a QUIC server's idle timeout).
-const flowIdle = 500 * time.Millisecond
+const flowIdle = 2 * time.Second
 
 // udpFlowsWorker keeps per-peer state, as a QUIC, game or VPN server
 // does: a peer opens a session with "0", then sends "1", "2", ... and
