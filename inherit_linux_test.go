@@ -363,8 +363,8 @@ func TestReadyAndStatusGoToTheWorkersSocket(t *testing.T) {
 }
 
 // TestServeReportsToItsWorker runs Serve on a Worker of a fake environment:
-// READY=1 and the count of accepted connections go to that Worker's
-// NOTIFY_SOCKET, and its stop signal ends the drain.
+// READY=1, the count of accepted connections and of 5xx answers go to that
+// Worker's NOTIFY_SOCKET, and its stop signal ends the drain.
 func TestServeReportsToItsWorker(t *testing.T) {
 	srv, msgs := notifyServer(t)
 	w, sig := testWorker(t, map[string]string{"NOTIFY_SOCKET": srv.Addr()})
@@ -373,11 +373,17 @@ func TestServeReportsToItsWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			http.Error(w, "broken", http.StatusBadGateway)
+			return
+		}
+		io.WriteString(w, "ok")
+	})}
 	go func() { served <- ServeOptions{Worker: w, DrainWindow: time.Millisecond}.ServeListeners(hs, ln) }()
 	next(t, msgs, "READY")
-	for range 2 {
-		resp, err := http.Get("http://" + ln.Addr().String())
+	for _, path := range []string{"/", "/fail", "/"} {
+		resp, err := http.Get("http://" + ln.Addr().String() + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -387,7 +393,12 @@ func TestServeReportsToItsWorker(t *testing.T) {
 		http.DefaultClient.CloseIdleConnections()
 	}
 	for {
-		if m := next(t, msgs, "X_BATON_ACCEPTED"); m.Fields["X_BATON_ACCEPTED"] == "2" {
+		// The 5xx answer is reported as an error (X_BATON_ERRORS), which
+		// a canary reload judges; the others are not.
+		if m := next(t, msgs, "X_BATON_ACCEPTED"); m.Fields["X_BATON_ACCEPTED"] == "3" {
+			if m.Fields["X_BATON_ERRORS"] != "1" {
+				t.Errorf("report %v: want X_BATON_ERRORS=1 for the one 502", m.Fields)
+			}
 			break
 		}
 	}

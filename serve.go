@@ -1,9 +1,11 @@
 package baton
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -90,9 +92,13 @@ func (w *Worker) Serve(srv *http.Server) error { return ServeOptions{Worker: w}.
 // "Connection: close" on every response while draining and then calls it;
 // ConnState becomes a function that counts the open connections (the
 // drain window ends when none is left) and then calls the original, if
-// any. While it serves, it also counts the connections it accepts and
-// reports the count to baton twice a second, when it changed
-// (X_BATON_ACCEPTED= on NOTIFY_SOCKET, shown by baton status).
+// any. While it serves, it also counts the connections it accepts and the
+// requests it answers with a 5xx status, and reports both to baton twice
+// a second, when they changed (X_BATON_ACCEPTED= and X_BATON_ERRORS= on
+// NOTIFY_SOCKET: baton status shows them, and a canary reload fails on
+// errors). The handler the requests reach gets a ResponseWriter that
+// records the status and passes Flush, Hijack and ReadFrom through (and
+// unwraps, for http.ResponseController).
 func (o ServeOptions) Serve(srv *http.Server) error {
 	ln, err := o.listener(srv)
 	if err != nil {
@@ -120,7 +126,8 @@ func (o ServeOptions) ServeListeners(srv *http.Server, listeners ...net.Listener
 	for _, ln := range listeners {
 		counted = append(counted, &countingListener{Listener: ln})
 	}
-	stopReports := w.reportAccepted(counted)
+	var serverErrors atomic.Int64 // 5xx answers, for a canary's verdict
+	stopReports := w.reportAccepted(counted, &serverErrors)
 	defer stopReports()
 	stop := w.Stopping()
 
@@ -134,7 +141,11 @@ func (o ServeOptions) ServeListeners(srv *http.Server, listeners ...net.Listener
 		if draining.Load() {
 			w.Header().Set("Connection", "close")
 		}
-		handler.ServeHTTP(w, r)
+		sw := &statusWriter{ResponseWriter: w}
+		handler.ServeHTTP(sw, r)
+		if sw.status >= 500 {
+			serverErrors.Add(1)
+		}
 	})
 	userState := srv.ConnState
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
@@ -250,10 +261,12 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-// reportAccepted tells baton, twice a second when it changed, how many
+// reportAccepted tells baton, twice a second when they changed, how many
 // connections the worker accepted (X_BATON_ACCEPTED=, shown in baton
-// status), until the returned function is called.
-func (w *Worker) reportAccepted(ls []*countingListener) (stop func()) {
+// status) and how many requests it answered with a 5xx status
+// (X_BATON_ERRORS=, which a canary reload judges), until the returned
+// function is called.
+func (w *Worker) reportAccepted(ls []*countingListener, serverErrors *atomic.Int64) (stop func()) {
 	if w.notifySocket == "" {
 		return func() {}
 	}
@@ -263,16 +276,21 @@ func (w *Worker) reportAccepted(ls []*countingListener) (stop func()) {
 		defer close(finished)
 		t := time.NewTicker(500 * time.Millisecond)
 		defer t.Stop()
-		last := int64(-1)
+		last, lastErrs := int64(-1), int64(0)
 		for {
 			var n int64
 			for _, l := range ls {
 				n += l.n.Load()
 			}
-			if n != last {
+			errs := serverErrors.Load()
+			if n != last || errs != lastErrs {
 				// A lost report is made good by the next one.
-				w.notify("X_BATON_ACCEPTED=" + strconv.FormatInt(n, 10))
-				last = n
+				msg := "X_BATON_ACCEPTED=" + strconv.FormatInt(n, 10)
+				if errs > 0 {
+					msg += "\nX_BATON_ERRORS=" + strconv.FormatInt(errs, 10)
+				}
+				w.notify(msg)
+				last, lastErrs = n, errs
 			}
 			select {
 			case <-t.C:
@@ -286,3 +304,57 @@ func (w *Worker) reportAccepted(ls []*countingListener) (stop func()) {
 		<-finished
 	}
 }
+
+// statusWriter records the status of a response. It passes Flush,
+// Hijack and ReadFrom (sendfile) through to the ResponseWriter it wraps,
+// and unwraps for http.ResponseController.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+// WriteHeader records the status and writes it.
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Write writes the body; without a WriteHeader before, the status is 200.
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// ReadFrom writes the body from r, with the wrapped writer's ReadFrom
+// (sendfile) when it has one.
+func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(w.ResponseWriter, r)
+}
+
+// Flush flushes, when the wrapped writer can.
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Hijack hands the connection over, when the wrapped writer can.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if h, ok := w.ResponseWriter.(http.Hijacker); ok {
+		return h.Hijack()
+	}
+	return nil, nil, fmt.Errorf("baton.Serve: the response writer %T cannot be hijacked", w.ResponseWriter)
+}
+
+// Unwrap returns the wrapped writer, for http.ResponseController.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -44,6 +44,32 @@ type Status struct {
 	// Rollout is the progress of a rolling or canary reload under way
 	// (Pending is its generation); absent otherwise.
 	Rollout *RolloutStatus `json:"rollout,omitempty"`
+	// StartLimitBurst and StartLimitInterval: a slot of a generation
+	// coming up whose workers fail this many times within this interval
+	// crash-loops, and the reload fails.
+	StartLimitBurst    int      `json:"start_limit_burst"`
+	StartLimitInterval Duration `json:"start_limit_interval"`
+	// MaxRSS and MaxUptime are when baton recycles a worker (--max-rss,
+	// --max-uptime); absent when off.
+	MaxRSS    uint64   `json:"max_rss_bytes,omitempty"`
+	MaxUptime Duration `json:"max_uptime,omitempty"`
+	// Recycling is the replacement of a worker baton has under way;
+	// absent when none.
+	Recycling *RecyclingStatus `json:"recycling,omitempty"`
+}
+
+// RecyclingStatus is a worker baton is replacing: a new worker is
+// starting in its slot, and the old one drains once that one is ready.
+type RecyclingStatus struct {
+	Slot int `json:"slot"`
+	// PID is the worker being replaced, NewPID its replacement (0 while
+	// it is being started).
+	PID    int `json:"pid"`
+	NewPID int `json:"new_pid,omitempty"`
+	// Reason is max_rss or max_uptime; Why says it in words.
+	Reason string    `json:"reason"`
+	Why    string    `json:"why"`
+	Since  time.Time `json:"since"`
 }
 
 // ListenerStatus describes one listener baton holds.
@@ -156,6 +182,30 @@ type WorkerStatus struct {
 	// Captures lists the binds baton answered with its own socket (with
 	// --capture-bind).
 	Captures []CaptureStatus `json:"captures,omitempty"`
+	// RSSBytes is the worker's resident memory and CPUSeconds the user
+	// and system CPU time it has used, as baton last read them in /proc
+	// (each second); CPUPercent is its CPU use between its last two
+	// reads, 100 for a whole core. Absent until baton has read them.
+	RSSBytes   uint64  `json:"rss_bytes,omitempty"`
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
+	CPUPercent float64 `json:"cpu_percent,omitempty"`
+	// SignalHandling says what its stop signal does to it, from
+	// /proc/PID/status: caught, blocked (taken with sigwait or a
+	// signalfd), ignored, default (it ends the process at once) or
+	// harmless (a default action that does not end it); absent until
+	// baton has read it, once the worker is ready.
+	SignalHandling string `json:"signal_handling,omitempty"`
+	// Drain is how baton stops the worker, or stopped it (draining):
+	// signal (the stop signal at once) or when-idle (the stop signal once
+	// it holds no connection, checked while it is frozen); DrainReason
+	// says why.
+	Drain       string `json:"drain"`
+	DrainReason string `json:"drain_reason"`
+	// Recycle says why baton is replacing this worker (max_rss: ...,
+	// max_uptime: ...); Replaces, on its replacement while it starts, the
+	// pid it replaces.
+	Recycle  string `json:"recycle,omitempty"`
+	Replaces int    `json:"replaces,omitempty"`
 }
 
 // CaptureStatus is one bind of a worker that baton answered with its own
@@ -195,6 +245,13 @@ type SlotStatus struct {
 	// exited on its own, LastErrorTime when; empty while nothing failed.
 	LastError     string    `json:"last_error,omitempty"`
 	LastErrorTime time.Time `json:"last_error_time,omitzero"`
+	// Recycles counts the slot's workers recycled since baton started:
+	// restarted at once after exiting 0 on their own, or replaced by
+	// baton (--max-rss, --max-uptime). LastRecycle says why the last one
+	// was (exited, max_rss, max_uptime), LastRecycleTime when.
+	Recycles        int       `json:"recycles"`
+	LastRecycle     string    `json:"last_recycle,omitempty"`
+	LastRecycleTime time.Time `json:"last_recycle_time,omitzero"`
 
 	// Generation is the generation of the slot's live worker: during a
 	// rolling reload a slot already replaced is served by the new one.

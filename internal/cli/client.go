@@ -403,22 +403,7 @@ func printStatus(out io.Writer, st api.Status) {
 	}
 	fmt.Fprintln(w)
 	printConnections(w, st)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tACCEPTED\tFDS\tESTAB\tCLOSE-WAIT\tSTATUS")
-	for _, wk := range st.Workers {
-		status := wk.Status
-		if len(status) > 30 {
-			status = status[:27] + "..."
-		}
-		accepted := "-"
-		if wk.Accepted != nil {
-			accepted = fmt.Sprint(*wk.Accepted)
-		}
-		wv := kernelWorker(st, wk.PID)
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, accepted,
-			fdsCell(wv), countCell(wv, "ESTAB"), countCell(wv, "CLOSE-WAIT"), status)
-	}
-	tw.Flush()
+	printWorkers(w, st)
 	var captured []string
 	for _, wk := range st.Workers {
 		for _, c := range wk.Captures {
@@ -432,6 +417,7 @@ func printStatus(out io.Writer, st api.Status) {
 	fmt.Fprintln(w)
 	printSlotsDown(w, st)
 	printWarnings(w, st)
+	printLimits(w, st)
 	reloads := fmt.Sprintf("reloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
 	if st.Reloads.Queued {
 		reloads += ", one queued"

@@ -64,6 +64,16 @@ type Settings struct {
 	StopSignal   string        `toml:"stop_signal" flag:"stop-signal"`
 	DrainTimeout time.Duration `toml:"drain_timeout" flag:"drain-timeout"`
 	StopWhenIdle time.Duration `toml:"stop_when_idle" flag:"stop-when-idle"`
+	// StartLimitBurst failures of a slot's workers within
+	// StartLimitInterval, while their generation comes up, fail a reload
+	// (a crash loop), as systemd's StartLimitBurst and
+	// StartLimitIntervalSec.
+	StartLimitBurst    int           `toml:"start_limit_burst" flag:"start-limit-burst"`
+	StartLimitInterval time.Duration `toml:"start_limit_interval" flag:"start-limit-interval"`
+	// MaxRSS ("512MiB") and MaxUptime: past either, baton replaces a
+	// worker (a new one in its slot ready first); "" and 0 are off.
+	MaxRSS    string        `toml:"max_rss" flag:"max-rss"`
+	MaxUptime time.Duration `toml:"max_uptime" flag:"max-uptime"`
 
 	CaptureBind      bool `toml:"capture_bind" flag:"capture-bind"`
 	EnableMigrateReq bool `toml:"enable_migrate_req" flag:"enable-migrate-req"`
@@ -175,6 +185,9 @@ func Defaults() Settings {
 		LogLevel:     "info",
 
 		InspectInterval: 10 * time.Second,
+
+		StartLimitBurst:    supervisor.DefaultStartLimitBurst,
+		StartLimitInterval: supervisor.DefaultStartLimitInterval,
 
 		HandoffTimeout:  handoff.DefaultTimeout,
 		HandoffMaxState: handoff.DefaultMaxState,

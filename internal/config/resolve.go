@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"golang.org/x/sys/unix"
@@ -37,6 +38,13 @@ func (e *Error) Error() string { return e.Origin.String() + ": " + e.Msg }
 
 // Is makes errors.Is(err, ErrInvalid) true.
 func (e *Error) Is(target error) bool { return target == ErrInvalid }
+
+// maxStartLimitBurst bounds start_limit_burst; minMaxUptime is the
+// shortest max_uptime.
+const (
+	maxStartLimitBurst = 1000
+	minMaxUptime       = time.Second
+)
 
 // Resolved is a validated configuration, ready to run.
 type Resolved struct {
@@ -99,6 +107,19 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 	}
 	if l.StopWhenIdle < 0 || l.StopWhenIdle > l.DrainTimeout {
 		return nil, bad("stop_when_idle", "%s: want 0 (off) up to the drain timeout (%s)", l.StopWhenIdle, l.DrainTimeout)
+	}
+	if l.StartLimitBurst < 1 || l.StartLimitBurst > maxStartLimitBurst {
+		return nil, bad("start_limit_burst", "%d: want 1 to %d failures", l.StartLimitBurst, maxStartLimitBurst)
+	}
+	if l.StartLimitInterval <= 0 {
+		return nil, bad("start_limit_interval", "%s: want a positive duration such as 10s", l.StartLimitInterval)
+	}
+	maxRSS, err := ParseSize(l.MaxRSS)
+	if err != nil {
+		return nil, bad("max_rss", "%v", err)
+	}
+	if l.MaxUptime != 0 && l.MaxUptime < minMaxUptime {
+		return nil, bad("max_uptime", "%s: want 0 (never) or at least %s: a worker must serve a while before it is replaced", l.MaxUptime, minMaxUptime)
 	}
 	if l.Fd0 != "" {
 		found := false
@@ -165,6 +186,8 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 		Path: path, Args: l.Command, Env: env, Dir: l.Dir,
 		Workers: l.Workers, Ready: ready, ReadyTimeout: l.ReadyTimeout,
 		StopSignal: sig, DrainTimeout: l.DrainTimeout, StopWhenIdle: l.StopWhenIdle,
+		StartLimitBurst: l.StartLimitBurst, StartLimitInterval: l.StartLimitInterval,
+		MaxRSS: maxRSS, MaxUptime: l.MaxUptime,
 		Fd0: l.Fd0, LogPrefix: l.LogPrefix, EnableMigrateReq: l.EnableMigrateReq,
 		CaptureBind: l.CaptureBind, User: cred, Nofile: l.Rlimits.Nofile,
 		Handoff: supervisor.HandoffConfig{Timeout: l.HandoffTimeout, MaxState: l.HandoffMaxState},

@@ -83,6 +83,8 @@ func runWorker(mode string) int {
 		err = strangerWorkerSocket() // not a worker: another user on BATON_SOCKET
 	case "junk-handoff":
 		err = junkHandoffWorker()
+	case "maxreq", "leak-rss":
+		err = recycleWorker(mode) // recycle_workers_test.go
 	default:
 		err = fmt.Errorf("unknown worker mode %q", mode)
 	}

@@ -31,6 +31,7 @@ type Metrics struct {
 	reloadDuration prometheus.Histogram
 	restarts       *prometheus.CounterVec
 	exits          *prometheus.CounterVec
+	recycles       *prometheus.CounterVec
 	handoffs       prometheus.Counter
 	handoffConns   prometheus.Counter
 }
@@ -54,11 +55,15 @@ func New(version string, status StatusFunc) *Metrics {
 		}),
 		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "baton_worker_restarts_total",
-			Help: "Restarts of a slot's worker after it exited on its own or missed its readiness deadline, by slot.",
+			Help: "Restarts of a slot's worker after a failure (it crashed, exited 0 within 100ms of its start, or missed its readiness deadline), by slot; recycling is counted in baton_worker_recycles_total.",
 		}, []string{"slot"}),
 		exits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "baton_worker_exits_total",
-			Help: "Worker exits, by reason: stopped (baton asked it to) or crashed (it exited on its own).",
+			Help: "Worker exits, by reason: stopped (baton asked it to), crashed (it exited on its own with a status other than 0, a signal, or 0 within 100ms) or recycled (it exited 0 on its own after a while).",
+		}, []string{"reason"}),
+		recycles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_worker_recycles_total",
+			Help: "Workers recycled, by reason: exited (it exited 0 on its own and was restarted at once), max_rss or max_uptime (baton replaced it).",
 		}, []string{"reason"}),
 		handoffs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "baton_handoffs_total",
@@ -69,11 +74,14 @@ func New(version string, status StatusFunc) *Metrics {
 			Help: "Live connections handed from draining workers to the next generation.",
 		}),
 	}
-	for _, r := range []string{"stopped", "crashed"} {
+	for _, r := range []string{supervisor.ExitStopped, supervisor.ExitCrashed, supervisor.ExitRecycled} {
 		m.exits.WithLabelValues(r)
 	}
+	for _, r := range []string{supervisor.RecycleExited, supervisor.RecycleMaxRSS, supervisor.RecycleMaxUptime} {
+		m.recycles.WithLabelValues(r)
+	}
 	m.reg.MustRegister(
-		m.reloadDuration, m.restarts, m.exits, m.handoffs, m.handoffConns,
+		m.reloadDuration, m.restarts, m.exits, m.recycles, m.handoffs, m.handoffConns,
 		&snapshotCollector{m: m, version: version},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -98,11 +106,16 @@ func (m *Metrics) Event(e supervisor.Event) {
 	case supervisor.EventRestart:
 		m.restarts.WithLabelValues(strconv.Itoa(e.Slot)).Inc()
 	case supervisor.EventExit:
-		reason := "crashed"
-		if e.OK {
-			reason = "stopped"
+		reason := e.Reason
+		if reason == "" { // an event of before reasons
+			reason = supervisor.ExitCrashed
+			if e.OK {
+				reason = supervisor.ExitStopped
+			}
 		}
 		m.exits.WithLabelValues(reason).Inc()
+	case supervisor.EventRecycle:
+		m.recycles.WithLabelValues(e.Reason).Inc()
 	case supervisor.EventHandoff:
 		m.handoffs.Inc()
 		m.handoffConns.Add(float64(e.Count))
@@ -130,6 +143,8 @@ var (
 	descFlowRuns   = desc("baton_udp_flow_program_runs_total", "Runs of a UDP listener's steering program (the kernel's BPF statistics: 0 unless kernel.bpf_stats_enabled is 1).", "listener")
 	descFlowTime   = desc("baton_udp_flow_program_seconds_total", "Time a UDP listener's steering program ran (the kernel's BPF statistics: 0 unless kernel.bpf_stats_enabled is 1).", "listener")
 	descWorkers    = desc("baton_workers", "Live workers by state: starting, ready or draining.", "state")
+	descWorkerRSS  = desc("baton_worker_resident_memory_bytes", "A worker's resident memory (/proc/PID/stat rss), as baton read it in the last second; a slot's two workers of one generation (while baton replaces one) are summed.", "slot", "generation")
+	descWorkerCPU  = desc("baton_worker_cpu_seconds_total", "User and system CPU time a worker has used (/proc/PID/stat utime and stime), as baton read it in the last second; a slot's two workers of one generation are summed.", "slot", "generation")
 	descStarted    = desc("baton_workers_started_total", "Worker processes started since baton started.")
 	descReloads    = desc("baton_reloads_total", "Reloads finished since baton started, by result: ok (the new generation took over) or failed (the old one kept serving).", "result")
 	descUpgrades   = desc("baton_upgrades_total", "Times baton re-executed itself in place (baton upgrade, SIGUSR2) since it started.")
@@ -180,6 +195,7 @@ type snapshotCollector struct {
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descBuildInfo, descStartTime, descGeneration, descListener, descBacklog, descWorkers, descStarted, descUpgrades, descReloads,
+		descWorkerRSS, descWorkerCPU,
 		descQueue, descQueueMax, descRecvBytes, descConns, descWorkerConn, descOpenFDs, descMaxFDs,
 		descWarnings, descDegraded, descViewTime, descViewErrors,
 		descSomaxconn, descMaxTW, descInUse, descOrphan, descTW, descAlloc, descTCPMem,
@@ -247,6 +263,7 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range states {
 		gauge(descWorkers, float64(n), s)
 	}
+	collectWorkers(st.Workers, gauge, counter)
 	degraded := 0.0
 	if api.HealthOf(&st).Degraded() {
 		degraded = 1
@@ -335,6 +352,26 @@ func collectKernel(v *inspect.View, gauge, counter func(*prometheus.Desc, float6
 		gauge(descTW, float64(tcp["tw"]))
 		gauge(descAlloc, float64(tcp["alloc"]))
 		gauge(descTCPMem, float64(tcp["mem"])*float64(os.Getpagesize()))
+	}
+}
+
+// collectWorkers exports what baton read of each worker in /proc. Two
+// live workers of one slot and generation (the old one and its
+// replacement while baton recycles it) are summed into one series.
+func collectWorkers(ws []supervisor.WorkerStatus, gauge, counter func(*prometheus.Desc, float64, ...string)) {
+	type key struct{ slot, gen int }
+	rss, cpu := map[key]float64{}, map[key]float64{}
+	for _, w := range ws {
+		if w.RSSBytes == 0 {
+			continue // not read yet
+		}
+		k := key{w.Slot, w.Generation}
+		rss[k] += float64(w.RSSBytes)
+		cpu[k] += w.CPUSeconds
+	}
+	for k, v := range rss {
+		gauge(descWorkerRSS, v, strconv.Itoa(k.slot), strconv.Itoa(k.gen))
+		counter(descWorkerCPU, cpu[k], strconv.Itoa(k.slot), strconv.Itoa(k.gen))
 	}
 }
 

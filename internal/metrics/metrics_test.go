@@ -40,9 +40,11 @@ func fakeStatus() supervisor.Status {
 			}},
 		},
 		Workers: []supervisor.WorkerStatus{
-			{Slot: 0, Generation: 3, PID: 10, State: supervisor.Ready},
-			{Slot: 1, Generation: 3, PID: 11, State: supervisor.Ready},
-			{Slot: 0, Generation: 2, PID: 5, State: supervisor.Draining},
+			{Slot: 0, Generation: 3, PID: 10, State: supervisor.Ready, RSSBytes: 100 << 20, CPUSeconds: 2.5},
+			{Slot: 1, Generation: 3, PID: 11, State: supervisor.Ready, RSSBytes: 30 << 20, CPUSeconds: 1},
+			{Slot: 0, Generation: 2, PID: 5, State: supervisor.Draining, RSSBytes: 50 << 20, CPUSeconds: 7},
+			// baton replaces pid 11: its replacement, started, not read yet.
+			{Slot: 1, Generation: 3, PID: 12, State: supervisor.Starting},
 		},
 		Kernel: &inspect.View{
 			Took: 0.002,
@@ -133,6 +135,9 @@ func TestScrape(t *testing.T) {
 	m.Event(supervisor.Event{Kind: supervisor.EventReload, OK: false, Duration: 2 * time.Second})
 	m.Event(supervisor.Event{Kind: supervisor.EventRestart, Slot: 1})
 	m.Event(supervisor.Event{Kind: supervisor.EventExit, OK: false})
+	m.Event(supervisor.Event{Kind: supervisor.EventExit, Reason: supervisor.ExitRecycled})
+	m.Event(supervisor.Event{Kind: supervisor.EventRecycle, Reason: supervisor.RecycleExited})
+	m.Event(supervisor.Event{Kind: supervisor.EventRecycle, Reason: supervisor.RecycleMaxRSS})
 	m.Event(supervisor.Event{Kind: supervisor.EventHandoff, Count: 5})
 	mf := scrape(t, m.Handler())
 
@@ -152,7 +157,9 @@ func TestScrape(t *testing.T) {
 		"baton_udp_flow_draining_datagrams_total": {"listener=dns": 40},
 		"baton_udp_flow_program_runs_total":       {"listener=dns": 113},
 		"baton_udp_flow_program_seconds_total":    {"listener=dns": 2},
-		"baton_workers":                           {"state=ready": 2, "state=draining": 1, "state=starting": 0},
+		"baton_workers":                           {"state=ready": 2, "state=draining": 1, "state=starting": 1},
+		"baton_worker_resident_memory_bytes":      {"generation=3,slot=0": 100 << 20, "generation=3,slot=1": 30 << 20, "generation=2,slot=0": 50 << 20},
+		"baton_worker_cpu_seconds_total":          {"generation=3,slot=0": 2.5, "generation=3,slot=1": 1, "generation=2,slot=0": 7},
 		"baton_accept_queue_connections":          {"listener=http,slot=0": 3, "listener=http,slot=1": 0},
 		"baton_accept_queue_max_connections":      {"listener=http,slot=0": 64, "listener=http,slot=1": 64},
 		"baton_socket_receive_queue_bytes":        {"listener=dns,slot=": 768},
@@ -181,7 +188,8 @@ func TestScrape(t *testing.T) {
 		"baton_reloads_total":                   {"result=ok": 2, "result=failed": 1},
 		"baton_reload_duration_seconds":         {"": 3},
 		"baton_worker_restarts_total":           {"slot=1": 1},
-		"baton_worker_exits_total":              {"reason=crashed": 1, "reason=stopped": 0},
+		"baton_worker_exits_total":              {"reason=crashed": 1, "reason=stopped": 0, "reason=recycled": 1},
+		"baton_worker_recycles_total":           {"reason=exited": 1, "reason=max_rss": 1, "reason=max_uptime": 0},
 		"baton_handoffs_total":                  {"": 1},
 		"baton_handoff_connections_total":       {"": 5},
 	}

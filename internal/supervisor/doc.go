@@ -3,10 +3,20 @@
 // A generation is the set of workers started by one start or reload, one per
 // slot 0..N-1. Workers move through starting → ready → draining → exited.
 // A reload starts a whole new generation; only when every one of its workers
-// is ready does the previous generation get its stop signal and drain. If a
-// new worker exits or misses its readiness deadline, the new generation is
-// stopped instead and the old one keeps serving. Reloads asked for while one
-// runs are coalesced into one more reload; none is dropped.
+// is ready does the previous generation get its stop signal and drain. A new
+// worker that exits meanwhile is restarted in its slot (comingup.go); if a
+// slot crash-loops or has no ready worker within its readiness deadline, the
+// new generation is stopped instead and the old one keeps serving. Reloads
+// asked for while one runs are coalesced into one more reload; none is
+// dropped.
+//
+// A worker that exits with status 0 on its own recycled itself and is
+// restarted at once; baton recycles workers itself past --max-rss or
+// --max-uptime, one slot at a time, the replacement ready first
+// (recycle.go). Each live worker's /proc entries are read every second off
+// the loop (sample.go): its memory and CPU for the status, and whether its
+// stop signal would kill it at once, in which case it is stopped only when
+// idle (drain.go, quiesce.go).
 //
 // A reload may instead roll (Rollout, rolling.go): replace a few slots at
 // a time, each new worker beside the old one of its slot, so that at most

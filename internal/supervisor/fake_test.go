@@ -112,6 +112,11 @@ type fakeWorker struct {
 	// otherwise it exits with status 0 drain after the signal.
 	ignoreStop bool
 	drain      time.Duration
+	// rss is its resident memory age after its start, as baton's
+	// samples read it (0 when nil); signal what its stop signal does to
+	// it (sigCaught when zero).
+	rss    func(age time.Duration) uint64
+	signal sigDisposition
 	// unkillable keeps it running even on SIGKILL, as a process stuck in
 	// uninterruptible sleep (D state) is.
 	unkillable bool
@@ -139,6 +144,37 @@ type fakeProcs struct {
 	// live counts the fake workers started and not exited; maxLive is
 	// the most there ever were at once (what a rolling reload bounds).
 	live, maxLive int
+
+	// seen is what the samples read of each fake worker, by pid: they
+	// read it off the test's goroutine.
+	seenMu sync.Mutex
+	seen   map[int]fakeSeen
+}
+
+// fakeSeen is what a sample reads of a fake worker.
+type fakeSeen struct {
+	started time.Time
+	rss     func(time.Duration) uint64
+	signal  sigDisposition
+}
+
+// readProc is the harness's env.readProc: what the fake worker's
+// behaviour says, at the fake clock's time.
+func (p *fakeProcs) readProc(pid int, sig syscall.Signal) (procSample, error) {
+	p.seenMu.Lock()
+	f, ok := p.seen[pid]
+	p.seenMu.Unlock()
+	if !ok {
+		return procSample{}, os.ErrNotExist
+	}
+	r := procSample{StartTime: 1, Signal: f.signal}
+	if r.Signal == sigUnknown {
+		r.Signal = sigCaught
+	}
+	if f.rss != nil {
+		r.RSS = f.rss(p.h.clock.Now().Sub(f.started))
+	}
+	return r, nil
 }
 
 // fakeProc is a fake worker process.
@@ -171,6 +207,12 @@ func (p *fakeProcs) Start(spec spawn.Spec, onExit func(spawn.Exit)) (spawn.Child
 	p.nextPID++
 	proc := &fakeProc{p: p, pid: fakePIDBase + p.nextPID, name: name, w: w, onExit: onExit}
 	p.byPID[proc.pid] = proc
+	p.seenMu.Lock()
+	if p.seen == nil {
+		p.seen = map[int]fakeSeen{}
+	}
+	p.seen[proc.pid] = fakeSeen{started: p.h.clock.Now(), rss: w.rss, signal: w.signal}
+	p.seenMu.Unlock()
 	p.live++
 	p.maxLive = max(p.maxLive, p.live)
 	p.h.tracef("start %s", name)
@@ -320,7 +362,7 @@ func newHarness(t *testing.T, cfg Config, behave func(gen, slot, attempt int) fa
 		Plan:   Plan{Config: cfg},
 		Log:    slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Stdout: devnull, Stderr: devnull,
-	}, env{procs: h.procs, clock: h.clock, endLeftovers: func(*leftoverSearch) {}})
+	}, env{procs: h.procs, clock: h.clock, endLeftovers: func(*leftoverSearch) {}, readProc: h.procs.readProc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,7 +451,7 @@ func (h *harness) names(s string) string {
 // settle runs the loop until nothing is left to do at this moment: every
 // queued event has run, every exit of a fake worker has been delivered
 // and handled (one at a time, in the order they happened), and every
-// search for leftovers has reported back.
+// search for leftovers and every sample of /proc has reported back.
 func (h *harness) settle() {
 	h.t.Helper()
 	for {
@@ -428,6 +470,10 @@ func (h *harness) settle() {
 		}
 		if h.s.leftoverSearches > 0 {
 			h.until("the leftover searches to report", func() bool { return h.s.leftoverSearches == 0 })
+			continue
+		}
+		if h.s.sampling > 0 {
+			h.until("the samples of /proc to report", func() bool { return h.s.sampling == 0 })
 			continue
 		}
 		return

@@ -128,7 +128,9 @@ func TestRollout(t *testing.T) {
 		{
 			name:    "rolling: a new worker that cannot become ready stops the roll, and the slots it replaced roll back, the last first",
 			workers: 4,
-			cfg:     func(c *Config) { c.Rollout.Rolling = 1 },
+			// One failure is a crash loop (start_limit_burst 1): the
+			// case is the rollback, not the restarts before it.
+			cfg: func(c *Config) { c.Rollout.Rolling, c.StartLimitBurst = 1, 1 },
 			behave: func(gen, slot, n int) fakeWorker {
 				if gen == 2 && slot == 2 {
 					return fakeWorker{ready: never, crash: true, crashAfter: 500 * time.Millisecond, status: 1}
@@ -172,7 +174,7 @@ func TestRollout(t *testing.T) {
 				"14.5s start g1.s0#2",
 				"15.5s g1.s0#2 sends READY=1",
 				"15.5s SIGTERM g2.s0",
-				"15.5s reload r1: reload to generation 2 failed: worker slot 2 (g2.s2) of generation 2 exited with status 1 before it was ready; slots [0 1] were rolled back: generation 1 serves every slot again",
+				"15.5s reload r1: reload to generation 2 failed: worker slot 2 of generation 2 is crash-looping: 1 of its workers failed within 10s (start_limit_burst 1 in start_limit_interval 10s), the last: worker g2.s2 exited with status 1 after 500ms; slots [0 1] were rolled back: generation 1 serves every slot again",
 				"17.5s g2.s0 exited with status 0",
 				"40s state: generation 1 serves [s0 g1.s0#2 ready, s1 g1.s1#2 ready, s2 g1.s2 ready, s3 g1.s3 ready]",
 				"40s rollout: none, 4 workers live",
@@ -182,7 +184,9 @@ func TestRollout(t *testing.T) {
 		{
 			name:    "rolling: a replaced worker that crashes mid-roll fails it; its empty slot rolls back first",
 			workers: 3,
-			cfg:     func(c *Config) { c.Rollout.Rolling = 1 },
+			// One failure is a crash loop (start_limit_burst 1): the
+			// case is the rollback, not the restarts before it.
+			cfg: func(c *Config) { c.Rollout.Rolling, c.StartLimitBurst = 1, 1 },
 			behave: func(gen, slot, n int) fakeWorker {
 				return fakeWorker{ready: time.Second, drain: 2 * time.Second}
 			},
@@ -222,7 +226,7 @@ func TestRollout(t *testing.T) {
 				"13.5s start g1.s1#2",
 				"14.5s g1.s1#2 sends READY=1",
 				"14.5s SIGTERM g2.s1",
-				"14.5s reload r1: reload to generation 2 failed: worker slot 0 (g2.s0) of generation 2 exited with status 2 while the generation was starting; slots [0 1] were rolled back: generation 1 serves every slot again",
+				"14.5s reload r1: reload to generation 2 failed: worker slot 0 of generation 2 is crash-looping: 1 of its workers failed within 10s (start_limit_burst 1 in start_limit_interval 10s), the last: worker g2.s0 exited with status 2 after 6.5s; slots [0 1] were rolled back: generation 1 serves every slot again",
 				"16.5s g2.s1 exited with status 0",
 				"40s state: generation 1 serves [s0 g1.s0#2 ready, s1 g1.s1#2 ready, s2 g1.s2 ready]",
 			},
@@ -231,7 +235,9 @@ func TestRollout(t *testing.T) {
 		{
 			name:    "rolling back: a slot whose previous worker fails again keeps the new worker until the previous generation's restart is ready",
 			workers: 2,
-			cfg:     func(c *Config) { c.Rollout.Rolling = 1 },
+			// One failure is a crash loop (start_limit_burst 1): the
+			// case is the rollback, not the restarts before it.
+			cfg: func(c *Config) { c.Rollout.Rolling, c.StartLimitBurst = 1, 1 },
 			behave: func(gen, slot, n int) fakeWorker {
 				switch {
 				case gen == 2 && slot == 1:
@@ -263,7 +269,7 @@ func TestRollout(t *testing.T) {
 				"8.5s g2.s1 exited with status 1",
 				"8.5s start g1.s0#2",
 				"8.8s g1.s0#2 exited with status 3",
-				"8.8s reload r1: reload to generation 2 failed: worker slot 1 (g2.s1) of generation 2 exited with status 1 before it was ready; generation 1's workers failed again in slots [0], which generation 2's workers serve until generation 1's restart there is ready (baton status shows why)",
+				"8.8s reload r1: reload to generation 2 failed: worker slot 1 of generation 2 is crash-looping: 1 of its workers failed within 10s (start_limit_burst 1 in start_limit_interval 10s), the last: worker g2.s1 exited with status 1 after 500ms; generation 1's workers failed again in slots [0], which generation 2's workers serve until generation 1's restart there is ready (baton status shows why)",
 				"8.9s start g1.s0#3",
 				"9.9s g1.s0#3 sends READY=1",
 				"9.9s SIGTERM g2.s0",

@@ -109,6 +109,11 @@ type SlotState struct {
 	// when (slot_states in the status).
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// Recycles, LastRecycle and LastRecycleAt: the slot's workers
+	// recycled, why the last one was, and when (recycle.go).
+	Recycles      int       `json:"recycles,omitempty"`
+	LastRecycle   string    `json:"last_recycle,omitempty"`
+	LastRecycleAt time.Time `json:"last_recycle_at,omitzero"`
 }
 
 // WorkerState is a live worker.

@@ -28,6 +28,8 @@ type (
 	SlotStatus = api.SlotStatus
 	// ReloadStats counts reloads.
 	ReloadStats = api.ReloadStats
+	// RecyclingStatus is a worker baton is replacing.
+	RecyclingStatus = api.RecyclingStatus
 	// ProcessStatus is baton's own resource use.
 	ProcessStatus = api.ProcessStatus
 	// CaptureStatus is one bind of a worker that baton answered with its
@@ -140,6 +142,16 @@ func (s *Supervisor) status() Status {
 		Process:      processStatus(),
 		Upgrades:     s.upgrades,
 		UpgradeError: s.lastUpgradeErr,
+		MaxRSS:       s.active.cfg.MaxRSS,
+		MaxUptime:    Duration(s.active.cfg.MaxUptime),
+	}
+	burst, interval := s.active.cfg.startLimit()
+	st.StartLimitBurst, st.StartLimitInterval = burst, Duration(interval)
+	if r := s.recycling; r != nil {
+		st.Recycling = &RecyclingStatus{Slot: r.old.slot.index, PID: r.old.pid, Reason: r.reason, Why: r.why, Since: r.started}
+		if r.new != nil {
+			st.Recycling.NewPID = r.new.pid
+		}
 	}
 	st.Process.OrphansReap = s.env.procs.Orphans()
 	st.Process.LeftoversSignalled = s.leftovers.signalled.Load()
@@ -191,6 +203,7 @@ func (s *Supervisor) status() Status {
 			n := w.accepted
 			ws.Accepted = &n
 		}
+		s.workerResources(w, &ws)
 		if w.errors >= 0 {
 			n := w.errors
 			ws.Errors = &n
@@ -199,7 +212,8 @@ func (s *Supervisor) status() Status {
 	}
 	for _, sl := range s.active.slots {
 		ss := SlotStatus{Slot: sl.index, State: SlotBackoff, Restarts: sl.restarts, Backoff: Duration(sl.backoff),
-			LastError: sl.lastErr, LastErrorTime: sl.lastErrAt}
+			LastError: sl.lastErr, LastErrorTime: sl.lastErrAt,
+			Recycles: sl.recycles, LastRecycle: sl.lastRecycle, LastRecycleTime: sl.lastRecycleAt}
 		switch w := s.slotWorker(sl); {
 		case w != nil && w.state != Exited:
 			ss.State, ss.PID, ss.Generation = SlotUp, w.pid, w.gen.id
@@ -232,4 +246,22 @@ func processStatus() ProcessStatus {
 		}
 	}
 	return p
+}
+
+// workerResources fills in what baton read of w in /proc, and how it is,
+// or would be, stopped.
+func (s *Supervisor) workerResources(w *worker, ws *WorkerStatus) {
+	if p := w.seen; p.sampled {
+		ws.RSSBytes, ws.CPUSeconds, ws.CPUPercent = p.rss, p.cpu.Seconds(), p.cpuPercent
+		ws.SignalHandling = p.signal.String()
+	}
+	d := w.drain
+	if !w.stopped {
+		d = chooseDrain(w.gen.cfg, len(w.gen.tcpPorts()) > 0, w.seen.signal)
+	}
+	ws.Drain, ws.DrainReason = string(d.mode), d.why
+	ws.Recycle = w.recycle
+	if w.replacing != nil {
+		ws.Replaces = w.replacing.pid
+	}
 }

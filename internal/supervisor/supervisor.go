@@ -128,6 +128,12 @@ type Supervisor struct {
 	flowErr   string
 	givenAway bool
 	tookOver  bool
+
+	// recycling is the replacement of a worker baton has under way
+	// (recycle.go); sampling counts the reads of /proc that have not
+	// reported back (sample.go).
+	recycling *recycleState
+	sampling  int
 }
 
 type stats struct {
@@ -170,7 +176,7 @@ func newWithEnv(o Options, e env) (*Supervisor, error) {
 
 // newSupervisor makes the supervisor's state, with the seams of e; its
 // zero fields get the real ones: o.Spawner's Starter, the system's clock,
-// endLeftovers.
+// endLeftovers, readProcSample.
 func newSupervisor(o Options, e env) *Supervisor {
 	if e.procs == nil && o.Spawner != nil {
 		e.procs = o.Spawner.Starter()
@@ -196,6 +202,9 @@ func newSupervisor(o Options, e env) *Supervisor {
 	}
 	if s.env.endLeftovers == nil {
 		s.env.endLeftovers = s.endLeftovers
+	}
+	if s.env.readProc == nil {
+		s.env.readProc = readProcSample
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handoff = newHandoff(s.log)
@@ -243,6 +252,7 @@ func (s *Supervisor) Run() error {
 // begin starts the first generation, or adopts the workers of the
 // restored state after an upgrade. It is the loop's first event.
 func (s *Supervisor) begin() {
+	s.startSampling()
 	if s.restored != nil {
 		s.adopt()
 		return

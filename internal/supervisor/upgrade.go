@@ -296,6 +296,9 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	if err := s.handoffBusy(); err != nil {
 		return nil, err
 	}
+	if err := s.recycleBusy(); err != nil {
+		return nil, err
+	}
 	if s.takingOver {
 		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
 	}
@@ -354,7 +357,8 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 		}
 		for _, sl := range g.slots {
 			gs.Slots = append(gs.Slots, SlotState{Index: sl.index, Removed: sl.removed, Restarts: sl.restarts, Backoff: sl.backoff,
-				LastError: sl.lastErr, LastErrorAt: sl.lastErrAt})
+				LastError: sl.lastErr, LastErrorAt: sl.lastErrAt,
+				Recycles: sl.recycles, LastRecycle: sl.lastRecycle, LastRecycleAt: sl.lastRecycleAt})
 		}
 		h.Generations = append(h.Generations, gs)
 	}
@@ -438,7 +442,8 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 			sl := slots[ss.Index]
 			if sl == nil || gs.ID == h.Active {
 				sl = &slot{index: ss.Index, removed: ss.Removed, restarts: ss.Restarts, backoff: ss.Backoff,
-					lastErr: ss.LastError, lastErrAt: ss.LastErrorAt}
+					lastErr: ss.LastError, lastErrAt: ss.LastErrorAt,
+					recycles: ss.Recycles, lastRecycle: ss.LastRecycle, lastRecycleAt: ss.LastRecycleAt}
 				slots[ss.Index] = sl
 			}
 			g.slots = append(g.slots, sl)
