@@ -304,7 +304,7 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	}
 	h := &UpgradeState{
 		Leftovers: s.pendingLeftovers(),
-		Version:   StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
+		Version:   stateVersionNoFlows, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
 		Active: s.active.id, EverReady: s.everReady, Upgrades: s.upgrades,
 		Stats: StatsState{
 			ReloadsOK: s.stats.reloadsOK, ReloadsFailed: s.stats.reloadsFailed,
@@ -321,6 +321,14 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	for g := range s.groups {
 		ids[g] = len(ids) + 1
 		ls := ListenerState{ID: ids[g], Spec: g.Spec.String()}
+		if g.FlowsErr != nil {
+			ls.FlowsError = g.FlowsErr.Error()
+		}
+		if fs := g.FlowState(); fs != nil {
+			ls.Flows, h.Version = fs, StateVersion
+			h.Listeners = append(h.Listeners, ls)
+			continue
+		}
 		for slot, sock := range g.Sockets() {
 			if !g.Reuseport() {
 				slot = -1
@@ -355,6 +363,9 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 			Started: w.started, ReadyAt: w.readyAt, StopAt: w.stopAt, Status: w.status,
 			Accepted: w.accepted, Stopped: w.stopped, Restart: w.restart,
 			Current: w.gen.workers[w.slot.index] == w, CaptureFd: w.captureFd, Captures: w.captures,
+		}
+		for name := range w.released {
+			ws.Released = append(ws.Released, name)
 		}
 		if hold {
 			for _, p := range w.pipes {
@@ -392,6 +403,15 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upgrade: listener %q: %w", ls.Spec, err)
 		}
+		if ls.Flows != nil {
+			g, err := listener.AdoptFlows(spec, ls.Flows)
+			if err != nil {
+				return nil, fmt.Errorf("upgrade: %w", err)
+			}
+			byID[ls.ID] = g
+			s.groups[g] = true
+			continue
+		}
 		socks := map[int]*listener.Socket{}
 		for _, ss := range ls.Sockets {
 			if socks[ss.Slot], err = listener.Adopt(spec, ss.Fd, ss.Backlog, ss.PathIno); err != nil {
@@ -399,6 +419,9 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 			}
 		}
 		g := listener.AdoptGroup(spec, socks)
+		if ls.FlowsError != "" {
+			g.FlowsErr = errors.New(ls.FlowsError)
+		}
 		byID[ls.ID] = g
 		s.groups[g] = true
 	}
@@ -437,6 +460,12 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 		w.status, w.accepted, w.stopped, w.restart = ws.Status, ws.Accepted, ws.Stopped, ws.Restart
 		w.captureFd, w.captures = ws.CaptureFd, ws.Captures
 		w.adoptOutput = ws.Output
+		for _, name := range ws.Released {
+			if w.released == nil {
+				w.released = map[string]bool{}
+			}
+			w.released[name] = true
+		}
 		if ws.Current {
 			g.workers[ws.Slot] = w
 		}
