@@ -86,8 +86,12 @@ type ListenerStatus struct {
 	Inode uint64 `json:"inode"`
 	Fd    int    `json:"fd"`
 	// Sockets lists every socket: one for a shared listener (slot -1),
-	// one per slot with balance=reuseport.
+	// one per slot with balance=reuseport; for a UDP listener whose
+	// flows are kept, those of each generation.
 	Sockets []SocketStatus `json:"sockets"`
+	// Flows is the steering of a UDP listener's flows (docs/udp.md);
+	// absent for other listeners.
+	Flows *FlowsStatus `json:"flows,omitempty"`
 }
 
 // SocketStatus is one socket of a listener.
@@ -95,6 +99,55 @@ type SocketStatus struct {
 	Slot  int    `json:"slot"`
 	Inode uint64 `json:"inode"`
 	Fd    int    `json:"fd"`
+	// Generation is the generation a socket of a steered UDP listener
+	// belongs to.
+	Generation int `json:"generation,omitempty"`
+}
+
+// FlowsStatus says whether baton keeps the flows of a UDP listener across
+// reloads, and what its steering program did (docs/udp.md).
+type FlowsStatus struct {
+	// Mode is the listener's flows option (auto, on); Kept whether the
+	// flows are kept; Error, when they are not, says why and the fix.
+	Mode  string `json:"mode"`
+	Kept  bool   `json:"kept"`
+	Error string `json:"error,omitempty"`
+	// Capacity is the flow table's size; Tracked the peers in it whose
+	// socket is there, Stale those whose socket has gone (they move on
+	// their next datagram); Evicted estimates the peers forgotten to make
+	// room (the least recently seen go first).
+	Capacity int    `json:"capacity,omitempty"`
+	Tracked  int    `json:"tracked"`
+	Stale    int    `json:"stale"`
+	Evicted  uint64 `json:"evicted"`
+	// Datagrams counts what the program did: known peers to their
+	// socket, new peers to a serving one, moved peers (their socket had
+	// gone), and fallbacks (no serving socket: the kernel's hash chose).
+	Known    uint64 `json:"known"`
+	New      uint64 `json:"new"`
+	Moved    uint64 `json:"moved"`
+	Fallback uint64 `json:"fallback"`
+	// Draining counts the datagrams steered to generations that no
+	// longer served: the peers old workers kept while they drained.
+	Draining uint64 `json:"draining_datagrams"`
+	// ProgramRuns and ProgramNS are the kernel's statistics of the
+	// program (zero unless kernel.bpf_stats_enabled is 1).
+	ProgramRuns uint64 `json:"program_runs"`
+	ProgramNS   uint64 `json:"program_ns"`
+	// Generations is the part each generation has, oldest first.
+	Generations []FlowGeneration `json:"generations,omitempty"`
+}
+
+// FlowGeneration is one generation's part of a steered UDP listener.
+type FlowGeneration struct {
+	Generation int  `json:"generation"`
+	Serving    bool `json:"serving"`
+	// Sockets are its sockets in the program's array; Flows the peers
+	// steered to them; Draining the datagrams they got since it stopped
+	// serving.
+	Sockets  int    `json:"sockets"`
+	Flows    int    `json:"flows"`
+	Draining uint64 `json:"draining_datagrams"`
 }
 
 // WorkerState is where a worker is in its life.

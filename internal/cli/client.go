@@ -384,6 +384,11 @@ func printStatus(out io.Writer, st api.Status) {
 			listenerQueue(kernelListener(st, l.Name)), inode)
 	}
 	tw.Flush()
+	for _, l := range st.Listeners {
+		if line := flowsLine(l); line != "" {
+			fmt.Fprintln(w, line)
+		}
+	}
 	if len(perSlot) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -101,8 +101,10 @@ baton/NAME/SLOT for the slots of a reuseport listener) and removes those a
 reload or a scale drops (FDSTOREREMOVE=1). After a restart it takes them back
 from LISTEN_FDS: the sockets never close, and connections made while no baton
 ran are answered by the next one. Stored sockets the configuration no longer
-has are dropped from the store. FileDescriptorStorePreserve=yes (systemd 254)
-keeps the store across a stop too.`},
+has are dropped from the store. A UDP listener that keeps its flows (flows=auto
+or on) is bound again instead: its sockets belong to generations.
+FileDescriptorStorePreserve=yes (systemd 254) keeps the store across a stop
+too.`},
 		},
 	},
 	SeeAlso: map[string][]string{

@@ -517,3 +517,32 @@ func printHealth(w io.Writer, st api.Status) {
 		fmt.Fprintln(w, line)
 	}
 }
+
+// flowsLine says whether a UDP listener's flows are kept across reloads,
+// and what its steering program holds and did; "" for other listeners.
+func flowsLine(l api.ListenerStatus) string {
+	f := l.Flows
+	if f == nil {
+		return ""
+	}
+	if !f.Kept {
+		return fmt.Sprintf("flows %s: %s", l.Name, f.Error)
+	}
+	var gens []string
+	for _, g := range f.Generations {
+		role := "draining"
+		if g.Serving {
+			role = "serving"
+		}
+		gens = append(gens, fmt.Sprintf("gen %d %s %d", g.Generation, role, g.Flows))
+	}
+	line := fmt.Sprintf("flows %s: kept: %d peers of %d (%s); %d known, %d new, %d moved, %d fallback; %d to draining generations",
+		l.Name, f.Tracked, f.Capacity, strings.Join(gens, ", "), f.Known, f.New, f.Moved, f.Fallback, f.Draining)
+	if f.Evicted > 0 {
+		line += fmt.Sprintf("; %d evicted", f.Evicted)
+	}
+	if f.ProgramRuns > 0 && f.ProgramNS > 0 {
+		line += fmt.Sprintf("; program %.0f ns a datagram", float64(f.ProgramNS)/float64(f.ProgramRuns))
+	}
+	return line
+}

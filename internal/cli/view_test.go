@@ -189,3 +189,24 @@ func TestOutputLine(t *testing.T) {
 		})
 	}
 }
+
+func TestFlowsLine(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		l    api.ListenerStatus
+		want string
+	}{
+		{"tcp", api.ListenerStatus{Name: "http"}, ""},
+		{"not kept", api.ListenerStatus{Name: "dns", Flows: &api.FlowsStatus{Error: "UDP flows are not kept across reloads: flows=off"}},
+			"flows dns: UDP flows are not kept across reloads: flows=off"},
+		{"kept", api.ListenerStatus{Name: "quic", Flows: &api.FlowsStatus{Kept: true, Capacity: 131072, Tracked: 50, Known: 18371, New: 50, Draining: 16843, ProgramRuns: 10, ProgramNS: 1300,
+			Generations: []api.FlowGeneration{{Generation: 1, Flows: 50}, {Generation: 4, Serving: true}}}},
+			"flows quic: kept: 50 peers of 131072 (gen 1 draining 50, gen 4 serving 0); 18371 known, 50 new, 0 moved, 0 fallback; 16843 to draining generations; program 130 ns a datagram"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := flowsLine(tt.l); got != tt.want {
+				t.Errorf("flowsLine:\n got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}

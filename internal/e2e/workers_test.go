@@ -61,6 +61,8 @@ func runWorker(mode string) int {
 		err = envWorker()
 	case "gosystemd":
 		err = goSystemdWorker()
+	case "udp-flows":
+		err = udpFlowsWorker()
 	case "udp-echo":
 		err = udpEchoWorker()
 	case "fcgi":

@@ -25,7 +25,9 @@ import (
 // added), "FDSTOREREMOVE=1" for each it has that no serving listener
 // holds any more (a listener a reload removed or replaced, a slot a
 // scale removed). Names are listener.StoreName's. The sockets a socket
-// unit handed are not stored: the unit keeps them anyway.
+// unit handed are not stored: the unit keeps them anyway; nor are those
+// of a UDP listener that keeps its flows (flows=auto or on, docs/udp.md),
+// whose sockets belong to generations: it is bound again after a restart.
 type fdStore struct {
 	// send is Notifier.NotifyFds: it queues the notification and owns
 	// the descriptors from then on.
@@ -101,6 +103,12 @@ func (f *fdStore) sync(groups []*listener.Group) {
 	f.groups = groups
 	want := map[string]*listener.Socket{}
 	for _, g := range groups {
+		if g.Spec.WantsFlows() {
+			// A UDP listener whose flows baton keeps has sockets per
+			// generation, with the steering program: after a restart it
+			// is bound again, with a program of its own.
+			continue
+		}
 		for _, s := range g.Sockets() {
 			if !f.held[s.Inode()] {
 				want[listener.StoreName(g.Spec.Name, g.SlotOf(s))] = s

@@ -139,6 +139,18 @@ func TestFDStoreFromActivation(t *testing.T) {
 	}
 }
 
+// TestFDStoreUDP: a UDP listener's socket is stored with flows=off; one
+// that keeps its flows has sockets per generation and is not.
+func TestFDStoreUDP(t *testing.T) {
+	var m fakeManager
+	f := newFDStore(m.send, 16, nil, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
+	gs := openGroups(t, 1, "off=udp://127.0.0.1:0?flows=off", "auto=udp://127.0.0.1:0")
+	f.sync(gs)
+	if diff := cmp.Diff([]string{fmt.Sprintf("FDSTORE=1 FDNAME=baton/off FDPOLL=0 #%d", ino(gs[0], 0))}, m.take()); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
 // TestFDStoreFull: no more than FileDescriptorStoreMax= is sent, with a
 // warning that says what to raise.
 func TestFDStoreFull(t *testing.T) {

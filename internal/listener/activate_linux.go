@@ -14,6 +14,7 @@ import (
 
 	"github.com/baton-dev/baton/internal/sockdiag"
 	"github.com/baton-dev/baton/internal/sockfile"
+	"github.com/baton-dev/baton/internal/steer"
 )
 
 // Activation is what baton does with the sockets its service manager
@@ -176,6 +177,10 @@ func Match(specs []Spec, slots int, inherited []Inherited, log *slog.Logger) (*A
 			}
 		}
 		if h.store {
+			if specs[i].WantsFlows() {
+				stale(h, fmt.Sprintf("listener %s keeps its UDP flows (flows=%s): its sockets belong to generations and are bound with the steering program, never kept in the store", specs[i].Name, orDefault(specs[i].Flows, FlowsAuto)))
+				continue
+			}
 			if why := h.storedFile(specs[i]); why != "" {
 				stale(h, why)
 				continue
@@ -372,6 +377,15 @@ func (a *Activation) Bind(wait time.Duration) ([]*Group, error) {
 		}
 		g := AdoptGroup(spec, socks)
 		out = append(out, g)
+		if spec.WantsFlows() {
+			// A socket unit's UDP socket: systemd holds it too, so baton
+			// cannot give each generation sockets of its own (how it
+			// keeps flows, docs/udp.md).
+			if spec.Flows == FlowsOn {
+				return fail(fmt.Errorf("listener %s (flows=on): %w: baton keeps UDP flows on sockets of its own, one set per generation, and the socket unit holds this one; set flows=auto or off, or leave the listener out of the socket unit", spec.Name, ErrHanded))
+			}
+			g.FlowsErr = fmt.Errorf("%w: the socket unit handed its socket, which systemd holds too; leave the listener out of the socket unit to keep its flows", steer.ErrNotSupported)
+		}
 		if err := retry(func() error { return g.Grow(a.slots) }); err != nil {
 			return fail(err)
 		}

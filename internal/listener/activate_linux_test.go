@@ -185,6 +185,9 @@ func TestMatchAdoptsHandedSockets(t *testing.T) {
 	if got[4][0] == 0 {
 		t.Error("the listener no socket was handed for was not bound")
 	}
+	if gs[3].Steered() || gs[3].FlowsErr == nil || !strings.Contains(gs[3].FlowsErr.Error(), "socket unit") {
+		t.Errorf("UDP listener on a unit's socket: steered %v, FlowsErr %v; want its flows not kept, saying why", gs[3].Steered(), gs[3].FlowsErr)
+	}
 	if diff := cmp.Diff(map[uint64]bool{web.ino: true, api.ino: true, admin.ino: true, dns.ino: true}, a.Held); diff != "" {
 		t.Errorf("held by the unit (-want +got):\n%s", diff)
 	}
@@ -369,6 +372,37 @@ func TestMatchStore(t *testing.T) {
 	}
 	if after := countFds(t); after != before+8 { // the test's own copies
 		t.Errorf("descriptors: %d before, %d after; want %d", before, after, before+8)
+	}
+}
+
+// TestMatchUDPFlows: a UDP listener with flows=on refuses a socket
+// unit's socket (baton keeps flows on sockets of its own); the store's
+// socket of a listener that keeps its flows is stale (its sockets are
+// bound per generation), one with flows=off comes back.
+func TestMatchUDPFlows(t *testing.T) {
+	udp := func() *rawSocket {
+		return newRawSocket(t, unix.AF_INET, unix.SOCK_DGRAM, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}, false, false, 0)
+	}
+	on := udp()
+	log, _ := logTo()
+	a, err := Match([]Spec{mustParse(t, "dns="+on.url+"?flows=on")}, 1, []Inherited{on.hand(t, "dns")}, log)
+	if err == nil {
+		_, err = a.Bind(time.Second)
+	}
+	if err == nil || !errors.Is(err, ErrHanded) || !strings.Contains(err.Error(), "flows=on") {
+		t.Errorf("flows=on on a unit's socket: %v; want a refusal that names flows=on", err)
+	}
+
+	auto, off := udp(), udp()
+	storedAuto := auto.hand(t, "baton/auto")
+	unix.Close(auto.fd) // the store's copy, which FDSTOREREMOVE releases
+	auto.fd = -1
+	a, gs, _ := activate(t, []string{"auto=" + auto.url, "off=" + off.url + "?flows=off"}, 1, storedAuto, off.hand(t, "baton/off"))
+	if len(a.Stale) != 1 || a.Stale[0].Name != "baton/auto" || !strings.Contains(a.Stale[0].Reason, "flows") {
+		t.Errorf("stale %+v; want baton/auto, for its flows", a.Stale)
+	}
+	if got := inodes(gs[1]); got[0] != off.ino {
+		t.Errorf("flows=off: inode %d, want the stored %d", got[0], off.ino)
 	}
 }
 

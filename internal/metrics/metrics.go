@@ -134,6 +134,14 @@ var (
 	descGeneration = desc("baton_generation", "The worker generation serving now.")
 	descListener   = desc("baton_listener_info", "Always 1, one series per listener baton holds, with its kind (stream or datagram) and bound address.", "listener", "kind", "address")
 	descBacklog    = desc("baton_listener_backlog", "The backlog baton gave listen(2) for a stream listener; the kernel caps it at net.core.somaxconn.", "listener")
+	descFlowsKept  = desc("baton_udp_flows_kept", "1 when a UDP listener's peers stay with their worker across reloads (docs/udp.md), 0 when they are not kept (baton status says why).", "listener")
+	descFlows      = desc("baton_udp_flows", "UDP peers a listener's steering program keeps on a generation's sockets.", "listener", "generation")
+	descFlowCap    = desc("baton_udp_flow_capacity", "The size of a UDP listener's flow table: past it the least recently seen peers are forgotten.", "listener")
+	descFlowEvict  = desc("baton_udp_flow_evictions_total", "An estimate of the peers a UDP listener's flow table forgot to make room (peers recorded less peers held).", "listener")
+	descFlowDgrams = desc("baton_udp_flow_datagrams_total", "Datagrams a UDP listener's steering program handled, by path: known (a known peer to its socket), new (a new peer to a serving socket), moved (a peer whose socket had gone), fallback (no serving socket: the kernel's hash chose).", "listener", "path")
+	descFlowDrain  = desc("baton_udp_flow_draining_datagrams_total", "Datagrams steered to generations that no longer served: the peers old workers kept while they drained.", "listener")
+	descFlowRuns   = desc("baton_udp_flow_program_runs_total", "Runs of a UDP listener's steering program (the kernel's BPF statistics: 0 unless kernel.bpf_stats_enabled is 1).", "listener")
+	descFlowTime   = desc("baton_udp_flow_program_seconds_total", "Time a UDP listener's steering program ran (the kernel's BPF statistics: 0 unless kernel.bpf_stats_enabled is 1).", "listener")
 	descWorkers    = desc("baton_workers", "Live workers by state: starting, ready or draining.", "state")
 	descWorkerRSS  = desc("baton_worker_resident_memory_bytes", "A worker's resident memory (/proc/PID/stat rss), as baton read it in the last second; a slot's two workers of one generation (while baton replaces one) are summed.", "slot", "generation")
 	descWorkerCPU  = desc("baton_worker_cpu_seconds_total", "User and system CPU time a worker has used (/proc/PID/stat utime and stime), as baton read it in the last second; a slot's two workers of one generation are summed.", "slot", "generation")
@@ -226,6 +234,26 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descListener, 1, l.Name, l.Kind, l.Address)
 		if l.Backlog > 0 {
 			gauge(descBacklog, float64(l.Backlog), l.Name)
+		}
+		if f := l.Flows; f != nil {
+			kept := 0.0
+			if f.Kept {
+				kept = 1
+			}
+			gauge(descFlowsKept, kept, l.Name)
+			if f.Kept {
+				for _, g := range f.Generations {
+					gauge(descFlows, float64(g.Flows), l.Name, strconv.Itoa(g.Generation))
+				}
+				gauge(descFlowCap, float64(f.Capacity), l.Name)
+				counter(descFlowEvict, float64(f.Evicted), l.Name)
+				for path, n := range map[string]uint64{"known": f.Known, "new": f.New, "moved": f.Moved, "fallback": f.Fallback} {
+					counter(descFlowDgrams, float64(n), l.Name, path)
+				}
+				counter(descFlowDrain, float64(f.Draining), l.Name)
+				counter(descFlowRuns, float64(f.ProgramRuns), l.Name)
+				counter(descFlowTime, float64(f.ProgramNS)/1e9, l.Name)
+			}
 		}
 	}
 	states := map[string]int{string(supervisor.Starting): 0, string(supervisor.Ready): 0, string(supervisor.Draining): 0}

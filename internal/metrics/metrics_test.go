@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -33,7 +34,10 @@ func fakeStatus() supervisor.Status {
 		Reloads:      supervisor.ReloadStats{OK: 2, Failed: 1},
 		Listeners: []supervisor.ListenerStatus{
 			{Name: "http", Kind: "stream", Address: "127.0.0.1:8080", Backlog: 64},
-			{Name: "dns", Kind: "datagram", Address: "127.0.0.1:53"},
+			{Name: "dns", Kind: "datagram", Address: "127.0.0.1:53", Flows: &api.FlowsStatus{
+				Kept: true, Capacity: 1024, Evicted: 3, Known: 100, New: 10, Moved: 2, Fallback: 1, Draining: 40, ProgramRuns: 113, ProgramNS: 2_000_000_000,
+				Generations: []api.FlowGeneration{{Generation: 2, Flows: 4}, {Generation: 3, Serving: true, Flows: 6}},
+			}},
 		},
 		Workers: []supervisor.WorkerStatus{
 			{Slot: 0, Generation: 3, PID: 10, State: supervisor.Ready, RSSBytes: 100 << 20, CPUSeconds: 2.5},
@@ -138,20 +142,28 @@ func TestScrape(t *testing.T) {
 	mf := scrape(t, m.Handler())
 
 	want := map[string]map[string]float64{
-		"baton_build_info":                   {"version=v1.2.3": 1},
-		"baton_start_time_seconds":           {"": 1700000000},
-		"baton_generation":                   {"": 3},
-		"baton_workers_started_total":        {"": 7},
-		"baton_upgrades_total":               {"": 2},
-		"baton_listener_info":                {"address=127.0.0.1:8080,kind=stream,listener=http": 1, "address=127.0.0.1:53,kind=datagram,listener=dns": 1},
-		"baton_listener_backlog":             {"listener=http": 64},
-		"baton_workers":                      {"state=ready": 2, "state=draining": 1, "state=starting": 1},
-		"baton_worker_resident_memory_bytes": {"generation=3,slot=0": 100 << 20, "generation=3,slot=1": 30 << 20, "generation=2,slot=0": 50 << 20},
-		"baton_worker_cpu_seconds_total":     {"generation=3,slot=0": 2.5, "generation=3,slot=1": 1, "generation=2,slot=0": 7},
-		"baton_accept_queue_connections":     {"listener=http,slot=0": 3, "listener=http,slot=1": 0},
-		"baton_accept_queue_max_connections": {"listener=http,slot=0": 64, "listener=http,slot=1": 64},
-		"baton_socket_receive_queue_bytes":   {"listener=dns,slot=": 768},
-		"baton_connections":                  {"listener=http,state=ESTAB": 12, "listener=http,state=TIME-WAIT": 4},
+		"baton_build_info":                        {"version=v1.2.3": 1},
+		"baton_start_time_seconds":                {"": 1700000000},
+		"baton_generation":                        {"": 3},
+		"baton_workers_started_total":             {"": 7},
+		"baton_upgrades_total":                    {"": 2},
+		"baton_listener_info":                     {"address=127.0.0.1:8080,kind=stream,listener=http": 1, "address=127.0.0.1:53,kind=datagram,listener=dns": 1},
+		"baton_listener_backlog":                  {"listener=http": 64},
+		"baton_udp_flows_kept":                    {"listener=dns": 1},
+		"baton_udp_flows":                         {"generation=2,listener=dns": 4, "generation=3,listener=dns": 6},
+		"baton_udp_flow_capacity":                 {"listener=dns": 1024},
+		"baton_udp_flow_evictions_total":          {"listener=dns": 3},
+		"baton_udp_flow_datagrams_total":          {"listener=dns,path=known": 100, "listener=dns,path=new": 10, "listener=dns,path=moved": 2, "listener=dns,path=fallback": 1},
+		"baton_udp_flow_draining_datagrams_total": {"listener=dns": 40},
+		"baton_udp_flow_program_runs_total":       {"listener=dns": 113},
+		"baton_udp_flow_program_seconds_total":    {"listener=dns": 2},
+		"baton_workers":                           {"state=ready": 2, "state=draining": 1, "state=starting": 1},
+		"baton_worker_resident_memory_bytes":      {"generation=3,slot=0": 100 << 20, "generation=3,slot=1": 30 << 20, "generation=2,slot=0": 50 << 20},
+		"baton_worker_cpu_seconds_total":          {"generation=3,slot=0": 2.5, "generation=3,slot=1": 1, "generation=2,slot=0": 7},
+		"baton_accept_queue_connections":          {"listener=http,slot=0": 3, "listener=http,slot=1": 0},
+		"baton_accept_queue_max_connections":      {"listener=http,slot=0": 64, "listener=http,slot=1": 64},
+		"baton_socket_receive_queue_bytes":        {"listener=dns,slot=": 768},
+		"baton_connections":                       {"listener=http,state=ESTAB": 12, "listener=http,state=TIME-WAIT": 4},
 		"baton_worker_connections": {
 			"generation=3,slot=0,state=ESTAB": 5, "generation=3,slot=1,state=ESTAB": 4,
 			"generation=3,slot=1,state=CLOSE-WAIT": 2, "generation=2,slot=0,state=ESTAB": 1,

@@ -60,6 +60,12 @@ const (
 	// sigHarmless: no handler, and the default action does not end the
 	// process (SIGWINCH, SIGCONT, SIGSTOP, ...).
 	sigHarmless
+	// sigPassed: no handler, and the default action ends the process,
+	// but a process it started, in its process group, handles it (a
+	// #!/bin/sh wrapper that runs its server without exec): the worker
+	// dies at once and what it leaves gets the signal too (leftovers.go),
+	// and drains on it.
+	sigPassed
 )
 
 // String is the disposition as the status shows it.
@@ -75,6 +81,8 @@ func (d sigDisposition) String() string {
 		return "blocked"
 	case sigHarmless:
 		return "harmless"
+	case sigPassed:
+		return "passed"
 	}
 	return ""
 }
@@ -93,6 +101,8 @@ func chooseDrain(cfg *Config, tcp bool, d sigDisposition) drainMode {
 	case d == sigDefault:
 		return drainMode{mode: DrainWhenIdle, bound: cfg.DrainTimeout,
 			why: fmt.Sprintf("it has no handler for %s, which would end it at once (/proc/PID/status SigCgt): %s once it holds no connection (checked while it is frozen), at most the drain timeout (%s) after the stop", sig, sig, cfg.DrainTimeout)}
+	case d == sigPassed:
+		return drainMode{mode: DrainSignal, why: fmt.Sprintf("it dies on %s, but a process it started, in its process group, handles it: %s at once, and what the worker leaves gets %s too and drains on it", sig, sig, sig)}
 	case d == sigCaught:
 		return drainMode{mode: DrainSignal, why: fmt.Sprintf("it catches %s (SigCgt) and drains on it", sig)}
 	case d == sigBlocked:

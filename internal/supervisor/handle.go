@@ -152,6 +152,25 @@ type WorkerInfo struct {
 	Listeners  []string `json:"listeners"`
 }
 
+// MethodReleaseFlows is the worker socket's method that takes the
+// worker's UDP sockets out of the steering program (flows.go): it is
+// answered once they are out, so that the worker may read what is
+// queued and exit without losing a datagram.
+const MethodReleaseFlows = "release"
+
+// ReleaseParams are the params of MethodReleaseFlows: the listeners to
+// release, every steered one of the worker when empty.
+type ReleaseParams struct {
+	Listeners []string `json:"listeners,omitempty"`
+}
+
+// ReleaseReply says which listeners were released: their sockets get no
+// datagram any more (unless another worker of the generation shares one,
+// with balance=shared and several workers).
+type ReleaseReply struct {
+	Released []string `json:"released"`
+}
+
 // handleWorker answers requests on BATON_SOCKET, from workers only.
 func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
 	if req.Method == handoff.MethodHandoff || req.Method == handoff.MethodAdopt {
@@ -173,6 +192,21 @@ func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req co
 	switch req.Method {
 	case "hello":
 		return info, nil
+	case MethodReleaseFlows:
+		var p ReleaseParams
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		var r ReleaseReply
+		s.call(func() {
+			if w := s.workerOf(child); w != nil {
+				r.Released = s.releaseFlows(w, p.Listeners)
+			}
+		})
+		if r.Released == nil {
+			r.Released = []string{}
+		}
+		return r, nil
 	}
-	return nil, fmt.Errorf("unknown method %q; the worker socket answers hello, handoff and adopt", req.Method)
+	return nil, fmt.Errorf("unknown method %q; the worker socket answers hello, release, handoff and adopt", req.Method)
 }

@@ -62,7 +62,72 @@ func readProcSample(pid int, sig syscall.Signal) (procSample, error) {
 		// process.
 		p.Signal = sigDefault
 	}
+	if p.Signal == sigDefault && heirHandles(pid, sig) {
+		p.Signal = sigPassed
+	}
 	return p, nil
+}
+
+// maxHeirs bounds the processes heirHandles reads.
+const maxHeirs = 64
+
+// heirHandles reports whether a descendant of the worker pid, in its
+// process group (pid), catches or blocks sig: the process a wrapper
+// started, which will get the signal when the wrapper has died on it.
+// It walks /proc/PID/task/TID/children, at most maxHeirs processes.
+func heirHandles(pid int, sig syscall.Signal) bool {
+	queue := []int{pid}
+	for seen := 0; len(queue) > 0 && seen < maxHeirs; seen++ {
+		p := queue[0]
+		queue = queue[1:]
+		dir := "/proc/" + strconv.Itoa(p)
+		if p != pid {
+			stat, err := os.ReadFile(dir + "/stat")
+			if err != nil || procPgrp(stat) != pid {
+				continue // gone, or in a group of its own: not the worker's
+			}
+			if status, err := os.ReadFile(dir + "/status"); err == nil {
+				if m, err := parseSignalMasks(status); err == nil {
+					if d := m.disposition(sig); d == sigCaught || d == sigBlocked && blockedInEveryThread(dir, sig) {
+						return true
+					}
+				}
+			}
+		}
+		tasks, err := os.ReadDir(dir + "/task")
+		if err != nil {
+			continue
+		}
+		for _, t := range tasks {
+			b, err := os.ReadFile(dir + "/task/" + t.Name() + "/children")
+			if err != nil {
+				continue
+			}
+			for _, f := range bytes.Fields(b) {
+				if c, err := strconv.Atoi(string(f)); err == nil {
+					queue = append(queue, c)
+				}
+			}
+		}
+	}
+	return false
+}
+
+// procPgrp reads the process group (field 5) of /proc/PID/stat, or -1.
+func procPgrp(stat []byte) int {
+	end := bytes.LastIndexByte(stat, ')')
+	if end < 0 {
+		return -1
+	}
+	f := bytes.Fields(stat[end+1:])
+	if len(f) < 3 {
+		return -1
+	}
+	n, err := strconv.Atoi(string(f[2]))
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // blockedInEveryThread reports whether every thread of the process whose

@@ -230,3 +230,43 @@ func TestSizeText(t *testing.T) {
 		}
 	}
 }
+
+// TestHeirHandles: a shell that runs its server without exec dies on
+// SIGTERM, but the server it started, in its process group, catches it
+// (sigPassed: signal at once, the leftover drains); a child that does not
+// catch it leaves the shell's own disposition.
+func TestHeirHandles(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("needs python3 for a child that catches SIGTERM")
+	}
+	start := func(t *testing.T, script string) int {
+		t.Helper()
+		cmd := exec.Command("/bin/sh", "-c", script+"; :") // ": " keeps sh from exec'ing
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			cmd.Wait()
+		})
+		return cmd.Process.Pid
+	}
+	catching := start(t, py+` -c "import signal,time; signal.signal(signal.SIGTERM, lambda *a: None); print(flush=True); time.sleep(30)"`)
+	deadline := time.Now().Add(10 * time.Second)
+	for !heirHandles(catching, syscall.SIGTERM) {
+		if time.Now().After(deadline) {
+			t.Fatal("the shell's child that catches SIGTERM was not found within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got, err := readProcSample(catching, syscall.SIGTERM); err != nil || got.Signal != sigPassed {
+		t.Errorf("readProcSample of the wrapper: %v, %v; want %v", got.Signal, err, sigPassed)
+	}
+	plain := start(t, "sleep 30")
+	time.Sleep(200 * time.Millisecond) // the child has had time to start: it must still not count
+	if heirHandles(plain, syscall.SIGTERM) {
+		t.Error("a child that does not catch SIGTERM was taken for one that does")
+	}
+}

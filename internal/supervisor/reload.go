@@ -208,6 +208,12 @@ func (s *Supervisor) beginReload(plan *Plan) {
 			return
 		}
 	}
+	// A steered UDP listener gives the new generation sockets of its own.
+	if err := claimFlows(plan.Listeners, s.nextGen+1, plan.Config.Workers); err != nil {
+		s.releaseSlots(plan.Listeners, len(old.slots))
+		s.failPlan(plan, err)
+		return
+	}
 	g := s.newGeneration(plan, old)
 	s.pending = g
 	s.reload.plan = plan

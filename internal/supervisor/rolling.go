@@ -359,6 +359,8 @@ func (s *Supervisor) retire(w *worker) {
 // live worker there gets the stop signal, and a crash restart the old
 // generation had pending there is dropped.
 func (s *Supervisor) promote(r *roll) {
+	r.done = append(r.done, r.batch...)
+	s.syncFlows() // the new workers' UDP sockets serve before the old ones stop
 	for _, i := range r.batch {
 		for _, x := range s.inSlot(i) {
 			if x.gen != r.g && !x.stopped {
@@ -367,7 +369,6 @@ func (s *Supervisor) promote(r *roll) {
 			}
 		}
 		r.g.slots[i].cancelRestart()
-		r.done = append(r.done, i)
 	}
 	s.log.Info("rolling: slots replaced", "generation", r.g.id, "slots", r.batch, "done", len(r.done), "of", len(r.g.slots))
 	r.batch = nil

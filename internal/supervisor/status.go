@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"cmp"
 	"os"
 	"runtime"
 	"sort"
@@ -67,10 +68,57 @@ const (
 )
 
 // Status returns a snapshot. It returns false if baton has finished.
+//
+// The flows of steered UDP listeners are read after the loop's snapshot,
+// off the loop: walking a flow table takes milliseconds.
 func (s *Supervisor) Status() (Status, bool) {
 	var st Status
-	ok := s.call(func() { st = s.status() })
+	var groups []*listener.Group
+	ok := s.call(func() {
+		st = s.status()
+		groups = append(groups, s.active.listeners...)
+	})
+	if ok {
+		for i := range st.Listeners {
+			if i < len(groups) {
+				st.Listeners[i].Flows = flowsStatus(groups[i])
+			}
+		}
+	}
 	return st, ok
+}
+
+// flowsStatus is the flows part of a listener's status, nil for a
+// listener that is not UDP.
+func flowsStatus(l *listener.Group) *api.FlowsStatus {
+	if l.Spec.Kind != listener.Datagram || !l.Spec.IsInet() {
+		return nil
+	}
+	fs := &api.FlowsStatus{Mode: cmp.Or(l.Spec.Flows, listener.FlowsAuto), Kept: l.Steered()}
+	switch {
+	case l.FlowsErr != nil:
+		fs.Error = l.FlowsErr.Error()
+	case !l.Steered() && l.Spec.WantsFlows():
+		fs.Error = "UDP flows are not kept across reloads: they could not be when baton bound the listener; restart baton where it may load the steering program"
+	case !l.Steered():
+		fs.Error = "UDP flows are not kept across reloads: flows=off"
+	}
+	if !l.Steered() {
+		return fs
+	}
+	st, err := l.FlowStats()
+	if err != nil {
+		fs.Error = "reading the steering program: " + err.Error()
+		return fs
+	}
+	fs.Capacity, fs.Stale, fs.Evicted = st.Capacity, st.Stale, st.Evicted
+	fs.Known, fs.New, fs.Moved, fs.Fallback, fs.Draining = st.Known, st.New, st.Moved, st.Fallback, st.Draining
+	fs.ProgramRuns, fs.ProgramNS = st.Runs, uint64(st.Runtime)
+	for _, g := range st.Generations {
+		fs.Tracked += g.Flows
+		fs.Generations = append(fs.Generations, api.FlowGeneration{Generation: g.Gen, Serving: g.Serving, Sockets: g.Sockets, Flows: g.Flows, Draining: g.Draining})
+	}
+	return fs
 }
 
 func (s *Supervisor) status() Status {
@@ -124,7 +172,16 @@ func (s *Supervisor) status() Status {
 			Address: first.Addr().String(), Port: first.Port(), Backlog: first.Backlog(),
 			Inode: first.Inode(), Fd: first.Fd(),
 		}
-		if l.Reuseport() {
+		if l.Steered() {
+			if l.Reuseport() {
+				ls.Balance = listener.Reuseport
+			}
+			for _, k := range l.FlowKeys() {
+				if sock := l.SocketOf(k.Gen, max(k.Slot, 0)); sock != nil {
+					ls.Sockets = append(ls.Sockets, SocketStatus{Slot: k.Slot, Generation: k.Gen, Inode: sock.Inode(), Fd: sock.Fd()})
+				}
+			}
+		} else if l.Reuseport() {
 			ls.Balance = listener.Reuseport
 			for _, sl := range s.active.slots {
 				if sock := l.Socket(sl.index); sock != nil {

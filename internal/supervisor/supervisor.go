@@ -60,6 +60,10 @@ type Options struct {
 	// OnTakenOver, if set, is called when a new instance took over
 	// (baton tells systemd its new main pid).
 	OnTakenOver func(pid int)
+	// TookOver says the listeners were taken over from a running
+	// instance: the UDP sockets of this one serve new peers only once its
+	// workers are ready (the running instance's serve until then).
+	TookOver bool
 	// OnListeners, if set, is called on the loop after every event with
 	// the serving generation's listeners (baton keeps their sockets in
 	// its service manager's fd store). It must never block, and must
@@ -119,9 +123,18 @@ type Supervisor struct {
 	// leftoverSearches counts the searches for what exited workers left
 	// running that have not finished (leftovers.go); Run waits for them.
 	leftoverSearches int
-	killing          bool // Kill was called: leftovers are killed at once
+	searches         map[*leftoverSearch]bool // those of exited workers, for an upgrade
+	killing          bool                     // Kill was called: leftovers are killed at once
 
 	leftovers *leftovers // shared with the searches' goroutines
+
+	// UDP flows (flows.go): the last error telling a steering program,
+	// logged once; givenAway once a takeover committed (the new instance
+	// decides the serving sockets); tookOver in an instance that took
+	// over (it decides them once its workers are ready).
+	flowErr   string
+	givenAway bool
+	tookOver  bool
 
 	// recycling is the replacement of a worker baton has under way
 	// (recycle.go); sampling counts the reads of /proc that have not
@@ -179,19 +192,20 @@ func newSupervisor(o Options, e env) *Supervisor {
 		e.clock = realClock{}
 	}
 	s := &Supervisor{
-		plan:    o.Plan,
-		groups:  map[*listener.Group]bool{},
-		spawner: o.Spawner,
-		log:     o.Log,
-		opts:    o,
-		stdout:  &sink{w: o.Stdout},
-		stderr:  &sink{w: o.Stderr},
-		events:  make(chan func(), 1024),
-		done:    make(chan struct{}),
-		ended:   make(chan struct{}),
-		workers: map[int]*worker{},
-		env:     e,
-		start:   e.clock.Now(),
+		plan:     o.Plan,
+		groups:   map[*listener.Group]bool{},
+		spawner:  o.Spawner,
+		log:      o.Log,
+		opts:     o,
+		stdout:   &sink{w: o.Stdout},
+		stderr:   &sink{w: o.Stderr},
+		events:   make(chan func(), 1024),
+		done:     make(chan struct{}),
+		ended:    make(chan struct{}),
+		workers:  map[int]*worker{},
+		env:      e,
+		tookOver: o.TookOver,
+		start:    e.clock.Now(),
 	}
 	if s.env.endLeftovers == nil {
 		s.env.endLeftovers = s.endLeftovers
@@ -203,6 +217,7 @@ func newSupervisor(o Options, e env) *Supervisor {
 	s.handoff = newHandoff(s.log)
 	s.lineage = newLineage()
 	s.leftovers = newLeftovers()
+	s.searches = map[*leftoverSearch]bool{}
 	return s
 }
 
@@ -252,6 +267,9 @@ func (s *Supervisor) begin() {
 	}
 	s.active = s.newGeneration(&s.plan, nil)
 	cfg := s.active.cfg
+	if err := claimFlows(s.active.listeners, s.active.id, cfg.Workers); err != nil {
+		s.log.Error("UDP flows: the first generation's sockets", "err", err)
+	}
 	s.log.Info("starting workers", "generation", s.active.id, "workers", cfg.Workers, "command", cfg.Args, "ready", cfg.Ready.String())
 	for _, sl := range s.active.slots {
 		s.startWorker(s.active, sl)
@@ -263,6 +281,7 @@ func (s *Supervisor) begin() {
 func (s *Supervisor) handle(f func()) {
 	f()
 	s.syncHandoff()
+	s.syncFlows()
 	if s.opts.OnListeners != nil && s.active != nil {
 		s.opts.OnListeners(s.active.listeners)
 	}
@@ -458,6 +477,9 @@ func (s *Supervisor) notified(m notify.Message, child int) {
 	}
 	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Kind() == ReadyNotify {
 		s.workerReady(w)
+	}
+	if m.Fields["X_BATON_FLOWS"] == "released" {
+		s.releaseFlows(w, nil) // flows.go
 	}
 	if m.Fields["STOPPING"] == "1" {
 		s.log.Debug("worker says it is stopping", w.attrs()...)

@@ -302,14 +302,9 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	if s.takingOver {
 		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
 	}
-	if s.leftoverSearches > 0 {
-		// Their deadlines live in goroutines the execve would end: what
-		// exited workers left running would then be killed only when
-		// another worker exits or baton stops.
-		return nil, fmt.Errorf("upgrade: baton is still ending what %d exited workers left running (their drain deadline is at most %s away); try again then", s.leftoverSearches, s.active.cfg.DrainTimeout)
-	}
 	h := &UpgradeState{
-		Version: StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
+		Leftovers: s.pendingLeftovers(),
+		Version:   stateVersionNoFlows, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
 		Active: s.active.id, EverReady: s.everReady, Upgrades: s.upgrades,
 		Stats: StatsState{
 			ReloadsOK: s.stats.reloadsOK, ReloadsFailed: s.stats.reloadsFailed,
@@ -326,6 +321,14 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	for g := range s.groups {
 		ids[g] = len(ids) + 1
 		ls := ListenerState{ID: ids[g], Spec: g.Spec.String()}
+		if g.FlowsErr != nil {
+			ls.FlowsError = g.FlowsErr.Error()
+		}
+		if fs := g.FlowState(); fs != nil {
+			ls.Flows, h.Version = fs, StateVersion
+			h.Listeners = append(h.Listeners, ls)
+			continue
+		}
 		for slot, sock := range g.Sockets() {
 			if !g.Reuseport() {
 				slot = -1
@@ -360,6 +363,9 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 			Started: w.started, ReadyAt: w.readyAt, StopAt: w.stopAt, Status: w.status,
 			Accepted: w.accepted, Stopped: w.stopped, Restart: w.restart,
 			Current: w.gen.workers[w.slot.index] == w, CaptureFd: w.captureFd, Captures: w.captures,
+		}
+		for name := range w.released {
+			ws.Released = append(ws.Released, name)
 		}
 		if hold {
 			for _, p := range w.pipes {
@@ -397,6 +403,15 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upgrade: listener %q: %w", ls.Spec, err)
 		}
+		if ls.Flows != nil {
+			g, err := listener.AdoptFlows(spec, ls.Flows)
+			if err != nil {
+				return nil, fmt.Errorf("upgrade: %w", err)
+			}
+			byID[ls.ID] = g
+			s.groups[g] = true
+			continue
+		}
 		socks := map[int]*listener.Socket{}
 		for _, ss := range ls.Sockets {
 			if socks[ss.Slot], err = listener.Adopt(spec, ss.Fd, ss.Backlog, ss.PathIno); err != nil {
@@ -404,6 +419,9 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 			}
 		}
 		g := listener.AdoptGroup(spec, socks)
+		if ls.FlowsError != "" {
+			g.FlowsErr = errors.New(ls.FlowsError)
+		}
 		byID[ls.ID] = g
 		s.groups[g] = true
 	}
@@ -442,6 +460,12 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 		w.status, w.accepted, w.stopped, w.restart = ws.Status, ws.Accepted, ws.Stopped, ws.Restart
 		w.captureFd, w.captures = ws.CaptureFd, ws.Captures
 		w.adoptOutput = ws.Output
+		for _, name := range ws.Released {
+			if w.released == nil {
+				w.released = map[string]bool{}
+			}
+			w.released[name] = true
+		}
 		if ws.Current {
 			g.workers[ws.Slot] = w
 		}
@@ -517,6 +541,11 @@ func (s *Supervisor) adopt() {
 	}
 	h := s.restored
 	s.restored = nil
+	// What exited workers left running was being ended by searches the
+	// execve cut short: they start again here, with the same deadlines.
+	for _, l := range h.Leftovers {
+		s.searchLeftovers(l.PGID, []any{"pgid", l.PGID, "across", "an upgrade"}, syscall.Signal(l.Signal), l.Deadline)
+	}
 	s.log.Info("upgrade done: baton re-executed itself", "binary", h.Binary, "pid", os.Getpid(), "workers", len(s.workers), "generation", s.active.id)
 	switch {
 	case !h.KeepWorkers:

@@ -129,6 +129,9 @@ type worker struct {
 	// adoptOutput holds its output pipes' descriptors between Restore and
 	// adopt, after an upgrade.
 	adoptOutput []int
+	// released names the steered UDP listeners whose sockets it released
+	// (flows.go).
+	released map[string]bool
 
 	// stopped is set when baton asked the worker to stop, so its exit is
 	// not a crash; restart is set when baton stopped it to start a
@@ -335,11 +338,19 @@ func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File,
 	g := w.gen
 	stdin := int(s.devnull.Fd())
 	if g.cfg.Fd0 != "" {
-		stdin = g.listener(g.cfg.Fd0).Socket(w.slot.index).Fd()
+		sock := g.listener(g.cfg.Fd0).SocketOf(g.id, w.slot.index)
+		if sock == nil {
+			return nil, nil, fmt.Errorf("listener %s has no socket for generation %d, slot %d", g.cfg.Fd0, g.id, w.slot.index)
+		}
+		stdin = sock.Fd()
 	}
 	files = []int{stdin, -1, -1}
 	for _, l := range g.listeners {
-		files = append(files, l.Socket(w.slot.index).Fd())
+		sock := l.SocketOf(g.id, w.slot.index)
+		if sock == nil {
+			return nil, nil, fmt.Errorf("listener %s has no socket for generation %d, slot %d", l.Spec.Name, g.id, w.slot.index)
+		}
+		files = append(files, sock.Fd())
 	}
 	if !g.cfg.LogPrefix {
 		close(w.outputDone)
@@ -524,6 +535,7 @@ func (s *Supervisor) stopWorker(w *worker, reason string) {
 	if w.stopped || w.state == Exited {
 		return
 	}
+	s.syncFlows() // new peers go to the serving generation before the signal
 	w.stopped, w.state, w.stopAt = true, Draining, s.now()
 	cfg := w.gen.cfg
 	// A worker baton was replacing goes, and so does its replacement
