@@ -28,6 +28,9 @@ type Status struct {
 	// it.
 	Health  Health        `json:"health"`
 	Reloads ReloadStats   `json:"reloads"`
+	// History lists the last reloads and upgrades as they ended, oldest
+	// first: at most MaxHistory.
+	History []HistoryEntry `json:"history"`
 	Process ProcessStatus `json:"process"`
 	// Upgrades counts baton's re-executions of itself (baton upgrade);
 	// UpgradeError says why the last one failed, if it did.
@@ -362,6 +365,37 @@ type ReloadStats struct {
 	Failed int           `json:"failed"`
 	Queued bool          `json:"queued"`
 	Last   *ReloadResult `json:"last,omitempty"`
+}
+
+// MaxHistory bounds Status.History: baton keeps the last MaxHistory
+// reloads and upgrades, across upgrades.
+const MaxHistory = 20
+
+// Kinds of HistoryEntry.
+const (
+	HistoryReload  = "reload"
+	HistoryUpgrade = "upgrade"
+)
+
+// HistoryEntry is a reload or an upgrade, as it ended.
+type HistoryEntry struct {
+	// Kind is HistoryReload or HistoryUpgrade.
+	Kind string `json:"kind"`
+	// Started is when it was asked for; Duration how long it took: a
+	// reload until its generation was ready (or it failed), an upgrade
+	// until the new baton had taken over the state (or it failed).
+	Started  time.Time `json:"started"`
+	Duration Duration  `json:"duration"`
+	OK       bool      `json:"ok"`
+	// Generation is the generation a reload started, Previous the one
+	// serving before it; for an upgrade both are the generation serving
+	// when it began.
+	Generation int `json:"generation"`
+	Previous   int `json:"previous"`
+	// Reason says who asked (a reload's), or the binary (an upgrade's);
+	// Error why it failed.
+	Reason string `json:"reason,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // ProcessStatus is baton's own resource use, for leak checks and capacity.

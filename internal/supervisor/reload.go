@@ -347,6 +347,10 @@ func (s *Supervisor) finishReload(gen, prev int, err error) {
 		s.stats.reloadsOK++
 	}
 	s.stats.lastReload = &res
+	s.remember(HistoryEntry{
+		Kind: api.HistoryReload, Started: res.Started, Duration: res.Duration, OK: res.OK,
+		Generation: gen, Previous: prev, Reason: res.Reason, Error: res.Error,
+	})
 	s.emit(Event{Kind: EventReload, OK: err == nil, Duration: time.Duration(res.Duration), Generation: gen})
 	for _, ch := range s.reload.waiters {
 		ch <- ReloadOutcome{Result: res, Err: err}

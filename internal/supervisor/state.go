@@ -153,6 +153,11 @@ type StatsState struct {
 	ReloadsFailed  int           `json:"reloads_failed"`
 	LastReload     *ReloadResult `json:"last_reload,omitempty"`
 	WorkersStarted int           `json:"workers_started"`
+	// History is the last reloads and upgrades (Status.History).
+	History []HistoryEntry `json:"history,omitempty"`
+	// UpgradeStarted is when the upgrade handing this state over was
+	// asked for: the new baton adds it to History.
+	UpgradeStarted time.Time `json:"upgrade_started,omitzero"`
 }
 
 // Fds lists every descriptor the state names, which must survive the

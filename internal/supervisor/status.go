@@ -139,6 +139,7 @@ func (s *Supervisor) status() Status {
 			Queued: s.reload.queued,
 			Last:   s.stats.lastReload,
 		},
+		History:      boundHistory(s.stats.history),
 		Process:      processStatus(),
 		Upgrades:     s.upgrades,
 		UpgradeError: s.lastUpgradeErr,

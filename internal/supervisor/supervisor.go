@@ -147,6 +147,9 @@ type stats struct {
 	reloadsOK, reloadsFailed int
 	lastReload               *ReloadResult
 	workersStarted           int
+	// history is the last reloads and upgrades, oldest first
+	// (history.go).
+	history []HistoryEntry
 }
 
 // New prepares a supervisor: it opens the notify socket and the worker

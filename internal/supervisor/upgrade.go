@@ -38,6 +38,8 @@ type upgradeState struct {
 	// execve or its failure, so that nothing changes between the state the
 	// pre-flight checked and the one handed over.
 	on bool
+	// started is when the upgrade was asked for (History).
+	started time.Time
 	// held: a reload was asked for meanwhile, for reason; it runs after
 	// the upgrade (in the new baton, or in this one if the upgrade fails).
 	// waiters wait for its outcome.
@@ -60,9 +62,12 @@ func (s *Supervisor) Upgrade(binary string, keepWorkers bool) {
 // very file (keeping the pid). A refusal is logged as well as returned,
 // and changes nothing.
 func (s *Supervisor) upgrade(ctx context.Context, p upgradeParams) (*upgradeReply, error) {
+	var started time.Time
+	s.call(func() { started = s.now() })
 	r, err := s.prepareUpgrade(ctx, p)
 	if err != nil {
 		s.log.Error("upgrade refused", "err", err)
+		s.post(func() { s.rememberUpgradeFailure(started, p.Binary, err) })
 	}
 	return r, err
 }
@@ -152,6 +157,9 @@ func (s *Supervisor) beginUpgrade(waited bool) (*UpgradeState, *upgrade.Held, <-
 		return nil, nil, nil, errors.New("upgrade: another upgrade is in progress; baton status shows when it is done")
 	case s.takingOver:
 		return nil, nil, nil, errors.New("upgrade: a takeover by a new instance is in progress")
+	}
+	if !s.upgrading.on {
+		s.upgrading.started = s.now()
 	}
 	s.upgrading.on = true
 	s.lastUpgradeErr = ""
@@ -254,6 +262,7 @@ func (s *Supervisor) execUpgrade(p upgradeParams, bin *upgrade.Binary, id string
 		err = fmt.Errorf("%w; baton (pid %d) keeps running unchanged", err, os.Getpid())
 		s.lastUpgradeErr = err.Error()
 		s.log.Error("upgrade failed", "err", err)
+		s.rememberUpgradeFailure(s.upgrading.started, p.Binary, err)
 		s.endUpgrade()
 	}
 	h, err := s.upgradeState(true)
@@ -309,6 +318,7 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 		Stats: StatsState{
 			ReloadsOK: s.stats.reloadsOK, ReloadsFailed: s.stats.reloadsFailed,
 			LastReload: s.stats.lastReload, WorkersStarted: s.stats.workersStarted,
+			History: boundHistory(s.stats.history), UpgradeStarted: s.upgrading.started,
 		},
 		NotifyFd: s.notify.Fd(), NotifyAddr: s.notify.Addr(),
 		WorkerFd: s.workerSock.Fd(), WorkerAddr: s.workerSock.Path(),
@@ -386,7 +396,9 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 	s := newSupervisor(o, env{})
 	s.start, s.nextGen, s.everReady, s.upgrades = h.Started, h.NextGen, h.EverReady, h.Upgrades+1
 	s.restored = h
-	s.stats = stats{reloadsOK: h.Stats.ReloadsOK, reloadsFailed: h.Stats.ReloadsFailed, lastReload: h.Stats.LastReload, workersStarted: h.Stats.WorkersStarted}
+	s.stats = stats{reloadsOK: h.Stats.ReloadsOK, reloadsFailed: h.Stats.ReloadsFailed, lastReload: h.Stats.LastReload, workersStarted: h.Stats.WorkersStarted,
+		history: boundHistory(h.Stats.History)}
+	s.rememberUpgrade(h.Stats.UpgradeStarted, h.Binary, h.Active)
 	var err error
 	if s.notify, err = notify.FromFd(h.NotifyFd, h.NotifyAddr); err != nil {
 		return nil, err
