@@ -26,12 +26,12 @@ type Status struct {
 	// Health says whether baton serves as configured (HealthOf): the
 	// slots, and the warnings of the kernel's view when the status has
 	// it.
-	Health  Health        `json:"health"`
-	Reloads ReloadStats   `json:"reloads"`
+	Health  Health      `json:"health"`
+	Reloads ReloadStats `json:"reloads"`
 	// History lists the last reloads and upgrades as they ended, oldest
 	// first: at most MaxHistory.
 	History []HistoryEntry `json:"history"`
-	Process ProcessStatus `json:"process"`
+	Process ProcessStatus  `json:"process"`
 	// Upgrades counts baton's re-executions of itself (baton upgrade);
 	// UpgradeError says why the last one failed, if it did.
 	Upgrades     int    `json:"upgrades"`
