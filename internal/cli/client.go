@@ -308,16 +308,11 @@ Exit codes, for monitoring (--json too):
 				if err != nil {
 					return err
 				}
-				// Through a map: every field baton sent, keys sorted.
-				var v any
-				if err := json.Unmarshal(res, &v); err != nil {
-					return fmt.Errorf("reading the status: %w", err)
-				}
-				out, err := json.MarshalIndent(v, "", "  ")
+				out, err := api.IndentJSON(res)
 				if err != nil {
-					return fmt.Errorf("printing the status: %w", err)
+					return err
 				}
-				fmt.Fprintln(c.OutOrStdout(), string(out))
+				c.OutOrStdout().Write(out)
 				var st api.Status
 				if err := json.Unmarshal(res, &st); err != nil {
 					return fmt.Errorf("reading the status: %w", err)

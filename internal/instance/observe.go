@@ -10,17 +10,21 @@ import (
 
 	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/metrics"
+	"github.com/baton-dev/baton/internal/statuspage"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
 
 // observer is what `baton run` sets up to watch itself: the inspector
-// behind status and warnings, and the metrics server.
+// behind status and warnings, and the metrics server with the status
+// page.
 type observer struct {
 	every     time.Duration
 	inspector *inspect.Inspector
 	metrics   *metrics.Metrics
-	sup       *supervisor.Supervisor
-	log       *slog.Logger
+	// page is the status page, served beside the metrics.
+	page *statuspage.Page
+	sup  *supervisor.Supervisor
+	log  *slog.Logger
 	// pending is a metrics address still held by the instance being taken
 	// over; it is bound once that instance lets go.
 	pending string
@@ -50,10 +54,14 @@ func startObserver(metricsAddr string, every time.Duration, version string, log 
 	if metricsAddr == "" {
 		return o, nil
 	}
-	o.metrics = metrics.New(version, func(ctx context.Context) (supervisor.Status, bool) {
+	// One snapshot function for the metrics, the status page and its
+	// JSON: the one the control socket answers `baton status` with.
+	snapshot := func(ctx context.Context) (supervisor.Status, bool) {
 		return o.sup.KernelStatus(ctx)
-	})
-	srv, err := metrics.Listen(metricsAddr, o.metrics.Handler(), log)
+	}
+	o.metrics = metrics.New(version, snapshot)
+	o.page = statuspage.New(snapshot, log)
+	srv, err := metrics.Listen(metricsAddr, o.metrics.Handler(), o.page, log)
 	switch {
 	case err == nil:
 		o.server = srv
@@ -90,7 +98,7 @@ func (o *observer) run(sup *supervisor.Supervisor) {
 
 // serve serves metrics on srv, on a goroutine of its own.
 func (o *observer) serve(srv *metrics.Server) {
-	o.log.Info("serving metrics", "address", srv.Addr().String(), "path", "/metrics")
+	o.log.Info("serving metrics", "address", srv.Addr().String(), "path", "/metrics", "status_page", "/")
 	go srv.Serve()
 }
 
@@ -105,7 +113,7 @@ func (o *observer) bindWhenFree(sup *supervisor.Supervisor) {
 			return
 		case <-t.C:
 		}
-		srv, err := metrics.Listen(o.pending, o.metrics.Handler(), o.log)
+		srv, err := metrics.Listen(o.pending, o.metrics.Handler(), o.page, o.log)
 		if errors.Is(err, syscall.EADDRINUSE) {
 			continue
 		}

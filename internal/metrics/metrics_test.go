@@ -77,7 +77,7 @@ func fakeStatus() supervisor.Status {
 // parser.
 func scrape(t *testing.T, h http.Handler) map[string]*dto.MetricFamily {
 	t.Helper()
-	srv, err := Listen("127.0.0.1:0", h, slog.New(slog.DiscardHandler))
+	srv, err := Listen("127.0.0.1:0", h, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,12 +311,12 @@ func TestEveryMetricDocumented(t *testing.T) {
 }
 
 func TestListenErrors(t *testing.T) {
-	srv, err := Listen("127.0.0.1:0", http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	srv, err := Listen("127.0.0.1:0", http.NotFoundHandler(), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	_, err = Listen(srv.Addr().String(), http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	_, err = Listen(srv.Addr().String(), http.NotFoundHandler(), nil, slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "address already in use") || !strings.Contains(err.Error(), "choose another --metrics address") {
 		t.Errorf("second Listen on %s: %v", srv.Addr(), err)
 	}
@@ -324,13 +324,13 @@ func TestListenErrors(t *testing.T) {
 
 // A server closed before it served releases its port.
 func TestCloseUnserved(t *testing.T) {
-	srv, err := Listen("127.0.0.1:0", http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	srv, err := Listen("127.0.0.1:0", http.NotFoundHandler(), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := srv.Addr().String()
 	srv.Close()
-	again, err := Listen(addr, http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	again, err := Listen(addr, http.NotFoundHandler(), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("the port of a closed server is still taken: %v", err)
 	}

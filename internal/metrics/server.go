@@ -20,7 +20,13 @@ import (
 // listen backlog.
 const MaxConns = 32
 
-// Server serves /metrics over HTTP.
+// Pages are more routes served beside /metrics: the status page
+// (internal/statuspage). Register adds them to the server's mux.
+type Pages interface {
+	Register(mux *http.ServeMux)
+}
+
+// Server serves /metrics over HTTP, and the pages given to Listen.
 type Server struct {
 	ln  net.Listener
 	srv *http.Server
@@ -28,9 +34,11 @@ type Server struct {
 }
 
 // Listen binds addr (HOST:PORT, or :PORT for every address) for the
-// metrics server; Serve then serves h at /metrics. Binding first lets
+// metrics server; Serve then serves h at /metrics and pages' routes (with
+// the same bound on connections and the same timeouts), or, when pages
+// is nil, a line saying where the metrics are at /. Binding first lets
 // `baton run` fail before it starts any worker.
-func Listen(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
+func Listen(addr string, h http.Handler, pages Pages, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		hint := ""
@@ -46,9 +54,13 @@ func Listen(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", h)
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "baton: metrics are at /metrics")
-	})
+	if pages != nil {
+		pages.Register(mux)
+	} else {
+		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintln(w, "baton: metrics are at /metrics")
+		})
+	}
 	return &Server{
 		ln:  netutil.LimitListener(ln, MaxConns),
 		log: log,

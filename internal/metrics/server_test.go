@@ -11,7 +11,7 @@ import (
 // TestServerBoundsConnections: the metrics listener hands out at most
 // MaxConns connections at once; the next waits until one is closed.
 func TestServerBoundsConnections(t *testing.T) {
-	s, err := Listen("127.0.0.1:0", http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	s, err := Listen("127.0.0.1:0", http.NotFoundHandler(), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
