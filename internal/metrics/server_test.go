@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -51,5 +52,45 @@ func TestServerBoundsConnections(t *testing.T) {
 	}
 	for _, c := range held[1:] {
 		c.Close()
+	}
+}
+
+// pagesFunc registers routes beside /metrics.
+type pagesFunc func(*http.ServeMux)
+
+func (f pagesFunc) Register(mux *http.ServeMux) { f(mux) }
+
+// TestServerPages: the pages given to Listen are served beside /metrics,
+// on the same bounded listener, in place of the line at /.
+func TestServerPages(t *testing.T) {
+	pages := pagesFunc(func(mux *http.ServeMux) {
+		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("page")) })
+	})
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("metrics")) })
+	s, err := Listen("127.0.0.1:0", metrics, pages, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve()
+	defer s.Close()
+	client := &http.Client{Timeout: 10 * time.Second}
+	for path, want := range map[string]string{"/": "page", "/metrics": "metrics"} {
+		res, err := client.Get("http://" + s.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if string(b) != want {
+			t.Errorf("GET %s: %q, want %q", path, b, want)
+		}
+	}
+	res, err := client.Post("http://"+s.Addr().String()+"/", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /: %s, want 405", res.Status)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/baton-dev/baton/internal/api"
@@ -126,7 +127,15 @@ func (p *Page) serveJSON(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secure(w, "application/json; charset=utf-8", "no-store")
-	w.Write(raw)
+	write(w, r, raw)
+}
+
+// write sends body, or only its length to a HEAD request.
+func write(w http.ResponseWriter, r *http.Request, body []byte) {
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
 }
 
 // servePage renders the page from a snapshot, numbers included, so that
@@ -142,7 +151,7 @@ func (p *Page) servePage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secure(w, "text/html; charset=utf-8", "no-store")
-	w.Write(buf.Bytes())
+	write(w, r, buf.Bytes())
 }
 
 // serveAsset serves an embedded file; browsers revalidate it (ETag), so

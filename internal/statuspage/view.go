@@ -59,9 +59,8 @@ type counterView struct {
 	Value int
 }
 
-// connStates are the TCP states shown, in order; others are summed in
-// OTHER by neither the page nor the script: each listener shows every
-// state it has, these first.
+// connStates are the TCP states always shown, in this order; any other
+// state a listener has gets a column of its own after them, sorted.
 var connStates = []string{"ESTAB", "SYN-RECV", "CLOSE-WAIT", "TIME-WAIT"}
 
 // newView joins st for the template.
