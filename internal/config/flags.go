@@ -49,7 +49,7 @@ func Register(fs *pflag.FlagSet, s *Settings) {
 	fs.BoolVar(&s.LogPrefix, "log-prefix", d.LogPrefix, "prefix worker output lines with [gGEN sSLOT PID]; false passes it through raw")
 	fs.StringVar(&s.LogFormat, "log-format", d.LogFormat, "baton's log format: text or json")
 	fs.StringVar(&s.LogLevel, "log-level", d.LogLevel, "baton's log level: debug, info, warn or error")
-	fs.StringVar(&s.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics (:PORT for every address; see docs/metrics.md)")
+	fs.StringVar(&s.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics and a read-only status page at http://HOST:PORT/ (:PORT for every address; see docs/metrics.md, docs/status.md)")
 	durationVar(fs, &s.InspectInterval, "inspect-interval", d.InspectInterval, "how often baton checks the kernel's view of its sockets and logs new warnings (0: only when asked); a connection that stays in CLOSE-WAIT this long counts as never closed")
 }
 
