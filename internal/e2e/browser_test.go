@@ -181,6 +181,14 @@ func (b *browser) Errors() []string {
 	return append([]string(nil), b.errs...)
 }
 
+// forget drops the errors recorded after the first n: the test has
+// checked them.
+func (b *browser) forget(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.errs = b.errs[:min(n, len(b.errs))]
+}
+
 // call sends a command to the page and decodes its result into res (nil:
 // ignored); it fails the test on an error or after 30s.
 func (b *browser) call(method string, params, res any) {

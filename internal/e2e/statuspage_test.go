@@ -22,13 +22,15 @@ import (
 // equal `baton status --json` taken in the same second, by script and
 // without script (the page rendered on the server); after a reload the
 // open page shows the new generation and the reload in its history
-// without being reloaded; and it fits a phone's width. With
+// without being reloaded, and so does it after an upgrade, which the
+// history keeps; and it fits a phone's width. With
 // E2E_STATUS_SCREENSHOT=FILE it saves a screenshot there (docs/status.png).
 func TestStatusPageInBrowser(t *testing.T) {
 	requireE2E(t)
 	br := startBrowser(t)
+	// A port of its own, not 0: the upgraded baton binds it again.
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0?backlog=64", "-n", "2", "--ready", "notify",
-		"--metrics", "127.0.0.1:0", "--", helloBin)
+		"--metrics", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--", helloBin)
 	b.waitReady(2)
 	page := "http://" + b.metricsAddr() + "/"
 
@@ -72,6 +74,27 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("the history does not show the reload from 1 to 2: %v", shown)
 	}
 	br.waitFor("draws a queue chart", `document.querySelector("#queues svg polyline")`, 10*time.Second)
+
+	// An upgrade: baton re-executes itself and binds the page's address
+	// again; the open page says it lost baton meanwhile (a failed load,
+	// the only error allowed), then shows the upgrade in the history,
+	// which the new baton kept.
+	before := len(br.Errors())
+	if out, code := b.cli("upgrade"); code != 0 {
+		t.Fatalf("baton upgrade: exit %d\n%s", code, out)
+	}
+	br.waitFor("shows the upgrade", `document.querySelector('[data-k="upgrades"]').textContent === "1" && [...document.querySelectorAll('[data-k$=".kind"]')].some(e => e.textContent === "upgrade")`, 30*time.Second)
+	for _, e := range br.Errors()[before:] {
+		if !strings.Contains(e, "status.json") {
+			t.Errorf("the page reported an error during the upgrade: %s", e)
+		}
+	}
+	br.forget(before)
+	b.waitReady(2)
+	shown = comparePage(t, br, b, true)
+	if shown["history.0.kind"] != "reload" || shown["history.1.kind"] != "upgrade" {
+		t.Errorf("the history does not show the reload, then the upgrade: %v", shown)
+	}
 
 	// On a phone's width nothing overflows the page (wide tables scroll in
 	// their box).
