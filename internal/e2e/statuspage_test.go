@@ -24,7 +24,8 @@ import (
 // open page shows the new generation and the reload in its history
 // without being reloaded, and so does it after an upgrade, which the
 // history keeps; and it fits a phone's width. With
-// E2E_STATUS_SCREENSHOT=FILE it saves a screenshot there (docs/status.png).
+// E2E_STATUS_SCREENSHOT=FILE it saves a screenshot there (docs/status.png),
+// and with E2E_STATUS_SCREENSHOT_PHONE=FILE one at a phone's width.
 func TestStatusPageInBrowser(t *testing.T) {
 	requireE2E(t)
 	br := startBrowser(t)
@@ -96,25 +97,14 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("the history does not show the reload, then the upgrade: %v", shown)
 	}
 
+	screenshot(t, br, os.Getenv("E2E_STATUS_SCREENSHOT"))
+
 	// On a phone's width nothing overflows the page (wide tables scroll in
 	// their box).
 	br.call("Emulation.setDeviceMetricsOverride", map[string]any{"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}, nil)
-	br.waitFor("fits 390 CSS pixels", `document.documentElement.scrollWidth <= window.innerWidth`, 10*time.Second)
+	br.waitFor("fits 390 CSS pixels", `window.innerWidth === 390 && document.documentElement.scrollWidth <= window.innerWidth`, 10*time.Second)
+	screenshot(t, br, os.Getenv("E2E_STATUS_SCREENSHOT_PHONE"))
 	br.call("Emulation.clearDeviceMetricsOverride", nil, nil)
-
-	var shot struct {
-		Data string `json:"data"`
-	}
-	br.call("Page.captureScreenshot", map[string]any{"format": "png", "captureBeyondViewport": true}, &shot)
-	png, err := base64.StdEncoding.DecodeString(shot.Data)
-	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
-		t.Errorf("the screenshot is not a PNG (%v)", err)
-	}
-	if f := os.Getenv("E2E_STATUS_SCREENSHOT"); f != "" {
-		if err := os.WriteFile(f, png, 0o644); err != nil {
-			t.Error(err)
-		}
-	}
 
 	// Without script: the server's rendering shows the same numbers.
 	br.call("Emulation.setScriptExecutionDisabled", map[string]any{"value": true}, nil)
@@ -124,6 +114,25 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 	if errs := br.Errors(); len(errs) > 0 {
 		t.Errorf("the page reported errors:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+// screenshot takes a PNG of the whole page and, when file is not "",
+// saves it there.
+func screenshot(t *testing.T, br *browser, file string) {
+	t.Helper()
+	var shot struct {
+		Data string `json:"data"`
+	}
+	br.call("Page.captureScreenshot", map[string]any{"format": "png", "captureBeyondViewport": true}, &shot)
+	png, err := base64.StdEncoding.DecodeString(shot.Data)
+	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Errorf("the screenshot is not a PNG (%v)", err)
+	}
+	if file != "" {
+		if err := os.WriteFile(file, png, 0o644); err != nil {
+			t.Error(err)
+		}
 	}
 }
 
