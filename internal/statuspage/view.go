@@ -121,14 +121,12 @@ func newView(st *api.Status) view {
 
 // funcs are the template's formatting helpers; status.js has the same.
 var funcs = template.FuncMap{
-	"bytes":    formatBytes,
-	"seconds":  func(d api.Duration) string { return formatSeconds(time.Duration(d).Seconds()) },
-	"clock":    formatClock,
-	"deref":    func(p *int64) int64 { return *p },
-	"fdlimit":  formatLimit,
-	"fdmax":    func(n int64) int64 { return max(n, 0) },
-	"join":     func(a []string) string { return fmt.Sprint(a) },
-	"nonempty": func(n int) bool { return n > 0 },
+	"bytes":   formatBytes,
+	"seconds": func(d api.Duration) string { return formatSeconds(time.Duration(d).Seconds()) },
+	"clock":   formatClock,
+	"deref":   func(p *int64) int64 { return *p },
+	"fdlimit": formatLimit,
+	"fdmax":   func(n int64) int64 { return max(n, 0) },
 }
 
 // formatBytes is n in IEC units, one decimal: "12.3 MiB".
