@@ -139,4 +139,10 @@ func TestUpgradePreflightFailureChangesNothing(t *testing.T) {
 	if after.PID != before.PID || after.Upgrades != 0 || fmt.Sprint(workerPIDs(after)) != fmt.Sprint(workerPIDs(before)) {
 		t.Errorf("a refused upgrade changed something: before %+v, after %+v", before, after)
 	}
+	// Each refusal is in the history, with why (the status page shows
+	// it).
+	if h := after.History; len(h) != 3 || h[0].Kind != "upgrade" || h[0].OK || !strings.Contains(h[0].Error, "pre-flight failed") ||
+		!strings.Contains(h[1].Error, "not an ELF executable") || !strings.Contains(h[2].Reason, "/nonexistent/baton") || h[2].OK {
+		t.Errorf("the history does not hold the three refused upgrades: %+v", h)
+	}
 }
