@@ -177,7 +177,7 @@ func TestCheckConn(t *testing.T) {
 // the connections, refuses the rest by index, and the sender keeps its
 // copies of what was refused.
 func TestStoreRefusesWhatIsNotAConnection(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	web, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
