@@ -260,3 +260,26 @@ func TestCountFDs(t *testing.T) {
 		t.Errorf("NumFDs after closing the pipe = %d, want %d", got, before)
 	}
 }
+
+func TestCheckLeaksReportsADescriptorClosedThatWasOpenBefore(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("descriptors are counted on Linux only")
+	}
+	defer func(saved time.Duration) { leakWait = saved }(leakWait)
+	leakWait = 10 * time.Millisecond
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	rfd := r.Fd()
+	f := &fakeTB{}
+	f.run(func(tb testing.TB) {
+		CheckLeaks(tb)
+		r.Close()
+	})
+	if len(f.errors) != 1 || !strings.Contains(f.errors[0], "closed 1 descriptors it did not open") ||
+		!strings.Contains(f.errors[0], fmt.Sprintf("fd %d: pipe:[", rfd)) {
+		t.Errorf("CheckLeaks reported %q, want the descriptor the test closed", f.errors)
+	}
+}

@@ -32,11 +32,13 @@ func NumFDs(t testing.TB) int {
 }
 
 // CheckLeaks notes how many goroutines run and which descriptors are open,
-// and at the test's end fails it (t.Errorf) if, within 5 seconds, there
-// are not again at most as many of each: the report lists the
-// descriptors (with what they are) and goroutines (with their stacks)
-// that were not there at the start. A test that has already failed is not
-// checked.
+// and at the test's end fails it (t.Errorf) unless, within 5 seconds,
+// at most as many goroutines run and exactly as many descriptors are open
+// again: more is a leak, fewer is a close of a descriptor the test did
+// not open (a double close that hit a reused number, say). The report
+// lists the descriptors (with what they are) and goroutines (with their
+// stacks) that differ from the start. A test that has already failed is
+// not checked.
 //
 // Call it first in the test, so that its cleanup runs after the test's
 // own (t.Cleanup runs them last in, first out), and only in a test that
@@ -61,10 +63,8 @@ func CheckLeaks(t testing.TB) {
 		if t.Failed() {
 			return
 		}
-		var report string
 		err := Wait(leakWait, func() error {
-			report = leaks(gs, fds, fdErr == nil)
-			if report != "" {
+			if report := leaks(gs, fds, fdErr == nil); report != "" {
 				return fmt.Errorf("leaked %s", report)
 			}
 			return nil
@@ -75,8 +75,9 @@ func CheckLeaks(t testing.TB) {
 	})
 }
 
-// leaks describes the goroutines and descriptors in excess of gs and fds
-// (fds only if checkFDs), and is "" if there are none.
+// leaks describes the goroutines in excess of gs and the descriptors that
+// differ from fds (if checkFDs) when their count does, and is "" if there
+// are none.
 func leaks(gs map[string]string, fds map[int]string, checkFDs bool) string {
 	var b strings.Builder
 	nowGs := goroutines()
@@ -88,11 +89,20 @@ func leaks(gs map[string]string, fds map[int]string, checkFDs bool) string {
 			checkFDs = false
 		}
 	}
-	if checkFDs && len(nowFDs) > len(fds) {
+	switch {
+	case !checkFDs:
+	case len(nowFDs) > len(fds):
 		fmt.Fprintf(&b, "%d descriptors (%d open, %d before):", len(nowFDs)-len(fds), len(nowFDs), len(fds))
 		for _, fd := range slices.Sorted(maps.Keys(nowFDs)) {
 			if fds[fd] != nowFDs[fd] {
 				fmt.Fprintf(&b, "\n\tfd %d: %s", fd, nowFDs[fd])
+			}
+		}
+	case len(nowFDs) < len(fds):
+		fmt.Fprintf(&b, "none, but closed %d descriptors it did not open (%d open, %d before):", len(fds)-len(nowFDs), len(nowFDs), len(fds))
+		for _, fd := range slices.Sorted(maps.Keys(fds)) {
+			if fds[fd] != nowFDs[fd] {
+				fmt.Fprintf(&b, "\n\tfd %d: %s", fd, fds[fd])
 			}
 		}
 	}
