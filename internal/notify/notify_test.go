@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 func listen(t *testing.T) (*Server, chan Message) {
@@ -61,7 +63,7 @@ func TestNotifyWithoutSocket(t *testing.T) {
 
 func TestServerDropsOversizeAndClosesPassedFds(t *testing.T) {
 	s, got := listen(t)
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +103,7 @@ func TestServerDropsOversizeAndClosesPassedFds(t *testing.T) {
 		t.Errorf("got %v; the oversize datagram should have been dropped and this one delivered", m.Fields)
 	}
 	s.closer.Wait()
-	if after := countFds(t); after != before+1 { // +1: the client socket
+	if after := batontest.NumFDs(t); after != before+1 { // +1: the client socket
 		t.Errorf("descriptors: %d before, %d after; passed fds leaked", before, after)
 	}
 }
@@ -112,14 +114,6 @@ func TestListenRefusesAPath(t *testing.T) {
 		s.Close()
 		t.Fatalf("Listen(%s) succeeded; want an error: baton never makes a notify socket file", path)
 	}
-}
-
-func countFds(t *testing.T) int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 func FuzzParse(f *testing.F) {
