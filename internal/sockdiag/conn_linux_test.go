@@ -9,12 +9,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // Every test here talks to the real kernel over loopback (STYLE.md §5).
@@ -477,15 +478,9 @@ func TestQueryBadFamily(t *testing.T) {
 
 // Dial, query and close leak neither fds nor goroutines.
 func TestConnNoLeak(t *testing.T) {
+	batontest.CheckLeaks(t) // goroutines, once the test has returned
 	ln := listenTCP(t, "127.0.0.1", 0, 8, false)
-	fds := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(ents)
-	}
-	before, goroutines := fds(), runtime.NumGoroutine()
+	before := batontest.NumFDs(t)
 	for range 20 {
 		c, err := Dial()
 		if err != nil {
@@ -504,13 +499,9 @@ func TestConnNoLeak(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if after := fds(); after != before {
+	if after := batontest.NumFDs(t); after != before {
 		t.Errorf("open fds: %d before, %d after 20 Dial/Close", before, after)
 	}
-	waitFor(t, "goroutines to go back", func() (bool, string) {
-		n := runtime.NumGoroutine()
-		return n <= goroutines, fmt.Sprintf("%d before, %d now", goroutines, n)
-	})
 }
 
 func TestUnixFile(t *testing.T) {

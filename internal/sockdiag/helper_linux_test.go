@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // The test binary doubles as the child processes the tests need (STYLE.md
@@ -39,11 +41,10 @@ func runHelper(mode, arg string) int {
 		io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
 	}()
-	go func() {
-		time.Sleep(helperTimeout)
+	time.AfterFunc(helperTimeout, func() {
 		fmt.Fprintln(os.Stderr, "helper: timed out")
 		os.Exit(3)
-	}()
+	})
 	var err error
 	switch mode {
 	case "idle":
@@ -204,17 +205,12 @@ func (h *helper) stop() {
 // this waits for a state, it does not time anything.
 func waitFor(tb testing.TB, what string, cond func() (bool, string)) {
 	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
+	batontest.WaitFor(tb, 10*time.Second, func() error {
+		if ok, detail := cond(); !ok {
+			return fmt.Errorf("waiting for %s: last: %s", what, detail)
 		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("waiting for %s: gave up after 10s; last: %s", what, detail)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func dial(tb testing.TB) *Conn {
