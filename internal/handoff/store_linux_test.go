@@ -100,8 +100,8 @@ func TestMoveKeepsConnectionsStateAndUnreadBytes(t *testing.T) {
 		if f.Name != "web" || f.Kind != Kind || string(f.Meta) != "state-"+strconv.Itoa(port) {
 			t.Errorf("port %d: adopted as %q/%q with state %q", port, f.Name, f.Kind, f.Meta)
 		}
-		if flags, _ := unix.FcntlInt(uintptr(f.Fd), unix.F_GETFD, 0); flags&unix.FD_CLOEXEC == 0 {
-			t.Errorf("port %d: adopted descriptor lacks FD_CLOEXEC", port)
+		if flags, err := unix.FcntlInt(uintptr(f.Fd), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+			t.Errorf("port %d: adopted descriptor's flags %#x, %v: want FD_CLOEXEC", port, flags, err)
 		}
 	}
 	// Check a sample end to end: the unread line, a reply, then EOF.

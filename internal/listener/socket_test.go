@@ -43,9 +43,9 @@ func TestBindTCPPortZeroGetsRealPortAndAccepts(t *testing.T) {
 	if err != nil || flags&unix.O_NONBLOCK == 0 {
 		t.Errorf("socket flags %#x, %v: want O_NONBLOCK", flags, err)
 	}
-	fdflags, _ := unix.FcntlInt(uintptr(s.Fd()), unix.F_GETFD, 0)
-	if fdflags&unix.FD_CLOEXEC == 0 {
-		t.Errorf("socket is not close-on-exec")
+	fdflags, err := unix.FcntlInt(uintptr(s.Fd()), unix.F_GETFD, 0)
+	if err != nil || fdflags&unix.FD_CLOEXEC == 0 {
+		t.Errorf("descriptor flags %#x, %v: want FD_CLOEXEC", fdflags, err)
 	}
 	c, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
