@@ -65,7 +65,9 @@ func TestCallRoundTrip(t *testing.T) {
 		Params map[string]int
 		PID    int
 	}
-	json.Unmarshal(raw, &got)
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatalf("reply %s: %v", raw, err)
+	}
 	if got.Params["n"] != 7 || got.PID != os.Getpid() {
 		t.Errorf("got %+v", got)
 	}
