@@ -52,8 +52,7 @@ address = "tcp://127.0.0.1:%d"
 	before := b.waitReady(2)
 	httpInode := listenerByName(before, "http").Inode
 
-	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", web), 6*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	wait := startLoadUnderWay(fmt.Sprintf("127.0.0.1:%d", web), 6*time.Second)
 	writeConfig(t, conf, base+fmt.Sprintf("[[listener]]\nname = \"added\"\naddress = \"tcp://127.0.0.1:%d\"\n", added))
 	if out, code := b.cli("reload"); code != 0 {
 		t.Fatalf("reload: %s", out)

@@ -69,8 +69,7 @@ func startAbused(t *testing.T, d time.Duration) *abused {
 	st := b.waitReady(abuseWorkers)
 	a := &abused{b: b, workers: sortedPIDs(st)}
 	a.fds, a.goroutines = resting(b)
-	a.wait = startLoad(b.addr("http"), d)
-	time.Sleep(200 * time.Millisecond) // the load is under way
+	a.wait = startLoadUnderWay(b.addr("http"), d)
 	return a
 }
 

@@ -173,8 +173,7 @@ func killStartingGeneration(t *testing.T) string {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "delay:2s", "--", helloBin)
 	before := rest(b, 2)
 	old := workerPIDs(b.waitReady(2))
-	wait := startLoad(b.addr("http"), 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 5*time.Second)
 	done := reloadAsync(b)
 	fresh := newWorkers(t, b, 1)
 	for _, p := range fresh {
@@ -219,8 +218,7 @@ func stopStartingWorker(t *testing.T) string {
 	b := startBaton(t, []string{workerEnv + "=http", failFile + "=" + flag},
 		"-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--ready-timeout", "2s", "--drain-timeout", "20s", "--", testBin)
 	before := rest(b, 2)
-	wait := startLoad(b.addr("http"), 6*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 6*time.Second)
 	// The next generation takes 3s before it serves: stopped before that,
 	// it never says it is ready.
 	if err := os.WriteFile(flag, []byte("slow"), 0o644); err != nil {
@@ -255,8 +253,7 @@ func stopServingWorker(t *testing.T) string {
 	before := rest(b, 2)
 	st := b.waitReady(2)
 	stopped := st.Workers[0].PID
-	wait := startLoad(b.addr("http"), 6*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 6*time.Second)
 	syscall.Kill(stopped, syscall.SIGSTOP)
 	time.Sleep(time.Second)
 	start := time.Now()
@@ -282,8 +279,7 @@ func workerNeverExits(t *testing.T) string {
 		"-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--drain-timeout", "2s", "--", testBin)
 	before := rest(b, 2)
 	old := workerPIDs(b.waitReady(2))
-	wait := startLoad(b.addr("http"), 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 5*time.Second)
 	start := time.Now()
 	if out, code := b.cli("reload"); code != 0 {
 		t.Errorf("reload: %s", out)
@@ -305,8 +301,7 @@ func hundredReloads(t *testing.T) string {
 	const n = 2
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", fmt.Sprint(n), "--ready", "delay:300ms", "--drain-timeout", "1s", "--", helloBin)
 	before := rest(b, n)
-	wait := startLoad(b.addr("http"), 12*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 12*time.Second)
 
 	stopSampling := make(chan struct{})
 	most := make(chan int)

@@ -52,8 +52,7 @@ func crashWhileDirMissing(t *testing.T) string {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "1", "--ready", "notify", "--dir", link, "--", helloBin)
 	before := rest(b, 1)
 	victim := b.waitReady(1).Workers[0].PID
-	wait := startLoad(b.addr("http"), 4*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 4*time.Second)
 
 	// The deploy swings the link to a release that is not there yet, and
 	// the worker crashes meanwhile.
@@ -174,8 +173,7 @@ func wrapperWithoutExec(t *testing.T) string {
 	before := rest(b, 2)
 	st := b.status()
 	ino := st.Listeners[0].Inode
-	wait := startLoad(b.addr("http"), 6*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 6*time.Second)
 	const reloads = 3
 	for i := range reloads {
 		if out, code := b.cli("reload"); code != 0 {
@@ -350,8 +348,7 @@ func meaninglessSignals(t *testing.T) string {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--log-level", "debug", "--", helloBin)
 	before := rest(b, 2)
 	pids := workerPIDs(b.waitReady(2))
-	wait := startLoad(b.addr("http"), 3*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 3*time.Second)
 	sigs := []syscall.Signal{syscall.SIGUSR1, syscall.SIGALRM, syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGPIPE}
 	for _, sig := range sigs {
 		b.cmd.Process.Signal(sig)

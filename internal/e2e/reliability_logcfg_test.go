@@ -218,8 +218,7 @@ func configBecomesFIFO(t *testing.T) string {
 	b := startBaton(t, nil, "--config", conf)
 	before := rest(b, 2)
 	gen := b.waitReady(2).Generation
-	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", port), 6*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(fmt.Sprintf("127.0.0.1:%d", port), 6*time.Second)
 
 	saved := conf + ".saved"
 	if err := os.Rename(conf, saved); err != nil {
@@ -271,8 +270,7 @@ func durationWithoutUnit(t *testing.T) string {
 	}
 	b := startBaton(t, nil, "--config", conf)
 	before := b.waitReady(2)
-	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", port), 4*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(fmt.Sprintf("127.0.0.1:%d", port), 4*time.Second)
 
 	writeConfig(t, conf, strings.Replace(text, `drain_timeout = "5s"`, "drain_timeout = 30", 1))
 	want := conf + `:4: drain_timeout: 30 has no unit, so it would mean 30 nanoseconds: write it in quotes with its unit, drain_timeout = "30s"`

@@ -296,8 +296,7 @@ mode = %q
 		t.Fatalf("socket file %s: %v, mode %v; want 0666", sock, err, fi.Mode().Perm())
 	}
 	fds, _ := resting(b)
-	wait := startLoad(b.addr("http"), 4*time.Second)
-	time.Sleep(200 * time.Millisecond) // the load is under way
+	wait := startLoadUnderWay(b.addr("http"), 4*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if out, err := worker.command(ctx, "sh", "-c", `ln -s "$1" "$2.new" && mv -T "$2.new" "$2"`, "sh", secret, sock).CombinedOutput(); err != nil {

@@ -137,8 +137,7 @@ func TestReuseportScaleDownAndUpUnderLoad(t *testing.T) {
 
 	b = startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0?balance=reuseport", "-n", "4", "--ready", "notify", "--enable-migrate-req", "--", helloBin)
 	before := slotInodes(t, b.waitReady(4), "http")
-	wait := startLoad(b.addr("http"), 8*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 8*time.Second)
 	for _, n := range []int{2, 4, 2, 4} {
 		out, code := b.cli("scale", strconv.Itoa(n))
 		if code != 0 {

@@ -85,8 +85,7 @@ func TestRollingReloadUnderLoad(t *testing.T) {
 	b := startBaton(t, env, "-l", "http=tcp://127.0.0.1:0", "-n", "4", "--ready", "notify", "--rolling", "1", "--", testBin)
 	b.waitReady(4)
 	stop := sampleChildren(t, b.cmd.Process.Pid)
-	wait := startLoad(b.addr("http"), 8*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 8*time.Second)
 
 	for i := 0; i < 2; i++ {
 		out, code := b.cli("reload")
@@ -130,8 +129,7 @@ func TestRollingReloadRollsBackUnderLoad(t *testing.T) {
 	requireE2E(t)
 	b, deploy := badDeploy(t, "-n", "4", "--rolling", "1")
 	before := b.waitReady(4)
-	wait := startLoad(b.addr("http"), 5*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 5*time.Second)
 
 	deploy("fail-slot 2")
 	out, code := b.cli("reload")
@@ -253,8 +251,7 @@ func TestCanaryErrorsRollBack(t *testing.T) {
 	}
 
 	deploy("ok")
-	wait := startLoad(addr, 5*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	wait := startLoadUnderWay(addr, 5*time.Second)
 	out, code := b.cli("reload", "--canary-window=2s", "--rolling")
 	if code != 0 || !strings.Contains(out, "canary slot 0 passed its 2s window") || !strings.Contains(out, "rolling 1 slot at a time") {
 		t.Errorf("reload of a good deploy exited %d: %s; want it to say its canary passed and it rolled", code, out)

@@ -73,8 +73,7 @@ func TestTakeoverUnderLoad(t *testing.T) {
 	b.waitReady(2)
 	oldPID := b.cmd.Process.Pid
 
-	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", tcp), 6*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	wait := startLoadUnderWay(fmt.Sprintf("127.0.0.1:%d", tcp), 6*time.Second)
 	n := startTakeover(t, b, env, args...)
 	if code := b.waitExit(30 * time.Second); code != 0 {
 		t.Errorf("old instance exited %d after the takeover, want 0", code)
@@ -124,8 +123,7 @@ func TestTakeoverKilledMidwayChangesNothing(t *testing.T) {
 	before := b.waitReady(2)
 	base, _ := resting(b)
 	addr := b.addr("http")
-	wait := startLoad(addr, 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(addr, 5*time.Second)
 
 	// The new instance's workers take 3s to be ready: it is killed while
 	// it holds the sockets and has not committed.

@@ -30,8 +30,7 @@ func TestUpgradeUnderLoadKeepsPid(t *testing.T) {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-l", "dns=udp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--", helloBin)
 	first := b.waitReady(2)
 	next := newBinary(t, "baton-next")
-	wait := startLoad(b.addr("http"), 12*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 12*time.Second)
 	var old []int
 	for i := 0; i < 10; i++ {
 		st := b.status()
