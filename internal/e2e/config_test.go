@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
 
@@ -80,18 +82,14 @@ address = "tcp://127.0.0.1:%d"
 		c.Close()
 	}
 	// The removed listener closes once the old generation has drained.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	batontest.WaitFor(t, 20*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", old), time.Second)
 		if err != nil {
-			break
+			return nil
 		}
 		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("the removed listener still accepts 20s after the reload")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return errors.New("the removed listener still accepts after the reload")
+	})
 	if !b.logHas("listener closed") {
 		t.Errorf("the log does not say the removed listener was closed")
 	}

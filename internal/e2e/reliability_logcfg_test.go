@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -172,17 +173,13 @@ func waitPipeFull(t *testing.T, fifo string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	batontest.WaitFor(t, 30*time.Second, func() error {
 		n, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
-		if err == nil && n > size-4096 {
-			return
+		if err != nil || n <= size-4096 {
+			return fmt.Errorf("the FIFO holds %d bytes of %d after its reader stopped (%v)", n, size, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the FIFO holds %d bytes of %d 30s after its reader stopped (%v)", n, size, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // dropNotices finds baton's notices of dropped output lines in its

@@ -263,7 +263,7 @@ func strangerWorkerSocket() error {
 				}
 				c, err := net.DialUnix("unix", nil, target)
 				if err != nil {
-					time.Sleep(10 * time.Millisecond)
+					time.Sleep(10 * time.Millisecond) // pacing: the flood retries
 					continue
 				}
 				mu.Lock()
@@ -283,7 +283,7 @@ func strangerWorkerSocket() error {
 					mu.Unlock()
 				}()
 				if full {
-					time.Sleep(5 * time.Millisecond)
+					time.Sleep(5 * time.Millisecond) // pacing: the flood goes on, more slowly, once full
 				}
 			}
 		}()
@@ -330,6 +330,7 @@ func strangerHoldsWorkerSocket(t *testing.T) string {
 		}()
 	}
 	for i := 1; i <= reloads; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(500 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			close(stop)

@@ -20,6 +20,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // sockfileCases: the socket files baton creates or changes as root (unix
@@ -428,21 +430,23 @@ func fakeControlServer(t *testing.T) string {
 // (true) or has exited (false).
 func runsOrExits(t *testing.T, b *instance) bool {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	ran := false
+	err := batontest.Wait(60*time.Second, func() error {
 		select {
 		case <-b.done:
-			return false
+			return nil
 		default:
 		}
-		if _, err := b.tryStatusOf(false); err == nil {
-			return true
+		if _, err := b.tryStatusOf(false); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("baton neither ran nor exited within 60s:\n%s", b.log)
-		}
-		time.Sleep(20 * time.Millisecond)
+		ran = true
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("baton neither ran nor exited: %v\n%s", err, b.log)
 	}
+	return ran
 }
 
 // clearDir removes what is in dir.

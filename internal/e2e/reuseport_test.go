@@ -97,6 +97,7 @@ func TestReuseportReloadUnderLoad(t *testing.T) {
 	b.waitReady(2)
 	wait := startLoad(b.addr("http"), 6*time.Second)
 	for i := 0; i < 10; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(300 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			t.Fatalf("reload %d: %s", i+1, out)
@@ -147,6 +148,7 @@ func TestReuseportScaleDownAndUpUnderLoad(t *testing.T) {
 		if got := len(slotInodes(t, st, "http")); got != n {
 			t.Errorf("after scale %d: %d sockets", n, got)
 		}
+		// Pacing: each size serves the load for a while.
 		time.Sleep(1500 * time.Millisecond)
 	}
 	checkLoad(t, wait())
@@ -166,7 +168,7 @@ func TestSharedScale(t *testing.T) {
 			t.Fatalf("scale %d: %s", n, out)
 		}
 		b.waitReady(n)
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // pacing: each size serves the load for a while
 	}
 	checkLoad(t, wait())
 	if out, code := b.cli("scale", "0"); code != 2 || !strings.Contains(out, "want a number of workers") {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/baton-dev/baton/internal/api"
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // liveChildren lists the live (not zombie) children of pid: its workers.
@@ -97,13 +98,12 @@ func TestRollingReloadUnderLoad(t *testing.T) {
 		}
 	}
 	b.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(time.Minute)
-	for st := b.waitReady(4); st.Generation != 4; st = b.waitReady(4) {
-		if time.Now().After(deadline) {
-			t.Fatalf("SIGHUP: generation %d serves a minute later, want 4", st.Generation)
+	batontest.WaitFor(t, time.Minute, func() error {
+		if st := b.waitReady(4); st.Generation != 4 {
+			return fmt.Errorf("SIGHUP: generation %d serves, want 4", st.Generation)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	checkLoad(t, wait())
 	most, samples := stop()
 	t.Logf("at most %d workers at once, in %d samples", most, samples)
