@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 func TestParseProcStat(t *testing.T) {
@@ -127,14 +130,13 @@ func TestReadProcSample(t *testing.T) {
 			// The shell sets its traps, then execs: wait for what it ends
 			// up as.
 			var got procSample
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				got, err = readProcSample(cmd.Process.Pid, syscall.SIGTERM)
-				if err == nil && got.Signal == tt.want || time.Now().After(deadline) {
-					break
+			// Not so in time: the check below says what was seen.
+			batontest.Wait(10*time.Second, func() error {
+				if got, err = readProcSample(cmd.Process.Pid, syscall.SIGTERM); err == nil && got.Signal != tt.want {
+					return fmt.Errorf("SIGTERM %v", got.Signal)
 				}
-				time.Sleep(5 * time.Millisecond)
-			}
+				return err
+			})
 			if err != nil || got.Signal != tt.want {
 				t.Errorf("%s: %v, %v; want SIGTERM %v", tt.script, got.Signal, err, tt.want)
 			}
