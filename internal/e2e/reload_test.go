@@ -28,11 +28,17 @@ func startLoad(addr string, d time.Duration) func() *loadgen.Result {
 // load has had an answer (or the load has ended without): what the test
 // does next happens under the load, not before it has started.
 func startLoadUnderWay(addr string, d time.Duration) func() *loadgen.Result {
-	ch, underWay := make(chan *loadgen.Result, 1), make(chan struct{})
-	go func() {
-		ch <- loadgen.Run(context.Background(), loadgen.Config{Addr: addr, KeepAlive: 4, Close: 4, Duration: d, UnderWay: underWay})
-	}()
-	<-underWay
+	return loadUnderWay(loadgen.Config{Addr: addr, KeepAlive: 4, Close: 4, Duration: d})
+}
+
+// loadUnderWay runs the load cfg in the background and returns once every
+// client of it has had an answer (or the load has ended without), with a
+// function that waits for its result.
+func loadUnderWay(cfg loadgen.Config) func() *loadgen.Result {
+	ch := make(chan *loadgen.Result, 1)
+	cfg.UnderWay = make(chan struct{})
+	go func() { ch <- loadgen.Run(context.Background(), cfg) }()
+	<-cfg.UnderWay
 	return func() *loadgen.Result { return <-ch }
 }
 
