@@ -350,7 +350,11 @@ func TestLeftoverKilledAtDrainDeadline(t *testing.T) {
 func TestCrashLeftoversEnded(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "child")
-	script := `if [ ! -e ` + pidFile + ` ]; then sleep 60 & echo $! > ` + pidFile + `; exit 3; fi; exec sleep 60`
+	// The first worker leaves a child and exits once the child runs sleep
+	// (before that it is a copy of the shell, and baton names it "sh").
+	script := `if [ ! -e ` + pidFile + ` ]; then sleep 60 & ` +
+		`while [ "$(cat /proc/$!/comm 2>/dev/null)" != sleep ]; do :; done; ` +
+		`echo $! > ` + pidFile + `; exit 3; fi; exec sleep 60`
 	r := runSupervisor(t, shellConfig(1, script))
 	child := readPID(t, pidFile)
 	waitGone(t, child, 10*time.Second)
