@@ -372,15 +372,18 @@ func peerPorts(conns []net.Conn) map[uint16]bool {
 	return ports
 }
 
-// ours keeps the test's own sockets on a port: its listener and the
-// connections whose peer is one of the test's clients. A port picked by
-// bind(port 0) may still carry TIME-WAIT sockets of an earlier
-// connection (SO_REUSEADDR lets bind take such a port), so a count of
-// the whole port would also count sockets that are not the test's.
-func ours(socks []Socket, peers map[uint16]bool) []Socket {
+// ours keeps the test's own sockets on a port: those at local, its
+// listener's address, that are the listener or a connection whose peer is
+// one of the test's clients. A port picked by bind(port 0) may still carry
+// TIME-WAIT sockets of an earlier connection (SO_REUSEADDR lets bind take
+// such a port), and another address may have a listener of its own on the
+// same port number ([::1] beside 127.0.0.1, from a test running in
+// parallel), so a count of the whole port would also count sockets that
+// are not the test's.
+func ours(socks []Socket, local netip.AddrPort, peers map[uint16]bool) []Socket {
 	var kept []Socket
 	for _, s := range socks {
-		if s.State == Listen || peers[s.Remote.Port()] {
+		if s.Local == local && (s.State == Listen || peers[s.Remote.Port()]) {
 			kept = append(kept, s)
 		}
 	}
@@ -388,9 +391,12 @@ func ours(socks []Socket, peers map[uint16]bool) []Socket {
 }
 
 // ssOurs is ours for the lines of ss -tan: state, queues, local, peer.
-func ssOurs(lines [][]string, peers map[uint16]bool) [][]string {
+func ssOurs(lines [][]string, local netip.AddrPort, peers map[uint16]bool) [][]string {
 	var kept [][]string
 	for _, f := range lines {
+		if l, err := netip.ParseAddrPort(f[3]); err != nil || l != local {
+			continue
+		}
 		peer := f[4]
 		p, err := strconv.ParseUint(peer[strings.LastIndexByte(peer, ':')+1:], 10, 16)
 		if f[0] == "LISTEN" || err == nil && peers[uint16(p)] {
