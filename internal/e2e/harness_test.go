@@ -318,6 +318,27 @@ func (b *instance) cli(args ...string) (string, int) {
 	return runBin(b.t, clientBin, nil, append(args, "--control", b.ctl)...)
 }
 
+// cliUntilDone runs a client command until it succeeds, again while
+// baton answers that it cannot yet ("try again": an upgrade waits for what
+// exited workers left running to be ended), for at most 30 seconds; any
+// other failure fails the test. It returns the command's output.
+func (b *instance) cliUntilDone(args ...string) string {
+	b.t.Helper()
+	var out string
+	batontest.WaitFor(b.t, 30*time.Second, func() error {
+		var code int
+		if out, code = b.cli(args...); code == 0 {
+			return nil
+		}
+		err := fmt.Errorf("baton %s: exit %d: %s", strings.Join(args, " "), code, out)
+		if !strings.Contains(out, "try again") {
+			return batontest.Stop(err)
+		}
+		return err
+	})
+	return out
+}
+
 // runBaton runs the baton binary to completion (bounded to 2 minutes).
 func runBaton(t *testing.T, env []string, args ...string) (string, int) {
 	t.Helper()
