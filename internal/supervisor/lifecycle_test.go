@@ -309,6 +309,7 @@ func TestStopEndsWhatTheWorkerLeft(t *testing.T) {
 	r := runSupervisor(t, cfg)
 	r.waitStatus(t, "the worker to be ready", func(st Status) bool { return readyWorkers(st) == 1 })
 	child := readPID(t, pidFile)
+	waitExec(t, child, "sleep") // not still a copy of the shell, which baton would name sh
 	r.stopAndWait(t)
 	if alive(child) {
 		syscall.Kill(child, syscall.SIGKILL)
