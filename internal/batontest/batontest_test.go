@@ -283,3 +283,27 @@ func TestCheckLeaksReportsADescriptorClosedThatWasOpenBefore(t *testing.T) {
 		t.Errorf("CheckLeaks reported %q, want the descriptor the test closed", f.errors)
 	}
 }
+
+// TestCheckLeaksTellsGoroutinesApart: a goroutine that was running at the
+// start and ends during the test does not hide one the test leaves behind.
+func TestCheckLeaksTellsGoroutinesApart(t *testing.T) {
+	defer func(saved time.Duration) { leakWait = saved }(leakWait)
+	leakWait = 50 * time.Millisecond
+	before, ended := make(chan struct{}), make(chan struct{})
+	go func() {
+		<-before
+		close(ended)
+	}()
+	release := make(chan struct{})
+	defer close(release)
+	f := &fakeTB{}
+	f.run(func(tb testing.TB) {
+		CheckLeaks(tb)
+		close(before)
+		<-ended
+		go leakedGoroutine(release)
+	})
+	if len(f.errors) != 1 || !strings.Contains(f.errors[0], "batontest.leakedGoroutine") {
+		t.Errorf("CheckLeaks reported %q, want the goroutine the test left behind", f.errors)
+	}
+}

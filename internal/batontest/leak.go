@@ -31,14 +31,16 @@ func NumFDs(t testing.TB) int {
 	return n
 }
 
-// CheckLeaks notes how many goroutines run and which descriptors are open,
-// and at the test's end fails it (t.Errorf) unless, within 5 seconds,
-// at most as many goroutines run and exactly as many descriptors are open
-// again: more is a leak, fewer is a close of a descriptor the test did
-// not open (a double close that hit a reused number, say). The report
-// lists the descriptors (with what they are) and goroutines (with their
-// stacks) that differ from the start. A test that has already failed is
-// not checked.
+// CheckLeaks notes which goroutines run and which descriptors are open,
+// and at the test's end fails it (t.Errorf) unless, within 5 seconds, no
+// goroutine runs that did not at the start, and exactly as many
+// descriptors are open again: more is a leak, fewer is a close of a
+// descriptor the test did not open (a double close that hit a reused
+// number, say). Goroutines are told apart by their ids, so one that was
+// running at the start and ends during the test does not hide one the
+// test leaves behind. The report lists the goroutines (with their stacks)
+// and the descriptors (with what they are) that differ from the start. A
+// test that has already failed is not checked.
 //
 // Call it first in the test, so that its cleanup runs after the test's
 // own (t.Cleanup runs them last in, first out), and only in a test that
@@ -75,9 +77,9 @@ func CheckLeaks(t testing.TB) {
 	})
 }
 
-// leaks describes the goroutines in excess of gs and the descriptors that
-// differ from fds (if checkFDs) when their count does, and is "" if there
-// are none.
+// leaks describes the goroutines that are not in gs and the descriptors
+// that differ from fds (if checkFDs) when their count does, and is "" if
+// there are none.
 func leaks(gs map[string]string, fds map[int]string, checkFDs bool) string {
 	var b strings.Builder
 	nowGs := goroutines()
@@ -106,15 +108,19 @@ func leaks(gs map[string]string, fds map[int]string, checkFDs bool) string {
 			}
 		}
 	}
-	if len(nowGs) > len(gs) {
+	var started []string
+	for _, id := range slices.Sorted(maps.Keys(nowGs)) {
+		if _, ok := gs[id]; !ok {
+			started = append(started, nowGs[id])
+		}
+	}
+	if len(started) > 0 {
 		if b.Len() > 0 {
 			b.WriteString("\nand ")
 		}
-		fmt.Fprintf(&b, "%d goroutines (%d running, %d before):", len(nowGs)-len(gs), len(nowGs), len(gs))
-		for _, id := range slices.Sorted(maps.Keys(nowGs)) {
-			if _, ok := gs[id]; !ok {
-				fmt.Fprintf(&b, "\n\n%s", nowGs[id])
-			}
+		fmt.Fprintf(&b, "%d goroutines (%d running, %d before):", len(started), len(nowGs), len(gs))
+		for _, g := range started {
+			fmt.Fprintf(&b, "\n\n%s", g)
 		}
 	}
 	return b.String()
