@@ -31,6 +31,7 @@ func manager(t *testing.T) (*net.UnixConn, string) {
 // and the sender's credentials in one datagram, in order with the other
 // notifications, and the Notifier closes its copy once sent.
 func TestNotifierPassesDescriptors(t *testing.T) {
+	batontest.CheckLeaks(t)
 	conn, addr := manager(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -91,6 +92,7 @@ func TestNotifierPassesDescriptors(t *testing.T) {
 // closed Notifier, a nil one, or one whose manager is gone are closed,
 // never leaked.
 func TestNotifierClosesDescriptorsItCannotSend(t *testing.T) {
+	batontest.CheckLeaks(t)
 	pipe := func() []int {
 		var p [2]int
 		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {

@@ -39,6 +39,7 @@ func recv(t *testing.T, got chan Message) Message {
 }
 
 func TestNotifyCarriesSenderPID(t *testing.T) {
+	batontest.CheckLeaks(t)
 	s, got := listen(t)
 	t.Setenv("NOTIFY_SOCKET", s.Addr())
 	if sent, err := Notify("READY=1\nSTATUS=serving 3 clients\nnot an assignment"); !sent || err != nil {
@@ -55,6 +56,7 @@ func TestNotifyCarriesSenderPID(t *testing.T) {
 }
 
 func TestNotifyWithoutSocket(t *testing.T) {
+	batontest.CheckLeaks(t)
 	t.Setenv("NOTIFY_SOCKET", "")
 	if sent, err := Notify("READY=1"); sent || err != nil {
 		t.Errorf("Notify without NOTIFY_SOCKET = %v, %v; want false, nil", sent, err)
@@ -62,6 +64,7 @@ func TestNotifyWithoutSocket(t *testing.T) {
 }
 
 func TestServerDropsOversizeAndClosesPassedFds(t *testing.T) {
+	batontest.CheckLeaks(t)
 	s, got := listen(t)
 	before := batontest.NumFDs(t)
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -109,6 +112,7 @@ func TestServerDropsOversizeAndClosesPassedFds(t *testing.T) {
 }
 
 func TestListenRefusesAPath(t *testing.T) {
+	batontest.CheckLeaks(t)
 	path := t.TempDir() + "/notify.sock"
 	if s, err := Listen(path); err == nil {
 		s.Close()
@@ -132,6 +136,7 @@ func FuzzParse(f *testing.F) {
 // socket's queue; Notify still returns at once, what cannot wait is
 // reported, and Close gives up after its timeout.
 func TestNotifierNeverBlocks(t *testing.T) {
+	batontest.CheckLeaks(t)
 	addr := fmt.Sprintf("@baton-notifier-test-%d", os.Getpid())
 	mgr, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
 	if err != nil {
@@ -175,6 +180,7 @@ func TestNotifierNeverBlocks(t *testing.T) {
 }
 
 func TestNotifyAfterClose(t *testing.T) {
+	batontest.CheckLeaks(t)
 	n := NewNotifier("@baton-notifier-closed-test", func(string, error) {})
 	n.Close(time.Second)
 	n.Notify("READY=1") // a late READY=1 (a takeover's commit) must not panic
@@ -182,6 +188,7 @@ func TestNotifyAfterClose(t *testing.T) {
 }
 
 func TestNilNotifier(t *testing.T) {
+	batontest.CheckLeaks(t)
 	var n *Notifier = NewNotifier("", nil)
 	n.Notify("READY=1")
 	n.Flush(time.Second)
