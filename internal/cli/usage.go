@@ -125,15 +125,15 @@ func flagError(c *cobra.Command, err error) error {
 // flagHint says what the user may have meant by --name, which c does not
 // have: a flag of c with a near name, or another command that has it.
 func flagHint(c *cobra.Command, name, help string) string {
-	var near []string
+	var names []string
 	c.Flags().VisitAll(func(f *pflag.Flag) {
-		if !f.Hidden && (editDistance(name, f.Name) <= 2 || strings.HasPrefix(f.Name, name)) {
-			near = append(near, "--"+f.Name)
+		if !f.Hidden {
+			names = append(names, f.Name)
 		}
 	})
-	if len(near) > 0 {
+	if near := config.Near(name, names); len(near) > 0 {
 		sort.Strings(near)
-		return fmt.Sprintf("%s has no such flag; did you mean %s? (%s)", c.CommandPath(), strings.Join(near, " or "), help)
+		return fmt.Sprintf("%s has no such flag; did you mean --%s? (%s)", c.CommandPath(), strings.Join(near, " or --"), help)
 	}
 	var others []string
 	for _, o := range c.Root().Commands() {
@@ -186,27 +186,6 @@ func valueExample(f *pflag.Flag) string {
 		return strings.ToUpper(f.Name)
 	}
 	return f.Value.Type()
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // setHelpWidth makes every command's help list its flags wrapped to
