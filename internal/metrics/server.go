@@ -65,7 +65,7 @@ func listenError(addr string, err error) error {
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):
 		_, port, _ := net.SplitHostPort(addr)
-		hint = fmt.Sprintf(": another process serves on it (ss -ltnp 'sport = :%s' names it); choose another --metrics address", port)
+		hint = fmt.Sprintf(": another process serves on it; choose another --metrics address (ss -ltnp 'sport = :%s' names that process)", port)
 	case errors.Is(err, syscall.EACCES):
 		hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port such as 9100"
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
