@@ -385,9 +385,6 @@ func (l *Loaded) applyFlags(flags *Settings, fs *pflag.FlagSet) {
 	}
 }
 
-// fileKeys lists the keys a config file may have.
-func fileKeys() []string { return tableKeys(reflect.TypeOf(Settings{})) }
-
 // tableKeys lists the keys of the table that struct type t decodes.
 func tableKeys(t reflect.Type) []string {
 	var keys []string
