@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/baton-dev/baton/internal/loadgen"
+	"github.com/baton-dev/baton/internal/supervisor"
 )
 
 // The programs of docs/workers.md, "Programs you did not write", each run
@@ -232,6 +233,20 @@ func reloadUnderLoad(t *testing.T, b *instance, addr, path string, d time.Durati
 	checkLoad(t, <-ch)
 }
 
+// checkBacklog checks that the program, which calls listen(2) again on
+// baton's socket, left it the listener's backlog (4096, or somaxconn
+// when lower), as the page says to configure it.
+func checkBacklog(t *testing.T, b *instance) {
+	t.Helper()
+	st := b.waitStatus("the kernel's view", func(st supervisor.Status) bool {
+		return st.Kernel != nil && len(st.Kernel.Listeners) > 0 && len(st.Kernel.Listeners[0].Sockets) > 0
+	})
+	want := uint32(min(4096, st.Kernel.Host.Somaxconn))
+	if got := st.Kernel.Listeners[0].Sockets[0].SendQ; want > 0 && got != want {
+		t.Errorf("the accept queue's maximum is %d: the program's own listen(2) set it; want %d as the page configures it", got, want)
+	}
+}
+
 // php-cgi on fd 0 behind nginx's fastcgi_pass. With recycling off it
 // proves the FastCGI path; at php-cgi's default (500 requests, then exit
 // 0) a new generation's worker exits before it counts as ready, which
@@ -351,6 +366,7 @@ func TestProgramGunicorn(t *testing.T) {
 	if body := get(t, p.addr(), "/"); !strings.Contains(body, "hello from gunicorn worker") {
 		t.Fatalf("gunicorn answered %q", body)
 	}
+	checkBacklog(t, b)
 	reloadUnderLoad(t, b, p.addr(), "/", 8*time.Second)
 }
 
@@ -361,22 +377,14 @@ func TestProgramNode(t *testing.T) {
 	requireProgram(t, "node", "nodejs")
 	doc := programsDoc(t)
 	p := newProgram(t, "8080")
-	p.write("app/server.js", fenced(t, doc, "js", "listen({ fd: 3"))
+	p.write("app/server.js", fenced(t, doc, "js", "listen({ fd: 3 }"))
 	args := p.command(doc, "node ")
-	if _, err := exec.LookPath("systemd-notify"); err != nil {
-		// As the page says: without systemd-notify, a delay.
-		t.Log("systemd-notify is not installed: --ready delay:1s instead of notify")
-		for i, a := range args {
-			if a == "--ready" {
-				args[i+1] = "delay:1s"
-			}
-		}
-	}
 	b := startBaton(t, nil, args...)
 	b.waitReady(workersOf(t, args))
 	if body := get(t, p.addr(), "/"); !strings.Contains(body, "hello from node pid") {
 		t.Fatalf("node answered %q", body)
 	}
+	checkBacklog(t, b)
 	reloadUnderLoad(t, b, p.addr(), "/", 8*time.Second)
 }
 
@@ -402,6 +410,7 @@ func TestProgramApache(t *testing.T) {
 	if body := get(t, p.addr(), "/"); !strings.Contains(body, "hello from apache") {
 		t.Fatalf("apache answered %q", body)
 	}
+	checkBacklog(t, b)
 	reloadUnderLoad(t, b, p.addr(), "/", 8*time.Second)
 
 	// One PidFile per generation and slot: once the old generations have
@@ -450,6 +459,7 @@ func TestProgramLighttpd(t *testing.T) {
 	if body := get(t, p.addr(), "/"); !strings.Contains(body, "hello from lighttpd") {
 		t.Fatalf("lighttpd answered %q", body)
 	}
+	checkBacklog(t, b)
 	st := b.status()
 	if len(st.Workers[0].Captures) != 0 {
 		t.Errorf("lighttpd bound a port itself: %+v; want it to take baton's from LISTEN_FDS", st.Workers[0].Captures)
