@@ -21,7 +21,7 @@ func Register(fs *pflag.FlagSet, s *Settings) {
 	fs.StringVar(&s.ControlGroup, "control-group", "", "let members of this group use the control socket (mode 0660)")
 	fs.StringArrayVarP(&s.Listen, "listen", "l", nil, "listener [NAME=]ADDRESS, repeatable (see above)")
 	fs.StringVar(&s.Balance, "balance", d.Balance, "default for TCP/UDP listeners without ?balance=: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
-	fs.StringVar(&s.Fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
+	fs.StringVar(&s.Fd0, "fd0", "", "also pass listener NAME as fd 0, blocking (the FastCGI convention of spawn-fcgi: php-cgi, libfcgi)")
 	fs.IntVarP(&s.Workers, "workers", "n", d.Workers, fmt.Sprintf("number of worker processes (slots) (default: one per CPU baton may run on, %d here)", d.Workers))
 	// The default depends on the host (and on baton's CPU affinity): the
 	// usage says so, instead of pflag's "(default N)" with the N of the
