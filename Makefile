@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/baton-dev/baton/internal/cli.Version=$(VERSION)
 
-.PHONY: all build run test test-short lint fuzz reliability bench-reload bench-balance help
+.PHONY: all build run test test-short lint cross fuzz reliability bench-reload bench-balance help
 
 all: build
 
@@ -26,6 +26,15 @@ lint: ## vet, gofmt and staticcheck (when installed)
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"; fi
+
+CROSS_GOOS ?= darwin windows freebsd
+
+cross: ## build and vet the worker library and the examples for $(CROSS_GOOS)
+	@for os in $(CROSS_GOOS); do \
+		echo "GOOS=$$os go build . ./examples/..."; \
+		GOOS=$$os $(GO) build . ./examples/... || exit 1; \
+		GOOS=$$os $(GO) vet . ./examples/... || exit 1; \
+	done
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 20s)
 	@./scripts/fuzz.sh $(or $(FUZZTIME),20s)

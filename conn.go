@@ -8,8 +8,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Conn is the net.Conn that Adopted delivers: the adopted socket itself,
@@ -38,17 +36,6 @@ var _ interface {
 	CloseRead() error
 } = (*Conn)(nil)
 
-// newConn takes over fd, a connected stream socket accepted on the
-// listener named listener, and puts it in non-blocking mode (a worker in
-// another language may have had it blocking), so that it goes through the
-// poller.
-func newConn(fd int, listener string) (*Conn, error) {
-	if err := unix.SetNonblock(fd, true); err != nil {
-		return nil, os.NewSyscallError("fcntl", err)
-	}
-	return &Conn{f: os.NewFile(uintptr(fd), "adopted:"+listener), listener: listener}, nil
-}
-
 // Read reads from the connection, as net.Conn's Read.
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.f.Read(b)
@@ -66,25 +53,10 @@ func (c *Conn) Close() error { return c.opError("close", c.f.Close()) }
 
 // CloseWrite shuts down the writing side (shutdown(2) SHUT_WR), as
 // *net.TCPConn's CloseWrite.
-func (c *Conn) CloseWrite() error { return c.shutdown("close", unix.SHUT_WR) }
+func (c *Conn) CloseWrite() error { return c.shutdown("close", shutWrite) }
 
 // CloseRead shuts down the reading side (SHUT_RD).
-func (c *Conn) CloseRead() error { return c.shutdown("close", unix.SHUT_RD) }
-
-func (c *Conn) shutdown(op string, how int) error {
-	raw, err := c.f.SyscallConn()
-	if err != nil {
-		return c.opError(op, err)
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), how) }); err != nil {
-		return c.opError(op, err)
-	}
-	if serr != nil {
-		return c.opError(op, os.NewSyscallError("shutdown", serr))
-	}
-	return nil
-}
+func (c *Conn) CloseRead() error { return c.shutdown("close", shutRead) }
 
 // LocalAddr is the connection's local address (*net.TCPAddr or
 // *net.UnixAddr), read from the socket on first use.
@@ -97,35 +69,6 @@ func (c *Conn) LocalAddr() net.Addr {
 func (c *Conn) RemoteAddr() net.Addr {
 	c.addrs.Do(c.readAddrs)
 	return c.rem
-}
-
-func (c *Conn) readAddrs() {
-	raw, err := c.f.SyscallConn()
-	if err != nil {
-		return
-	}
-	// The syscall package's getsockname: x/sys/unix's makes a second
-	// system call for every IPv4 or IPv6 address (to rule out L2TP).
-	raw.Control(func(fd uintptr) {
-		if sa, err := syscall.Getsockname(int(fd)); err == nil {
-			c.local = sockaddrAddr(sa)
-		}
-		if sa, err := syscall.Getpeername(int(fd)); err == nil {
-			c.rem = sockaddrAddr(sa)
-		}
-	})
-}
-
-func sockaddrAddr(sa syscall.Sockaddr) net.Addr {
-	switch a := sa.(type) {
-	case *syscall.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
-	case *syscall.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-	case *syscall.SockaddrUnix:
-		return &net.UnixAddr{Name: a.Name, Net: "unix"}
-	}
-	return nil
 }
 
 // SetDeadline sets the read and write deadlines, as net.Conn's.
@@ -154,6 +97,14 @@ func (c *Conn) NetConn() (net.Conn, error) {
 	c.f.Close() // nc holds a duplicate
 	return nc, nil
 }
+
+// shutdownHow is which side of a connection shutdown(2) ends.
+type shutdownHow int
+
+const (
+	shutRead shutdownHow = iota + 1
+	shutWrite
+)
 
 // opError turns the os package's errors into the net package's.
 func (c *Conn) opError(op string, err error) error {

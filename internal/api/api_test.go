@@ -75,3 +75,33 @@ func TestParamsDefaults(t *testing.T) {
 		t.Error("StatusParams.WithKernel: want true unless kernel is false")
 	}
 }
+
+// TestReloadParams: a reload request without rollout fields leaves them
+// to the configuration, and one with wrong values is refused naming the
+// param; the JSON keys are those docs/status.md documents.
+func TestReloadParams(t *testing.T) {
+	var p ReloadParams
+	if err := json.Unmarshal([]byte(`{"wait":false}`), &p); err != nil || p.Waits() || p.Rolling != nil || p.Canary != nil || p.CanaryWindow != nil {
+		t.Errorf(`{"wait":false}: %+v, %v; want no wait and no rollout fields`, p, err)
+	}
+	p = ReloadParams{}
+	if err := json.Unmarshal([]byte(`{"rolling":2,"canary":1,"canary_window":1.5}`), &p); err != nil || *p.Rolling != 2 || *p.Canary != 1 || time.Duration(*p.CanaryWindow) != 1500*time.Millisecond || !p.Waits() {
+		t.Errorf("rollout fields: %+v, %v", p, err)
+	}
+	neg, zero := -1, Duration(0)
+	for _, tc := range []struct {
+		p    ReloadParams
+		want string
+	}{
+		{ReloadParams{Rolling: &neg}, "reload: rolling -1: want 0"},
+		{ReloadParams{Canary: &neg}, "reload: canary -1: want 0"},
+		{ReloadParams{CanaryWindow: &zero}, "reload: canary_window 0s: want a positive duration"},
+	} {
+		if err := tc.p.Check(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Check(%+v) = %v, want %q", tc.p, err, tc.want)
+		}
+	}
+	if err := p.Check(); err != nil {
+		t.Errorf("Check of valid params: %v", err)
+	}
+}

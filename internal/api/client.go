@@ -64,11 +64,17 @@ func (c *Client) StatusJSON(ctx context.Context) (json.RawMessage, error) {
 // serves on). Without wait it returns once the reload is asked for, with
 // the zero ReloadResult.
 func (c *Client) Reload(ctx context.Context, wait bool) (ReloadResult, error) {
+	return c.ReloadWith(ctx, ReloadParams{WaitParams: WaitParams{Wait: &wait}})
+}
+
+// ReloadWith is Reload with params: whether to wait (Wait, true unless
+// given) and this reload's rollout (rolling, canary).
+func (c *Client) ReloadWith(ctx context.Context, p ReloadParams) (ReloadResult, error) {
 	var r ReloadResult
-	if !wait {
-		return r, c.call(ctx, MethodReload, WaitParams{Wait: &wait}, nil, "")
+	if !p.Waits() {
+		return r, c.call(ctx, MethodReload, p, nil, "")
 	}
-	err := c.call(ctx, MethodReload, WaitParams{Wait: &wait}, &r, "the reload result")
+	err := c.call(ctx, MethodReload, p, &r, "the reload result")
 	return r, err
 }
 

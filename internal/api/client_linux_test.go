@@ -86,6 +86,10 @@ func TestClient(t *testing.T) {
 	if r, err := c.Reload(ctx, false); err != nil || r != (ReloadResult{}) {
 		t.Errorf("Reload(no wait): %+v, %v; want the zero result", r, err)
 	}
+	one, no, window := 1, false, Duration(30*time.Second)
+	if _, err := c.ReloadWith(ctx, ReloadParams{WaitParams: WaitParams{Wait: &no}, Rolling: &one, Canary: &one, CanaryWindow: &window}); err != nil {
+		t.Errorf("ReloadWith(rolling, canary): %v", err)
+	}
 	sc, err := c.Scale(ctx, 4)
 	if err != nil || !cmp.Equal(sc, f.results[MethodScale].(ScaleResult)) {
 		t.Errorf("Scale: %+v, %v", sc, err)
@@ -105,6 +109,7 @@ func TestClient(t *testing.T) {
 		"status ",
 		`reload {"wait":true}`,
 		`reload {"wait":false}`,
+		`reload {"wait":false,"rolling":1,"canary":1,"canary_window":30.000}`,
 		`scale {"workers":4}`,
 		`upgrade {"binary":"/usr/bin/baton","keep_workers":true}`,
 		`stop {"wait":false}`,

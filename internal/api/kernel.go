@@ -113,6 +113,10 @@ type Warning struct {
 	Listener string `json:"listener,omitempty"`
 	Slot     *int   `json:"slot,omitempty"`
 	PID      int    `json:"pid,omitempty"`
+	// Severity is SeverityDegraded for a warning that means the service
+	// does not serve as configured (`baton status` exits 3), else
+	// SeverityWarning.
+	Severity Severity `json:"severity"`
 	// Message says what is wrong, why it matters and what to do.
 	Message string `json:"message"`
 	// Since is when the warning first appeared (and was logged).
@@ -127,6 +131,11 @@ const (
 	// BacklogClamped: a listener's backlog is above net.core.somaxconn,
 	// which caps it.
 	BacklogClamped WarningCode = "backlog_clamped"
+	// BacklogLowered: a listen(2) call on baton's socket after baton's own
+	// (a worker's: under --capture-bind the program's listen) lowered
+	// its accept queue below the backlog baton gave it; somaxconn does
+	// not explain it.
+	BacklogLowered WarningCode = "backlog_lowered"
 	// AcceptQueueFull: an accept queue is above 80% full.
 	AcceptQueueFull WarningCode = "accept_queue_full"
 	// ListenOverflows: the host's ListenOverflows counter rose recently.
@@ -139,7 +148,46 @@ const (
 	CloseWait WarningCode = "close_wait"
 	// TimeWait: TIME-WAIT sockets pile up on a listener's port.
 	TimeWait WarningCode = "time_wait"
+	// NotAccepting: connections wait in a listener's accept queue and no
+	// worker accepts them, while workers are ready.
+	NotAccepting WarningCode = "not_accepting"
+	// WrapperWithoutExec: a worker is a shell that runs the program as
+	// its child instead of exec-ing it, so LISTEN_PID names the shell.
+	WrapperWithoutExec WarningCode = "wrapper_without_exec"
+	// BindsOwnPort: a slot's workers keep exiting with "address already
+	// in use": the program binds a port of its own.
+	BindsOwnPort WarningCode = "binds_own_port"
+	// CrashLoop: a slot's workers keep exiting soon after they start.
+	CrashLoop WarningCode = "crash_loop"
 )
 
 // WarningCodes lists every warning code.
-var WarningCodes = []WarningCode{BacklogClamped, AcceptQueueFull, ListenOverflows, NofileDefault, NofileHeadroom, CloseWait, TimeWait}
+var WarningCodes = []WarningCode{
+	BacklogClamped, BacklogLowered, AcceptQueueFull, ListenOverflows, NofileDefault, NofileHeadroom, CloseWait, TimeWait,
+	NotAccepting, WrapperWithoutExec, BindsOwnPort, CrashLoop,
+}
+
+// Severity says how much a warning matters to whoever monitors baton.
+type Severity string
+
+// Severities.
+const (
+	// SeverityWarning: a trap that costs connections or capacity under
+	// some load, or will; the service runs as configured.
+	SeverityWarning Severity = "warning"
+	// SeverityDegraded: the service does not serve as configured (a slot
+	// without a working worker, a listener nobody accepts on); `baton
+	// status` exits 3 while one is active.
+	SeverityDegraded Severity = "degraded"
+)
+
+// Severity is the severity of warnings with this code: SeverityDegraded
+// for NotAccepting, BindsOwnPort and CrashLoop, SeverityWarning for the
+// others.
+func (c WarningCode) Severity() Severity {
+	switch c {
+	case NotAccepting, BindsOwnPort, CrashLoop:
+		return SeverityDegraded
+	}
+	return SeverityWarning
+}

@@ -9,8 +9,8 @@ import (
 const (
 	// MethodStatus returns a Status; its params are StatusParams.
 	MethodStatus = "status"
-	// MethodReload starts a reload; its params are WaitParams, its reply
-	// a ReloadResult, or ReloadQueued when not waiting.
+	// MethodReload starts a reload; its params are ReloadParams, its
+	// reply a ReloadResult, or ReloadQueued when not waiting.
 	MethodReload = "reload"
 	// MethodScale changes the number of slots; its params are
 	// ScaleParams, its reply a ScaleResult.
@@ -43,7 +43,7 @@ type StatusParams struct {
 // view.
 func (p StatusParams) WithKernel() bool { return p.Kernel == nil || *p.Kernel }
 
-// WaitParams are the params of MethodReload and MethodStop.
+// WaitParams are the params of MethodStop, and part of ReloadParams.
 type WaitParams struct {
 	// Wait, true unless given, makes the reply wait for the outcome.
 	Wait *bool `json:"wait"`
@@ -51,6 +51,36 @@ type WaitParams struct {
 
 // Waits reports whether the reply waits for the outcome.
 func (p WaitParams) Waits() bool { return p.Wait == nil || *p.Wait }
+
+// ReloadParams are the params of MethodReload. The rollout fields, when
+// given, override the configuration's (rolling, canary, canary_window)
+// for this reload only; absent, the configuration the reload loads
+// decides. A reload queued behind another runs with the params of the
+// last request that asked for it.
+type ReloadParams struct {
+	WaitParams
+	// Rolling replaces that many slots at a time; 0 replaces them all at
+	// once.
+	Rolling *int `json:"rolling,omitempty"`
+	// Canary replaces that many slots first, beside their old workers,
+	// and watches them for CanaryWindow before going on; 0: no canary.
+	Canary *int `json:"canary,omitempty"`
+	// CanaryWindow is how long the canaries are watched once ready.
+	CanaryWindow *Duration `json:"canary_window,omitempty"`
+}
+
+// Check reports what is wrong with p's values, naming the param.
+func (p ReloadParams) Check() error {
+	switch {
+	case p.Rolling != nil && *p.Rolling < 0:
+		return fmt.Errorf("reload: rolling %d: want 0 (every slot at once) or the number of slots to replace at a time", *p.Rolling)
+	case p.Canary != nil && *p.Canary < 0:
+		return fmt.Errorf("reload: canary %d: want 0 (no canary) or the number of slots to try the new generation on first", *p.Canary)
+	case p.CanaryWindow != nil && *p.CanaryWindow <= 0:
+		return fmt.Errorf("reload: canary_window %s: want a positive duration, such as 30s", time.Duration(*p.CanaryWindow))
+	}
+	return nil
+}
 
 // ScaleParams are the params of MethodScale.
 type ScaleParams struct {
@@ -106,6 +136,10 @@ type ReloadResult struct {
 	OK         bool      `json:"ok"`
 	Error      string    `json:"error,omitempty"`
 	Reason     string    `json:"reason"`
+	// Rollout is how a rolling or canary reload went, as it ended: the
+	// slots it replaced, the canary's verdict, what it rolled back. Absent
+	// for a reload that replaced every slot at once.
+	Rollout *RolloutStatus `json:"rollout,omitempty"`
 }
 
 // ReloadQueued is the reply of MethodReload when the caller does not wait.

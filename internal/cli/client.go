@@ -28,6 +28,8 @@ func newReloadCmd() *cobra.Command {
 	var cf controlFlags
 	var noWait bool
 	var timeout time.Duration
+	var rolling, canary int
+	var window time.Duration
 	c := &cobra.Command{
 		Use:   "reload",
 		Short: "Start a new worker generation and drain the old one once it is ready",
@@ -35,19 +37,80 @@ func newReloadCmd() *cobra.Command {
 generation gets the stop signal and drains. If a new worker exits or misses
 its readiness deadline, the new generation is stopped, the old one keeps
 serving, and reload exits 1 with the reason. A reload asked for while one
-runs is queued behind it (several are coalesced into one).
+runs is queued behind it (several are coalesced into one, which runs with
+the options of the last).
 
-reload waits until the reload has finished unless --no-wait is given.
-Sending SIGHUP to baton does the same without waiting.`,
-		Args: noArgs,
+--rolling[=K] replaces K slots at a time (1 when no K is given) instead of
+every slot at once: each new worker starts beside the old one of its slot,
+the old ones drain once the batch is ready, and the next batch starts once
+they have exited, so at most workers+K run at once (a reload otherwise
+doubles them for a moment). If a worker of the new generation fails
+after slots were replaced, the roll stops and those slots roll back to the
+old generation, K at a time; reload exits 1 once it has.
+
+--canary[=N] first starts the new workers of the first N slots (1 when no N
+is given) beside their old workers, which keep serving, and watches them for
+--canary-window once ready: an exit, a missed readiness deadline, errors
+they report (X_BATON_ERRORS) over canary_max_errors, no connection accepted
+while the old workers accept plenty, or a warning in the kernel's view that
+the old workers do not have, stops them (the old generation is untouched)
+and reload exits 1 with the reason. If they pass, the reload goes on:
+--rolling K at a time, or every slot left at once.
+
+Without these flags the configuration the reload loads decides (rolling,
+canary and canary_window in the config file, or --rolling and --canary of
+baton run); --rolling=0 and --canary=0 override it for this reload. SIGHUP
+reloads as the configuration says. baton status shows a reload's
+progress.
+
+reload waits until the reload has finished unless --no-wait is given.`,
+		Example: `  baton reload
+  baton reload --rolling            # one slot at a time
+  baton reload --rolling=2 --canary --canary-window=1m
+  baton reload --canary=0 --rolling=0   # all at once, whatever the config says`,
+		Args: func(c *cobra.Command, args []string) error {
+			// --rolling 2 is --rolling (1) and an argument 2: say how to
+			// write it.
+			if len(args) == 1 {
+				if _, err := strconv.Atoi(args[0]); err == nil {
+					for _, f := range []string{"rolling", "canary"} {
+						if c.Flags().Changed(f) {
+							return usagef("reload takes no arguments, got %q: write --%s=%s (with '=': --%s alone means 1)", args[0], f, args[0], f)
+						}
+					}
+				}
+			}
+			return noArgs(c, args)
+		},
 		RunE: func(c *cobra.Command, _ []string) error {
+			p := api.ReloadParams{WaitParams: api.WaitParams{Wait: &[]bool{!noWait}[0]}}
+			fl := c.Flags()
+			if fl.Changed("rolling") {
+				if rolling < 0 {
+					return usagef("--rolling=%d: want the number of slots to replace at a time (1 or more), or 0 for all at once", rolling)
+				}
+				p.Rolling = &rolling
+			}
+			if fl.Changed("canary") {
+				if canary < 0 {
+					return usagef("--canary=%d: want the number of slots to try first (1 or more), or 0 for no canary", canary)
+				}
+				p.Canary = &canary
+			}
+			if fl.Changed("canary-window") {
+				if window <= 0 {
+					return usagef("--canary-window=%s: want a positive duration, such as 30s", window)
+				}
+				d := api.Duration(window)
+				p.CanaryWindow = &d
+			}
 			client, err := cf.client()
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			r, err := client.Reload(ctx, !noWait)
+			r, err := client.ReloadWith(ctx, p)
 			if err != nil {
 				return err
 			}
@@ -55,15 +118,67 @@ Sending SIGHUP to baton does the same without waiting.`,
 				fmt.Fprintln(c.OutOrStdout(), "reload requested")
 				return nil
 			}
-			fmt.Fprintf(c.OutOrStdout(), "reloaded: generation %d is serving (replaced %d) after %s\n",
-				r.Generation, r.Previous, time.Duration(r.Duration).Round(time.Millisecond))
+			fmt.Fprintf(c.OutOrStdout(), "reloaded: generation %d is serving (replaced %d) after %s%s\n",
+				r.Generation, r.Previous, time.Duration(r.Duration).Round(time.Millisecond), rolloutSummary(r.Rollout))
 			return nil
 		},
 	}
 	cf.register(c)
-	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the reload is requested")
-	c.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting after this long (the reload goes on)")
+	fl := c.Flags()
+	fl.BoolVar(&noWait, "no-wait", false, "return once the reload is requested")
+	fl.DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting after this long (the reload goes on)")
+	fl.IntVar(&rolling, "rolling", 0, "replace `K` slots at a time (--rolling alone: 1); 0: all at once (default: the configuration's rolling)")
+	fl.Lookup("rolling").NoOptDefVal = "1"
+	fl.IntVar(&canary, "canary", 0, "try the new generation on the first `N` slots first (--canary alone: 1); 0: no canary (default: the configuration's canary)")
+	fl.Lookup("canary").NoOptDefVal = "1"
+	fl.DurationVar(&window, "canary-window", 0, "how long the canaries are watched once ready (default: the configuration's canary_window, 30s)")
 	return c
+}
+
+// rolloutSummary says how a rolling or canary reload went, after the
+// reload's line: ", rolling 1 slot at a time; canary slot 0 passed its
+// 30s window (0 errors, 120 connections)". Empty without a rollout.
+func rolloutSummary(ro *api.RolloutStatus) string {
+	if ro == nil {
+		return ""
+	}
+	var s string
+	switch ro.Batch {
+	case 0:
+	case 1:
+		s = ", rolling 1 slot at a time"
+	default:
+		s = fmt.Sprintf(", rolling %d slots at a time", ro.Batch)
+	}
+	if c := ro.Canary; c != nil {
+		s += fmt.Sprintf("; canary %s passed its %s window", slotWords(c.Slots), time.Duration(c.Window))
+		var seen []string
+		if c.Errors != nil {
+			seen = append(seen, fmt.Sprintf("%d errors", *c.Errors))
+		}
+		if c.Accepted != nil {
+			seen = append(seen, fmt.Sprintf("%d connections", *c.Accepted))
+		}
+		if c.Recycled > 0 {
+			seen = append(seen, fmt.Sprintf("%d recycled", c.Recycled))
+		}
+		if len(seen) > 0 {
+			s += " (" + strings.Join(seen, ", ") + ")"
+		}
+	}
+	return s
+}
+
+// slotWords names slots: "slot 0", "slots 0, 1".
+func slotWords(slots []int) string {
+	if len(slots) == 1 {
+		return fmt.Sprintf("slot %d", slots[0])
+	}
+	var s []string
+	for _, i := range slots {
+		s = append(s, strconv.Itoa(i))
+	}
+	return "slots " + strings.Join(s, ", ")
 }
 
 func newStopCmd() *cobra.Command {
@@ -163,10 +278,23 @@ func newStatusCmd() *cobra.Command {
 backlog, accept queue now/max as the kernel reports it, socket inode), the
 TCP connections on each by state, and the workers (slot, generation, pid,
 state, uptime, restarts, open fds against RLIMIT_NOFILE, connections held),
-with warnings about the classic traps: a backlog capped by somaxconn, the
-1024 fd default, a full accept queue or listen overflows, CLOSE-WAIT leaks,
-TIME-WAIT pile-ups. --json prints the full snapshot; docs/status.md
-documents its fields.`,
+with warnings about the classic traps: a backlog capped by somaxconn or
+lowered by the program's own listen(2), the 1024 fd default, a full accept
+queue or listen overflows, CLOSE-WAIT leaks, TIME-WAIT pile-ups, and the
+misconfigurations that look healthy: a listener nobody accepts on, a
+wrapper script without exec, a program that binds its own port, a slot
+that crash-loops. --json prints the full snapshot; docs/status.md
+documents its fields.
+
+Exit codes, for monitoring (--json too):
+  0  healthy: every slot has a worker, no warning of severity degraded
+  3  degraded: a slot has no worker (it crashed or could not start and
+     waits in backoff), or a warning of severity degraded is active
+     (not_accepting, crash_loop, binds_own_port); the reasons follow on
+     stderr
+  1  no baton answered (not running, wrong --name or --control), or it
+     could not say
+  2  a usage error`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			client, err := cf.client()
@@ -190,19 +318,34 @@ documents its fields.`,
 					return fmt.Errorf("printing the status: %w", err)
 				}
 				fmt.Fprintln(c.OutOrStdout(), string(out))
-				return nil
+				var st api.Status
+				if err := json.Unmarshal(res, &st); err != nil {
+					return fmt.Errorf("reading the status: %w", err)
+				}
+				return healthError(&st)
 			}
 			st, err := client.Status(ctx)
 			if err != nil {
 				return err
 			}
 			printStatus(c.OutOrStdout(), st)
-			return nil
+			return healthError(&st)
 		},
 	}
 	cf.register(c)
 	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
 	return c
+}
+
+// healthError judges a status (api.HealthOf, whatever baton sent): nil
+// when healthy, else an error naming what degrades the service, which
+// exits 3.
+func healthError(st *api.Status) error {
+	h := api.HealthOf(st)
+	if !h.Degraded() {
+		return nil
+	}
+	return &exitError{code: exitDegraded, err: fmt.Errorf("degraded: %s (the status says why)", strings.Join(h.Reasons, "; "))}
 }
 
 // printStatus writes the status as tables that fit 100 columns: the
@@ -220,7 +363,10 @@ func printStatus(out io.Writer, st api.Status) {
 	if st.Pending != 0 {
 		fmt.Fprintf(w, " (generation %d starting)", st.Pending)
 	}
-	fmt.Fprintf(w, ", ready %s\ncommand: %s\n\n", st.Ready, strings.Join(st.Command, " "))
+	fmt.Fprintf(w, ", ready %s\ncommand: %s\n", st.Ready, strings.Join(st.Command, " "))
+	printHealth(w, st)
+	fmt.Fprintln(w)
+	printRollout(w, st, time.Now())
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "LISTENER\tADDRESS\tKIND\tBALANCE\tBACKLOG\tQUEUE\tINODE")
@@ -238,6 +384,11 @@ func printStatus(out io.Writer, st api.Status) {
 			listenerQueue(kernelListener(st, l.Name)), inode)
 	}
 	tw.Flush()
+	for _, l := range st.Listeners {
+		if line := flowsLine(l); line != "" {
+			fmt.Fprintln(w, line)
+		}
+	}
 	if len(perSlot) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -252,22 +403,7 @@ func printStatus(out io.Writer, st api.Status) {
 	}
 	fmt.Fprintln(w)
 	printConnections(w, st)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tACCEPTED\tFDS\tESTAB\tCLOSE-WAIT\tSTATUS")
-	for _, wk := range st.Workers {
-		status := wk.Status
-		if len(status) > 30 {
-			status = status[:27] + "..."
-		}
-		accepted := "-"
-		if wk.Accepted != nil {
-			accepted = fmt.Sprint(*wk.Accepted)
-		}
-		wv := kernelWorker(st, wk.PID)
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, accepted,
-			fdsCell(wv), countCell(wv, "ESTAB"), countCell(wv, "CLOSE-WAIT"), status)
-	}
-	tw.Flush()
+	printWorkers(w, st)
 	var captured []string
 	for _, wk := range st.Workers {
 		for _, c := range wk.Captures {
@@ -281,6 +417,7 @@ func printStatus(out io.Writer, st api.Status) {
 	fmt.Fprintln(w)
 	printSlotsDown(w, st)
 	printWarnings(w, st)
+	printLimits(w, st)
 	reloads := fmt.Sprintf("reloads: %d ok, %d failed", st.Reloads.OK, st.Reloads.Failed)
 	if st.Reloads.Queued {
 		reloads += ", one queued"

@@ -16,6 +16,30 @@ import (
 // Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
 var Version = "dev"
 
+// Exit codes of baton's commands, as the README and `baton status
+// --help` list them.
+const (
+	// exitFailed: the operation failed, or no baton answered.
+	exitFailed = 1
+	// exitUsage: an error in what the user typed.
+	exitUsage = 2
+	// exitDegraded: baton status (and top --count) answered, and the
+	// service is degraded (api.HealthDegraded).
+	exitDegraded = 3
+)
+
+// exitError is an error with an exit code of its own.
+type exitError struct {
+	code int
+	err  error
+}
+
+// Error is the error's own message.
+func (e *exitError) Error() string { return e.err.Error() }
+
+// Unwrap returns the error.
+func (e *exitError) Unwrap() error { return e.err }
+
 // usageError marks an error in what the user typed; it exits 2.
 type usageError struct {
 	err error
@@ -36,7 +60,8 @@ func usagef(format string, args ...any) error {
 }
 
 // Main runs the command line and returns the exit code: 0 success, 1 the
-// operation failed, 2 a usage error (see the package doc).
+// operation failed, 2 a usage error, 3 a degraded service (baton status;
+// see the package doc).
 func Main(args []string, stdout, stderr io.Writer) int {
 	root := newRoot()
 	root.SetArgs(args)
@@ -47,19 +72,28 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	var ue *usageError
-	if errors.As(err, &ue) {
-		if ue.help != nil {
-			// What the user typed was nothing to run: the help says
-			// what is.
-			ue.help.SetOut(stderr)
-			ue.help.Usage()
-			fmt.Fprintln(stderr)
-		}
-		fmt.Fprintln(stderr, "baton:", err)
-		return 2
+	if errors.As(err, &ue) && ue.help != nil {
+		// What the user typed was nothing to run: the help says what is.
+		ue.help.SetOut(stderr)
+		ue.help.Usage()
+		fmt.Fprintln(stderr)
 	}
 	fmt.Fprintln(stderr, "baton:", err)
-	return 1
+	return exitCode(err)
+}
+
+// exitCode is the exit code for a command's error: 2 for a usage error,
+// an exitError's own, else 1.
+func exitCode(err error) int {
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return exitFailed
 }
 
 func newRoot() *cobra.Command {

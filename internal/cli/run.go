@@ -28,6 +28,8 @@ Listener addresses, --listen [NAME=]ADDRESS (repeatable):
   udp://HOST:PORT  udp4://HOST:PORT  udp6://[::1]:PORT
   unix:///absolute/path.sock  unix://@abstract  unixgram:///absolute/path
 Port 0 picks a free port (see baton status). The name defaults to the scheme.
+At least one listener is needed, unless --no-listeners says that the workers
+run without sockets.
 ` + config.ListenerOptionsHelp() + `
 
 --config FILE reads every setting from a TOML file (docs/config.md); each flag
@@ -67,7 +69,31 @@ func load(configPath string, flags *config.Settings, fs *pflag.FlagSet, args []s
 	if err != nil {
 		return nil, &usageError{err: err}
 	}
+	if err := checkListeners(r); err != nil {
+		return nil, &usageError{err: err}
+	}
 	return r, nil
+}
+
+// checkListeners refuses a configuration without listeners unless it
+// says that none are wanted (no_listeners): baton's workers would get no
+// socket, and a program given none binds a port of its own (baton's
+// library does, on its fallback address), which baton neither holds nor
+// watches, and which a second worker cannot bind.
+func checkListeners(r *config.Resolved) error {
+	switch {
+	case len(r.Specs) == 0 && !r.NoListeners:
+		return &config.Error{Origin: r.Origin("listen"), Msg: "no listeners: the workers would get no socket " +
+			"(no LISTEN_FDS), and a program given none binds a port of its own (baton's library listens on its " +
+			"fallback address), which baton does not hold: a reload cannot hand it over, and a second worker fails " +
+			"with \"address already in use\"; give one with -l NAME=ADDRESS (for example -l http=tcp://0.0.0.0:8080, " +
+			"or listen = [...] in the config file), or pass --no-listeners (no_listeners = true) to run workers " +
+			"without sockets"}
+	case len(r.Specs) > 0 && r.NoListeners:
+		return &config.Error{Origin: r.Origin("no_listeners"), Msg: fmt.Sprintf("no_listeners is set, and %d listeners "+
+			"are given: leave out one or the other", len(r.Specs))}
+	}
+	return nil
 }
 
 // run is `baton run`: the configuration read and checked, then a

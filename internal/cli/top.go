@@ -30,14 +30,17 @@ host's counters of dropped connections (ListenOverflows, ListenDrops, SYN
 cookies) rose since the previous frame. Press q (or Ctrl-C) to quit.
 
 On a terminal top redraws one screen that fits it (80x24 and up): the
-listeners with their queues and connections, the warnings and the slots
-without a worker, one line each, then as many workers as there are rows
-for, and a line that counts the others. When its output is not a terminal
-it prints baton status's full view once per interval, and reads lines from
-stdin: a line "q" quits. --count stops after that many frames.
+listeners with their queues and connections, the health, the warnings and
+the slots without a worker, one line each, then as many workers as there
+are rows for, and a line that counts the others. When its output is not a
+terminal it prints baton status's full view once per interval, and reads
+lines from stdin: a line "q" quits. --count stops after that many frames,
+and top then exits as baton status would for the last frame (0 healthy, 3
+degraded, 1 no baton answered); quitting with q or Ctrl-C exits 0.
 
-When no baton answers, top fails as baton status does (exit 1); once it
-runs, a frame without an answer says why and keeps the last view.`,
+When no baton answers at the start, top fails as baton status does (exit
+1, the same message); once it runs, a frame without an answer says why
+and keeps the last view.`,
 		Example: `  baton top --name web
   baton top --interval 5s --count 3 > frames.txt`,
 		Args: noArgs,
@@ -129,7 +132,11 @@ func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, coun
 			prev = last.Kernel
 		}
 		if count > 0 && n >= count {
-			return nil
+			// As baton status would exit for this frame.
+			if failed != nil {
+				return failed
+			}
+			return healthError(&last)
 		}
 		select {
 		case <-quit:

@@ -49,7 +49,13 @@ func screenFrame(st *api.Status, err error, deltas string, every time.Duration, 
 	if l := st.Reloads.Last; l != nil && !l.OK {
 		second += "; last failed: " + strings.Join(strings.Fields(l.Error), " ")
 	}
-	top = append(top, second, "")
+	top = append(top, second)
+	if h := api.HealthOf(st); h.Degraded() {
+		top = append(top, "health: DEGRADED: "+strings.Join(h.Reasons, "; "))
+	} else {
+		top = append(top, "health: ok")
+	}
+	top = append(top, "")
 	top = append(top, listenerRows(*st)...)
 	top = append(top, "")
 
@@ -127,6 +133,9 @@ func alertRows(st api.Status) []string {
 			}
 		}
 	}
+	if r := st.Recycling; r != nil {
+		rows = append(rows, fmt.Sprintf("recycling slot %d: pid %d, %s", r.Slot, r.PID, r.Why))
+	}
 	var down []string
 	for _, sl := range st.SlotStates {
 		if sl.State == api.SlotUp {
@@ -157,20 +166,22 @@ func workerRows(st api.Status, room, cols int) []string {
 		return nil
 	}
 	pad := 2
-	if cols < 100 {
-		pad = 1 // eleven columns fit 80 with one space between them
+	if cols < 120 {
+		pad = 1 // the first eleven columns fit 80 with one space between them
 	}
 	var b bytes.Buffer
 	tw := tabwriter.NewWriter(&b, 0, 0, pad, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tACCEPTED\tFDS\tESTAB\tCLOSE-WAIT\tSTATUS")
+	// What top is watched for first: state, memory and CPU, descriptors
+	// and connections; ACCEPTED and STATUS last, cut first.
+	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tRSS\tCPU\tFDS\tESTAB\tCLOSE-WAIT\tACCEPTED\tSTATUS")
 	for _, wk := range st.Workers {
 		accepted := "-"
 		if wk.Accepted != nil {
 			accepted = fmt.Sprint(*wk.Accepted)
 		}
 		wv := kernelWorker(st, wk.PID)
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, shortDur(wk.Uptime), wk.Restarts, accepted,
-			fdsCell(wv), countCell(wv, "ESTAB"), countCell(wv, "CLOSE-WAIT"), strings.Join(strings.Fields(wk.Status), " "))
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, shortDur(wk.Uptime), wk.Restarts,
+			rssCell(wk), cpuCell(wk), fdsCell(wv), countCell(wv, "ESTAB"), countCell(wv, "CLOSE-WAIT"), accepted, strings.Join(strings.Fields(wk.Status), " "))
 	}
 	tw.Flush()
 	table := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")

@@ -237,7 +237,11 @@ func printWarnings(w io.Writer, st api.Status) {
 	}
 	fmt.Fprintf(w, "warnings (%d):\n", len(st.Kernel.Warnings))
 	for _, wn := range st.Kernel.Warnings {
-		head := fmt.Sprintf("  ! %s, since %s:", wn.Code, wn.Since.Local().Format(time.TimeOnly))
+		sev := ""
+		if wn.Severity == api.SeverityDegraded {
+			sev = " (degraded)"
+		}
+		head := fmt.Sprintf("  ! %s%s, since %s:", wn.Code, sev, wn.Since.Local().Format(time.TimeOnly))
 		for _, line := range wrap(wn.Message, statusWidth, head, "    ") {
 			fmt.Fprintln(w, line)
 		}
@@ -375,4 +379,170 @@ func printOutput(w io.Writer, o api.OutputStatus) {
 	for _, line := range wrap(strings.Join(parts, "; "), statusWidth, "output:", "    ") {
 		fmt.Fprintln(w, line)
 	}
+}
+
+// printWorkers writes the workers table (with what the kernel and /proc
+// say of each: fds, connections, resident memory, CPU), then a line for
+// the replacement baton has under way and for workers that are stopped
+// only when idle.
+func printWorkers(w io.Writer, st api.Status) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tGEN\tPID\tSTATE\tUPTIME\tRESTARTS\tACCEPTED\tFDS\tESTAB\tCLOSE-WAIT\tRSS\tCPU\tSTATUS")
+	for _, wk := range st.Workers {
+		status := wk.Status
+		if len(status) > 30 {
+			status = status[:27] + "..."
+		}
+		accepted := "-"
+		if wk.Accepted != nil {
+			accepted = fmt.Sprint(*wk.Accepted)
+		}
+		wv := kernelWorker(st, wk.PID)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wk.Slot, wk.Generation, wk.PID, wk.State, roundDur(wk.Uptime), wk.Restarts, accepted,
+			fdsCell(wv), countCell(wv, "ESTAB"), countCell(wv, "CLOSE-WAIT"), rssCell(wk), cpuCell(wk), status)
+	}
+	tw.Flush()
+	var notes []string
+	if r := st.Recycling; r != nil {
+		n := fmt.Sprintf("recycling slot %d since %s: pid %d, %s; ", r.Slot, r.Since.Local().Format(time.TimeOnly), r.PID, r.Why)
+		if r.NewPID != 0 {
+			n += fmt.Sprintf("its replacement pid %d is starting, and pid %d drains once it is ready", r.NewPID, r.PID)
+		} else {
+			n += "its replacement is being started"
+		}
+		notes = append(notes, n)
+	}
+	// Workers stopped only when idle, grouped by the reason.
+	var reasons []string
+	idle := map[string][]string{}
+	for _, wk := range st.Workers {
+		if wk.Drain != "when-idle" {
+			continue
+		}
+		if _, ok := idle[wk.DrainReason]; !ok {
+			reasons = append(reasons, wk.DrainReason)
+		}
+		idle[wk.DrainReason] = append(idle[wk.DrainReason], strconv.Itoa(wk.PID))
+	}
+	for _, why := range reasons {
+		notes = append(notes, fmt.Sprintf("drain when idle, pid %s: %s", strings.Join(idle[why], ", "), why))
+	}
+	for _, n := range notes {
+		for _, line := range wrap(n, statusWidth, "  ", "    ") {
+			fmt.Fprintln(w, line)
+		}
+	}
+}
+
+// rssCell is a worker's resident memory, short: "812K", "95.3M", "1.5G";
+// "-" until baton has read it.
+func rssCell(wk api.WorkerStatus) string {
+	n := float64(wk.RSSBytes)
+	switch {
+	case wk.RSSBytes == 0:
+		return "-"
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fG", n/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fM", n/(1<<20))
+	}
+	return fmt.Sprintf("%.0fK", n/(1<<10))
+}
+
+// cpuCell is a worker's CPU use over the last second, in percent of one
+// core; "-" until baton has read it twice.
+func cpuCell(wk api.WorkerStatus) string {
+	if wk.RSSBytes == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", wk.CPUPercent)
+}
+
+// printLimits writes how baton recycles workers and how many it has, when
+// it does: "recycling: --max-rss 512 MiB, --max-uptime 24h; recycled:
+// slot 0 3 times, last exited at 15:04:05".
+func printLimits(w io.Writer, st api.Status) {
+	var parts []string
+	if st.MaxRSS > 0 {
+		parts = append(parts, "--max-rss "+sizeCell(st.MaxRSS))
+	}
+	if st.MaxUptime > 0 {
+		parts = append(parts, "--max-uptime "+roundDur(st.MaxUptime))
+	}
+	var recycled []string
+	for _, sl := range st.SlotStates {
+		if sl.Recycles > 0 {
+			recycled = append(recycled, fmt.Sprintf("slot %d %d times, last %s at %s", sl.Slot, sl.Recycles, sl.LastRecycle, sl.LastRecycleTime.Local().Format(time.TimeOnly)))
+		}
+	}
+	if len(parts) == 0 && len(recycled) == 0 {
+		return
+	}
+	line := "recycling: "
+	if len(parts) > 0 {
+		line += strings.Join(parts, ", ")
+	} else {
+		line += "only when workers exit 0 on their own"
+	}
+	if len(recycled) > 0 {
+		line += "; recycled: " + strings.Join(recycled, "; ")
+	}
+	for _, l := range wrap(line, statusWidth, "", "    ") {
+		fmt.Fprintln(w, l)
+	}
+}
+
+// sizeCell writes a limit in bytes as the flags take it: "512 MiB".
+func sizeCell(n uint64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// printHealth writes the health line: "health: ok", or "health:
+// degraded:" and the reasons, wrapped.
+func printHealth(w io.Writer, st api.Status) {
+	h := api.HealthOf(&st)
+	if !h.Degraded() {
+		fmt.Fprintln(w, "health: ok")
+		return
+	}
+	for _, line := range wrap(strings.Join(h.Reasons, "; "), statusWidth, "health: DEGRADED:", "    ") {
+		fmt.Fprintln(w, line)
+	}
+}
+
+// flowsLine says whether a UDP listener's flows are kept across reloads,
+// and what its steering program holds and did; "" for other listeners.
+func flowsLine(l api.ListenerStatus) string {
+	f := l.Flows
+	if f == nil {
+		return ""
+	}
+	if !f.Kept {
+		return fmt.Sprintf("flows %s: %s", l.Name, f.Error)
+	}
+	var gens []string
+	for _, g := range f.Generations {
+		role := "draining"
+		if g.Serving {
+			role = "serving"
+		}
+		gens = append(gens, fmt.Sprintf("gen %d %s %d", g.Generation, role, g.Flows))
+	}
+	line := fmt.Sprintf("flows %s: kept: %d peers of %d (%s); %d known, %d new, %d moved, %d fallback; %d to draining generations",
+		l.Name, f.Tracked, f.Capacity, strings.Join(gens, ", "), f.Known, f.New, f.Moved, f.Fallback, f.Draining)
+	if f.Evicted > 0 {
+		line += fmt.Sprintf("; %d evicted", f.Evicted)
+	}
+	if f.ProgramRuns > 0 && f.ProgramNS > 0 {
+		line += fmt.Sprintf("; program %.0f ns a datagram", float64(f.ProgramNS)/float64(f.ProgramRuns))
+	}
+	return line
 }

@@ -40,6 +40,11 @@ func wideStatus() api.Status {
 				LastError: "starting worker slot 7 of generation 12345: working directory " + path + ": no such file or directory"},
 		},
 		Reloads: api.ReloadStats{OK: 3, Failed: 1, Queued: true, Last: &api.ReloadResult{Generation: 12345, Duration: api.Duration(time.Second), Error: strings.Repeat("e", 300)}},
+		Rollout: &api.RolloutStatus{Generation: 12346, Previous: 12345, Batch: 4095, MaxWorkers: 8191, Phase: api.RolloutRollingBack,
+			Done: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30}, Starting: []int{4095}, Waiting: []int{},
+			Error: strings.Repeat("r", 300),
+			Canary: &api.CanaryStatus{Slots: []int{0, 1, 2, 3}, PIDs: []int{4194304, 4194303, 4194302, 4194301}, Window: api.Duration(time.Hour), Verdict: api.CanaryRolledBack,
+				Reason: strings.Repeat("c", 300), Errors: &[]int64{1 << 40}[0], Accepted: &[]int64{1 << 40}[0], MaxErrorRate: 99.5}},
 		Kernel: &api.KernelView{
 			Listeners: []api.KernelListener{
 				{Name: "http", Protocol: api.ProtocolTCP, Backlog: 65535,
@@ -180,6 +185,27 @@ func TestOutputLine(t *testing.T) {
 			printOutput(&b, tt.in)
 			if diff := cmp.Diff(tt.want, b.String()); diff != "" {
 				t.Errorf("output line (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestFlowsLine(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		l    api.ListenerStatus
+		want string
+	}{
+		{"tcp", api.ListenerStatus{Name: "http"}, ""},
+		{"not kept", api.ListenerStatus{Name: "dns", Flows: &api.FlowsStatus{Error: "UDP flows are not kept across reloads: flows=off"}},
+			"flows dns: UDP flows are not kept across reloads: flows=off"},
+		{"kept", api.ListenerStatus{Name: "quic", Flows: &api.FlowsStatus{Kept: true, Capacity: 131072, Tracked: 50, Known: 18371, New: 50, Draining: 16843, ProgramRuns: 10, ProgramNS: 1300,
+			Generations: []api.FlowGeneration{{Generation: 1, Flows: 50}, {Generation: 4, Serving: true}}}},
+			"flows quic: kept: 50 peers of 131072 (gen 1 draining 50, gen 4 serving 0); 18371 known, 50 new, 0 moved, 0 fallback; 16843 to draining generations; program 130 ns a datagram"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := flowsLine(tt.l); got != tt.want {
+				t.Errorf("flowsLine:\n got %q\nwant %q", got, tt.want)
 			}
 		})
 	}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/supervisor"
 )
 
 // Settings is the whole configuration of `baton run`. The toml tag is the
@@ -52,8 +53,11 @@ type Settings struct {
 	// [[listener]] tables of the file. Both end up as one list.
 	Listen    []string        `toml:"listen" flag:"listen"`
 	Listeners []ListenerTable `toml:"listener"`
-	Balance   string          `toml:"balance" flag:"balance"`
-	Fd0       string          `toml:"fd0" flag:"fd0"`
+	// NoListeners says that the workers are meant to run without
+	// sockets: without it, a configuration without listeners is refused.
+	NoListeners bool   `toml:"no_listeners" flag:"no-listeners"`
+	Balance     string `toml:"balance" flag:"balance"`
+	Fd0         string `toml:"fd0" flag:"fd0"`
 
 	Workers      int           `toml:"workers" flag:"workers"`
 	Ready        string        `toml:"ready" flag:"ready"`
@@ -61,6 +65,16 @@ type Settings struct {
 	StopSignal   string        `toml:"stop_signal" flag:"stop-signal"`
 	DrainTimeout time.Duration `toml:"drain_timeout" flag:"drain-timeout"`
 	StopWhenIdle time.Duration `toml:"stop_when_idle" flag:"stop-when-idle"`
+	// StartLimitBurst failures of a slot's workers within
+	// StartLimitInterval, while their generation comes up, fail a reload
+	// (a crash loop), as systemd's StartLimitBurst and
+	// StartLimitIntervalSec.
+	StartLimitBurst    int           `toml:"start_limit_burst" flag:"start-limit-burst"`
+	StartLimitInterval time.Duration `toml:"start_limit_interval" flag:"start-limit-interval"`
+	// MaxRSS ("512MiB") and MaxUptime: past either, baton replaces a
+	// worker (a new one in its slot ready first); "" and 0 are off.
+	MaxRSS    string        `toml:"max_rss" flag:"max-rss"`
+	MaxUptime time.Duration `toml:"max_uptime" flag:"max-uptime"`
 
 	CaptureBind      bool `toml:"capture_bind" flag:"capture-bind"`
 	EnableMigrateReq bool `toml:"enable_migrate_req" flag:"enable-migrate-req"`
@@ -70,6 +84,18 @@ type Settings struct {
 	// (docs/handoff.md).
 	HandoffTimeout  time.Duration `toml:"handoff_timeout" flag:"handoff-timeout"`
 	HandoffMaxState int           `toml:"handoff_max_state" flag:"handoff-max-state"`
+
+	// Rolling is how many slots a reload replaces at a time (0: all at
+	// once); Canary how many it tries first, watched for CanaryWindow,
+	// which fail on more than CanaryMaxErrors errors (and, when set, more
+	// than CanaryMaxErrorRate percent of their connections): how a reload
+	// (baton reload, SIGHUP) replaces the workers unless baton reload
+	// says otherwise (supervisor.Rollout).
+	Rolling            int           `toml:"rolling" flag:"rolling"`
+	Canary             int           `toml:"canary" flag:"canary"`
+	CanaryWindow       time.Duration `toml:"canary_window" flag:"canary-window"`
+	CanaryMaxErrors    int64         `toml:"canary_max_errors" flag:"canary-max-errors"`
+	CanaryMaxErrorRate float64       `toml:"canary_max_error_rate" flag:"canary-max-error-rate"`
 
 	LogPrefix bool   `toml:"log_prefix" flag:"log-prefix"`
 	LogFormat string `toml:"log_format" flag:"log-format"`
@@ -161,8 +187,13 @@ func Defaults() Settings {
 
 		InspectInterval: 10 * time.Second,
 
+		StartLimitBurst:    supervisor.DefaultStartLimitBurst,
+		StartLimitInterval: supervisor.DefaultStartLimitInterval,
+
 		HandoffTimeout:  handoff.DefaultTimeout,
 		HandoffMaxState: handoff.DefaultMaxState,
+
+		CanaryWindow: supervisor.DefaultCanaryWindow,
 	}
 }
 

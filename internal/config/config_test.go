@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
+
+	"github.com/baton-dev/baton/internal/supervisor"
 )
 
 // TestBrokenConfigs checks that each file in testdata/broken fails with the
@@ -125,5 +127,49 @@ func TestDefaultsWithoutFile(t *testing.T) {
 	}
 	if r.Supervisor.ReadyTimeout != time.Minute || r.Supervisor.DrainTimeout != 30*time.Second || !r.Supervisor.LogPrefix {
 		t.Errorf("defaults: %+v", r.Supervisor)
+	}
+}
+
+// TestRolloutKeys: the keys that say how a reload replaces the workers
+// reach the supervisor's configuration, a whole number where a
+// percentage is wanted included, and flags win over the file.
+func TestRolloutKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "baton.toml")
+	os.WriteFile(path, []byte(`
+command = ["/bin/true"]
+rolling = 2
+canary = 1
+canary_window = "1m"
+canary_max_errors = 5
+canary_max_error_rate = 2
+`), 0o644)
+	var flags Settings
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	Register(fs, &flags)
+	if err := fs.Parse([]string{"--canary-max-error-rate", "0.5"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Load(path, &flags, fs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := l.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := supervisor.Rollout{Rolling: 2, Canary: 1, CanaryWindow: time.Minute, CanaryMaxErrors: 5, CanaryMaxErrorRate: 0.5}
+	if r.Supervisor.Rollout != want {
+		t.Errorf("rollout %+v, want %+v", r.Supervisor.Rollout, want)
+	}
+	d, err := Load("", nil, nil, []string{"/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, err := d.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (supervisor.Rollout{CanaryWindow: supervisor.DefaultCanaryWindow}); rd.Supervisor.Rollout != want {
+		t.Errorf("default rollout %+v, want %+v (all at once)", rd.Supervisor.Rollout, want)
 	}
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"golang.org/x/sys/unix"
@@ -36,6 +38,13 @@ func (e *Error) Error() string { return e.Origin.String() + ": " + e.Msg }
 
 // Is makes errors.Is(err, ErrInvalid) true.
 func (e *Error) Is(target error) bool { return target == ErrInvalid }
+
+// maxStartLimitBurst bounds start_limit_burst; minMaxUptime is the
+// shortest max_uptime.
+const (
+	maxStartLimitBurst = 1000
+	minMaxUptime       = time.Second
+)
 
 // Resolved is a validated configuration, ready to run.
 type Resolved struct {
@@ -97,8 +106,24 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 	if l.HandoffMaxState < 1 || l.HandoffMaxState > handoff.MaxStateLimit {
 		return nil, bad("handoff_max_state", "%d: want 1 to %d bytes", l.HandoffMaxState, handoff.MaxStateLimit)
 	}
+	if err := checkRollout(l); err != nil {
+		return nil, err
+	}
 	if l.StopWhenIdle < 0 || l.StopWhenIdle > l.DrainTimeout {
 		return nil, bad("stop_when_idle", "%s: want 0 (off) up to the drain timeout (%s)", l.StopWhenIdle, l.DrainTimeout)
+	}
+	if l.StartLimitBurst < 1 || l.StartLimitBurst > maxStartLimitBurst {
+		return nil, bad("start_limit_burst", "%d: want 1 to %d failures", l.StartLimitBurst, maxStartLimitBurst)
+	}
+	if l.StartLimitInterval <= 0 {
+		return nil, bad("start_limit_interval", "%s: want a positive duration such as 10s", l.StartLimitInterval)
+	}
+	maxRSS, err := ParseSize(l.MaxRSS)
+	if err != nil {
+		return nil, bad("max_rss", "%v", err)
+	}
+	if l.MaxUptime != 0 && l.MaxUptime < minMaxUptime {
+		return nil, bad("max_uptime", "%s: want 0 (never) or at least %s: a worker must serve a while before it is replaced", l.MaxUptime, minMaxUptime)
 	}
 	if l.Fd0 != "" {
 		found := false
@@ -166,9 +191,15 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 		Path: path, Args: l.Command, Env: env, Dir: l.Dir,
 		Workers: l.Workers, Ready: ready, ReadyTimeout: l.ReadyTimeout,
 		StopSignal: sig, DrainTimeout: l.DrainTimeout, StopWhenIdle: l.StopWhenIdle,
+		StartLimitBurst: l.StartLimitBurst, StartLimitInterval: l.StartLimitInterval,
+		MaxRSS: maxRSS, MaxUptime: l.MaxUptime,
 		Fd0: l.Fd0, LogPrefix: l.LogPrefix, EnableMigrateReq: l.EnableMigrateReq,
 		CaptureBind: l.CaptureBind, User: cred, Nofile: l.Rlimits.Nofile,
 		Handoff: supervisor.HandoffConfig{Timeout: l.HandoffTimeout, MaxState: l.HandoffMaxState},
+		Rollout: supervisor.Rollout{
+			Rolling: l.Rolling, Canary: l.Canary, CanaryWindow: l.CanaryWindow,
+			CanaryMaxErrors: l.CanaryMaxErrors, CanaryMaxErrorRate: l.CanaryMaxErrorRate,
+		},
 	}
 	slices.Sort(r.Supervisor.Env) // map order is random; keep logs and diffs stable
 	return r, nil
@@ -281,6 +312,28 @@ func queryValue(v any) string {
 // in a value: '&' and ';' would end it, '%' begin an escape, '+' become a
 // space. Anything else stays as written, in the address errors show.
 var queryEscaper = strings.NewReplacer("%", "%25", "&", "%26", ";", "%3B", "+", "%2B")
+
+// checkRollout checks the keys that say how a reload replaces the
+// workers. rolling and canary may exceed workers (a scale may change
+// those): a reload takes at most every slot.
+func checkRollout(l *Loaded) error {
+	bad := func(key, format string, args ...any) error {
+		return &Error{Origin: l.Origin(key), Msg: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case l.Rolling < 0:
+		return bad("rolling", "%d: want 0 (every slot at once) or how many slots a reload replaces at a time, such as 1", l.Rolling)
+	case l.Canary < 0:
+		return bad("canary", "%d: want 0 (no canary) or how many slots a reload tries first, such as 1", l.Canary)
+	case l.CanaryWindow <= 0:
+		return bad("canary_window", "%s: want a positive duration such as 30s: how long a reload's canaries are watched", l.CanaryWindow)
+	case l.CanaryMaxErrors < 0:
+		return bad("canary_max_errors", "%d: want 0 (any error fails a canary) or more", l.CanaryMaxErrors)
+	case l.CanaryMaxErrorRate < 0 || math.IsNaN(l.CanaryMaxErrorRate) || math.IsInf(l.CanaryMaxErrorRate, 0):
+		return bad("canary_max_error_rate", "%v: want a percentage of the connections a canary accepted, such as 1 or 0.5; 0 does not check it", l.CanaryMaxErrorRate)
+	}
+	return nil
+}
 
 func checkLogging(l *Loaded) error {
 	switch l.LogFormat {

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -110,6 +111,12 @@ func (l *Loaded) checkValue(v any, t reflect.Type, full string, at func(string) 
 		if t.Kind() >= reflect.Uint && n < 0 {
 			return bad("%d: want 0 or more%s; there is no value for unlimited", n, unitOf(full))
 		}
+	case reflect.Float64:
+		switch v.(type) {
+		case int64, float64:
+		default:
+			return bad("%s is %s: want a number, without quotes%s", l.literal(at(full), v), typeName(v), unitOf(full))
+		}
 	case reflect.Pointer:
 		return l.checkValue(v, t.Elem(), full, at)
 	case reflect.Slice:
@@ -202,6 +209,45 @@ func durationError(s string) string {
 	return fmt.Sprintf("want a duration such as 30s, 1m30s or 500ms (units: %s)", durationUnits)
 }
 
+// ParseSize reads a size in bytes with its unit, as --max-rss takes it:
+// "512MiB", "1.5 GiB", "800M" (M, G, K and T count in 1024s, as
+// systemd's MemoryMax=), "800MB" (MB, GB, KB and TB in 1000s), "4096B".
+// "" and "0" are 0 (off). A number without a unit is refused, as a
+// duration's is: 512 could mean bytes or MiB.
+func ParseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	if t == "" || t == "0" {
+		return 0, nil
+	}
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	if i < 0 {
+		return 0, fmt.Errorf("%q: a size needs a unit: %sMiB, %sGiB or %sB (units: %s)", s, t, t, t, sizeUnitNames)
+	}
+	num, unit := t[:i], strings.TrimSpace(t[i:])
+	mult, ok := sizeUnits[strings.ToUpper(unit)]
+	if !ok || num == "" {
+		return 0, fmt.Errorf("%q: want a number and a unit, such as 512MiB or 2GiB (units: %s)", s, sizeUnitNames)
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q: %s is not a number: want one such as 512MiB or 1.5GiB", s, num)
+	}
+	n := f * float64(mult)
+	if n >= 1<<63 {
+		return 0, fmt.Errorf("%q: too large", s)
+	}
+	return uint64(n), nil
+}
+
+// sizeUnits are the units ParseSize takes, upper case; sizeUnitNames
+// lists them for messages.
+var sizeUnits = map[string]uint64{
+	"B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40,
+	"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+}
+
+const sizeUnitNames = "B, KiB, MiB, GiB, TiB (or K, M, G, T), KB, MB, GB, TB"
+
 // ParseDuration is time.ParseDuration with an error that says how to
 // write a duration, for flags and the keys that hold one.
 func ParseDuration(s string) (time.Duration, error) {
@@ -236,6 +282,10 @@ func unitOf(full string) string {
 		return " (bytes)"
 	case "rlimits.nofile":
 		return " (descriptors)"
+	case "start_limit_burst":
+		return " (failures)"
+	case "canary_max_error_rate":
+		return " (a percentage: 5 is 5%)"
 	}
 	if o := listenerOption(full); o != nil && o.Unit != "" {
 		return " (" + o.Unit + ")"

@@ -72,7 +72,16 @@ func TestRefusedPeerCannotStallAccept(t *testing.T) {
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	srv.Admit(func(p Peer) (func(), error) { return nil, errors.New("not a worker") })
+	// The refusal waits until the peer has queued its descriptor, so the
+	// accept loop meets it whatever the scheduling.
+	written := make(chan struct{})
+	srv.Admit(func(p Peer) (func(), error) {
+		select {
+		case <-written:
+		case <-time.After(10 * time.Second):
+		}
+		return nil, errors.New("not a worker")
+	})
 	go srv.Serve(func(context.Context, Peer, Request) (any, error) { return nil, nil })
 
 	fd := lingeringTCP(t)
@@ -85,6 +94,7 @@ func TestRefusedPeerCannotStallAccept(t *testing.T) {
 	}
 	unix.Close(fd) // baton's copy, in the queue, is the last one
 	c.Close()
+	close(written)
 
 	answered := make(chan string, 1)
 	go func() {

@@ -190,14 +190,17 @@ func TestStatusAcceptQueueMatchesSS(t *testing.T) {
 	}
 	b.waitLog("warning=accept_queue_full listener=http")
 
+	// The stalled worker accepts nothing: once the connections have
+	// waited --inspect-interval (10s), not_accepting makes status and top
+	// exit 3 (degraded); a slow machine may get there.
 	out, code := b.cli("status")
-	if code != 0 || !strings.Contains(out, fmt.Sprintf("%d/%d", k, backlog)) || !strings.Contains(out, "! accept_queue_full") {
+	if (code != 0 && code != 3) || !strings.Contains(out, fmt.Sprintf("%d/%d", k, backlog)) || !strings.Contains(out, "! accept_queue_full") {
 		t.Errorf("baton status exited %d; want the queue %d/%d and the warning:\n%s", code, k, backlog, out)
 	}
 	// baton top prints one frame per interval when its output is not a
 	// terminal.
 	out, code = b.cli("top", "--interval", "50ms", "--count", "3")
-	if code != 0 || strings.Count(out, "baton top, every 50ms") != 3 || strings.Count(out, fmt.Sprintf("%d/%d", k, backlog)) != 3 ||
+	if (code != 0 && code != 3) || strings.Count(out, "baton top, every 50ms") != 3 || strings.Count(out, fmt.Sprintf("%d/%d", k, backlog)) != 3 ||
 		!strings.Contains(out, "since the last frame: ListenOverflows +") {
 		t.Errorf("baton top exited %d; want 3 frames with the queue:\n%s", code, out)
 	}

@@ -142,10 +142,20 @@ func shBlock(t *testing.T, where, doc, marker string) []string {
 			continue
 		}
 		var lines []string
+		cont := false
 		for _, l := range strings.Split(block, "\n") {
 			l, _, _ = strings.Cut(l, "#")
-			if l = strings.TrimSpace(l); l != "" {
+			if l = strings.TrimSpace(l); l == "" {
+				continue
+			}
+			if cont {
+				lines[len(lines)-1] += " " + l
+			} else {
 				lines = append(lines, l)
+			}
+			if cont = strings.HasSuffix(l, "\\"); cont {
+				last := lines[len(lines)-1]
+				lines[len(lines)-1] = strings.TrimSpace(strings.TrimSuffix(last, "\\"))
 			}
 		}
 		return lines
@@ -154,14 +164,23 @@ func shBlock(t *testing.T, where, doc, marker string) []string {
 	return nil
 }
 
-// line returns the first line of doc that matches re (its first group).
+// line returns the first line of doc that matches re (its first group),
+// with the lines it continues on (a trailing backslash) joined to it, as
+// a Go comment writes them ("//\t    --more").
 func line(t *testing.T, where, doc, re string) string {
 	t.Helper()
-	m := regexp.MustCompile(`(?m)` + re).FindStringSubmatch(doc)
+	m := regexp.MustCompile(`(?m)` + re).FindStringSubmatchIndex(doc)
 	if m == nil {
 		t.Fatalf("%s has no line matching %s: the docs changed; update this test to run what they say now", where, re)
 	}
-	return strings.TrimSpace(m[1])
+	l := strings.TrimSpace(doc[m[2]:m[3]])
+	rest := doc[m[1]:]
+	for strings.HasSuffix(l, "\\") {
+		next, after, _ := strings.Cut(strings.TrimPrefix(rest, "\n"), "\n")
+		l = strings.TrimSpace(strings.TrimSuffix(l, "\\")) + " " + strings.TrimSpace(strings.TrimLeft(next, "/#\t "))
+		rest = "\n" + after
+	}
+	return l
 }
 
 // docCases collects the documented commands from the files themselves.
@@ -242,6 +261,19 @@ func docCases(t *testing.T, checkout string) []docCase {
 		cases = append(cases, docCase{name: ex.name, where: ex.file, run: run, probe: probe, stop: stop, needs: ex.needs})
 	}
 
+	// The QUIC example: UDP, so the probe is baton's own status (0 once
+	// the workers are ready and nothing is wrong).
+	quicDoc := shBlock(t, "examples/quic/README.md", readDoc(t, checkout, "examples/quic/README.md"), "bin/quic")
+	var quicRun string
+	for _, l := range quicDoc {
+		if strings.Contains(l, "baton run") {
+			quicRun = l
+		}
+	}
+	cases = append(cases, docCase{name: "quic", where: "examples/quic/README.md", run: quicRun, probe: "bin/baton status >/dev/null 2>&1", stop: "bin/baton stop"})
+	quicComment := line(t, "examples/quic/main.go", readDoc(t, checkout, "examples/quic/main.go"), `^//\t(bin/baton run .*)$`)
+	cases = append(cases, docCase{name: "quic's comment", where: "examples/quic/main.go", run: quicComment, probe: "bin/baton status >/dev/null 2>&1", stop: "bin/baton stop"})
+
 	// baton demo's help.
 	out, _ := exec.Command(filepath.Join(checkout, "bin", "baton"), "demo", "--help").CombinedOutput()
 	demo := line(t, "baton demo --help", string(out), `^\s+(baton run .* -- baton demo)$`)
@@ -270,7 +302,7 @@ if ! probe; then echo "FAIL: %s: nothing answers after: %s"; exit 1; fi
 		if strings.HasSuffix(cmd, " top") || strings.Contains(cmd, " top ") {
 			in = `<<<q` // top reads a line "q" when stdin is no terminal
 		}
-		fmt.Fprintf(&b, "echo \"+ %s\"\nif ! timeout 120 bash -c %q %s; then echo \"FAIL: %s: exit $?: %s\"; exit 1; fi\n", cmd, cmd, in, c.where, cmd)
+		fmt.Fprintf(&b, "echo \"+ %s ($SECONDS s)\"\nif ! timeout 120 bash -c %q %s; then echo \"FAIL: %s: exit $?: %s\"; exit 1; fi\n", cmd, cmd, in, c.where, cmd)
 		if !strings.HasSuffix(cmd, " stop") {
 			// Still serving after each command.
 			fmt.Fprintf(&b, "probe || { sleep 1; probe; } || { echo \"FAIL: %s: nothing answers after %s\"; exit 1; }\n", c.where, cmd)
@@ -279,7 +311,7 @@ if ! probe; then echo "FAIL: %s: nothing answers after: %s"; exit 1; fi
 	if c.stop != "" {
 		fmt.Fprintf(&b, "echo \"+ %s\"\n%s || { echo \"FAIL: %s exited $?\"; exit 1; }\n", c.stop, c.stop, c.stop)
 	}
-	fmt.Fprintf(&b, "wait $pid; rc=$?\n[ $rc = 0 ] || { echo \"FAIL: %s: baton exited $rc\"; exit 1; }\necho OK\n", c.run)
+	fmt.Fprintf(&b, "echo \"+ wait ($SECONDS s)\"\nwait $pid; rc=$?\n[ $rc = 0 ] || { echo \"FAIL: %s: baton exited $rc\"; exit 1; }\necho OK\n", c.run)
 	return b.String()
 }
 
@@ -320,6 +352,9 @@ func TestDocumentedCommandsWork(t *testing.T) {
 			cmd := exec.CommandContext(ctx, "unshare", "--net", "--mount", "--fork", "bash", "-c", sandboxScript(c, checkout, logFile))
 			cmd.Env = append(os.Environ(), "MAKEFLAGS=") // make run's own make, not the caller's jobs
 			out, err := cmd.CombinedOutput()
+			if testing.Verbose() {
+				t.Logf("%s", out)
+			}
 			if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "OK") {
 				log, _ := os.ReadFile(logFile)
 				t.Errorf("%s: %s: %v\n%s\nbaton's output:\n%s", c.where, c.run, err, out, log)

@@ -105,7 +105,7 @@ func killDuringReloadStorm(t *testing.T) string {
 		for time.Now().Before(stop) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			if _, err := control.Call(ctx, b.ctl, "reload", nil); err != nil {
-				reloadsFailed++ // a killed new worker rolls the reload back
+				reloadsFailed++ // a new worker killed too often crash-loops its slot
 			} else {
 				reloadsOK++
 			}
@@ -129,7 +129,7 @@ func killDuringReloadStorm(t *testing.T) string {
 	checkNeverRefused(t, r, kills)
 	after := rest(b, n)
 	checkRest(t, before, after)
-	return fmt.Sprintf("%d workers killed during %d reloads (%d rolled back by a kill); %s requests, %d failed, %d refused; at rest %v before and after",
+	return fmt.Sprintf("%d workers killed during %d reloads (%d failed); %s requests, %d failed, %d refused; at rest %v before and after",
 		kills, reloadsOK+reloadsFailed, reloadsFailed, count(r.Requests+r.Failed()), r.Failed(), r.ConnectErrors, after)
 }
 
@@ -180,22 +180,30 @@ func killStartingGeneration(t *testing.T) string {
 	for _, p := range fresh {
 		killPID(p)
 	}
+	// A worker of a generation coming up that dies is restarted in its
+	// slot; the reload fails only if the slot crash-loops or misses its
+	// readiness deadline.
 	err := done()
-	if err == nil {
-		t.Errorf("the reload whose new workers were killed while starting succeeded")
+	if err != nil {
+		t.Errorf("the reload whose new workers were killed once while starting failed: %v; they are restarted in their slots", err)
 	}
 	r := wait()
 	checkLoad(t, r)
 	after := rest(b, 2)
-	if fmt.Sprint(workerPIDs(b.waitReady(2))) != fmt.Sprint(old) {
-		t.Errorf("the old generation was replaced: %v, was %v", workerPIDs(b.waitReady(2)), old)
+	st := b.waitReady(2)
+	for _, p := range workerPIDs(st) {
+		for _, o := range append(old, fresh...) {
+			if p == o {
+				t.Errorf("worker %d still serves: want the killed ones restarted and the old generation drained", p)
+			}
+		}
 	}
 	checkRest(t, before, after)
 	if out, code := b.cli("reload"); code != 0 {
 		t.Errorf("the next reload failed: %s", out)
 	}
-	return fmt.Sprintf("%d starting workers killed: the reload failed (%q) and the old generation served on; %s requests, 0 failed; the next reload succeeded",
-		len(fresh), firstLine(err), count(r.Requests))
+	return fmt.Sprintf("%d starting workers killed: restarted in their slots, and the reload succeeded; %s requests, 0 failed; the next reload succeeded",
+		len(fresh), count(r.Requests))
 }
 
 func firstLine(err error) string {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -30,7 +31,11 @@ const (
 	// failFile: when it exists and holds "fail", the http worker exits 1
 	// at start, like a bad deploy. When it holds "noready" the worker
 	// serves but never sends READY=1; "slow", it waits 3s before it
-	// serves and says it is ready.
+	// serves and says it is ready; "fail-slot N", it exits 1 at start in
+	// slot N only; "crash-after-2s", it serves, then exits 2 after 2s;
+	// "errors", it answers 500 to one request in 10 and reports its
+	// count of them on NOTIFY_SOCKET (X_BATON_ERRORS=N), as a canary
+	// with a bug does.
 	failFile = "E2E_FAIL_FILE"
 	// drainDelay: the http worker lingers this long after it has drained,
 	// like a worker with long-lived connections.
@@ -56,6 +61,8 @@ func runWorker(mode string) int {
 		err = envWorker()
 	case "gosystemd":
 		err = goSystemdWorker()
+	case "udp-flows":
+		err = udpFlowsWorker()
 	case "udp-echo":
 		err = udpEchoWorker()
 	case "fcgi":
@@ -76,6 +83,8 @@ func runWorker(mode string) int {
 		err = strangerWorkerSocket() // not a worker: another user on BATON_SOCKET
 	case "junk-handoff":
 		err = junkHandoffWorker()
+	case "maxreq", "leak-rss":
+		err = recycleWorker(mode) // recycle_workers_test.go
 	default:
 		err = fmt.Errorf("unknown worker mode %q", mode)
 	}
@@ -87,9 +96,11 @@ func runWorker(mode string) int {
 }
 
 func httpWorker() error {
+	var report500 bool
 	if f := os.Getenv(failFile); f != "" {
 		b, _ := os.ReadFile(f)
-		switch strings.TrimSpace(string(b)) {
+		how := strings.TrimSpace(string(b))
+		switch how {
 		case "fail":
 			return errors.New("bad deploy: refusing to start")
 		case "noready":
@@ -97,6 +108,16 @@ func httpWorker() error {
 			return nil
 		case "slow":
 			time.Sleep(3 * time.Second)
+		case "crash-after-2s":
+			time.AfterFunc(2*time.Second, func() {
+				fmt.Println("crashing after 2s on purpose")
+				os.Exit(2)
+			})
+		case "errors":
+			report500 = true
+		}
+		if slot, ok := strings.CutPrefix(how, "fail-slot "); ok && slot == strconv.Itoa(baton.Slot()) {
+			return fmt.Errorf("bad deploy in slot %s: refusing to start", slot)
 		}
 	}
 	if n, err := strconv.ParseUint(os.Getenv(nofile), 10, 64); err == nil {
@@ -114,12 +135,43 @@ func httpWorker() error {
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		fmt.Fprintf(w, "slow ok pid %d\n", os.Getpid())
 	})
-	err := baton.Serve(&http.Server{Handler: mux})
+	var h http.Handler = mux
+	if report500 {
+		h = erring(mux)
+	}
+	err := baton.Serve(&http.Server{Handler: h})
 	if d, perr := time.ParseDuration(os.Getenv(drainDelay)); perr == nil {
 		fmt.Println("drained; lingering for", d)
 		time.Sleep(d)
 	}
 	return err
+}
+
+// erring answers 500 to one request in 10 and tells baton how many it
+// answered so, as X_BATON_ERRORS=N on NOTIFY_SOCKET (docs/workers.md).
+func erring(h http.Handler) http.Handler {
+	var mu sync.Mutex
+	var requests, errs int
+	notify := os.Getenv("NOTIFY_SOCKET")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests++
+		fail := requests%10 == 0
+		if fail {
+			errs++
+		}
+		n := errs
+		mu.Unlock()
+		if !fail {
+			h.ServeHTTP(w, r)
+			return
+		}
+		http.Error(w, "a bug", http.StatusInternalServerError)
+		if c, err := net.Dial("unixgram", notify); err == nil {
+			fmt.Fprintf(c, "X_BATON_ERRORS=%d", n)
+			c.Close()
+		}
+	})
 }
 
 // httpAllWorker serves HTTP on every stream socket it inherited.

@@ -26,8 +26,13 @@ type sample struct {
 	// port (of its address family); nil when not asked or not answered.
 	conns map[int][]sockdiag.Socket
 	// owners maps socket inodes to the workers holding them.
-	owners   map[uint64][]sockdiag.Owner
-	fds      map[int]fdUsage
+	owners map[uint64][]sockdiag.Owner
+	fds    map[int]fdUsage
+	// procs holds each live worker's command name and parent, by pid.
+	procs map[int]proc
+	// trees holds, by worker pid, the worker's process tree and the
+	// sockets in it; read only when needTrees says so.
+	trees    map[int]*tree
 	netstat  map[string]map[string]int64
 	sockstat map[string]map[string]int64
 	errs     []string
@@ -50,10 +55,22 @@ type history struct {
 	closeWaitCount map[int]int
 	// overflows is the host's ListenOverflows counter over the rise window.
 	overflows series
+	// queued holds the connections seen waiting in the TCP listeners'
+	// accept queues in the last view, by socket cookie.
+	queued map[uint64]waitingConn
+	// left holds, by listener name, when a connection was last seen to
+	// have left the listener's accept queue (accepted, or dropped).
+	left map[string]time.Time
+	// wrapped holds when each program a worker runs as its child instead
+	// of exec-ing it was first seen, by worker and child pid.
+	wrapped map[[2]int]time.Time
 }
 
 func newHistory() *history {
-	return &history{active: map[string]Warning{}, closeWait: map[uint64]time.Time{}, closeWaitCount: map[int]int{}}
+	return &history{
+		active: map[string]Warning{}, closeWait: map[uint64]time.Time{}, closeWaitCount: map[int]int{},
+		queued: map[uint64]waitingConn{}, left: map[string]time.Time{}, wrapped: map[[2]int]time.Time{},
+	}
 }
 
 type point struct {
@@ -116,6 +133,7 @@ func analyze(in Input, s *sample, h *history, o Options) (v *View, raised, clear
 	stuck := make([]int, len(in.Workers))
 	oldest := make([]time.Time, len(in.Workers))
 	seenCW := map[uint64]time.Time{}
+	seenQ := map[uint64]waitingConn{}
 
 	var full []string // listeners above the queue threshold, for the overflow warning
 	for li, l := range in.Listeners {
@@ -136,6 +154,13 @@ func analyze(in Input, s *sample, h *history, o Options) (v *View, raised, clear
 		}
 		if w, ok := backlogClamped(l, lv.Sockets, s.somaxconn); ok {
 			warns = append(warns, w)
+		}
+		if socks, ok := s.conns[li]; ok && l.Protocol == TCP {
+			if n, oldest, stalled := h.acceptStall(l, queued(l, socks), s.time, o.Persist, seenQ); stalled {
+				if w, ok := notAccepting(l, lv, n, s.time.Sub(oldest), in, s); ok {
+					warns = append(warns, w)
+				}
+			}
 		}
 		if socks, ok := s.conns[li]; ok && l.Protocol == TCP {
 			lv.Connections = map[string]int{}
@@ -185,6 +210,7 @@ func analyze(in Input, s *sample, h *history, o Options) (v *View, raised, clear
 		v.Listeners = append(v.Listeners, lv)
 	}
 	h.closeWait = seenCW
+	h.queued = seenQ
 
 	if tcpExt := s.netstat["TcpExt"]; tcpExt != nil {
 		if n, ok := tcpExt["ListenOverflows"]; ok {
@@ -209,11 +235,16 @@ func analyze(in Input, s *sample, h *history, o Options) (v *View, raised, clear
 		}
 	}
 	h.closeWaitCount = cwCount
+	if w, ok := h.wrapperWarning(in, s, o.Persist); ok {
+		warns = append(warns, w)
+	}
+	warns = append(warns, slotWarnings(in, s.time, o)...)
 
 	// Stamp each warning with when it first appeared; note the new and
 	// the cleared ones.
 	now := map[string]Warning{}
 	for i, w := range warns {
+		w.Severity = w.Code.Severity()
 		k := warningKey(w)
 		if old, ok := h.active[k]; ok {
 			w.Since = old.Since
@@ -274,9 +305,13 @@ func queueFull(l Listener, s SocketView, threshold float64) (Warning, bool) {
 	}, true
 }
 
-// backlogClamped warns when the kernel capped a listener's backlog: the
-// maximum it reports for the socket (or else somaxconn) is below what
-// baton asked listen(2) for.
+// backlogClamped warns when a listener's accept queue is shorter than
+// the backlog baton asked listen(2) for: the maximum the kernel reports
+// for the socket (or else somaxconn) is below it. When somaxconn explains
+// it, somaxconn capped it (backlog_clamped); when the maximum is below
+// somaxconn too, a later listen(2) call on the socket lowered it
+// (backlog_lowered): a worker's, and under --capture-bind the program's
+// own, on the socket baton installed at its bind.
 func backlogClamped(l Listener, socks []SocketView, somaxconn int) (Warning, bool) {
 	if l.Backlog <= 0 || (l.Protocol != TCP && l.Protocol != Unix) {
 		return Warning{}, false
@@ -294,6 +329,9 @@ func backlogClamped(l Listener, socks []SocketView, somaxconn int) (Warning, boo
 	if eff < 0 || eff >= l.Backlog {
 		return Warning{}, false
 	}
+	if somaxconn > 0 && eff < min(l.Backlog, somaxconn) {
+		return backlogLowered(l, eff, somaxconn), true
+	}
 	return Warning{
 		Code: BacklogClamped, Listener: l.Name,
 		Message: fmt.Sprintf("listener %s: backlog %d is capped at %d by net.core.somaxconn, so the accept queue holds "+
@@ -301,6 +339,24 @@ func backlogClamped(l Listener, socks []SocketView, somaxconn int) (Warning, boo
 			"then restart baton: the cap is applied when a socket starts listening",
 			l.Name, l.Backlog, eff, eff+1, l.Backlog, l.Backlog),
 	}, true
+}
+
+// backlogLowered is the warning about a listener whose accept queue a
+// later listen(2) call shortened to eff.
+func backlogLowered(l Listener, eff, somaxconn int) Warning {
+	who := "a worker called listen(2) again on the socket it inherited, with backlog " + itoa(eff)
+	if l.Captured {
+		who = fmt.Sprintf("the program called listen(%d): under --capture-bind its bind(2) got baton's socket, so its "+
+			"own listen(2) set that socket's backlog (Python's socketserver asks for 5, nginx for 511)", eff)
+	}
+	return Warning{
+		Code: BacklogLowered, Listener: l.Name,
+		Message: fmt.Sprintf("listener %s: the accept queue holds at most %d connections, not the %d baton asked listen(2) "+
+			"for, and net.core.somaxconn (%d) does not explain it: %s; raise the backlog the program asks for to %d or "+
+			"more (Python: request_queue_size; nginx: listen ... backlog=N; Go's net.Listen asks for somaxconn), "+
+			"then baton reload (or, if somaxconn was %d when baton began listening, restart baton)",
+			l.Name, eff+1, l.Backlog, somaxconn, who, l.Backlog, eff),
+	}
 }
 
 // timeWaitThreshold is how many TIME-WAIT sockets on one port make a

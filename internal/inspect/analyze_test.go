@@ -30,6 +30,8 @@ func newSample(at time.Time) *sample {
 		queues: map[uint64]sockdiag.Queue{},
 		conns:  map[int][]sockdiag.Socket{},
 		fds:    map[int]fdUsage{},
+		procs:  map[int]proc{},
+		trees:  map[int]*tree{},
 	}
 }
 
@@ -364,4 +366,17 @@ func TestSeriesRise(t *testing.T) {
 			t.Errorf("at %ds value %d: rose %d over %s, want %d over %s", st.sec, st.v, rose, over, st.rose, st.over)
 		}
 	}
+}
+
+// withCode keeps the warnings with code. The tests look at their own
+// warnings only: host-wide ones (ListenOverflows rising) may come from
+// other programs on the machine.
+func withCode(ws []Warning, code Code) []Warning {
+	var out []Warning
+	for _, w := range ws {
+		if w.Code == code {
+			out = append(out, w)
+		}
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,24 @@ type Options struct {
 	// TimeWait is how many TIME-WAIT sockets on one listener's port make a
 	// pile-up (a quarter of net.ipv4.tcp_max_tw_buckets, at most 16384).
 	TimeWait int
+	// Persist is how long a condition that may pass by itself must last
+	// before it is a warning (10s): a connection waiting in a TCP
+	// listener's accept queue with none accepted meanwhile (nobody
+	// accepts on the listener), a child of a wrapper shell (a shell
+	// runs helpers before it execs the program: pyenv's and rbenv's
+	// shims do).
+	Persist time.Duration
+	// StableAfter is how long a slot's worker must stay up for the slot
+	// to count as no longer crash-looping: the supervisor's StableAfter
+	// (10s).
+	StableAfter time.Duration
+	// MinBackoff is the supervisor's first restart backoff (100ms), from
+	// which a slot's backoff tells how many of its workers in a row
+	// exited within StableAfter of their start.
+	MinBackoff time.Duration
+	// CrashLoop is how many workers of a slot in a row must exit within
+	// StableAfter of their start for the slot to be crash-looping (3).
+	CrashLoop int
 }
 
 func (o Options) withDefaults() Options {
@@ -50,6 +69,18 @@ func (o Options) withDefaults() Options {
 	}
 	if o.FDUsage <= 0 {
 		o.FDUsage = 0.8
+	}
+	if o.Persist <= 0 {
+		o.Persist = 10 * time.Second
+	}
+	if o.StableAfter <= 0 {
+		o.StableAfter = 10 * time.Second
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.CrashLoop <= 0 {
+		o.CrashLoop = 3
 	}
 	return o
 }
@@ -126,6 +157,8 @@ func (in *Inspector) gather(ctx context.Context, input Input) *sample {
 		queues: map[uint64]sockdiag.Queue{},
 		conns:  map[int][]sockdiag.Socket{},
 		fds:    map[int]fdUsage{},
+		procs:  map[int]proc{},
+		trees:  map[int]*tree{},
 	}
 	fail := func(err error) { s.errs = append(s.errs, err.Error()) }
 	if n, err := readSysctl("net/core/somaxconn"); err == nil {
@@ -160,6 +193,9 @@ func (in *Inspector) gather(ctx context.Context, input Input) *sample {
 			continue
 		}
 		s.fds[w.PID] = fdUsage{open, soft, hard}
+		if p, err := readProc(w.PID, false); err == nil {
+			s.procs[w.PID] = p
+		}
 	}
 	if len(s.conns) > 0 {
 		owners, err := sockdiag.Owners(pids...)
@@ -167,6 +203,9 @@ func (in *Inspector) gather(ctx context.Context, input Input) *sample {
 			fail(fmt.Errorf("which worker holds which connection: %w", err))
 		}
 		s.owners = owners
+	}
+	if needTrees(input, s, in.hist, in.opts.Persist) {
+		in.gatherTrees(input, s)
 	}
 	var err error
 	if s.netstat, err = sockdiag.ReadNetstat(); err != nil {
@@ -276,6 +315,103 @@ func (in *Inspector) gatherSockets(input Input, s *sample) error {
 }
 
 var errBroken = errors.New("the sock_diag netlink socket failed")
+
+// needTrees reports whether the workers' process trees are worth reading
+// (they cost a read of each descendant's /proc): a worker is a shell (a
+// wrapper script), or a connection has waited in a TCP listener's accept
+// queue for persist or more, as the history says (to tell why nobody
+// accepts it). A busy server's queue, whose connections come and go,
+// costs nothing more.
+func needTrees(input Input, s *sample, h *history, persist time.Duration) bool {
+	for _, p := range s.procs {
+		if isShell(p) {
+			return true
+		}
+	}
+	for li, l := range input.Listeners {
+		for _, sk := range queued(l, s.conns[li]) {
+			if w, ok := h.queued[sk.Cookie]; ok && sk.Cookie != 0 && s.time.Sub(w.first) >= persist {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// gatherTrees reads the process tree of every worker that is not
+// draining (its descendants, each one's command name and LISTEN_PID),
+// which of baton's sockets the tree holds, and the TCP listening sockets
+// in it that are not baton's.
+func (in *Inspector) gatherTrees(input Input, s *sample) {
+	batons := map[uint64]bool{}
+	for _, l := range input.Listeners {
+		for _, sk := range l.Sockets {
+			batons[sk.Inode] = true
+		}
+	}
+	treeOf := map[int]*tree{} // by the pid of any process in it
+	var pids []int
+	for _, w := range input.Workers {
+		self, ok := s.procs[w.PID]
+		if !ok || w.State == WorkerDraining {
+			continue
+		}
+		kids, err := descendants(w.PID, maxDescendants)
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				s.errs = append(s.errs, fmt.Sprintf("processes of worker pid %d: %v", w.PID, err))
+			}
+			continue
+		}
+		t := &tree{self: self, own: map[int][]ownListener{}, holds: map[uint64]bool{}}
+		treeOf[w.PID] = t
+		pids = append(pids, w.PID)
+		for _, k := range kids {
+			p, err := readProc(k, true)
+			if err != nil {
+				continue // exited meanwhile
+			}
+			t.descendants = append(t.descendants, p)
+			treeOf[k] = t
+			pids = append(pids, k)
+		}
+		s.trees[w.PID] = t
+	}
+	if len(pids) == 0 {
+		return
+	}
+	owners, err := sockdiag.Owners(pids...)
+	if err != nil {
+		s.errs = append(s.errs, fmt.Sprintf("sockets of the workers' processes: %v", err))
+		return
+	}
+	listening := map[uint64]string{}
+	if in.conn != nil {
+		socks, err := in.conn.Query(sockdiag.Query{Protocol: unix.IPPROTO_TCP, States: sockdiag.States(sockdiag.Listen)})
+		if err != nil {
+			s.errs = append(s.errs, fmt.Sprintf("listening sockets: %v", err))
+		}
+		for _, sk := range socks {
+			listening[sk.Inode] = sk.Local.String()
+		}
+	}
+	for ino, holders := range owners {
+		for _, o := range holders {
+			t := treeOf[o.PID]
+			switch addr, ok := listening[ino]; {
+			case batons[ino]:
+				t.holds[ino] = true
+			case ok && !slices.ContainsFunc(t.own[o.PID], func(l ownListener) bool { return l.Inode == ino }):
+				t.own[o.PID] = append(t.own[o.PID], ownListener{Addr: addr, Inode: ino})
+			}
+		}
+	}
+	for _, t := range s.trees {
+		for _, own := range t.own {
+			slices.SortFunc(own, func(a, b ownListener) int { return strings.Compare(a.Addr, b.Addr) })
+		}
+	}
+}
 
 // family is the address family whose sockets a listener's connections
 // are: an IPv6 listener's are IPv6 sockets, IPv4-mapped ones included.

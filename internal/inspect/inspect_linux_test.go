@@ -195,19 +195,6 @@ func TestInspectCloseWait(t *testing.T) {
 	waitView(t, in, input, "the warning to clear", func(v *View) bool { return len(withCode(v.Warnings, CloseWait)) == 0 })
 }
 
-// withCode keeps the warnings with code. The tests look at their own
-// warnings only: host-wide ones (ListenOverflows rising) may come from
-// other programs on the machine.
-func withCode(ws []Warning, code Code) []Warning {
-	var out []Warning
-	for _, w := range ws {
-		if w.Code == code {
-			out = append(out, w)
-		}
-	}
-	return out
-}
-
 // A unix listener's queue comes from unix_diag; a UDP socket's from its
 // port's query.
 func TestInspectUnixAndUDP(t *testing.T) {

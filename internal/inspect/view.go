@@ -2,14 +2,21 @@ package inspect
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/baton-dev/baton/internal/api"
 )
 
-// Input is what baton manages: its listeners and its live workers.
+// Input is what baton manages: its listeners, its live workers, and the
+// slots of the serving generation.
 type Input struct {
 	Listeners []Listener
 	Workers   []Worker
+	// Slots are the serving generation's slots, with or without a live
+	// worker (a slot whose worker crashed waits in backoff).
+	Slots []Slot
+	// Command is the worker command as given.
+	Command []string
 }
 
 // Protocol is a listener's transport, as its URL scheme names it.
@@ -36,6 +43,10 @@ type Listener struct {
 	// Sockets are the listener's sockets: one shared by every worker
 	// (Slot Shared), or one SO_REUSEPORT socket per slot.
 	Sockets []Socket
+	// Captured is set when a live worker's bind(2) got this listener's
+	// socket (--capture-bind): the program then calls listen(2) on it
+	// too.
+	Captured bool
 }
 
 // Socket is one socket of a listener.
@@ -50,8 +61,48 @@ const Shared = -1
 // Worker is one live worker process.
 type Worker struct {
 	PID, Slot, Generation int
-	State                 string
+	// State is "starting", "ready" or "draining".
+	State string
+	// Started is when baton started it.
+	Started time.Time
 }
+
+// Slot is one slot of the serving generation, as the supervisor's
+// status shows it.
+type Slot struct {
+	Slot int
+	// State is "up" (it has a live worker), "backoff" (its worker exited
+	// or could not start; another starts after Backoff) or "stopped".
+	State string
+	// PID is its live worker; 0 when it has none.
+	PID      int
+	Restarts int
+	// Backoff is the wait before its last restart: it doubles from the
+	// supervisor's MinBackoff with each worker that exited within
+	// StableAfter of its start, and starts over after one that stayed up
+	// longer.
+	Backoff time.Duration
+	// NextIn is how long until the pending restart (backoff only).
+	NextIn time.Duration
+	// LastError says why the slot last lost its worker (with the
+	// worker's last output), LastErrorTime when; empty while nothing
+	// failed.
+	LastError     string
+	LastErrorTime time.Time
+}
+
+// Slot states, as Slot.State has them.
+const (
+	SlotUp      = api.SlotUp
+	SlotBackoff = api.SlotBackoff
+)
+
+// Worker states, as Worker.State has them.
+const (
+	WorkerStarting = string(api.WorkerStarting)
+	WorkerReady    = string(api.WorkerReady)
+	WorkerDraining = string(api.WorkerDraining)
+)
 
 // The view's types are the control API's (internal/api), which the
 // status reply carries: these names are theirs.
@@ -70,6 +121,8 @@ type (
 	Warning = api.Warning
 	// Code names a kind of warning.
 	Code = api.WarningCode
+	// Severity says how much a warning matters.
+	Severity = api.Severity
 )
 
 // NetstatCounters are the TcpExt counters Host.Netstat carries.
@@ -77,13 +130,24 @@ var NetstatCounters = api.NetstatCounters
 
 // The warnings (api.WarningCodes).
 const (
-	BacklogClamped  = api.BacklogClamped
-	AcceptQueueFull = api.AcceptQueueFull
-	ListenOverflows = api.ListenOverflows
-	NofileDefault   = api.NofileDefault
-	NofileHeadroom  = api.NofileHeadroom
-	CloseWait       = api.CloseWait
-	TimeWait        = api.TimeWait
+	BacklogClamped     = api.BacklogClamped
+	BacklogLowered     = api.BacklogLowered
+	AcceptQueueFull    = api.AcceptQueueFull
+	ListenOverflows    = api.ListenOverflows
+	NofileDefault      = api.NofileDefault
+	NofileHeadroom     = api.NofileHeadroom
+	CloseWait          = api.CloseWait
+	TimeWait           = api.TimeWait
+	NotAccepting       = api.NotAccepting
+	WrapperWithoutExec = api.WrapperWithoutExec
+	BindsOwnPort       = api.BindsOwnPort
+	CrashLoop          = api.CrashLoop
+)
+
+// The severities (api.Severity).
+const (
+	SeverityWarning  = api.SeverityWarning
+	SeverityDegraded = api.SeverityDegraded
 )
 
 // Codes lists every warning code.

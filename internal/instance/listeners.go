@@ -1,6 +1,7 @@
 package instance
 
 import (
+	"cmp"
 	"log/slog"
 	"sync"
 
@@ -24,6 +25,7 @@ func bindAll(r *config.Resolved, log *slog.Logger) ([]*listener.Group, error) {
 		if w := socks[0].Warning; w != nil {
 			log.Warn("listener's directory lets another user replace its socket file", "name", spec.Name, "err", w)
 		}
+		logFlows(log, g)
 		attrs := []any{"name", spec.Name, "address", socks[0].Addr().String(), "kind", spec.Kind, "backlog", socks[0].Backlog()}
 		if g.Reuseport() {
 			attrs = append(attrs, "balance", listener.Reuseport, "sockets", len(socks))
@@ -85,6 +87,7 @@ func (p *planner) prepare(current []*listener.Group, workers int) (*supervisor.P
 			if w := first.Warning; w != nil {
 				p.log.Warn("listener's directory lets another user replace its socket file", "name", c.To.Name, "err", w)
 			}
+			logFlows(p.log, c.Group)
 		}
 	}
 	return &supervisor.Plan{
@@ -114,5 +117,16 @@ func warnFixed(log *slog.Logger, prev, next *config.Resolved) {
 		if v[0] != v[1] {
 			log.Warn("this setting changed, but a reload cannot apply it: it takes effect when baton restarts", "key", key, "now", v[0], "configured", v[1])
 		}
+	}
+}
+
+// logFlows says, once when it binds a UDP listener, whether baton keeps
+// its flows across reloads, and why not when it cannot (flows=auto).
+func logFlows(log *slog.Logger, g *listener.Group) {
+	switch {
+	case g.Steered():
+		log.Info("UDP flows are kept across reloads", "name", g.Spec.Name, "flows", cmp.Or(g.Spec.Flows, listener.FlowsAuto))
+	case g.FlowsErr != nil:
+		log.Warn("listener's UDP flows are not kept: old and new workers share its socket, as with flows=off", "name", g.Spec.Name, "err", g.FlowsErr)
 	}
 }

@@ -39,8 +39,14 @@ type observer struct {
 func startObserver(metricsAddr string, every time.Duration, version string, log *slog.Logger, wait bool) (*observer, error) {
 	o := &observer{every: every, log: log}
 	// A connection that stays in CLOSE-WAIT for a whole interval counts as
-	// never closed.
-	o.inspector = inspect.New(inspect.Options{Log: log, CloseWaitAge: every})
+	// never closed, and a condition that may pass (a connection waiting in
+	// an accept queue with none accepted, a wrapper shell's child) warns
+	// once it has lasted that long; a slot's streak of quick exits is
+	// counted by the supervisor's rules.
+	o.inspector = inspect.New(inspect.Options{
+		Log: log, CloseWaitAge: every, Persist: every,
+		StableAfter: supervisor.StableAfter, MinBackoff: supervisor.MinBackoff,
+	})
 	if metricsAddr == "" {
 		return o, nil
 	}

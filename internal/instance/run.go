@@ -243,6 +243,7 @@ func newSupervisor(r *config.Resolved, h *supervisor.UpgradeState, taken *takeov
 		return nil, err
 	}
 	opts.Plan = supervisor.Plan{Config: r.Supervisor, Listeners: listeners}
+	opts.TookOver = taken != nil
 	sup, err := supervisor.New(opts)
 	if err != nil {
 		for _, l := range listeners {

@@ -18,6 +18,10 @@
 // check holds. A file another user swapped in is refused with the reason;
 // a directory another user can change is a warning (Socket.Warning).
 //
-// Inherited reads sockets passed with the systemd socket-activation protocol
+// Inherit reads sockets passed with the systemd socket-activation protocol
 // (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES); the worker library uses it.
+//
+// Sockets are Linux's: on other systems only Spec and Parse are here (the
+// worker library parses the address it binds itself in development with
+// them) and Inherit returns an error naming the system.
 package listener

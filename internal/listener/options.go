@@ -168,6 +168,21 @@ var options = []*Option{
 		},
 		format: func(s Spec) string { return s.Balance },
 	},
+	{
+		Key:     "flows",
+		Type:    ValueText,
+		Value:   FlowsAuto + "|" + FlowsOn + "|" + FlowsOff,
+		Help:    "keep each UDP peer on the worker that first got its datagrams, across reloads, with an eBPF program baton owns (docs/udp.md): auto does where baton may (CAP_BPF and CAP_NET_ADMIN, or root; Linux 4.19+) and says once why not elsewhere, on refuses to start without it, off never steers (default: auto); a reload may switch between auto and on, not to or from off, without restarting baton",
+		applies: func(s *Spec) bool { return s.Kind == Datagram && s.IsInet() },
+		parse: func(s *Spec, v string) error {
+			if v != FlowsAuto && v != FlowsOn && v != FlowsOff {
+				return fmt.Errorf("%q: want %s, %s or %s", v, FlowsAuto, FlowsOn, FlowsOff)
+			}
+			s.Flows = v
+			return nil
+		},
+		format: func(s Spec) string { return s.Flows },
+	},
 }
 
 // maxBacklog is the largest backlog an option may ask for; the kernel

@@ -110,6 +110,13 @@ func Reconcile(specs []Spec, current []*Group, slots int) (*Reconciled, error) {
 			c.Fate = Kept
 		case old != nil && InPlace(old.Spec, spec):
 			c.Fate, c.From = Adjusted, old.Spec
+		case old != nil && old.Steered() && spec.WantsFlows() && old.Spec.url(notFlows) == spec.url(notFlows):
+			// flows=auto to on, or back: the group steers either way.
+			c.Fate, c.From = Adjusted, old.Spec
+		case old != nil && spec.Kind == Datagram && old.Spec.Scheme == spec.Scheme && old.Spec.Address() == spec.Address() && (old.Steered() || spec.WantsFlows()):
+			// A new group on the address would join the old one's
+			// reuseport group, and steal or lose its peers.
+			return fail(fmt.Errorf("listener %s: changing it from %s to %s needs its sockets bound again on %s, where the UDP flows of its workers are kept; restart baton to change it, or change the address", spec.Name, old.Spec.URL(), spec.URL(), spec.Address()))
 		default:
 			g, err := OpenGroup(spec, slots)
 			if err != nil {
@@ -127,6 +134,10 @@ func Reconcile(specs []Spec, current []*Group, slots int) (*Reconciled, error) {
 	}
 	return r, nil
 }
+
+// notFlows keeps every option but flows, to compare two specs of a
+// steered listener.
+func notFlows(o *Option) bool { return o.Key != "flows" }
 
 // InPlace reports whether the reload changes listeners in place: whether
 // Apply has anything to do.

@@ -165,7 +165,7 @@ func (s *Socket) setup(sa unix.Sockaddr, family int) error {
 			return fail("setsockopt", err, "")
 		}
 	}
-	if spec.Balance == Reuseport {
+	if spec.Balance == Reuseport || spec.steer {
 		// Each slot's socket joins one group; the kernel hashes every new
 		// connection (or datagram flow) to one socket of the group.
 		if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {

@@ -109,8 +109,33 @@ type Spec struct {
 	// Balance is Shared or Reuseport (inet listeners only); empty means
 	// the default the caller picks.
 	Balance string
+	// Flows says whether baton keeps each UDP peer on the worker that
+	// first got its datagrams, across reloads (FlowsAuto, FlowsOn,
+	// FlowsOff); empty means FlowsAuto. UDP listeners only.
+	Flows string
 
 	family string
+	// steer makes Bind set SO_REUSEPORT whatever the balance: the
+	// socket joins a steered group (one socket per generation).
+	steer bool
+}
+
+// Flow modes (the flows option of a UDP listener).
+const (
+	// FlowsAuto keeps flows where baton may load the steering program,
+	// and says once why not elsewhere (the default).
+	FlowsAuto = "auto"
+	// FlowsOn keeps flows, or refuses to start.
+	FlowsOn = "on"
+	// FlowsOff never steers: old and new workers read one socket (or one
+	// per slot), as TCP listeners are shared.
+	FlowsOff = "off"
+)
+
+// WantsFlows reports whether the spec asks for its UDP flows to be kept
+// (flows=auto, the default, or on).
+func (s Spec) WantsFlows() bool {
+	return s.Kind == Datagram && s.IsInet() && s.Flows != FlowsOff
 }
 
 // IsInet reports whether the spec is a TCP or UDP address.

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -30,6 +31,7 @@ type Metrics struct {
 	reloadDuration prometheus.Histogram
 	restarts       *prometheus.CounterVec
 	exits          *prometheus.CounterVec
+	recycles       *prometheus.CounterVec
 	handoffs       prometheus.Counter
 	handoffConns   prometheus.Counter
 }
@@ -53,11 +55,15 @@ func New(version string, status StatusFunc) *Metrics {
 		}),
 		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "baton_worker_restarts_total",
-			Help: "Restarts of a slot's worker after it exited on its own or missed its readiness deadline, by slot.",
+			Help: "Restarts of a slot's worker after a failure (it crashed, exited 0 within 100ms of its start, or missed its readiness deadline), by slot; recycling is counted in baton_worker_recycles_total.",
 		}, []string{"slot"}),
 		exits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "baton_worker_exits_total",
-			Help: "Worker exits, by reason: stopped (baton asked it to) or crashed (it exited on its own).",
+			Help: "Worker exits, by reason: stopped (baton asked it to), crashed (it exited on its own with a status other than 0, a signal, or 0 within 100ms) or recycled (it exited 0 on its own after a while).",
+		}, []string{"reason"}),
+		recycles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_worker_recycles_total",
+			Help: "Workers recycled, by reason: exited (it exited 0 on its own and was restarted at once), max_rss or max_uptime (baton replaced it).",
 		}, []string{"reason"}),
 		handoffs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "baton_handoffs_total",
@@ -68,11 +74,14 @@ func New(version string, status StatusFunc) *Metrics {
 			Help: "Live connections handed from draining workers to the next generation.",
 		}),
 	}
-	for _, r := range []string{"stopped", "crashed"} {
+	for _, r := range []string{supervisor.ExitStopped, supervisor.ExitCrashed, supervisor.ExitRecycled} {
 		m.exits.WithLabelValues(r)
 	}
+	for _, r := range []string{supervisor.RecycleExited, supervisor.RecycleMaxRSS, supervisor.RecycleMaxUptime} {
+		m.recycles.WithLabelValues(r)
+	}
 	m.reg.MustRegister(
-		m.reloadDuration, m.restarts, m.exits, m.handoffs, m.handoffConns,
+		m.reloadDuration, m.restarts, m.exits, m.recycles, m.handoffs, m.handoffConns,
 		&snapshotCollector{m: m, version: version},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -97,11 +106,16 @@ func (m *Metrics) Event(e supervisor.Event) {
 	case supervisor.EventRestart:
 		m.restarts.WithLabelValues(strconv.Itoa(e.Slot)).Inc()
 	case supervisor.EventExit:
-		reason := "crashed"
-		if e.OK {
-			reason = "stopped"
+		reason := e.Reason
+		if reason == "" { // an event of before reasons
+			reason = supervisor.ExitCrashed
+			if e.OK {
+				reason = supervisor.ExitStopped
+			}
 		}
 		m.exits.WithLabelValues(reason).Inc()
+	case supervisor.EventRecycle:
+		m.recycles.WithLabelValues(e.Reason).Inc()
 	case supervisor.EventHandoff:
 		m.handoffs.Inc()
 		m.handoffConns.Add(float64(e.Count))
@@ -120,7 +134,17 @@ var (
 	descGeneration = desc("baton_generation", "The worker generation serving now.")
 	descListener   = desc("baton_listener_info", "Always 1, one series per listener baton holds, with its kind (stream or datagram) and bound address.", "listener", "kind", "address")
 	descBacklog    = desc("baton_listener_backlog", "The backlog baton gave listen(2) for a stream listener; the kernel caps it at net.core.somaxconn.", "listener")
+	descFlowsKept  = desc("baton_udp_flows_kept", "1 when a UDP listener's peers stay with their worker across reloads (docs/udp.md), 0 when they are not kept (baton status says why).", "listener")
+	descFlows      = desc("baton_udp_flows", "UDP peers a listener's steering program keeps on a generation's sockets.", "listener", "generation")
+	descFlowCap    = desc("baton_udp_flow_capacity", "The size of a UDP listener's flow table: past it the least recently seen peers are forgotten.", "listener")
+	descFlowEvict  = desc("baton_udp_flow_evictions_total", "An estimate of the peers a UDP listener's flow table forgot to make room (peers recorded less peers held).", "listener")
+	descFlowDgrams = desc("baton_udp_flow_datagrams_total", "Datagrams a UDP listener's steering program handled, by path: known (a known peer to its socket), new (a new peer to a serving socket), moved (a peer whose socket had gone), fallback (no serving socket: the kernel's hash chose).", "listener", "path")
+	descFlowDrain  = desc("baton_udp_flow_draining_datagrams_total", "Datagrams steered to generations that no longer served: the peers old workers kept while they drained.", "listener")
+	descFlowRuns   = desc("baton_udp_flow_program_runs_total", "Runs of a UDP listener's steering program (the kernel's BPF statistics: 0 unless kernel.bpf_stats_enabled is 1).", "listener")
+	descFlowTime   = desc("baton_udp_flow_program_seconds_total", "Time a UDP listener's steering program ran (the kernel's BPF statistics: 0 unless kernel.bpf_stats_enabled is 1).", "listener")
 	descWorkers    = desc("baton_workers", "Live workers by state: starting, ready or draining.", "state")
+	descWorkerRSS  = desc("baton_worker_resident_memory_bytes", "A worker's resident memory (/proc/PID/stat rss), as baton read it in the last second; a slot's two workers of one generation (while baton replaces one) are summed.", "slot", "generation")
+	descWorkerCPU  = desc("baton_worker_cpu_seconds_total", "User and system CPU time a worker has used (/proc/PID/stat utime and stime), as baton read it in the last second; a slot's two workers of one generation are summed.", "slot", "generation")
 	descStarted    = desc("baton_workers_started_total", "Worker processes started since baton started.")
 	descReloads    = desc("baton_reloads_total", "Reloads finished since baton started, by result: ok (the new generation took over) or failed (the old one kept serving).", "result")
 	descUpgrades   = desc("baton_upgrades_total", "Times baton re-executed itself in place (baton upgrade, SIGUSR2) since it started.")
@@ -133,6 +157,7 @@ var (
 	descOpenFDs    = desc("baton_worker_open_fds", "Descriptors a worker has open.", "slot", "generation")
 	descMaxFDs     = desc("baton_worker_max_fds", "A worker's soft RLIMIT_NOFILE (+Inf when unlimited).", "slot", "generation")
 	descWarnings   = desc("baton_warnings", "Warnings active now, by code (see baton status).", "code")
+	descDegraded   = desc("baton_degraded", "1 while the service is degraded (baton status exits 3): a slot has no worker, or a warning of severity degraded is active (not_accepting, crash_loop, binds_own_port); else 0.")
 	descViewTime   = desc("baton_kernel_view_duration_seconds", "How long asking the kernel for this scrape's view took.")
 	descViewErrors = desc("baton_kernel_view_errors", "Questions the kernel did not answer for this scrape's view (see baton status --json, kernel.errors).")
 
@@ -170,8 +195,9 @@ type snapshotCollector struct {
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descBuildInfo, descStartTime, descGeneration, descListener, descBacklog, descWorkers, descStarted, descUpgrades, descReloads,
+		descWorkerRSS, descWorkerCPU,
 		descQueue, descQueueMax, descRecvBytes, descConns, descWorkerConn, descOpenFDs, descMaxFDs,
-		descWarnings, descViewTime, descViewErrors,
+		descWarnings, descDegraded, descViewTime, descViewErrors,
 		descSomaxconn, descMaxTW, descInUse, descOrphan, descTW, descAlloc, descTCPMem,
 	} {
 		ch <- d
@@ -209,6 +235,26 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		if l.Backlog > 0 {
 			gauge(descBacklog, float64(l.Backlog), l.Name)
 		}
+		if f := l.Flows; f != nil {
+			kept := 0.0
+			if f.Kept {
+				kept = 1
+			}
+			gauge(descFlowsKept, kept, l.Name)
+			if f.Kept {
+				for _, g := range f.Generations {
+					gauge(descFlows, float64(g.Flows), l.Name, strconv.Itoa(g.Generation))
+				}
+				gauge(descFlowCap, float64(f.Capacity), l.Name)
+				counter(descFlowEvict, float64(f.Evicted), l.Name)
+				for path, n := range map[string]uint64{"known": f.Known, "new": f.New, "moved": f.Moved, "fallback": f.Fallback} {
+					counter(descFlowDgrams, float64(n), l.Name, path)
+				}
+				counter(descFlowDrain, float64(f.Draining), l.Name)
+				counter(descFlowRuns, float64(f.ProgramRuns), l.Name)
+				counter(descFlowTime, float64(f.ProgramNS)/1e9, l.Name)
+			}
+		}
 	}
 	states := map[string]int{string(supervisor.Starting): 0, string(supervisor.Ready): 0, string(supervisor.Draining): 0}
 	for _, w := range st.Workers {
@@ -217,6 +263,12 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range states {
 		gauge(descWorkers, float64(n), s)
 	}
+	collectWorkers(st.Workers, gauge, counter)
+	degraded := 0.0
+	if api.HealthOf(&st).Degraded() {
+		degraded = 1
+	}
+	gauge(descDegraded, degraded)
 	if st.Kernel != nil {
 		collectKernel(st.Kernel, gauge, counter)
 	}
@@ -300,6 +352,26 @@ func collectKernel(v *inspect.View, gauge, counter func(*prometheus.Desc, float6
 		gauge(descTW, float64(tcp["tw"]))
 		gauge(descAlloc, float64(tcp["alloc"]))
 		gauge(descTCPMem, float64(tcp["mem"])*float64(os.Getpagesize()))
+	}
+}
+
+// collectWorkers exports what baton read of each worker in /proc. Two
+// live workers of one slot and generation (the old one and its
+// replacement while baton recycles it) are summed into one series.
+func collectWorkers(ws []supervisor.WorkerStatus, gauge, counter func(*prometheus.Desc, float64, ...string)) {
+	type key struct{ slot, gen int }
+	rss, cpu := map[key]float64{}, map[key]float64{}
+	for _, w := range ws {
+		if w.RSSBytes == 0 {
+			continue // not read yet
+		}
+		k := key{w.Slot, w.Generation}
+		rss[k] += float64(w.RSSBytes)
+		cpu[k] += w.CPUSeconds
+	}
+	for k, v := range rss {
+		gauge(descWorkerRSS, v, strconv.Itoa(k.slot), strconv.Itoa(k.gen))
+		counter(descWorkerCPU, cpu[k], strconv.Itoa(k.slot), strconv.Itoa(k.gen))
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -33,12 +34,17 @@ func fakeStatus() supervisor.Status {
 		Reloads:      supervisor.ReloadStats{OK: 2, Failed: 1},
 		Listeners: []supervisor.ListenerStatus{
 			{Name: "http", Kind: "stream", Address: "127.0.0.1:8080", Backlog: 64},
-			{Name: "dns", Kind: "datagram", Address: "127.0.0.1:53"},
+			{Name: "dns", Kind: "datagram", Address: "127.0.0.1:53", Flows: &api.FlowsStatus{
+				Kept: true, Capacity: 1024, Evicted: 3, Known: 100, New: 10, Moved: 2, Fallback: 1, Draining: 40, ProgramRuns: 113, ProgramNS: 2_000_000_000,
+				Generations: []api.FlowGeneration{{Generation: 2, Flows: 4}, {Generation: 3, Serving: true, Flows: 6}},
+			}},
 		},
 		Workers: []supervisor.WorkerStatus{
-			{Slot: 0, Generation: 3, PID: 10, State: supervisor.Ready},
-			{Slot: 1, Generation: 3, PID: 11, State: supervisor.Ready},
-			{Slot: 0, Generation: 2, PID: 5, State: supervisor.Draining},
+			{Slot: 0, Generation: 3, PID: 10, State: supervisor.Ready, RSSBytes: 100 << 20, CPUSeconds: 2.5},
+			{Slot: 1, Generation: 3, PID: 11, State: supervisor.Ready, RSSBytes: 30 << 20, CPUSeconds: 1},
+			{Slot: 0, Generation: 2, PID: 5, State: supervisor.Draining, RSSBytes: 50 << 20, CPUSeconds: 7},
+			// baton replaces pid 11: its replacement, started, not read yet.
+			{Slot: 1, Generation: 3, PID: 12, State: supervisor.Starting},
 		},
 		Kernel: &inspect.View{
 			Took: 0.002,
@@ -129,31 +135,46 @@ func TestScrape(t *testing.T) {
 	m.Event(supervisor.Event{Kind: supervisor.EventReload, OK: false, Duration: 2 * time.Second})
 	m.Event(supervisor.Event{Kind: supervisor.EventRestart, Slot: 1})
 	m.Event(supervisor.Event{Kind: supervisor.EventExit, OK: false})
+	m.Event(supervisor.Event{Kind: supervisor.EventExit, Reason: supervisor.ExitRecycled})
+	m.Event(supervisor.Event{Kind: supervisor.EventRecycle, Reason: supervisor.RecycleExited})
+	m.Event(supervisor.Event{Kind: supervisor.EventRecycle, Reason: supervisor.RecycleMaxRSS})
 	m.Event(supervisor.Event{Kind: supervisor.EventHandoff, Count: 5})
 	mf := scrape(t, m.Handler())
 
 	want := map[string]map[string]float64{
-		"baton_build_info":                   {"version=v1.2.3": 1},
-		"baton_start_time_seconds":           {"": 1700000000},
-		"baton_generation":                   {"": 3},
-		"baton_workers_started_total":        {"": 7},
-		"baton_upgrades_total":               {"": 2},
-		"baton_listener_info":                {"address=127.0.0.1:8080,kind=stream,listener=http": 1, "address=127.0.0.1:53,kind=datagram,listener=dns": 1},
-		"baton_listener_backlog":             {"listener=http": 64},
-		"baton_workers":                      {"state=ready": 2, "state=draining": 1, "state=starting": 0},
-		"baton_accept_queue_connections":     {"listener=http,slot=0": 3, "listener=http,slot=1": 0},
-		"baton_accept_queue_max_connections": {"listener=http,slot=0": 64, "listener=http,slot=1": 64},
-		"baton_socket_receive_queue_bytes":   {"listener=dns,slot=": 768},
-		"baton_connections":                  {"listener=http,state=ESTAB": 12, "listener=http,state=TIME-WAIT": 4},
+		"baton_build_info":                        {"version=v1.2.3": 1},
+		"baton_start_time_seconds":                {"": 1700000000},
+		"baton_generation":                        {"": 3},
+		"baton_workers_started_total":             {"": 7},
+		"baton_upgrades_total":                    {"": 2},
+		"baton_listener_info":                     {"address=127.0.0.1:8080,kind=stream,listener=http": 1, "address=127.0.0.1:53,kind=datagram,listener=dns": 1},
+		"baton_listener_backlog":                  {"listener=http": 64},
+		"baton_udp_flows_kept":                    {"listener=dns": 1},
+		"baton_udp_flows":                         {"generation=2,listener=dns": 4, "generation=3,listener=dns": 6},
+		"baton_udp_flow_capacity":                 {"listener=dns": 1024},
+		"baton_udp_flow_evictions_total":          {"listener=dns": 3},
+		"baton_udp_flow_datagrams_total":          {"listener=dns,path=known": 100, "listener=dns,path=new": 10, "listener=dns,path=moved": 2, "listener=dns,path=fallback": 1},
+		"baton_udp_flow_draining_datagrams_total": {"listener=dns": 40},
+		"baton_udp_flow_program_runs_total":       {"listener=dns": 113},
+		"baton_udp_flow_program_seconds_total":    {"listener=dns": 2},
+		"baton_workers":                           {"state=ready": 2, "state=draining": 1, "state=starting": 1},
+		"baton_worker_resident_memory_bytes":      {"generation=3,slot=0": 100 << 20, "generation=3,slot=1": 30 << 20, "generation=2,slot=0": 50 << 20},
+		"baton_worker_cpu_seconds_total":          {"generation=3,slot=0": 2.5, "generation=3,slot=1": 1, "generation=2,slot=0": 7},
+		"baton_accept_queue_connections":          {"listener=http,slot=0": 3, "listener=http,slot=1": 0},
+		"baton_accept_queue_max_connections":      {"listener=http,slot=0": 64, "listener=http,slot=1": 64},
+		"baton_socket_receive_queue_bytes":        {"listener=dns,slot=": 768},
+		"baton_connections":                       {"listener=http,state=ESTAB": 12, "listener=http,state=TIME-WAIT": 4},
 		"baton_worker_connections": {
 			"generation=3,slot=0,state=ESTAB": 5, "generation=3,slot=1,state=ESTAB": 4,
 			"generation=3,slot=1,state=CLOSE-WAIT": 2, "generation=2,slot=0,state=ESTAB": 1,
 		},
 		"baton_worker_open_fds": {"generation=3,slot=0": 20, "generation=3,slot=1": 30, "generation=2,slot=0": 9},
 		"baton_warnings": {
-			"code=backlog_clamped": 0, "code=accept_queue_full": 0, "code=listen_overflows": 0,
+			"code=backlog_clamped": 0, "code=backlog_lowered": 0, "code=accept_queue_full": 0, "code=listen_overflows": 0,
 			"code=nofile_default": 2, "code=nofile_headroom": 0, "code=close_wait": 1, "code=time_wait": 0,
+			"code=not_accepting": 0, "code=wrapper_without_exec": 0, "code=binds_own_port": 0, "code=crash_loop": 0,
 		},
+		"baton_degraded":                        {"": 0},
 		"baton_kernel_view_errors":              {"": 1},
 		"baton_host_somaxconn":                  {"": 4096},
 		"baton_host_tcp_max_tw_buckets":         {"": 131072},
@@ -167,7 +188,8 @@ func TestScrape(t *testing.T) {
 		"baton_reloads_total":                   {"result=ok": 2, "result=failed": 1},
 		"baton_reload_duration_seconds":         {"": 3},
 		"baton_worker_restarts_total":           {"slot=1": 1},
-		"baton_worker_exits_total":              {"reason=crashed": 1, "reason=stopped": 0},
+		"baton_worker_exits_total":              {"reason=crashed": 1, "reason=stopped": 0, "reason=recycled": 1},
+		"baton_worker_recycles_total":           {"reason=exited": 1, "reason=max_rss": 1, "reason=max_uptime": 0},
 		"baton_handoffs_total":                  {"": 1},
 		"baton_handoff_connections_total":       {"": 5},
 	}
@@ -206,6 +228,38 @@ func TestScrapeSumsDuplicates(t *testing.T) {
 	mf := scrape(t, m.Handler())
 	if got := series(mf["baton_worker_connections"])["generation=3,slot=1,state=ESTAB"]; got != 5 {
 		t.Errorf("summed connections %v, want 5", got)
+	}
+}
+
+// baton_degraded is 1 when baton status would exit 3: for a slot without
+// a worker, and for a warning of severity degraded.
+func TestScrapeDegraded(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*supervisor.Status)
+		want   float64
+	}{
+		{"healthy", func(*supervisor.Status) {}, 0},
+		{"a slot in backoff", func(st *supervisor.Status) {
+			st.SlotStates = []supervisor.SlotStatus{{Slot: 0, State: supervisor.SlotUp}, {Slot: 1, State: supervisor.SlotBackoff}}
+		}, 1},
+		{"nobody accepts", func(st *supervisor.Status) {
+			st.Kernel.Warnings = append(st.Kernel.Warnings, inspect.Warning{Code: inspect.NotAccepting, Listener: "http", Severity: inspect.SeverityDegraded})
+		}, 1},
+		{"a warning that does not degrade", func(st *supervisor.Status) {
+			st.Kernel.Warnings = append(st.Kernel.Warnings, inspect.Warning{Code: inspect.WrapperWithoutExec, Severity: inspect.SeverityWarning})
+		}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := fakeStatus()
+			tt.change(&st)
+			m := New("dev", func(context.Context) (supervisor.Status, bool) { return st, true })
+			mf := scrape(t, m.Handler())
+			if got := series(mf["baton_degraded"])[""]; got != tt.want {
+				t.Errorf("baton_degraded = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }
 

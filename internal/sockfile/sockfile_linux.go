@@ -53,7 +53,7 @@ func OpenPath(path string) (*File, error) {
 		unix.Close(fd) // not returned to the caller: nobody else would close it
 		return nil, &fs.PathError{Op: "fstat", Path: path, Err: err}
 	}
-	return &File{Path: path, ID: ID{Dev: st.Dev, Ino: st.Ino}, fd: fd, mode: st.Mode, uid: st.Uid}, nil
+	return &File{Path: path, ID: ID{Dev: uint64(st.Dev), Ino: st.Ino}, fd: fd, mode: st.Mode, uid: st.Uid}, nil
 }
 
 // Close closes the descriptor.
@@ -274,7 +274,7 @@ func Remove(path string, id ID) (bool, error) {
 		}
 		return false, &fs.PathError{Op: "fstatat", Path: path, Err: err}
 	}
-	if st.Dev != id.Dev || st.Ino != id.Ino {
+	if uint64(st.Dev) != id.Dev || st.Ino != id.Ino {
 		return false, nil // not ours (any more): leave it
 	}
 	if err := unix.Unlinkat(dfd, base, 0); err != nil {

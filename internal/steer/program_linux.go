@@ -25,16 +25,20 @@ const (
 // from the network (IP) header.
 const bpfHdrStartNet = 1
 
-// The program's stack: the flow key (keySize bytes at keyOff), the socket
-// index (at idxOff) and the key of the one-entry maps (at zeroOff).
+// The program's stack: the flow key (keySize bytes at keyOff, 24 zeroed),
+// the socket index (idxOff), the key of the serving table (srvOff), the
+// key of a counter (cntOff) and a flow's value (valOff: index, tag).
 const (
-	keyOff  = -24 // [16]byte address, be16 port, u16 family
-	idxOff  = -28
-	zeroOff = -32
-	cntOff  = -36
+	keyOff = -24 // [16]byte address, be16 port, u16 family
+	idxOff = -28
+	srvOff = -32
+	cntOff = -36
+	valOff = -48 // u32 index, u32 tag
 )
 
-// Counter indexes: what the program did with a datagram.
+// Counter indexes: what the program did with a datagram. The per-socket
+// counters follow them: numCounters+i counts the datagrams steered to
+// socket index i.
 const (
 	cntKnown    = iota // a known peer, to its socket
 	cntNew             // a new peer, to a serving socket, recorded
@@ -43,44 +47,81 @@ const (
 	numCounters
 )
 
-// program builds the SK_REUSEPORT program over the group's maps.
+// servingMask and servingBank split the serving table's header: the
+// number of serving sockets, and which of its two banks lists them.
+const (
+	servingMask = 0xffff
+	servingBank = 31
+)
+
+// maps are the objects the program refers to.
+type maps struct {
+	flows    *ebpf.Map // LRU hash: peer -> {index, tag}
+	socks    *ebpf.Map // REUSEPORT_SOCKARRAY: index -> socket
+	tags     *ebpf.Map // array: index -> the tag of the socket there now
+	serving  *ebpf.Map // array: header, then two banks of indexes
+	counters *ebpf.Map // per-CPU array: numCounters, then one per index
+}
+
+// program builds the SK_REUSEPORT program over the group's maps; n is
+// the capacity of the socket array (the size of a bank of the serving
+// table).
 //
 // In C it would read:
 //
 //	key = {source address, source port, family}     (zeroed first)
 //	if (v = lookup(flows, key)) {
-//	    if (select(ctx, socks, *v) == 0) { count(known); return SK_PASS }
-//	    moved = 1
+//	    t = lookup(tags, v->index)
+//	    if (t && *t == v->tag && select(ctx, socks, v->index) == 0) {
+//	        count(known); count(numCounters + v->index); return SK_PASS
+//	    }
+//	    kind = moved                                 // its socket has gone
 //	}
-//	s = lookup(serving, 0)                           // {base, count}
-//	if (!s || !s->count) goto fallback
-//	idx = s->base + ctx->hash % s->count
+//	h = serving[0]                                   // bank<<31 | count
+//	if (!(h & 0xffff)) goto fallback
+//	idx = serving[1 + (h>>31)*n + ctx->hash % (h & 0xffff)]
 //	if (select(ctx, socks, idx) != 0) goto fallback
-//	if (key) update(flows, key, idx)
-//	count(moved ? moved : new); return SK_PASS
+//	if (key) update(flows, key, {idx, tags[idx]})
+//	count(kind); count(numCounters + idx); return SK_PASS
 //	fallback: count(fallback); return SK_PASS        // the kernel's hash
-func program(flows, socks, serving, counters *ebpf.Map) asm.Instructions {
-	// count increments counter i; it clobbers R0-R5.
-	count := func(i int32, label string) asm.Instructions {
+//
+// A socket index is used again by another socket only with another tag,
+// so a peer of a socket that has gone never reaches its successor.
+func program(m maps, n int) asm.Instructions {
+	// incr adds 1 to the counter whose index is at cntOff; it clobbers
+	// R0-R5 and jumps to done.
+	incr := func(label, done string) asm.Instructions {
 		return asm.Instructions{
-			asm.Mov.Imm(asm.R1, i).WithSymbol(label),
-			asm.StoreMem(asm.RFP, cntOff, asm.R1, asm.Word),
-			asm.LoadMapPtr(asm.R1, counters.FD()),
+			asm.LoadMapPtr(asm.R1, m.counters.FD()).WithSymbol(label),
 			asm.Mov.Reg(asm.R2, asm.RFP),
 			asm.Add.Imm(asm.R2, cntOff),
 			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, label+"_done"),
+			asm.JEq.Imm(asm.R0, 0, done),
 			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
 			asm.Add.Imm(asm.R1, 1),
 			asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
-			asm.Mov.Imm(asm.R0, 1).WithSymbol(label + "_done"), // SK_PASS
-			asm.Return(),
 		}
+	}
+	// countBoth counts the kind in R8 and the socket at idxOff, and
+	// passes the datagram to the socket selected.
+	countBoth := func(label string) asm.Instructions {
+		p := asm.Instructions{asm.StoreMem(asm.RFP, cntOff, asm.R8, asm.Word).WithSymbol(label)}
+		p = append(p, incr(label+"_kind", label+"_sock")...)
+		p = append(p,
+			asm.LoadMem(asm.R1, asm.RFP, idxOff, asm.Word).WithSymbol(label+"_sock"),
+			asm.Add.Imm(asm.R1, numCounters),
+			asm.StoreMem(asm.RFP, cntOff, asm.R1, asm.Word),
+		)
+		p = append(p, incr(label+"_sock_incr", label+"_done")...)
+		return append(p,
+			asm.Mov.Imm(asm.R0, 1).WithSymbol(label+"_done"), // SK_PASS
+			asm.Return(),
+		)
 	}
 	// selectIdx calls bpf_sk_select_reuseport(ctx, socks, &idx, 0).
 	selectIdx := asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.LoadMapPtr(asm.R2, socks.FD()),
+		asm.LoadMapPtr(asm.R2, m.socks.FD()),
 		asm.Mov.Reg(asm.R3, asm.RFP),
 		asm.Add.Imm(asm.R3, idxOff),
 		asm.Mov.Imm(asm.R4, 0),
@@ -130,62 +171,90 @@ func program(flows, socks, serving, counters *ebpf.Map) asm.Instructions {
 		asm.StoreMem(asm.RFP, keyOff+16, asm.R5, asm.Half),
 		asm.Mov.Imm(asm.R9, 1),
 
-		// A known peer goes to its socket while it is in the group.
-		asm.LoadMapPtr(asm.R1, flows.FD()),
+		// A known peer goes to its socket while that very socket (its
+		// tag) is in the group.
+		asm.LoadMapPtr(asm.R1, m.flows.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, keyOff),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "serving"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
 		asm.StoreMem(asm.RFP, idxOff, asm.R1, asm.Word),
+		asm.LoadMem(asm.R7, asm.R0, 4, asm.Word), // R7: the flow's tag
+		asm.Mov.Imm(asm.R8, cntMoved),            // unless it is found below
+		asm.LoadMapPtr(asm.R1, m.tags.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, idxOff),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "serving"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+		asm.JNE.Reg(asm.R1, asm.R7, "serving"),
 	)
 	p = append(p, selectIdx...)
 	p = append(p,
-		asm.JEq.Imm(asm.R0, 0, "known"),
-		asm.Mov.Imm(asm.R8, cntMoved),
+		asm.JNE.Imm(asm.R0, 0, "serving"),
+		asm.Mov.Imm(asm.R8, cntKnown),
+		asm.Ja.Label("counted"),
 
-		// A new peer, or one whose socket has gone: the serving
-		// generation's socket by the kernel's flow hash, recorded.
+		// A new peer, or one whose socket has gone: a serving socket by
+		// the kernel's flow hash, recorded.
 		asm.Mov.Imm(asm.R1, 0).WithSymbol("serving"),
-		asm.StoreMem(asm.RFP, zeroOff, asm.R1, asm.Word),
-		asm.LoadMapPtr(asm.R1, serving.FD()),
+		asm.StoreMem(asm.RFP, srvOff, asm.R1, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.serving.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, zeroOff),
+		asm.Add.Imm(asm.R2, srvOff),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "fallback"),
-		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word), // base
-		asm.LoadMem(asm.R2, asm.R0, 4, asm.Word), // count
+		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word), // the header
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.And.Imm(asm.R2, servingMask),
 		asm.JEq.Imm(asm.R2, 0, "fallback"),
 		asm.LoadMem(asm.R1, asm.R6, ctxHash, asm.Word),
 		asm.Mod.Reg32(asm.R1, asm.R2),
-		asm.Add.Reg(asm.R1, asm.R7),
+		asm.Add.Imm(asm.R1, 1),
+		asm.RSh.Imm32(asm.R7, servingBank),
+		asm.JEq.Imm(asm.R7, 0, "bank"),
+		asm.Add.Imm(asm.R1, int32(n)),
+		asm.StoreMem(asm.RFP, srvOff, asm.R1, asm.Word).WithSymbol("bank"),
+		asm.LoadMapPtr(asm.R1, m.serving.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, srvOff),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "fallback"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
 		asm.StoreMem(asm.RFP, idxOff, asm.R1, asm.Word),
 	)
 	p = append(p, selectIdx...)
 	p = append(p,
 		asm.JNE.Imm(asm.R0, 0, "fallback"),
-		asm.JEq.Imm(asm.R9, 0, "recorded"),
-		asm.LoadMapPtr(asm.R1, flows.FD()),
+		asm.JEq.Imm(asm.R9, 0, "counted"),
+		// The value: the index and the tag of the socket there.
+		asm.LoadMem(asm.R1, asm.RFP, idxOff, asm.Word),
+		asm.StoreMem(asm.RFP, valOff, asm.R1, asm.Word),
+		asm.Mov.Imm(asm.R1, 0),
+		asm.StoreMem(asm.RFP, valOff+4, asm.R1, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.tags.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, idxOff),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "record"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.RFP, valOff+4, asm.R1, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.flows.FD()).WithSymbol("record"),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, keyOff),
 		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, idxOff),
+		asm.Add.Imm(asm.R3, valOff),
 		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
 		asm.FnMapUpdateElem.Call(),
-		// count(R8): new or moved
-		asm.StoreMem(asm.RFP, cntOff, asm.R8, asm.Word).WithSymbol("recorded"),
-		asm.LoadMapPtr(asm.R1, counters.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, cntOff),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "recorded_done"),
-		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
-		asm.Add.Imm(asm.R1, 1),
-		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
-		asm.Mov.Imm(asm.R0, 1).WithSymbol("recorded_done"),
+	)
+	p = append(p, countBoth("counted")...)
+	p = append(p, asm.Mov.Imm(asm.R1, cntFallback).WithSymbol("fallback"),
+		asm.StoreMem(asm.RFP, cntOff, asm.R1, asm.Word))
+	p = append(p, incr("fallback_incr", "fallback_done")...)
+	p = append(p,
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("fallback_done"),
 		asm.Return(),
 	)
-	p = append(p, count(cntKnown, "known")...)
-	p = append(p, count(cntFallback, "fallback")...)
 	return p
 }

@@ -54,7 +54,7 @@ func (s *Supervisor) serveCapture(w *worker, batonEnd, nfd int) {
 	s.post(func() { w.captureFd = nfd })
 	var held []capture.Listener
 	for _, l := range w.gen.listeners {
-		if sock := l.Socket(w.slot.index); sock != nil {
+		if sock := l.SocketOf(w.gen.id, w.slot.index); sock != nil {
 			held = append(held, capture.Listener{Name: l.Spec.Name, Fd: sock.Fd()})
 		}
 	}

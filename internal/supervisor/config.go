@@ -210,6 +210,41 @@ type Config struct {
 	LogPrefix bool
 	// Handoff configures the store of handed-off connections.
 	Handoff HandoffConfig
+	// Rollout says how a reload to this configuration replaces the
+	// serving workers: all at once (the zero value), a few slots at a
+	// time, after a canary (rolling.go).
+	Rollout Rollout
+
+	// StartLimitBurst and StartLimitInterval say when a slot of a
+	// generation that is coming up (a reload's) crash-loops: when
+	// StartLimitBurst of its workers failed (exited with a status other
+	// than 0, were killed by a signal, or exited 0 within
+	// MinRecycleUptime of their start) within StartLimitInterval, the
+	// reload fails. Clean exits (status 0) never count: they are a
+	// program recycling itself. 0 means the default
+	// (DefaultStartLimitBurst, DefaultStartLimitInterval), as systemd's
+	// StartLimitBurst and StartLimitIntervalSec.
+	StartLimitBurst    int           `json:",omitempty"`
+	StartLimitInterval time.Duration `json:",omitempty"`
+	// MaxRSS, when not 0, is the resident memory in bytes past which
+	// baton replaces a serving worker (a new worker in its slot first,
+	// then the old one drains); MaxUptime, when not 0, the time after
+	// which it does. See recycle.go.
+	MaxRSS    uint64        `json:",omitempty"`
+	MaxUptime time.Duration `json:",omitempty"`
+}
+
+// startLimit is the configuration's StartLimitBurst and
+// StartLimitInterval, with their defaults for 0.
+func (c *Config) startLimit() (burst int, interval time.Duration) {
+	burst, interval = c.StartLimitBurst, c.StartLimitInterval
+	if burst <= 0 {
+		burst = DefaultStartLimitBurst
+	}
+	if interval <= 0 {
+		interval = DefaultStartLimitInterval
+	}
+	return burst, interval
 }
 
 // Restart backoff for crashed workers: the first restart waits MinBackoff,
@@ -220,3 +255,25 @@ const (
 	MaxBackoff  = 30 * time.Second
 	StableAfter = 10 * time.Second
 )
+
+// The crash-loop limit of a slot whose generation is coming up, when
+// Config says 0: systemd's defaults for StartLimitBurst and
+// StartLimitIntervalSec.
+const (
+	DefaultStartLimitBurst    = 5
+	DefaultStartLimitInterval = 10 * time.Second
+)
+
+// MinRecycleUptime is how long a worker that was never ready must have
+// run for its exit with status 0 to count as recycling itself (php-cgi
+// after PHP_FCGI_MAX_REQUESTS, gunicorn's max_requests, uWSGI's
+// max-requests): it is restarted at once, with no backoff. A worker that
+// was ready recycles itself whenever it exits 0: readiness says it served.
+// One that exits 0 sooner without having been ready gives no sign that it
+// served at all: a program that daemonizes (nginx without `daemon off;`),
+// or prints its usage and exits, looks like that, and its exit is a
+// failure, with the backoff and the crash-loop limit. Uptime is the only
+// sign baton has there: a program that reaches its request limit within
+// 100ms under load, before it is ready, is taken for one that failed (the
+// error says so); give it a higher limit.
+const MinRecycleUptime = 100 * time.Millisecond

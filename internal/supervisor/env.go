@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"syscall"
 	"time"
 
 	"github.com/baton-dev/baton/internal/spawn"
@@ -23,6 +24,9 @@ type env struct {
 	// signals processes and waits for them). It works in the clock's
 	// time: a fake clock goes with a fake endLeftovers.
 	endLeftovers func(*leftoverSearch)
+	// readProc reads a live worker's /proc entries (resident memory, CPU
+	// time, what sig does to it), off the loop (readProcSample).
+	readProc func(pid int, sig syscall.Signal) (procSample, error)
 }
 
 // clock tells the time and runs timers.

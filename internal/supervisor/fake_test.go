@@ -112,6 +112,14 @@ type fakeWorker struct {
 	// otherwise it exits with status 0 drain after the signal.
 	ignoreStop bool
 	drain      time.Duration
+	// rss is its resident memory age after its start, as baton's
+	// samples read it (0 when nil); signal what its stop signal does to
+	// it (sigCaught when zero).
+	rss    func(age time.Duration) uint64
+	signal sigDisposition
+	// unkillable keeps it running even on SIGKILL, as a process stuck in
+	// uninterruptible sleep (D state) is.
+	unkillable bool
 }
 
 // never is a fakeWorker.ready that never comes.
@@ -133,6 +141,40 @@ type fakeProcs struct {
 	attempts map[[2]int]int // starts asked for, by generation and slot
 	byPID    map[int]*fakeProc
 	exits    []*fakeProc // exited, not yet delivered
+	// live counts the fake workers started and not exited; maxLive is
+	// the most there ever were at once (what a rolling reload bounds).
+	live, maxLive int
+
+	// seen is what the samples read of each fake worker, by pid: they
+	// read it off the test's goroutine.
+	seenMu sync.Mutex
+	seen   map[int]fakeSeen
+}
+
+// fakeSeen is what a sample reads of a fake worker.
+type fakeSeen struct {
+	started time.Time
+	rss     func(time.Duration) uint64
+	signal  sigDisposition
+}
+
+// readProc is the harness's env.readProc: what the fake worker's
+// behaviour says, at the fake clock's time.
+func (p *fakeProcs) readProc(pid int, sig syscall.Signal) (procSample, error) {
+	p.seenMu.Lock()
+	f, ok := p.seen[pid]
+	p.seenMu.Unlock()
+	if !ok {
+		return procSample{}, os.ErrNotExist
+	}
+	r := procSample{StartTime: 1, Signal: f.signal}
+	if r.Signal == sigUnknown {
+		r.Signal = sigCaught
+	}
+	if f.rss != nil {
+		r.RSS = f.rss(p.h.clock.Now().Sub(f.started))
+	}
+	return r, nil
 }
 
 // fakeProc is a fake worker process.
@@ -165,6 +207,14 @@ func (p *fakeProcs) Start(spec spawn.Spec, onExit func(spawn.Exit)) (spawn.Child
 	p.nextPID++
 	proc := &fakeProc{p: p, pid: fakePIDBase + p.nextPID, name: name, w: w, onExit: onExit}
 	p.byPID[proc.pid] = proc
+	p.seenMu.Lock()
+	if p.seen == nil {
+		p.seen = map[int]fakeSeen{}
+	}
+	p.seen[proc.pid] = fakeSeen{started: p.h.clock.Now(), rss: w.rss, signal: w.signal}
+	p.seenMu.Unlock()
+	p.live++
+	p.maxLive = max(p.maxLive, p.live)
 	p.h.tracef("start %s", name)
 	clk := p.h.clock
 	if w.ready >= 0 {
@@ -235,6 +285,7 @@ func (f *fakeProc) SignalGroup(sig syscall.Signal) error {
 
 func (f *fakeProc) receive(sig syscall.Signal) {
 	switch {
+	case sig == syscall.SIGKILL && f.w.unkillable:
 	case sig == syscall.SIGKILL:
 		f.exit(syscall.WaitStatus(syscall.SIGKILL))
 	case f.w.ignoreStop:
@@ -251,6 +302,7 @@ func (f *fakeProc) exit(status syscall.WaitStatus) {
 		return
 	}
 	f.exited, f.status = true, status
+	f.p.live--
 	f.p.h.tracef("%s %s", f.name, describeExit(status))
 	f.p.exits = append(f.p.exits, f)
 }
@@ -310,7 +362,7 @@ func newHarness(t *testing.T, cfg Config, behave func(gen, slot, attempt int) fa
 		Plan:   Plan{Config: cfg},
 		Log:    slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Stdout: devnull, Stderr: devnull,
-	}, env{procs: h.procs, clock: h.clock, endLeftovers: func(*leftoverSearch) {}})
+	}, env{procs: h.procs, clock: h.clock, endLeftovers: func(*leftoverSearch) {}, readProc: h.procs.readProc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +451,7 @@ func (h *harness) names(s string) string {
 // settle runs the loop until nothing is left to do at this moment: every
 // queued event has run, every exit of a fake worker has been delivered
 // and handled (one at a time, in the order they happened), and every
-// search for leftovers has reported back.
+// search for leftovers and every sample of /proc has reported back.
 func (h *harness) settle() {
 	h.t.Helper()
 	for {
@@ -418,6 +470,10 @@ func (h *harness) settle() {
 		}
 		if h.s.leftoverSearches > 0 {
 			h.until("the leftover searches to report", func() bool { return h.s.leftoverSearches == 0 })
+			continue
+		}
+		if h.s.sampling > 0 {
+			h.until("the samples of /proc to report", func() bool { return h.s.sampling == 0 })
 			continue
 		}
 		return
@@ -551,4 +607,56 @@ func (h *harness) state() {
 		line += ", finished"
 	}
 	h.tracef("%s", line)
+}
+
+// reloadWith asks for a reload named name with rollout overrides, as
+// `baton reload --rolling --canary` does; the trace gets its answer.
+func (h *harness) reloadWith(name string, o ReloadOptions) {
+	h.t.Helper()
+	h.tracef("reload %s asked", name)
+	ch := make(chan ReloadOutcome, 1)
+	h.reloads = append(h.reloads, reloadWait{name, ch})
+	h.step(func() { h.s.requestReloadWith(name, o, ch) })
+	h.settle()
+}
+
+// send makes the worker named name send a datagram on NOTIFY_SOCKET
+// with fields (X_BATON_ERRORS=3), as the notify socket's goroutine
+// hands it to the supervisor.
+func (h *harness) send(name string, fields map[string]string) {
+	h.t.Helper()
+	for _, f := range h.procs.byPID {
+		if f.name == name && !f.exited {
+			var kv []string
+			for k, v := range fields {
+				kv = append(kv, k+"="+v)
+			}
+			sort.Strings(kv)
+			h.tracef("%s sends %s", name, strings.Join(kv, " "))
+			h.s.heard(notify.Message{PID: f.pid, Fields: fields})
+			h.settle()
+			return
+		}
+	}
+	h.t.Fatalf("no live worker %s", name)
+}
+
+// rollout adds the rollout in progress to the trace: its phase, the
+// slots done, starting and waiting, and the canary's verdict; or that
+// there is none. It also says how many fake workers are live.
+func (h *harness) rollout() {
+	s := h.s
+	if s.roll == nil {
+		h.tracef("rollout: none, %d workers live", h.procs.live)
+		return
+	}
+	st := s.rolloutStatus(s.roll, "")
+	line := fmt.Sprintf("rollout: %s, done %v, starting %v, waiting %v", st.Phase, st.Done, st.Starting, st.Waiting)
+	if len(st.RolledBack) > 0 || len(st.Kept) > 0 {
+		line += fmt.Sprintf(", rolled back %v, kept %v", st.RolledBack, st.Kept)
+	}
+	if c := st.Canary; c != nil {
+		line += ", canary " + c.Verdict
+	}
+	h.tracef("%s, %d workers live", line, h.procs.live)
 }

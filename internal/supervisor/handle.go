@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/control"
@@ -32,21 +33,25 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 		}
 		return st, nil
 	case api.MethodReload:
-		var p api.WaitParams
+		var p api.ReloadParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {
 			return nil, err
 		}
+		if err := p.Check(); err != nil {
+			return nil, err
+		}
+		o := reloadOptions(p)
 		reason := fmt.Sprintf("asked by pid %d", peer.PID)
 		if !p.Waits() {
 			// No channel: nobody waits for this outcome (an upgrade
 			// tells the clients that wait for a held reload, and waits
 			// until they have taken the news).
-			if !s.post(func() { s.requestReload(reason, nil) }) {
+			if !s.post(func() { s.requestReloadWith(reason, o, nil) }) {
 				return nil, ErrStopping
 			}
 			return api.ReloadQueued{Queued: true}, nil
 		}
-		ch := s.Reload(reason)
+		ch := s.ReloadWith(reason, o)
 		select {
 		case o := <-ch:
 			if o.Err != nil {
@@ -106,6 +111,16 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 	return nil, fmt.Errorf("unknown method %q; methods are %v", req.Method, api.Methods)
 }
 
+// reloadOptions are the rollout overrides of a reload request.
+func reloadOptions(p api.ReloadParams) ReloadOptions {
+	o := ReloadOptions{Rolling: p.Rolling, Canary: p.Canary}
+	if p.CanaryWindow != nil {
+		d := time.Duration(*p.CanaryWindow)
+		o.CanaryWindow = &d
+	}
+	return o
+}
+
 // ErrOwnerOnly is wrapped by the refusal of a method that only root and
 // baton's own user may use.
 var ErrOwnerOnly = errors.New("permission denied")
@@ -137,6 +152,25 @@ type WorkerInfo struct {
 	Listeners  []string `json:"listeners"`
 }
 
+// MethodReleaseFlows is the worker socket's method that takes the
+// worker's UDP sockets out of the steering program (flows.go): it is
+// answered once they are out, so that the worker may read what is
+// queued and exit without losing a datagram.
+const MethodReleaseFlows = "release"
+
+// ReleaseParams are the params of MethodReleaseFlows: the listeners to
+// release, every steered one of the worker when empty.
+type ReleaseParams struct {
+	Listeners []string `json:"listeners,omitempty"`
+}
+
+// ReleaseReply says which listeners were released: their sockets get no
+// datagram any more (unless another worker of the generation shares one,
+// with balance=shared and several workers).
+type ReleaseReply struct {
+	Released []string `json:"released"`
+}
+
 // handleWorker answers requests on BATON_SOCKET, from workers only.
 func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req control.Request) (any, error) {
 	if req.Method == handoff.MethodHandoff || req.Method == handoff.MethodAdopt {
@@ -158,6 +192,21 @@ func (s *Supervisor) handleWorker(ctx context.Context, peer control.Peer, req co
 	switch req.Method {
 	case "hello":
 		return info, nil
+	case MethodReleaseFlows:
+		var p ReleaseParams
+		if err := control.DecodeParams(req.Params, &p); err != nil {
+			return nil, err
+		}
+		var r ReleaseReply
+		s.call(func() {
+			if w := s.workerOf(child); w != nil {
+				r.Released = s.releaseFlows(w, p.Listeners)
+			}
+		})
+		if r.Released == nil {
+			r.Released = []string{}
+		}
+		return r, nil
 	}
-	return nil, fmt.Errorf("unknown method %q; the worker socket answers hello, handoff and adopt", req.Method)
+	return nil, fmt.Errorf("unknown method %q; the worker socket answers hello, release, handoff and adopt", req.Method)
 }

@@ -56,7 +56,8 @@ func newHandoff(log *slog.Logger) *handoffState {
 func (s *Supervisor) closeHandoff() { s.handoff.store.Close() }
 
 // syncHandoff tells the store, after each event of the loop, which live
-// workers may adopt: the ready workers of the active generation, unless
+// workers may adopt: the ready workers of the active generation (during
+// a rollout, the new workers of the slots replaced: serving), unless
 // they or baton are stopping. A worker that is asked to stop leaves the
 // list in the same step, so its subscription gets nothing more.
 func (s *Supervisor) syncHandoff() {
@@ -79,7 +80,7 @@ func (s *Supervisor) syncHandoff() {
 			continue
 		}
 		ws = append(ws, handoff.Worker{PID: w.pid, Slot: w.slot.index, Generation: w.gen.id,
-			Adopt: w.state == Ready && w.gen == s.active && !s.stopping})
+			Adopt: w.state == Ready && s.serving(w) && !s.stopping})
 	}
 	slices.SortFunc(ws, func(a, b handoff.Worker) int { return a.PID - b.PID })
 	h.buf = ws

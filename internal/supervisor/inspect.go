@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/inspect"
 )
@@ -23,6 +24,7 @@ func (s *Supervisor) KernelStatus(ctx context.Context) (Status, bool) {
 		// Counted again once the inspector holds its netlink socket, so
 		// that the count is the same from one request to the next.
 		st.Process.FDs, _ = handoff.CountFDs()
+		st.Health = api.HealthOf(&st)
 	}
 	return st, ok
 }
@@ -50,12 +52,19 @@ func (s *Supervisor) WatchKernel(every time.Duration) {
 }
 
 // KernelInput is what the inspector needs from a snapshot: each listener
-// with its sockets' inodes, and each live worker.
+// with its sockets' inodes, each live worker, the serving generation's
+// slots and the command.
 func KernelInput(st Status) inspect.Input {
-	var in inspect.Input
+	in := inspect.Input{Command: st.Command}
+	captured := map[string]bool{}
+	for _, w := range st.Workers {
+		for _, c := range w.Captures {
+			captured[c.Listener] = true
+		}
+	}
 	for _, l := range st.Listeners {
 		scheme, _, _ := strings.Cut(l.URL, "://")
-		li := inspect.Listener{Name: l.Name, Backlog: l.Backlog, Sockets: listenerSockets(l)}
+		li := inspect.Listener{Name: l.Name, Backlog: l.Backlog, Sockets: listenerSockets(l), Captured: captured[l.Name]}
 		switch strings.TrimRight(scheme, "46") {
 		case "tcp":
 			li.Protocol = inspect.TCP
@@ -72,7 +81,14 @@ func KernelInput(st Status) inspect.Input {
 		in.Listeners = append(in.Listeners, li)
 	}
 	for _, w := range st.Workers {
-		in.Workers = append(in.Workers, inspect.Worker{PID: w.PID, Slot: w.Slot, Generation: w.Generation, State: string(w.State)})
+		in.Workers = append(in.Workers, inspect.Worker{PID: w.PID, Slot: w.Slot, Generation: w.Generation, State: string(w.State), Started: w.Started})
+	}
+	for _, sl := range st.SlotStates {
+		in.Slots = append(in.Slots, inspect.Slot{
+			Slot: sl.Slot, State: sl.State, PID: sl.PID, Restarts: sl.Restarts,
+			Backoff: time.Duration(sl.Backoff), NextIn: time.Duration(sl.NextIn),
+			LastError: sl.LastError, LastErrorTime: sl.LastErrorTime,
+		})
 	}
 	return in
 }

@@ -130,10 +130,26 @@ func (s *Supervisor) searchLeftovers(pgid int, attrs []any, sig syscall.Signal, 
 	j := &leftoverSearch{pgid: pgid, attrs: attrs, signal: sig, deadline: deadline, workers: workers,
 		final: s.stopping && running == 0, self: os.Getpid()}
 	s.leftoverSearches++
+	if pgid != 0 {
+		s.searches[j] = true
+	}
 	go func() {
 		s.env.endLeftovers(j)
-		s.post(func() { s.leftoverSearches-- })
+		s.post(func() {
+			s.leftoverSearches--
+			delete(s.searches, j)
+		})
 	}()
+}
+
+// pendingLeftovers lists the searches under way, for an upgrade to run
+// them again after its execve.
+func (s *Supervisor) pendingLeftovers() []LeftoverState {
+	var out []LeftoverState
+	for j := range s.searches {
+		out = append(out, LeftoverState{PGID: j.pgid, Signal: int(j.signal), Deadline: j.deadline})
+	}
+	return out
 }
 
 // searchFinal starts the final search when baton stops and no worker

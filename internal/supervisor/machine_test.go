@@ -63,7 +63,7 @@ func TestStateMachine(t *testing.T) {
 			},
 		},
 		{
-			name:    "rollback: a new worker that exits before it is ready fails the reload, the old generation serves on",
+			name:    "rollback: a new worker that crash-loops before it is ready fails the reload, the old generation serves on",
 			workers: 2,
 			behave: func(gen, slot, n int) fakeWorker {
 				if gen == 2 && slot == 1 {
@@ -77,6 +77,8 @@ func TestStateMachine(t *testing.T) {
 				h.at(10 * time.Second)
 				h.state()
 			},
+			// Each exit is restarted in its slot after the backoff; the
+			// fifth within start_limit_interval (10s) fails the reload.
 			want: []string{
 				"0s start g1.s0",
 				"0s start g1.s1",
@@ -86,9 +88,18 @@ func TestStateMachine(t *testing.T) {
 				"5s start g2.s0",
 				"5s start g2.s1",
 				"5.5s g2.s1 exited with status 1",
-				"5.5s SIGTERM g2.s0",
-				"5.5s g2.s0 exited with status 0",
-				"5.5s reload r1: reload to generation 2 failed: worker slot 1 (g2.s1) of generation 2 exited with status 1 before it was ready; generation 1 keeps serving",
+				"5.6s start g2.s1#2",
+				"6s g2.s0 sends READY=1",
+				"6.1s g2.s1#2 exited with status 1",
+				"6.3s start g2.s1#3",
+				"6.8s g2.s1#3 exited with status 1",
+				"7.2s start g2.s1#4",
+				"7.7s g2.s1#4 exited with status 1",
+				"8.5s start g2.s1#5",
+				"9s g2.s1#5 exited with status 1",
+				"9s SIGTERM g2.s0",
+				"9s g2.s0 exited with status 0",
+				"9s reload r1: reload to generation 2 failed: worker slot 1 of generation 2 is crash-looping: 5 of its workers failed within 10s (start_limit_burst 5 in start_limit_interval 10s), the last: worker g2.s1#5 exited with status 1 after 500ms; generation 1 keeps serving",
 				"10s state: generation 1 serves [s0 g1.s0 ready, s1 g1.s1 ready]",
 			},
 		},

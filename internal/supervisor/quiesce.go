@@ -12,8 +12,9 @@ import (
 	"github.com/baton-dev/baton/internal/sockdiag"
 )
 
-// quiesceThenSignal is how a worker is stopped with --stop-when-idle: it
-// waits, up to that long, for a moment when the worker's process group
+// quiesceThenSignal is the freeze-and-check drain (DrainWhenIdle, drain.go:
+// --stop-when-idle, or a worker that would die on its stop signal): it
+// waits, up to wait, for a moment when the worker's process group
 // holds no connection on baton's TCP listeners, checked while the group
 // is stopped (SIGSTOP) so that it cannot accept one in between; then it
 // sends the stop signal and lets the group continue. A program that dies
@@ -41,7 +42,7 @@ func (s *Supervisor) quiesceThenSignal(w *worker, ports []uint16, wait time.Dura
 				s.log.Warn("cannot tell whether the worker holds connections", w.attrs("err", err)...)
 			}
 			if busy {
-				s.log.Warn("worker still held connections when --stop-when-idle ran out; sending the stop signal", w.attrs("waited", wait)...)
+				s.log.Warn("worker still held connections when its wait for an idle moment ran out; sending the stop signal", w.attrs("waited", wait)...)
 			} else {
 				s.log.Debug("worker idle; sending the stop signal", w.attrs("tries", tries)...)
 			}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/listener"
 )
 
@@ -22,10 +23,17 @@ type reloadState struct {
 	reason  string
 	started time.Time
 	plan    *Plan // what the pending generation runs
+	// opts are the rollout overrides of the reload being prepared or in
+	// progress; rollout is how its rollout ended, for its result.
+	opts    ReloadOptions
+	rollout *api.RolloutStatus
 
 	queued       bool // another reload is wanted after this one
 	queuedFor    []chan<- ReloadOutcome
 	queuedReason string
+	// queuedOpts are the overrides of the last request queued: the
+	// reload that serves them all runs with those.
+	queuedOpts ReloadOptions
 
 	// prepareSeq numbers the reload being prepared; a Prepare that
 	// returns after its reload was abandoned finds another number.
@@ -47,12 +55,20 @@ func (r *reloadState) failQueued(err error) {
 	for _, ch := range r.queuedFor {
 		ch <- ReloadOutcome{Err: err}
 	}
-	r.queued, r.queuedFor, r.queuedReason = false, nil, ""
+	r.queued, r.queuedFor, r.queuedReason, r.queuedOpts = false, nil, "", ReloadOptions{}
 }
 
-// requestReload starts a reload, or queues one behind the reload in
-// progress. ch may be nil (a signal asks without waiting).
+// requestReload starts a reload with the rollout its configuration asks
+// for, or queues one behind the reload in progress. ch may be nil (a
+// signal asks without waiting).
 func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
+	s.requestReloadWith(reason, ReloadOptions{}, ch)
+}
+
+// requestReloadWith is requestReload with the rollout overrides o. A
+// reload queued behind the one in progress runs with the overrides of
+// the last request queued.
+func (s *Supervisor) requestReloadWith(reason string, o ReloadOptions, ch chan<- ReloadOutcome) {
 	if s.stopping {
 		if ch != nil {
 			ch <- ReloadOutcome{Err: ErrStopping}
@@ -66,7 +82,7 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 		return
 	}
 	if s.upgrading.on {
-		s.holdReload(reason, ch) // upgrade.go: it runs after the upgrade
+		s.holdReload(reason, o, ch) // upgrade.go: it runs after the upgrade
 		return
 	}
 	if s.reloading() {
@@ -75,6 +91,7 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 		}
 		s.reload.queued = true
 		s.reload.queuedReason = reason
+		s.reload.queuedOpts = o
 		if ch != nil {
 			s.reload.queuedFor = append(s.reload.queuedFor, ch)
 		}
@@ -84,11 +101,13 @@ func (s *Supervisor) requestReload(reason string, ch chan<- ReloadOutcome) {
 	if ch != nil {
 		waiters = append(waiters, ch)
 	}
+	s.reload.opts = o
 	s.prepareReload(reason, waiters)
 }
 
 // prepareReload gets the reload's plan (off the loop: it may read a file,
-// resolve names and bind sockets) and then starts the new generation.
+// resolve names and bind sockets) and then starts the new generation,
+// with the rollout overrides in s.reload.opts.
 func (s *Supervisor) prepareReload(reason string, waiters []chan<- ReloadOutcome) {
 	s.reload.waiters, s.reload.reason, s.reload.started = waiters, reason, s.now()
 	if s.opts.OnReloading != nil {
@@ -189,10 +208,20 @@ func (s *Supervisor) beginReload(plan *Plan) {
 			return
 		}
 	}
+	// A steered UDP listener gives the new generation sockets of its own.
+	if err := claimFlows(plan.Listeners, s.nextGen+1, plan.Config.Workers); err != nil {
+		s.releaseSlots(plan.Listeners, len(old.slots))
+		s.failPlan(plan, err)
+		return
+	}
 	g := s.newGeneration(plan, old)
 	s.pending = g
 	s.reload.plan = plan
 	s.log.Info("reload started", "generation", g.id, "replacing", old.id, "reason", s.reload.reason, "workers", len(g.slots))
+	if ro := s.reload.opts.over(g.cfg.Rollout); ro.staged(len(g.slots)) {
+		s.startRoll(g, old, ro) // rolling.go
+		return
+	}
 	for _, sl := range g.slots {
 		if err := s.startWorker(g, sl); err != nil {
 			return // startFailed has ended the reload
@@ -216,10 +245,20 @@ func (s *Supervisor) releaseSlots(ls []*listener.Group, n int) {
 
 // endReload finishes the pending reload. On success the new generation
 // becomes active and the old one drains; on failure the new one is stopped
-// and the old one keeps serving. Then a queued reload, if any, starts.
+// and the old one keeps serving. Then a queued reload, if any, starts. A
+// rolling reload's failure is its own to handle (rollFailed: it may roll
+// back slots first); its success comes through here once every slot is
+// replaced.
 func (s *Supervisor) endReload(err error) {
 	g := s.pending
 	if g == nil {
+		return
+	}
+	if r := s.roll; r != nil {
+		if err == nil {
+			panic("supervisor: endReload(nil) during a rollout; rollDone ends it")
+		}
+		s.rollFailed(r, err)
 		return
 	}
 	s.pending = nil
@@ -230,6 +269,12 @@ func (s *Supervisor) endReload(err error) {
 		s.active = g
 		for _, w := range inOrder(old.workers) {
 			if w != nil && w.state != Exited {
+				s.stopWorker(w, fmt.Sprintf("replaced by generation %d", g.id))
+			}
+		}
+		// And any worker a rollback left serving a slot.
+		for _, w := range inOrder(s.workers) {
+			if w.gen != g && !w.stopped {
 				s.stopWorker(w, fmt.Sprintf("replaced by generation %d", g.id))
 			}
 		}
@@ -292,7 +337,9 @@ func (s *Supervisor) finishReload(gen, prev int, err error) {
 		Duration:   Duration(s.since(s.reload.started)),
 		OK:         err == nil,
 		Reason:     s.reload.reason,
+		Rollout:    s.reload.rollout,
 	}
+	s.reload.rollout, s.reload.opts = nil, ReloadOptions{}
 	if err != nil {
 		res.Error = err.Error()
 		s.stats.reloadsFailed++
@@ -310,8 +357,9 @@ func (s *Supervisor) finishReload(gen, prev int, err error) {
 	}
 	s.applyQueuedScales()
 	if s.reload.queued && !s.stopping {
-		waiters, reason := s.reload.queuedFor, s.reload.queuedReason
-		s.reload.queued, s.reload.queuedFor, s.reload.queuedReason = false, nil, ""
+		waiters, reason, opts := s.reload.queuedFor, s.reload.queuedReason, s.reload.queuedOpts
+		s.reload.queued, s.reload.queuedFor, s.reload.queuedReason, s.reload.queuedOpts = false, nil, "", ReloadOptions{}
+		s.reload.opts = opts
 		s.prepareReload(reason, waiters)
 	}
 }

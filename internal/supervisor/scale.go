@@ -114,7 +114,11 @@ func (s *Supervisor) applyScale(n int) (ScaleResult, error) {
 // none: on an error the sockets made for it are closed again.
 func (s *Supervisor) growListeners(i int) error {
 	for _, l := range s.active.listeners {
-		if err := l.Grow(i + 1); err != nil {
+		err := l.Grow(i + 1)
+		if err == nil {
+			err = l.ClaimFlows(s.active.id, i+1)
+		}
+		if err != nil {
 			for _, made := range s.active.listeners {
 				made.Release(i)
 			}

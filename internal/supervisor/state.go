@@ -13,11 +13,18 @@ import (
 	"github.com/baton-dev/baton/internal/upgrade"
 )
 
-// StateVersion is the version of UpgradeState this baton writes and reads. A
-// baton reads the states of its own version only; an upgrade to a binary
-// that cannot read it stops at the pre-flight, changing nothing. Fields
-// added with omitempty, which an older reader ignores, keep the version.
-const StateVersion = 1
+// StateVersion is the version of UpgradeState this baton writes when a
+// UDP listener's flows are kept (ListenerState.Flows: sockets per
+// generation and the steering program's descriptors, which a baton of
+// version 1 would misread); without one it writes version 1, the same
+// format as before, so that an upgrade to an older baton still works. It
+// reads both. An upgrade to a binary that cannot read the state stops at
+// the pre-flight, changing nothing. Fields added with omitempty, which an
+// older reader ignores, keep the version.
+const StateVersion = 2
+
+// stateVersionNoFlows is the version of a state without kept flows.
+const stateVersionNoFlows = 1
 
 // UpgradeState is everything a baton hands to the binary it re-executes itself
 // as (baton upgrade): the sockets, the workers (still its children: the
@@ -35,6 +42,9 @@ type UpgradeState struct {
 	Generations []GenerationState `json:"generations"`
 	Workers     []WorkerState     `json:"workers"`
 	Stats       StatsState        `json:"stats"`
+	// Leftovers are the searches for what exited workers left running
+	// that were under way: the new baton runs them again.
+	Leftovers []LeftoverState `json:"leftovers,omitempty"`
 
 	// Descriptors of baton's own sockets.
 	NotifyFd    int    `json:"notify_fd"`
@@ -55,6 +65,12 @@ type UpgradeState struct {
 	// new baton runs it (with reason ReloadReason) once it has taken over.
 	ReloadQueued bool   `json:"reload_queued,omitempty"`
 	ReloadReason string `json:"reload_reason,omitempty"`
+	// ReloadRolling, ReloadCanary and ReloadCanaryWindow are that
+	// reload's rollout overrides (baton reload --rolling, --canary,
+	// --canary-window), when it had any.
+	ReloadRolling      *int           `json:"reload_rolling,omitempty"`
+	ReloadCanary       *int           `json:"reload_canary,omitempty"`
+	ReloadCanaryWindow *time.Duration `json:"reload_canary_window,omitempty"`
 }
 
 // ListenerState is one listener group.
@@ -62,6 +78,12 @@ type ListenerState struct {
 	ID      int           `json:"id"`
 	Spec    string        `json:"spec"`
 	Sockets []SocketState `json:"sockets"`
+	// Flows is a UDP listener whose flows are kept: its sockets, per
+	// generation, are there instead of in Sockets (version 2).
+	Flows *listener.FlowState `json:"flows,omitempty"`
+	// FlowsError says why a UDP listener's flows are not kept
+	// (listener.Group.FlowsErr).
+	FlowsError string `json:"flows_error,omitempty"`
 }
 
 // SocketState is one socket of a listener.
@@ -90,6 +112,11 @@ type SlotState struct {
 	// when (slot_states in the status).
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// Recycles, LastRecycle and LastRecycleAt: the slot's workers
+	// recycled, why the last one was, and when (recycle.go).
+	Recycles      int       `json:"recycles,omitempty"`
+	LastRecycle   string    `json:"last_recycle,omitempty"`
+	LastRecycleAt time.Time `json:"last_recycle_at,omitzero"`
 }
 
 // WorkerState is a live worker.
@@ -109,6 +136,15 @@ type WorkerState struct {
 	Output     []int           `json:"output,omitempty"` // read ends of its stdout and stderr pipes
 	CaptureFd  int             `json:"capture_fd"`       // notification descriptor, -1 without capture
 	Captures   []CaptureStatus `json:"captures,omitempty"`
+	// Released names the steered UDP listeners whose flows it released.
+	Released []string `json:"released,omitempty"`
+}
+
+// LeftoverState is a search for what an exited worker left running.
+type LeftoverState struct {
+	PGID     int       `json:"pgid"`     // the exited worker's process group
+	Signal   int       `json:"signal"`   // its stop signal
+	Deadline time.Time `json:"deadline"` // when what is left is killed
 }
 
 // StatsState carries the counters.
@@ -130,6 +166,9 @@ func (st *UpgradeState) Fds() []int {
 		for _, s := range l.Sockets {
 			fds = append(fds, s.Fd)
 		}
+		if l.Flows != nil {
+			fds = append(fds, l.Flows.Fds()...)
+		}
 	}
 	for _, w := range st.Workers {
 		fds = append(fds, w.Output...)
@@ -146,6 +185,9 @@ func (st *UpgradeState) Expect() upgrade.Handshake {
 	h := upgrade.Handshake{Nonce: st.Nonce, Version: st.Version, Listeners: len(st.Listeners), Workers: len(st.Workers), Descriptors: len(st.Fds())}
 	for _, l := range st.Listeners {
 		h.Sockets += len(l.Sockets)
+		if l.Flows != nil {
+			h.Sockets += len(l.Flows.Sockets)
+		}
 	}
 	return h
 }
@@ -157,8 +199,8 @@ func (st *UpgradeState) Expect() upgrade.Handshake {
 // pre-flight runs it in the new binary and answers with that.
 func (st *UpgradeState) Check() (upgrade.Handshake, error) {
 	got := upgrade.Handshake{Nonce: st.Nonce, Version: st.Version}
-	if st.Version != StateVersion {
-		return got, fmt.Errorf("state version %d; this baton reads version %d", st.Version, StateVersion)
+	if st.Version != StateVersion && st.Version != stateVersionNoFlows {
+		return got, fmt.Errorf("state version %d; this baton reads versions %d and %d", st.Version, stateVersionNoFlows, StateVersion)
 	}
 	for _, fd := range st.Fds() {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
@@ -176,6 +218,16 @@ func (st *UpgradeState) Check() (upgrade.Handshake, error) {
 				return got, fmt.Errorf("listener %s, slot %d: %w", spec.Name, s.Slot, err)
 			}
 			got.Sockets++
+		}
+		if l.Flows != nil {
+			// The pre-flight's copies: checked by adopting them, then
+			// closed with the group.
+			g, err := listener.AdoptFlows(spec, l.Flows)
+			if err != nil {
+				return got, err
+			}
+			g.Close()
+			got.Sockets += len(l.Flows.Sockets)
 		}
 		got.Listeners++
 	}
@@ -208,7 +260,7 @@ func CheckState(state []byte) (upgrade.Handshake, error) {
 	}
 	var h UpgradeState
 	if err := json.Unmarshal(state, &h); err != nil {
-		err = fmt.Errorf("reading the state the running baton handed over (version %d; this baton reads version %d): %w", head.Version, StateVersion, err)
+		err = fmt.Errorf("reading the state the running baton handed over (version %d; this baton reads versions %d and %d): %w", head.Version, stateVersionNoFlows, StateVersion, err)
 		return upgrade.Handshake{Nonce: head.Nonce, Version: head.Version, Error: err.Error()}, err
 	}
 	got, err := h.Check()

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"cmp"
 	"os"
 	"runtime"
 	"sort"
@@ -27,6 +28,8 @@ type (
 	SlotStatus = api.SlotStatus
 	// ReloadStats counts reloads.
 	ReloadStats = api.ReloadStats
+	// RecyclingStatus is a worker baton is replacing.
+	RecyclingStatus = api.RecyclingStatus
 	// ProcessStatus is baton's own resource use.
 	ProcessStatus = api.ProcessStatus
 	// CaptureStatus is one bind of a worker that baton answered with its
@@ -65,10 +68,57 @@ const (
 )
 
 // Status returns a snapshot. It returns false if baton has finished.
+//
+// The flows of steered UDP listeners are read after the loop's snapshot,
+// off the loop: walking a flow table takes milliseconds.
 func (s *Supervisor) Status() (Status, bool) {
 	var st Status
-	ok := s.call(func() { st = s.status() })
+	var groups []*listener.Group
+	ok := s.call(func() {
+		st = s.status()
+		groups = append(groups, s.active.listeners...)
+	})
+	if ok {
+		for i := range st.Listeners {
+			if i < len(groups) {
+				st.Listeners[i].Flows = flowsStatus(groups[i])
+			}
+		}
+	}
 	return st, ok
+}
+
+// flowsStatus is the flows part of a listener's status, nil for a
+// listener that is not UDP.
+func flowsStatus(l *listener.Group) *api.FlowsStatus {
+	if l.Spec.Kind != listener.Datagram || !l.Spec.IsInet() {
+		return nil
+	}
+	fs := &api.FlowsStatus{Mode: cmp.Or(l.Spec.Flows, listener.FlowsAuto), Kept: l.Steered()}
+	switch {
+	case l.FlowsErr != nil:
+		fs.Error = l.FlowsErr.Error()
+	case !l.Steered() && l.Spec.WantsFlows():
+		fs.Error = "UDP flows are not kept across reloads: they could not be when baton bound the listener; restart baton where it may load the steering program"
+	case !l.Steered():
+		fs.Error = "UDP flows are not kept across reloads: flows=off"
+	}
+	if !l.Steered() {
+		return fs
+	}
+	st, err := l.FlowStats()
+	if err != nil {
+		fs.Error = "reading the steering program: " + err.Error()
+		return fs
+	}
+	fs.Capacity, fs.Stale, fs.Evicted = st.Capacity, st.Stale, st.Evicted
+	fs.Known, fs.New, fs.Moved, fs.Fallback, fs.Draining = st.Known, st.New, st.Moved, st.Fallback, st.Draining
+	fs.ProgramRuns, fs.ProgramNS = st.Runs, uint64(st.Runtime)
+	for _, g := range st.Generations {
+		fs.Tracked += g.Flows
+		fs.Generations = append(fs.Generations, api.FlowGeneration{Generation: g.Gen, Serving: g.Serving, Sockets: g.Sockets, Flows: g.Flows, Draining: g.Draining})
+	}
+	return fs
 }
 
 func (s *Supervisor) status() Status {
@@ -92,6 +142,16 @@ func (s *Supervisor) status() Status {
 		Process:      processStatus(),
 		Upgrades:     s.upgrades,
 		UpgradeError: s.lastUpgradeErr,
+		MaxRSS:       s.active.cfg.MaxRSS,
+		MaxUptime:    Duration(s.active.cfg.MaxUptime),
+	}
+	burst, interval := s.active.cfg.startLimit()
+	st.StartLimitBurst, st.StartLimitInterval = burst, Duration(interval)
+	if r := s.recycling; r != nil {
+		st.Recycling = &RecyclingStatus{Slot: r.old.slot.index, PID: r.old.pid, Reason: r.reason, Why: r.why, Since: r.started}
+		if r.new != nil {
+			st.Recycling.NewPID = r.new.pid
+		}
 	}
 	st.Process.OrphansReap = s.env.procs.Orphans()
 	st.Process.LeftoversSignalled = s.leftovers.signalled.Load()
@@ -101,6 +161,9 @@ func (s *Supervisor) status() Status {
 	if s.pending != nil {
 		st.Pending = s.pending.id
 	}
+	if s.roll != nil {
+		st.Rollout = s.rolloutStatus(s.roll, "")
+	}
 	for _, l := range s.active.listeners {
 		socks := l.Sockets()
 		first := socks[0]
@@ -109,7 +172,16 @@ func (s *Supervisor) status() Status {
 			Address: first.Addr().String(), Port: first.Port(), Backlog: first.Backlog(),
 			Inode: first.Inode(), Fd: first.Fd(),
 		}
-		if l.Reuseport() {
+		if l.Steered() {
+			if l.Reuseport() {
+				ls.Balance = listener.Reuseport
+			}
+			for _, k := range l.FlowKeys() {
+				if sock := l.SocketOf(k.Gen, max(k.Slot, 0)); sock != nil {
+					ls.Sockets = append(ls.Sockets, SocketStatus{Slot: k.Slot, Generation: k.Gen, Inode: sock.Inode(), Fd: sock.Fd()})
+				}
+			}
+		} else if l.Reuseport() {
 			ls.Balance = listener.Reuseport
 			for _, sl := range s.active.slots {
 				if sock := l.Socket(sl.index); sock != nil {
@@ -131,14 +203,20 @@ func (s *Supervisor) status() Status {
 			n := w.accepted
 			ws.Accepted = &n
 		}
+		s.workerResources(w, &ws)
+		if w.errors >= 0 {
+			n := w.errors
+			ws.Errors = &n
+		}
 		st.Workers = append(st.Workers, ws)
 	}
 	for _, sl := range s.active.slots {
 		ss := SlotStatus{Slot: sl.index, State: SlotBackoff, Restarts: sl.restarts, Backoff: Duration(sl.backoff),
-			LastError: sl.lastErr, LastErrorTime: sl.lastErrAt}
-		switch w := s.active.workers[sl.index]; {
+			LastError: sl.lastErr, LastErrorTime: sl.lastErrAt,
+			Recycles: sl.recycles, LastRecycle: sl.lastRecycle, LastRecycleTime: sl.lastRecycleAt}
+		switch w := s.slotWorker(sl); {
 		case w != nil && w.state != Exited:
-			ss.State, ss.PID = SlotUp, w.pid
+			ss.State, ss.PID, ss.Generation = SlotUp, w.pid, w.gen.id
 		case s.stopping:
 			ss.State = SlotStopped
 		case !sl.nextStart.IsZero():
@@ -153,6 +231,7 @@ func (s *Supervisor) status() Status {
 		}
 		return a.Slot < b.Slot
 	})
+	st.Health = api.HealthOf(&st) // the slots' part; KernelStatus adds the kernel's
 	return st
 }
 
@@ -167,4 +246,22 @@ func processStatus() ProcessStatus {
 		}
 	}
 	return p
+}
+
+// workerResources fills in what baton read of w in /proc, and how it is,
+// or would be, stopped.
+func (s *Supervisor) workerResources(w *worker, ws *WorkerStatus) {
+	if p := w.seen; p.sampled {
+		ws.RSSBytes, ws.CPUSeconds, ws.CPUPercent = p.rss, p.cpu.Seconds(), p.cpuPercent
+		ws.SignalHandling = p.signal.String()
+	}
+	d := w.drain
+	if !w.stopped {
+		d = chooseDrain(w.gen.cfg, len(w.gen.tcpPorts()) > 0, w.seen.signal)
+	}
+	ws.Drain, ws.DrainReason = string(d.mode), d.why
+	ws.Recycle = w.recycle
+	if w.replacing != nil {
+		ws.Replaces = w.replacing.pid
+	}
 }

@@ -60,6 +60,10 @@ type Options struct {
 	// OnTakenOver, if set, is called when a new instance took over
 	// (baton tells systemd its new main pid).
 	OnTakenOver func(pid int)
+	// TookOver says the listeners were taken over from a running
+	// instance: the UDP sockets of this one serve new peers only once its
+	// workers are ready (the running instance's serve until then).
+	TookOver bool
 	// BeforeExec, if set, is called on the loop just before baton
 	// re-executes itself (an upgrade): what is buffered for its output or
 	// its service manager must go out first, or be lost. It must return
@@ -98,6 +102,7 @@ type Supervisor struct {
 	preparing       bool                     // a reload's plan is being made
 	scaleQueue      []scaleRequest           // scale requests waiting for the reload in progress
 	reload          reloadState
+	roll            *roll // the rolling or canary reload in progress (rolling.go)
 	stopping        bool
 	everReady       bool
 	stats           stats
@@ -112,9 +117,24 @@ type Supervisor struct {
 	// leftoverSearches counts the searches for what exited workers left
 	// running that have not finished (leftovers.go); Run waits for them.
 	leftoverSearches int
-	killing          bool // Kill was called: leftovers are killed at once
+	searches         map[*leftoverSearch]bool // those of exited workers, for an upgrade
+	killing          bool                     // Kill was called: leftovers are killed at once
 
 	leftovers *leftovers // shared with the searches' goroutines
+
+	// UDP flows (flows.go): the last error telling a steering program,
+	// logged once; givenAway once a takeover committed (the new instance
+	// decides the serving sockets); tookOver in an instance that took
+	// over (it decides them once its workers are ready).
+	flowErr   string
+	givenAway bool
+	tookOver  bool
+
+	// recycling is the replacement of a worker baton has under way
+	// (recycle.go); sampling counts the reads of /proc that have not
+	// reported back (sample.go).
+	recycling *recycleState
+	sampling  int
 }
 
 type stats struct {
@@ -157,7 +177,7 @@ func newWithEnv(o Options, e env) (*Supervisor, error) {
 
 // newSupervisor makes the supervisor's state, with the seams of e; its
 // zero fields get the real ones: o.Spawner's Starter, the system's clock,
-// endLeftovers.
+// endLeftovers, readProcSample.
 func newSupervisor(o Options, e env) *Supervisor {
 	if e.procs == nil && o.Spawner != nil {
 		e.procs = o.Spawner.Starter()
@@ -166,27 +186,32 @@ func newSupervisor(o Options, e env) *Supervisor {
 		e.clock = realClock{}
 	}
 	s := &Supervisor{
-		plan:    o.Plan,
-		groups:  map[*listener.Group]bool{},
-		spawner: o.Spawner,
-		log:     o.Log,
-		opts:    o,
-		stdout:  &sink{w: o.Stdout},
-		stderr:  &sink{w: o.Stderr},
-		events:  make(chan func(), 1024),
-		done:    make(chan struct{}),
-		ended:   make(chan struct{}),
-		workers: map[int]*worker{},
-		env:     e,
-		start:   e.clock.Now(),
+		plan:     o.Plan,
+		groups:   map[*listener.Group]bool{},
+		spawner:  o.Spawner,
+		log:      o.Log,
+		opts:     o,
+		stdout:   &sink{w: o.Stdout},
+		stderr:   &sink{w: o.Stderr},
+		events:   make(chan func(), 1024),
+		done:     make(chan struct{}),
+		ended:    make(chan struct{}),
+		workers:  map[int]*worker{},
+		env:      e,
+		tookOver: o.TookOver,
+		start:    e.clock.Now(),
 	}
 	if s.env.endLeftovers == nil {
 		s.env.endLeftovers = s.endLeftovers
+	}
+	if s.env.readProc == nil {
+		s.env.readProc = readProcSample
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handoff = newHandoff(s.log)
 	s.lineage = newLineage()
 	s.leftovers = newLeftovers()
+	s.searches = map[*leftoverSearch]bool{}
 	return s
 }
 
@@ -229,12 +254,16 @@ func (s *Supervisor) Run() error {
 // begin starts the first generation, or adopts the workers of the
 // restored state after an upgrade. It is the loop's first event.
 func (s *Supervisor) begin() {
+	s.startSampling()
 	if s.restored != nil {
 		s.adopt()
 		return
 	}
 	s.active = s.newGeneration(&s.plan, nil)
 	cfg := s.active.cfg
+	if err := claimFlows(s.active.listeners, s.active.id, cfg.Workers); err != nil {
+		s.log.Error("UDP flows: the first generation's sockets", "err", err)
+	}
 	s.log.Info("starting workers", "generation", s.active.id, "workers", cfg.Workers, "command", cfg.Args, "ready", cfg.Ready.String())
 	for _, sl := range s.active.slots {
 		s.startWorker(s.active, sl)
@@ -246,6 +275,7 @@ func (s *Supervisor) begin() {
 func (s *Supervisor) handle(f func()) {
 	f()
 	s.syncHandoff()
+	s.syncFlows()
 }
 
 // closeGroups closes the listener groups no generation needs any more:
@@ -432,8 +462,15 @@ func (s *Supervisor) notified(m notify.Message, child int) {
 	if n, err := strconv.ParseInt(m.Fields["X_BATON_ACCEPTED"], 10, 64); err == nil && n >= 0 {
 		w.accepted = n
 	}
+	if n, err := strconv.ParseInt(m.Fields["X_BATON_ERRORS"], 10, 64); err == nil && n >= 0 {
+		w.errors = n
+		s.canaryHeard(s.roll, w) // canary.go: a canary's errors may fail it at once
+	}
 	if m.Fields["READY"] == "1" && w.state == Starting && w.gen.cfg.Ready.Kind() == ReadyNotify {
 		s.workerReady(w)
+	}
+	if m.Fields["X_BATON_FLOWS"] == "released" {
+		s.releaseFlows(w, nil) // flows.go
 	}
 	if m.Fields["STOPPING"] == "1" {
 		s.log.Debug("worker says it is stopping", w.attrs()...)

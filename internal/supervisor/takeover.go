@@ -40,6 +40,13 @@ func (s *Supervisor) giveAway(ctx context.Context, peer control.Peer, within tim
 	})
 	if err != nil {
 		s.log.Warn("takeover did not happen; serving on, unchanged", "err", err)
+		s.call(func() {
+			// The new instance may have made its workers serve UDP
+			// peers: this one's serve again.
+			for l := range s.groups {
+				l.ForgetServing()
+			}
+		})
 		return control.Hijacked, nil
 	}
 	s.log.Info("takeover: the new instance serves now; draining and exiting", "new_pid", newPID)
@@ -55,6 +62,7 @@ func (s *Supervisor) giveAway(ctx context.Context, peer control.Peer, within tim
 		for l := range s.groups {
 			l.Disown()
 		}
+		s.givenAway = true // the new instance decides which UDP sockets serve
 	})
 	s.Stop(fmt.Sprintf("taken over by pid %d", newPID))
 	return control.Hijacked, nil
@@ -74,6 +82,17 @@ func (s *Supervisor) offer() ([]takeover.Socket, error) {
 	}
 	var socks []takeover.Socket
 	for _, l := range s.active.listeners {
+		if fds, ok := l.SteerFDs(); ok {
+			// The program and maps, and a socket for the address: the new
+			// instance binds its own into the group.
+			for i, fd := range fds.List() {
+				socks = append(socks, takeover.Socket{Name: l.Spec.Name, URL: l.Spec.URL(), Slot: -1, Flow: takeover.FlowObjects[i], Fd: fd})
+			}
+			if sock := l.SocketOf(s.active.id, 0); sock != nil {
+				socks = append(socks, takeover.Socket{Name: l.Spec.Name, URL: l.Spec.URL(), Slot: -1, Fd: sock.Fd()})
+			}
+			continue
+		}
 		for _, sock := range l.Sockets() {
 			socks = append(socks, takeover.Socket{Name: l.Spec.Name, URL: l.Spec.URL(), Slot: l.SlotOf(sock), Fd: sock.Fd()})
 		}

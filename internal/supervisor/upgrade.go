@@ -43,6 +43,7 @@ type upgradeState struct {
 	// waiters wait for its outcome.
 	held    bool
 	reason  string
+	opts    ReloadOptions // the last request's rollout overrides
 	waiters []chan<- ReloadOutcome
 }
 
@@ -175,11 +176,11 @@ func (s *Supervisor) beginUpgrade(waited bool) (*UpgradeState, *upgrade.Held, <-
 
 // holdReload keeps a reload asked for during an upgrade until the upgrade
 // is over. Every request held is served by one reload, as behind a reload.
-func (s *Supervisor) holdReload(reason string, ch chan<- ReloadOutcome) {
+func (s *Supervisor) holdReload(reason string, o ReloadOptions, ch chan<- ReloadOutcome) {
 	if !s.upgrading.held {
 		s.log.Info("reload held until the upgrade in progress is over", "reason", reason)
 	}
-	s.upgrading.held, s.upgrading.reason = true, reason
+	s.upgrading.held, s.upgrading.reason, s.upgrading.opts = true, reason, o
 	if ch != nil {
 		s.upgrading.waiters = append(s.upgrading.waiters, ch)
 	}
@@ -200,10 +201,11 @@ func (s *Supervisor) endUpgrade() {
 			ch <- ReloadOutcome{Err: ErrStopping}
 		}
 	case s.reloading():
-		s.reload.queued, s.reload.queuedReason = true, u.reason
+		s.reload.queued, s.reload.queuedReason, s.reload.queuedOpts = true, u.reason, u.opts
 		s.reload.queuedFor = append(s.reload.queuedFor, u.waiters...)
 	default:
 		s.log.Info("running the reload asked for during the upgrade", "reason", u.reason)
+		s.reload.opts = u.opts
 		s.prepareReload(u.reason, u.waiters)
 	}
 }
@@ -262,6 +264,7 @@ func (s *Supervisor) execUpgrade(p upgradeParams, bin *upgrade.Binary, id string
 	h.KeepWorkers = p.KeepWorkers
 	h.Binary = p.Binary
 	h.ReloadQueued, h.ReloadReason = s.upgrading.held, s.upgrading.reason
+	h.ReloadRolling, h.ReloadCanary, h.ReloadCanaryWindow = s.upgrading.opts.Rolling, s.upgrading.opts.Canary, s.upgrading.opts.CanaryWindow
 	state, err := json.Marshal(h)
 	if err != nil {
 		fail(err)
@@ -293,17 +296,15 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	if err := s.handoffBusy(); err != nil {
 		return nil, err
 	}
+	if err := s.recycleBusy(); err != nil {
+		return nil, err
+	}
 	if s.takingOver {
 		return nil, errors.New("upgrade: a takeover by a new instance is in progress")
 	}
-	if s.leftoverSearches > 0 {
-		// Their deadlines live in goroutines the execve would end: what
-		// exited workers left running would then be killed only when
-		// another worker exits or baton stops.
-		return nil, fmt.Errorf("upgrade: baton is still ending what %d exited workers left running (their drain deadline is at most %s away); try again then", s.leftoverSearches, s.active.cfg.DrainTimeout)
-	}
 	h := &UpgradeState{
-		Version: StateVersion, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
+		Leftovers: s.pendingLeftovers(),
+		Version:   stateVersionNoFlows, PID: os.Getpid(), Started: s.start, NextGen: s.nextGen,
 		Active: s.active.id, EverReady: s.everReady, Upgrades: s.upgrades,
 		Stats: StatsState{
 			ReloadsOK: s.stats.reloadsOK, ReloadsFailed: s.stats.reloadsFailed,
@@ -320,6 +321,14 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	for g := range s.groups {
 		ids[g] = len(ids) + 1
 		ls := ListenerState{ID: ids[g], Spec: g.Spec.String()}
+		if g.FlowsErr != nil {
+			ls.FlowsError = g.FlowsErr.Error()
+		}
+		if fs := g.FlowState(); fs != nil {
+			ls.Flows, h.Version = fs, StateVersion
+			h.Listeners = append(h.Listeners, ls)
+			continue
+		}
 		for slot, sock := range g.Sockets() {
 			if !g.Reuseport() {
 				slot = -1
@@ -343,7 +352,8 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 		}
 		for _, sl := range g.slots {
 			gs.Slots = append(gs.Slots, SlotState{Index: sl.index, Removed: sl.removed, Restarts: sl.restarts, Backoff: sl.backoff,
-				LastError: sl.lastErr, LastErrorAt: sl.lastErrAt})
+				LastError: sl.lastErr, LastErrorAt: sl.lastErrAt,
+				Recycles: sl.recycles, LastRecycle: sl.lastRecycle, LastRecycleAt: sl.lastRecycleAt})
 		}
 		h.Generations = append(h.Generations, gs)
 	}
@@ -353,6 +363,9 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 			Started: w.started, ReadyAt: w.readyAt, StopAt: w.stopAt, Status: w.status,
 			Accepted: w.accepted, Stopped: w.stopped, Restart: w.restart,
 			Current: w.gen.workers[w.slot.index] == w, CaptureFd: w.captureFd, Captures: w.captures,
+		}
+		for name := range w.released {
+			ws.Released = append(ws.Released, name)
 		}
 		if hold {
 			for _, p := range w.pipes {
@@ -390,6 +403,15 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upgrade: listener %q: %w", ls.Spec, err)
 		}
+		if ls.Flows != nil {
+			g, err := listener.AdoptFlows(spec, ls.Flows)
+			if err != nil {
+				return nil, fmt.Errorf("upgrade: %w", err)
+			}
+			byID[ls.ID] = g
+			s.groups[g] = true
+			continue
+		}
 		socks := map[int]*listener.Socket{}
 		for _, ss := range ls.Sockets {
 			if socks[ss.Slot], err = listener.Adopt(spec, ss.Fd, ss.Backlog, ss.PathIno); err != nil {
@@ -397,6 +419,9 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 			}
 		}
 		g := listener.AdoptGroup(spec, socks)
+		if ls.FlowsError != "" {
+			g.FlowsErr = errors.New(ls.FlowsError)
+		}
 		byID[ls.ID] = g
 		s.groups[g] = true
 	}
@@ -412,7 +437,8 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 			sl := slots[ss.Index]
 			if sl == nil || gs.ID == h.Active {
 				sl = &slot{index: ss.Index, removed: ss.Removed, restarts: ss.Restarts, backoff: ss.Backoff,
-					lastErr: ss.LastError, lastErrAt: ss.LastErrorAt}
+					lastErr: ss.LastError, lastErrAt: ss.LastErrorAt,
+					recycles: ss.Recycles, lastRecycle: ss.LastRecycle, lastRecycleAt: ss.LastRecycleAt}
 				slots[ss.Index] = sl
 			}
 			g.slots = append(g.slots, sl)
@@ -434,6 +460,12 @@ func Restore(h *UpgradeState, o Options) (*Supervisor, error) {
 		w.status, w.accepted, w.stopped, w.restart = ws.Status, ws.Accepted, ws.Stopped, ws.Restart
 		w.captureFd, w.captures = ws.CaptureFd, ws.Captures
 		w.adoptOutput = ws.Output
+		for _, name := range ws.Released {
+			if w.released == nil {
+				w.released = map[string]bool{}
+			}
+			w.released[name] = true
+		}
 		if ws.Current {
 			g.workers[ws.Slot] = w
 		}
@@ -509,6 +541,11 @@ func (s *Supervisor) adopt() {
 	}
 	h := s.restored
 	s.restored = nil
+	// What exited workers left running was being ended by searches the
+	// execve cut short: they start again here, with the same deadlines.
+	for _, l := range h.Leftovers {
+		s.searchLeftovers(l.PGID, []any{"pgid", l.PGID, "across", "an upgrade"}, syscall.Signal(l.Signal), l.Deadline)
+	}
 	s.log.Info("upgrade done: baton re-executed itself", "binary", h.Binary, "pid", os.Getpid(), "workers", len(s.workers), "generation", s.active.id)
 	switch {
 	case !h.KeepWorkers:
@@ -518,7 +555,7 @@ func (s *Supervisor) adopt() {
 		s.requestReload("upgrade", nil)
 	case h.ReloadQueued:
 		s.log.Info("running the reload asked for during the upgrade", "reason", h.ReloadReason)
-		s.requestReload(h.ReloadReason, nil)
+		s.requestReloadWith(h.ReloadReason, ReloadOptions{Rolling: h.ReloadRolling, Canary: h.ReloadCanary, CanaryWindow: h.ReloadCanaryWindow}, nil)
 	}
 }
 

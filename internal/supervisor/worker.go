@@ -32,6 +32,15 @@ type slot struct {
 	// on its own, and lastErrAt when; empty while nothing went wrong.
 	lastErr   string
 	lastErrAt time.Time
+	// recycles counts the slot's workers recycled: restarted at once after
+	// exiting 0 on their own, or replaced by baton (recycle.go);
+	// lastRecycle says why the last one was (RecycleExited, ...), and
+	// lastRecycleAt when. recycleRetry is when baton may try again to
+	// replace the slot's worker after a replacement failed.
+	recycles      int
+	lastRecycle   string
+	lastRecycleAt time.Time
+	recycleRetry  time.Time
 }
 
 func (sl *slot) cancelRestart() {
@@ -56,6 +65,9 @@ type generation struct {
 	slots     []*slot         // by index
 	workers   map[int]*worker // the current worker of each slot, by slot index
 	started   time.Time
+	// runs is how each slot has fared in this generation, by slot index
+	// (comingup.go); made on a slot's first start.
+	runs map[int]*slotRun
 }
 
 // newGeneration makes the generation that runs plan. Slots that exist in
@@ -63,7 +75,7 @@ type generation struct {
 func (s *Supervisor) newGeneration(plan *Plan, prev *generation) *generation {
 	s.nextGen++
 	cfg := plan.Config
-	g := &generation{id: s.nextGen, cfg: &cfg, listeners: plan.Listeners, workers: map[int]*worker{}, started: s.now()}
+	g := &generation{id: s.nextGen, cfg: &cfg, listeners: plan.Listeners, workers: map[int]*worker{}, started: s.now(), runs: map[int]*slotRun{}}
 	for i := 0; i < cfg.Workers; i++ {
 		if prev != nil && i < len(prev.slots) {
 			g.slots = append(g.slots, prev.slots[i])
@@ -106,6 +118,9 @@ type worker struct {
 	// accepted is the connection count the worker last reported with
 	// X_BATON_ACCEPTED= (baton's library does), -1 when it never did.
 	accepted int64
+	// errors is the error count it last reported with X_BATON_ERRORS=
+	// (a canary is judged by it), -1 when it never did.
+	errors   int64
 	captures []CaptureStatus // binds baton answered with its own socket
 	pipes    []*outPipe      // read ends of its stdout and stderr pipes
 	// captureFd is the notification descriptor of its bind-capture
@@ -114,6 +129,9 @@ type worker struct {
 	// adoptOutput holds its output pipes' descriptors between Restore and
 	// adopt, after an upgrade.
 	adoptOutput []int
+	// released names the steered UDP listeners whose sockets it released
+	// (flows.go).
+	released map[string]bool
 
 	// stopped is set when baton asked the worker to stop, so its exit is
 	// not a crash; restart is set when baton stopped it to start a
@@ -121,7 +139,16 @@ type worker struct {
 	stopped, restart bool
 	// reaped is set when the reaper has collected it, before its exit is
 	// handled (workerExited): the search for its leftovers has begun.
-	reaped     bool
+	reaped bool
+	// replacing is, while baton recycles a slot's worker (recycle.go),
+	// the worker this one is to replace once it is ready; nil otherwise.
+	// recycle is, on the worker being replaced, why baton replaces it.
+	replacing *worker
+	recycle   string
+	// seen is what baton last read of the worker in /proc (sample.go);
+	// drain is how it was, or will be, stopped (drain.go).
+	seen       procState
+	drain      drainMode
 	timer      timer // readiness or drain deadline
 	output     *tail
 	spawned    chan struct{} // closed once the start was attempted
@@ -164,11 +191,20 @@ func (w *worker) kill() {
 // startWorker starts the worker of slot sl in generation g. It returns the
 // error when the process could not be started.
 func (s *Supervisor) startWorker(g *generation, sl *slot) error {
+	_, err := s.spawnWorker(g, sl, nil)
+	return err
+}
+
+// spawnWorker starts a worker in slot sl of generation g: the slot's
+// worker, or with replacing the worker that is to replace that one once
+// ready (recycle.go), which the slot keeps until then.
+func (s *Supervisor) spawnWorker(g *generation, sl *slot, replacing *worker) (*worker, error) {
 	w := newWorker(g, sl)
+	w.replacing = replacing
 	defer close(w.spawned)
 	files, closeAfter, err := s.workerFiles(w)
 	if err != nil {
-		return s.startFailed(w, err)
+		return nil, s.startFailed(w, err)
 	}
 	env := s.workerEnv(g, sl)
 	var capt *captureStart
@@ -177,7 +213,7 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 			for _, f := range closeAfter {
 				f.Close()
 			}
-			return s.startFailed(w, err)
+			return nil, s.startFailed(w, err)
 		}
 		files = append(files, capt.shim)
 		env = append(env, capt.env())
@@ -199,28 +235,49 @@ func (s *Supervisor) startWorker(g *generation, sl *slot) error {
 		capt.started(err == nil)
 	}
 	if err != nil {
-		return s.startFailed(w, err)
+		return nil, s.startFailed(w, err)
 	}
 	w.proc, w.pid, w.started = proc, proc.PID(), s.now()
 	if capt != nil {
 		go s.serveCapture(w, capt.baton, -1)
 	}
-	g.workers[sl.index] = w
+	if replacing == nil {
+		g.workers[sl.index] = w
+	}
+	g.run(sl).started(w.started)
 	s.addWorker(w)
 	s.stats.workersStarted++
-	s.log.Info("worker started", w.attrs()...)
+	if replacing != nil {
+		s.log.Info("worker started", w.attrs("replacing", replacing.pid)...)
+	} else {
+		s.log.Info("worker started", w.attrs()...)
+	}
 	s.armReadiness(w)
-	return nil
+	return w, nil
 }
 
 // armReadiness arms the readiness timer of w, a starting worker, at its
 // ready mode's Deadline counted from its start (a worker adopted after an
 // upgrade has used part of it): a worker still starting then has missed
-// its deadline (notify, bind) or is ready (delay).
+// its deadline (notify, bind) or is ready (delay). In a generation that
+// is coming up, a strict deadline counts from the slot's first start in
+// it (or the first since it was last ready), whatever its workers did
+// since: a slot has --ready-timeout to become ready. With delay:D, it counts from the start of the slot's run
+// of workers without a failure (comingup.go): a worker that replaces one
+// that recycled itself carries on its run.
 func (s *Supervisor) armReadiness(w *worker) {
 	cfg := w.gen.cfg
 	d, strict := cfg.Ready.Deadline(cfg.ReadyTimeout)
-	w.setTimer(s.after(max(d-s.since(w.started), 0), func() {
+	from := w.started
+	if r := w.gen.runs[w.slot.index]; r != nil && w.replacing == nil {
+		switch {
+		case strict && w.gen == s.pending:
+			from = r.first
+		case !strict && !r.upSince.IsZero() && r.upSince.Before(from):
+			from = r.upSince
+		}
+	}
+	w.setTimer(s.after(max(d-s.since(from), 0), func() {
 		switch {
 		case w.state != Starting:
 		case strict:
@@ -232,7 +289,7 @@ func (s *Supervisor) armReadiness(w *worker) {
 }
 
 func newWorker(g *generation, sl *slot) *worker {
-	return &worker{slot: sl, gen: g, state: Starting, accepted: -1, captureFd: -1, output: &tail{},
+	return &worker{slot: sl, gen: g, state: Starting, accepted: -1, errors: -1, captureFd: -1, output: &tail{},
 		spawned: make(chan struct{}), outputDone: make(chan struct{})}
 }
 
@@ -257,11 +314,14 @@ func (s *Supervisor) onExit(w *worker) func(spawn.Exit) {
 // startFailed handles a worker that could not be started at all. In a
 // starting generation that fails the reload; in the serving one the slot
 // tries again after its backoff, as after a crash: it never goes without
-// a worker or a pending restart.
+// a worker or a pending restart. A replacement baton was starting to
+// recycle a worker leaves that worker serving.
 func (s *Supervisor) startFailed(w *worker, err error) error {
 	err = fmt.Errorf("starting worker slot %d of generation %d: %w", w.slot.index, w.gen.id, err)
 	s.log.Error("cannot start worker", "slot", w.slot.index, "generation", w.gen.id, "err", err)
 	switch {
+	case w.replacing != nil:
+		s.recycleFailed(w, err.Error())
 	case w.gen == s.pending:
 		s.endReload(err)
 	case w.gen == s.active && !s.stopping && !w.slot.removed:
@@ -278,11 +338,19 @@ func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File,
 	g := w.gen
 	stdin := int(s.devnull.Fd())
 	if g.cfg.Fd0 != "" {
-		stdin = g.listener(g.cfg.Fd0).Socket(w.slot.index).Fd()
+		sock := g.listener(g.cfg.Fd0).SocketOf(g.id, w.slot.index)
+		if sock == nil {
+			return nil, nil, fmt.Errorf("listener %s has no socket for generation %d, slot %d", g.cfg.Fd0, g.id, w.slot.index)
+		}
+		stdin = sock.Fd()
 	}
 	files = []int{stdin, -1, -1}
 	for _, l := range g.listeners {
-		files = append(files, l.Socket(w.slot.index).Fd())
+		sock := l.SocketOf(g.id, w.slot.index)
+		if sock == nil {
+			return nil, nil, fmt.Errorf("listener %s has no socket for generation %d, slot %d", l.Spec.Name, g.id, w.slot.index)
+		}
+		files = append(files, sock.Fd())
 	}
 	if !g.cfg.LogPrefix {
 		close(w.outputDone)
@@ -416,6 +484,19 @@ func (s *Supervisor) workerReady(w *worker) {
 	w.state, w.readyAt = Ready, s.now()
 	w.setTimer(nil)
 	s.log.Info("worker ready", w.attrs("after", w.readyAt.Sub(w.started).Round(time.Millisecond))...)
+	// How it handles its stop signal is read now that it has set up
+	// (drain.go), off the loop.
+	s.sample([]*worker{w})
+	if r := w.gen.runs[w.slot.index]; r != nil && w.replacing == nil {
+		r.ready()
+	}
+	if w.replacing != nil {
+		s.recycleDone(w) // recycle.go: a worker baton replaces
+		return
+	}
+	if s.rollReady(w) { // rolling.go: a rolling or canary reload goes on
+		return
+	}
 	switch {
 	case w.gen == s.pending && w.gen.allReady():
 		s.endReload(nil)
@@ -434,8 +515,13 @@ func (s *Supervisor) readyDeadline(w *worker) {
 	cfg := w.gen.cfg
 	err := fmt.Errorf("worker slot %d (pid %d) of generation %d did not %s within %s", w.slot.index, w.pid, w.gen.id, cfg.Ready.awaited(), cfg.ReadyTimeout)
 	s.log.Warn("worker missed its readiness deadline", w.attrs("timeout", cfg.ReadyTimeout)...)
-	if w.gen == s.pending {
-		s.endReload(err)
+	switch {
+	case w.replacing != nil:
+		s.stopWorker(w, "missed its readiness deadline")
+		s.recycleFailed(w, err.Error())
+		return
+	case w.gen == s.pending:
+		s.endReload(s.slotHistory(w.gen, w.slot, err))
 		return
 	}
 	w.restart = true
@@ -448,11 +534,21 @@ func (s *Supervisor) stopWorker(w *worker, reason string) {
 	if w.stopped || w.state == Exited {
 		return
 	}
+	s.syncFlows() // new peers go to the serving generation before the signal
 	w.stopped, w.state, w.stopAt = true, Draining, s.now()
 	cfg := w.gen.cfg
-	s.log.Info("stopping worker", w.attrs("signal", SignalName(cfg.StopSignal), "reason", reason)...)
-	if ports := w.gen.tcpPorts(); cfg.StopWhenIdle > 0 && len(ports) > 0 {
-		go s.quiesceThenSignal(w, ports, cfg.StopWhenIdle)
+	// A worker baton was replacing goes, and so does its replacement
+	// still starting: whatever stops the one (a reload, a scale-down,
+	// baton's stop) replaces the slot's worker its own way.
+	s.abandonRecycle(w, reason)
+	ports := w.gen.tcpPorts()
+	w.drain = chooseDrain(cfg, len(ports) > 0, w.seen.signal)
+	s.log.Info("stopping worker", w.attrs("signal", SignalName(cfg.StopSignal), "reason", reason, "drain", w.drain.mode, "why", w.drain.why)...)
+	if w.seen.signal == sigIgnored {
+		s.log.Warn("worker ignores its stop signal: it will be killed at the drain timeout; give --stop-signal a signal it handles", w.attrs("signal", SignalName(cfg.StopSignal), "drain_timeout", cfg.DrainTimeout)...)
+	}
+	if w.drain.mode == DrainWhenIdle {
+		go s.quiesceThenSignal(w, ports, w.drain.bound)
 	} else {
 		s.signalStop(w)
 	}
@@ -473,36 +569,70 @@ func (s *Supervisor) workerExited(w *worker, status syscall.WaitStatus) {
 	w.setTimer(nil)
 	s.removeWorker(w)
 	how := describeExit(status)
-	level := slog.LevelInfo
-	if !w.stopped {
-		level = slog.LevelWarn
+	uptime := s.since(w.started)
+	// A worker that exits 0 on its own, having been ready or run a
+	// while, recycled itself: not a crash (config.go, MinRecycleUptime).
+	clean := !w.stopped && cleanExit(status, prev == Ready, uptime)
+	level, reason := slog.LevelInfo, ExitStopped
+	switch {
+	case clean:
+		reason = ExitRecycled
+	case !w.stopped:
+		level, reason = slog.LevelWarn, ExitCrashed
 	}
-	s.log.Log(context.Background(), level, "worker exited", w.attrs("status", how, "uptime", s.since(w.started).Round(time.Millisecond))...)
-	s.emit(Event{Kind: EventExit, Slot: w.slot.index, Generation: w.gen.id, OK: w.stopped})
+	s.log.Log(context.Background(), level, "worker exited", w.attrs("status", how, "uptime", uptime.Round(time.Millisecond))...)
+	s.emit(Event{Kind: EventExit, Slot: w.slot.index, Generation: w.gen.id, OK: w.stopped, Reason: reason})
+	if !w.stopped && !clean {
+		w.gen.run(w.slot).failed(s.now(), s.exitError(w, status, uptime))
+	}
+	if s.rollExit(w, status) { // rolling.go: an exit a rollout expects, or a canary's
+		s.closeGroups(false)
+		return
+	}
 
 	switch {
+	case w.replacing != nil:
+		s.replacementExited(w, how)
 	case w.gen == s.pending:
-		msg := fmt.Sprintf("worker slot %d (pid %d) of generation %d %s before it was ready", w.slot.index, w.pid, w.gen.id, how)
-		if prev == Ready {
-			msg = fmt.Sprintf("worker slot %d (pid %d) of generation %d %s while the generation was starting", w.slot.index, w.pid, w.gen.id, how)
-		}
-		if out := w.output.String(); out != "" {
-			msg += "; its last output: " + out
-		}
-		s.endReload(fmt.Errorf("%s", msg))
+		s.comingUpExited(w, prev, how, clean)
 	case w.gen == s.active && !s.stopping && !w.slot.removed && (!w.stopped || w.restart) && w.gen.workers[w.slot.index] == w:
-		if !w.stopped {
-			why := fmt.Sprintf("worker pid %d %s after %s", w.pid, how, s.since(w.started).Round(time.Millisecond))
-			if out := w.output.String(); out != "" {
-				why += "; its last output: " + out
+		switch {
+		case s.takeOverSlot(w):
+			// Baton was replacing it: the replacement has the slot now.
+			if !clean {
+				w.slot.failed(s.exitError(w, status, uptime), s.now())
 			}
-			w.slot.failed(why, s.now())
-		} else {
+		case clean:
+			s.recycledItself(w, how, uptime)
+		case !w.stopped:
+			w.slot.failed(s.exitError(w, status, uptime), s.now())
+			s.scheduleRestart(w.gen, w.slot, w.started)
+		default:
 			w.slot.failed(fmt.Sprintf("worker pid %d missed its readiness deadline (%s)", w.pid, w.gen.cfg.ReadyTimeout), s.now())
+			s.scheduleRestart(w.gen, w.slot, w.started)
 		}
-		s.scheduleRestart(w.gen, w.slot, w.started)
 	}
 	s.closeGroups(false)
+}
+
+// cleanExit reports whether a worker that exited on its own after uptime
+// with status recycled itself: status 0, once it was ready (it served),
+// or after at least MinRecycleUptime.
+func cleanExit(status syscall.WaitStatus, wasReady bool, uptime time.Duration) bool {
+	return status.Exited() && status.ExitStatus() == 0 && (wasReady || uptime >= MinRecycleUptime)
+}
+
+// exitError says how a worker exited on its own, with its last output,
+// for an error or a slot's last error.
+func (s *Supervisor) exitError(w *worker, status syscall.WaitStatus, uptime time.Duration) string {
+	why := fmt.Sprintf("worker pid %d %s after %s", w.pid, describeExit(status), uptime.Round(time.Millisecond))
+	if status.Exited() && status.ExitStatus() == 0 && uptime < MinRecycleUptime {
+		why += fmt.Sprintf(" (before it was ready and within %s of its start, too soon to count as recycling itself: does the program daemonize, or print its usage and exit?)", MinRecycleUptime)
+	}
+	if out := w.output.String(); out != "" {
+		why += "; its last output: " + out
+	}
+	return why
 }
 
 // scheduleRestart starts a new worker in slot sl of generation g after the

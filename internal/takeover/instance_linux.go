@@ -27,8 +27,15 @@ type Socket struct {
 	Name string `json:"name"` // the listener's name; "" for the control socket
 	URL  string `json:"url"`  // the listener's specification
 	Slot int    `json:"slot"` // its slot with balance=reuseport, else -1
+	// Flow, for a UDP listener whose flows are kept, names the steering
+	// program or map the descriptor is (FlowObjects); empty for a socket.
+	Flow string `json:"flow,omitempty"`
 	Fd   int    `json:"-"`
 }
+
+// FlowObjects names the descriptors of a steering program and its maps,
+// in the order of steer.FDs.List.
+var FlowObjects = []string{"prog", "flows", "socks", "tags", "serving", "counters"}
 
 // header precedes the descriptors.
 type header struct {

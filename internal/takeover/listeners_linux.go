@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/steer"
 )
 
 // Listeners builds the taking-over instance's listeners from the sockets
@@ -43,8 +44,16 @@ func (t *Taken) Listeners(specs []listener.Spec, slots int, enableMigrateReq boo
 	used := map[int]bool{}
 	for _, spec := range specs {
 		socks = map[int]*listener.Socket{}
+		g, err := t.joinFlows(spec, slots, used, log)
+		if err != nil {
+			return fail(err)
+		}
+		if g != nil {
+			out = append(out, g)
+			continue
+		}
 		for i, s := range t.Sockets {
-			if s.Name != spec.Name || s.Fd < 0 {
+			if s.Name != spec.Name || s.Fd < 0 || s.Flow != "" {
 				continue
 			}
 			if (s.Slot >= 0) != (spec.Balance == listener.Reuseport) {
@@ -63,7 +72,6 @@ func (t *Taken) Listeners(specs []listener.Spec, slots int, enableMigrateReq boo
 				return fail(fmt.Errorf("takeover: listener %s (%s): %w; take over with the same listeners", spec.Name, s.URL, err))
 			}
 		}
-		var g *listener.Group
 		adopted := socks
 		socks = nil // in a group from here on, which fail closes
 		if len(adopted) == 0 {
@@ -86,6 +94,13 @@ func (t *Taken) Listeners(specs []listener.Spec, slots int, enableMigrateReq boo
 				g.Shrink(slots)
 			}
 			log.Info("takeover: listener taken over", "name", spec.Name, "sockets", len(adopted))
+			if spec.WantsFlows() && spec.Kind == listener.Datagram {
+				if spec.Flows == listener.FlowsOn {
+					g.Close()
+					return fail(fmt.Errorf("takeover: listener %s (flows=on): the running instance does not keep its UDP flows, and this one cannot start keeping them on sockets it shares with it; restart baton to keep them", spec.Name))
+				}
+				g.FlowsErr = fmt.Errorf("%w: the running instance this one took over from did not keep them, and sockets shared with it cannot start; restart baton to keep them", steer.ErrNotSupported)
+			}
 		}
 		out = append(out, g)
 	}
@@ -137,4 +152,63 @@ func sameAddress(spec listener.Spec, s *listener.Socket) error {
 		return fmt.Errorf("it is bound to %s, this configuration says %s", ip, spec.Host)
 	}
 	return nil
+}
+
+// joinFlows takes over a UDP listener whose flows the running instance
+// keeps: its steering program and maps (their descriptors, FlowObjects)
+// and one of its sockets, for the address. The group made binds its own
+// sockets into the running instance's reuseport group (listener.
+// JoinFlows); the running instance's workers keep theirs, and their
+// peers, while they drain. It returns nil when the running instance
+// sent no steering for the listener.
+func (t *Taken) joinFlows(spec listener.Spec, slots int, used map[int]bool, log *slog.Logger) (*listener.Group, error) {
+	byName := map[string]int{}
+	at := -1
+	for i, s := range t.Sockets {
+		switch {
+		case s.Name != spec.Name || s.Fd < 0:
+		case s.Flow != "":
+			byName[s.Flow] = i
+		case at < 0:
+			at = i
+		}
+	}
+	if len(byName) == 0 {
+		return nil, nil
+	}
+	if !spec.WantsFlows() || at < 0 || len(byName) != len(FlowObjects) {
+		return nil, fmt.Errorf("takeover: listener %s: the running instance keeps its UDP flows, this configuration says flows=%s; take over with flows=auto or on", spec.Name, spec.Flows)
+	}
+	var list []int
+	for _, name := range FlowObjects {
+		i, ok := byName[name]
+		if !ok {
+			return nil, fmt.Errorf("takeover: listener %s: the running instance did not send its steering %s", spec.Name, name)
+		}
+		list = append(list, t.Sockets[i].Fd)
+	}
+	fds, err := steer.FDsOf(list)
+	if err != nil {
+		return nil, err
+	}
+	sock, err := listener.Adopt(spec, t.Sockets[at].Fd, 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("takeover: listener %s (%s): %w; take over with the same listeners", spec.Name, t.Sockets[at].URL, err)
+	}
+	t.Sockets[at].Fd = -1 // sock owns it
+	used[at] = true
+	defer sock.Close() // the running instance's: its workers keep theirs
+	if err := sameAddress(spec, sock); err != nil {
+		return nil, fmt.Errorf("takeover: listener %s: %w; take over with the same listeners", spec.Name, err)
+	}
+	for _, i := range byName {
+		t.Sockets[i].Fd = -1 // JoinFlows takes them, and closes them on an error
+		used[i] = true
+	}
+	g, err := listener.JoinFlows(spec, fds, sock, slots)
+	if err != nil {
+		return nil, fmt.Errorf("takeover: listener %s: %w", spec.Name, err)
+	}
+	log.Info("takeover: listener taken over, its UDP flows kept", "name", spec.Name)
+	return g, nil
 }

@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/sockfile"
+	"github.com/baton-dev/baton/internal/steer"
 )
 
 // Group is one named listener and the sockets baton holds for it: a single
@@ -20,15 +22,37 @@ import (
 // so a worker that replaces another in its slot (a reload, a crash restart)
 // accepts from the very queue its predecessor did, and nothing queued there
 // is ever reset.
+//
+// A UDP listener whose flows are kept (flows=auto or on, where baton may
+// steer) has sockets per generation instead: see ClaimFlows and
+// SyncFlows.
 type Group struct {
 	Spec    Spec
 	sockets []*Socket // shared: one; reuseport: index = slot, nil once released
+	flows   *flowSets // a steered group's sockets and program; nil otherwise
+
+	// FlowsErr, for a UDP listener with flows=auto that is not steered,
+	// says why and how to fix it; nil otherwise.
+	FlowsErr error
 }
 
 // OpenGroup binds the sockets of a listener for the given number of slots.
-// On an error nothing stays bound.
+// On an error nothing stays bound. A UDP listener that wants its flows
+// kept (Spec.WantsFlows) gets them kept where the program loads and
+// attaches; with flows=auto, where it does not, the group is an ordinary
+// one and FlowsErr says why, and with flows=on that is OpenGroup's error.
 func OpenGroup(spec Spec, slots int) (*Group, error) {
 	g := &Group{Spec: spec}
+	if spec.WantsFlows() {
+		err := g.openFlows(slots)
+		switch {
+		case err == nil:
+			return g, nil
+		case spec.Flows == FlowsOn || !errors.Is(err, steer.ErrNotSupported):
+			return nil, fmt.Errorf("listener %s (flows=%s): %w", spec.Name, cmp.Or(spec.Flows, FlowsAuto), err)
+		}
+		g.FlowsErr = err
+	}
 	if !g.Reuseport() {
 		slots = 1
 	}
@@ -44,7 +68,12 @@ func (g *Group) Reuseport() bool { return g.Spec.Balance == Reuseport }
 
 // Socket is the socket the worker of a slot receives: the shared socket,
 // or the slot's own. It is nil for a reuseport slot that has none.
+//
+// A steered group's sockets belong to generations: see SocketOf.
 func (g *Group) Socket(slot int) *Socket {
+	if g.flows != nil {
+		return nil
+	}
 	if !g.Reuseport() {
 		return g.sockets[0]
 	}
@@ -54,9 +83,18 @@ func (g *Group) Socket(slot int) *Socket {
 	return g.sockets[slot]
 }
 
-// Sockets lists the sockets held, by slot (one for a shared listener).
+// Sockets lists the sockets held, by slot (one for a shared listener);
+// for a steered group, by generation and slot.
 func (g *Group) Sockets() []*Socket {
 	var out []*Socket
+	if g.flows != nil {
+		for _, k := range g.allKeys() {
+			if s := g.SocketOf(k.Gen, max(k.Slot, 0)); s != nil {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
 	for _, s := range g.sockets {
 		if s != nil {
 			out = append(out, s)
@@ -69,7 +107,12 @@ func (g *Group) Sockets() []*Socket {
 // has one socket whatever the number of slots). New reuseport sockets
 // join the group on the address the first one got, so port 0 means one
 // real port for every slot.
+//
+// A steered group grows per generation (ClaimFlows): Grow does nothing.
 func (g *Group) Grow(slots int) error {
+	if g.flows != nil {
+		return nil
+	}
 	if !g.Reuseport() {
 		slots = 1
 	}
@@ -110,7 +153,7 @@ func (s *Socket) sibling() Spec {
 // is queued in it is reset unless net.ipv4.tcp_migrate_req is 1 (then the
 // kernel moves it to another socket of the group): check MigrateReq first.
 func (g *Group) Release(slot int) error {
-	if !g.Reuseport() || slot >= len(g.sockets) || g.sockets[slot] == nil {
+	if g.flows != nil || !g.Reuseport() || slot >= len(g.sockets) || g.sockets[slot] == nil {
 		return nil
 	}
 	err := g.sockets[slot].Close()
@@ -118,8 +161,15 @@ func (g *Group) Release(slot int) error {
 	return err
 }
 
-// Close closes every socket of the group.
+// Close closes every socket of the group, and a steered group's program
+// and maps (the sockets workers still hold keep the program until they
+// close).
 func (g *Group) Close() {
+	if f := g.flows; f != nil {
+		f.mu.Lock()
+		f.close()
+		f.mu.Unlock()
+	}
 	for i, s := range g.sockets {
 		if s != nil {
 			s.Close()
@@ -160,6 +210,9 @@ func MigrateReq(set bool) error {
 // Shrink closes the reuseport sockets of slots n and above (a shared
 // listener keeps its socket). See Release.
 func (g *Group) Shrink(n int) {
+	if g.flows != nil {
+		return // its sockets go with their generations (SyncFlows)
+	}
 	for i := n; i < len(g.sockets); i++ {
 		g.Release(i)
 	}
@@ -340,7 +393,7 @@ func (s *Socket) PathIno() uint64 { return s.file.Ino }
 // SlotOf is the slot of a socket of a reuseport group, -1 for a shared
 // socket or one not in the group.
 func (g *Group) SlotOf(s *Socket) int {
-	if !g.Reuseport() {
+	if !g.Reuseport() || g.flows != nil {
 		return -1
 	}
 	return slices.Index(g.sockets, s)

@@ -88,33 +88,28 @@ func handoffChild(mode string) int {
 	return 2
 }
 
-// TestHandoffAndAdopted runs the library in two worker processes against
-// baton's fd store: one hands off connections with unread and half-read
-// bytes, the other adopts them and reads on where the first stopped.
-func TestHandoffAndAdopted(t *testing.T) {
-	const n = 300
+// handoffStore is baton's fd store behind a worker socket like baton's,
+// for the length of the test: it takes connections of the listeners
+// given and returns its path (BATON_SOCKET).
+func handoffStore(t *testing.T, listeners map[string][]net.Addr) (*handoff.Store, string) {
+	t.Helper()
 	st, err := handoff.NewStore(handoff.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	web, err := listener.Bind(mustSpec(t, "web=tcp://127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer web.Close()
-	path := fmt.Sprintf("@baton-lib-handoff-test/%d", os.Getpid())
+	t.Cleanup(func() { st.Close() })
+	path := fmt.Sprintf("@baton-lib-handoff-test/%d/%s", os.Getpid(), t.Name())
 	srv, err := control.ListenAbstract(path, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close() })
 	srv.ConnMethods(handoff.MethodHandoff, handoff.MethodAdopt)
 	go srv.Serve(func(ctx context.Context, p control.Peer, r control.Request) (any, error) {
 		c := control.ConnFrom(ctx)
 		switch r.Method {
 		case handoff.MethodHandoff:
-			if answered, err := st.ServeHandoff(ctx, c, handoff.Source{PID: p.PID, Listeners: map[string][]net.Addr{"web": {web.Addr()}}}); !answered {
+			if answered, err := st.ServeHandoff(ctx, c, handoff.Source{PID: p.PID, Listeners: listeners}); !answered {
 				return nil, err
 			}
 			return control.Hijacked, nil
@@ -134,8 +129,21 @@ func TestHandoffAndAdopted(t *testing.T) {
 		}
 		return nil, fmt.Errorf("unknown method %q", r.Method)
 	})
+	return st, path
+}
 
-	sp := spawn.New()
+// TestHandoffAndAdopted runs the library in two worker processes against
+// baton's fd store: one hands off connections with unread and half-read
+// bytes, the other adopts them and reads on where the first stopped.
+func TestHandoffAndAdopted(t *testing.T) {
+	const n = 300
+	web, err := listener.Bind(mustSpec(t, "web=tcp://127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer web.Close()
+	st, path := handoffStore(t, map[string][]net.Addr{"web": {web.Addr()}})
+
 	run := func(mode string, files []int) (out func() string, pid int) {
 		t.Helper()
 		r, w, _ := os.Pipe()
@@ -146,7 +154,7 @@ func TestHandoffAndAdopted(t *testing.T) {
 		}
 		files[1], files[2] = int(w.Fd()), int(w.Fd())
 		done := make(chan string, 1)
-		p, err := sp.Start(spawn.Spec{Path: exe, Args: []string{exe}, Env: env, Files: files}, func(spawn.Exit) {})
+		p, err := spawner().Start(spawn.Spec{Path: exe, Args: []string{exe}, Env: env, Files: files}, func(spawn.Exit) {})
 		w.Close()
 		if err != nil {
 			t.Fatal(err)
@@ -200,18 +208,61 @@ func TestHandoffAndAdopted(t *testing.T) {
 	}
 }
 
-func TestHandoffNotUnderBaton(t *testing.T) {
-	if os.Getenv("BATON_SOCKET") != "" {
-		t.Skip("run under baton")
+// TestHandoffFromItsWorker hands off, in this process, a connection of a
+// Worker of a fake environment: the Worker finds baton at its own
+// BATON_SOCKET and names the listener from the sockets it inherited.
+func TestHandoffFromItsWorker(t *testing.T) {
+	web := bindSocket(t, "web=tcp://127.0.0.1:0")
+	st, path := handoffStore(t, map[string][]net.Addr{"web": {web.Addr()}})
+	vars := map[string]string{"LISTEN_PID": strconv.Itoa(fakePID), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web", "BATON_SOCKET": path}
+	w, _ := testWorkerAt(t, vars, inheritAt(t, web))
+	ln, err := w.Listener("web", "")
+	if err != nil {
+		t.Fatal(err)
 	}
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	if err := Handoff(a, nil); !errors.Is(err, ErrNoHandoff) || !strings.Contains(err.Error(), "not running under baton") {
-		t.Errorf("Handoff outside baton: %v", err)
+	defer ln.Close()
+	client, err := net.Dial("tcp", web.Addr().String())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, ok := <-Adopted(); ok {
-		t.Error("Adopted delivered a connection outside baton")
+	defer client.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Handoff(c, []byte("state")); err != nil {
+		t.Fatalf("Handoff: %v", err)
+	}
+	if s := st.Stats(); s.Stored != 1 || s.Held != 1 {
+		t.Errorf("store after the handoff: %+v; want the connection held", s)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("the connection in this process after Handoff: %v; want it closed", err)
+	}
+
+	// A connection from a listener the Worker did not inherit is not
+	// handed off, and stays open.
+	own, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	client2, err := net.Dial("tcp", own.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client2.Close()
+	c2, err := own.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	err = w.Handoff(c2, nil)
+	if !errors.Is(err, ErrNoHandoff) || !strings.Contains(err.Error(), "none of this process's listeners (web="+web.Addr().String()+")") {
+		t.Errorf("Handoff of a connection from elsewhere: %v", err)
+	}
+	if _, err := c2.Write([]byte("x")); err != nil {
+		t.Errorf("the connection after a refused Handoff: %v; want it open", err)
 	}
 }
 
