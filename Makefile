@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/baton-dev/baton/internal/cli.Version=$(VERSION)
 
-.PHONY: all build run test test-short lint cross fuzz reliability bench-reload bench-balance help
+.PHONY: all build run test test-short lint cross fuzz reliability bench-reload bench-balance help install install-files uninstall deb
 
 all: build
 
@@ -51,6 +51,57 @@ bench: ## baton beside nginx, HAProxy, spawn-fcgi and a naive restart (about 12 
 
 bench-balance: ## 4 workers, new connection per request: each worker's share, shared vs reuseport
 	./bench/balance.sh
+
+# Installing: make && sudo make install (PREFIX, DESTDIR and the
+# directories below can be set on the command line). install-files
+# installs $(BATON), built already, and everything that goes with it: a
+# packager builds the binary with the flags of its choice, then
+# `make install-files BATON=... DESTDIR=...` (scripts/deb.sh does).
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+MANDIR      ?= $(PREFIX)/share/man
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+BATON       ?= $(BIN)/baton
+# The man pages' date: the last commit's, so that a build is reproducible.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+SUBST        = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
+
+install: build install-files ## install baton, man pages, completions, systemd units, an example config (PREFIX, DESTDIR)
+
+install-files: ## install $(BATON) as built, without building
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/baton \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	install -m 0755 $(BATON) $(DESTDIR)$(BINDIR)/baton
+	rm -f $(DESTDIR)$(MANDIR)/man1/baton.1* $(DESTDIR)$(MANDIR)/man1/baton-*.1*
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(BATON) gen-man --dir $(DESTDIR)$(MANDIR)/man1 >/dev/null
+	gzip -9nf $(DESTDIR)$(MANDIR)/man1/baton.1 $(DESTDIR)$(MANDIR)/man1/baton-*.1
+	$(BATON) completion bash >$(DESTDIR)$(BASHCOMPDIR)/baton
+	$(BATON) completion zsh >$(DESTDIR)$(ZSHCOMPDIR)/_baton
+	$(BATON) completion fish >$(DESTDIR)$(FISHCOMPDIR)/baton.fish
+	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/baton $(DESTDIR)$(ZSHCOMPDIR)/_baton $(DESTDIR)$(FISHCOMPDIR)/baton.fish
+	$(SUBST) packaging/systemd/baton@.service.in >$(DESTDIR)$(UNITDIR)/baton@.service
+	$(SUBST) packaging/systemd/baton@.socket >$(DESTDIR)$(UNITDIR)/baton@.socket
+	chmod 0644 $(DESTDIR)$(UNITDIR)/baton@.service $(DESTDIR)$(UNITDIR)/baton@.socket
+	@# An example config, never over one that is there (it may be edited).
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/baton/example.toml ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/baton/example.toml"; \
+	else \
+		$(SUBST) packaging/example.toml.in >$(DESTDIR)$(SYSCONFDIR)/baton/example.toml && \
+		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/baton/example.toml; \
+	fi
+
+uninstall: ## remove what install put there, but the example config
+	rm -f $(DESTDIR)$(BINDIR)/baton $(DESTDIR)$(MANDIR)/man1/baton.1* $(DESTDIR)$(MANDIR)/man1/baton-*.1* \
+		$(DESTDIR)$(BASHCOMPDIR)/baton $(DESTDIR)$(ZSHCOMPDIR)/_baton $(DESTDIR)$(FISHCOMPDIR)/baton.fish \
+		$(DESTDIR)$(UNITDIR)/baton@.service $(DESTDIR)$(UNITDIR)/baton@.socket
+
+deb: ## build dist/baton_VERSION_ARCH.deb with dpkg-deb (and lintian it, when installed)
+	./scripts/deb.sh
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'

@@ -127,7 +127,9 @@ reload swaps worker generations without one refused or reset connection.
 	root.SetFlagErrorFunc(flagError)
 	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd(), newVersionCmd())
 	root.SetHelpCommand(newHelpCmd(root))
-	root.CompletionOptions.HiddenDefaultCmd = true
+	// `baton completion bash|zsh|fish` is cobra's, listed in the help;
+	// gen-man (hidden) writes the manual pages (docs.go).
+	root.AddCommand(newGenManCmd())
 	setHelpWidth(root)
 	return root
 }

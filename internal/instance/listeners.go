@@ -17,6 +17,12 @@ func bindAll(r *config.Resolved, log *slog.Logger) ([]*listener.Group, error) {
 	if err != nil {
 		return nil, err
 	}
+	logListeners(groups, log)
+	return groups, nil
+}
+
+// logListeners logs each listener baton serves on at start.
+func logListeners(groups []*listener.Group, log *slog.Logger) {
 	for _, g := range groups {
 		spec, socks := g.Spec, g.Sockets()
 		if socks[0].StaleRemoved {
@@ -39,7 +45,6 @@ func bindAll(r *config.Resolved, log *slog.Logger) ([]*listener.Group, error) {
 		}
 		log.Info("listening", attrs...)
 	}
-	return groups, nil
 }
 
 // planner makes the plan of each reload (the supervisor's Prepare): the

@@ -90,6 +90,18 @@ func Run(o Options) error {
 	// with still says --takeover, but the listeners are the ones the
 	// previous baton handed over (h), and the instance at that path is
 	// this one.
+	// The sockets baton's own service manager handed it: a socket unit's,
+	// or its fd store's after a restart. A takeover gets its sockets
+	// from the running instance instead.
+	handed, err := handedSockets(h != nil)
+	if err != nil {
+		return err
+	}
+	if len(handed) > 0 && o.Takeover != "" {
+		closeHanded(handed)
+		return fmt.Errorf("--takeover %s: baton was also handed %d sockets by its service manager (LISTEN_FDS); a takeover takes its sockets from the running instance: run it outside the socket-activated unit, or without --takeover", o.Takeover, len(handed))
+	}
+
 	var taken *takeover.Taken
 	takenCtl := -1
 	if o.Takeover != "" && h == nil {
@@ -101,6 +113,7 @@ func Run(o Options) error {
 	ctl, err := openControl(r, h, takenCtl, log)
 	if err != nil {
 		taken.Abort(err.Error())
+		closeHanded(handed)
 		return err
 	}
 	defer ctl.Close()
@@ -110,10 +123,21 @@ func Run(o Options) error {
 	obs, err := startObserver(r.Metrics, r.InspectInterval, o.Version, log, taken != nil)
 	if err != nil {
 		taken.Abort(err.Error())
+		closeHanded(handed)
 		return err
 	}
 	defer obs.close()
 	plans := &planner{load: o.Load, log: log, prev: r}
+	var act *listener.Activation
+	var activated []*listener.Group
+	if len(handed) > 0 {
+		if activated, act, err = activate(r, handed, sd, log); err != nil {
+			return err
+		}
+	}
+	// With FileDescriptorStoreMax=, the serving listeners' sockets wait
+	// in the service manager across a restart of baton.
+	store := newFDStore(sd.NotifyFds, storeMax(os.Getenv), act, log)
 	opts := supervisor.Options{
 		Prepare:     plans.prepare,
 		Spawner:     spawn.New(),
@@ -129,14 +153,21 @@ func Run(o Options) error {
 			unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 			sd.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
 		},
-		OnStopping: func() { sd.Notify("STOPPING=1") },
+		OnStopping: func() {
+			store.disown() // the store keeps the sockets, and so their files
+			sd.Notify("STOPPING=1")
+		},
 		BeforeExec: func() {
 			sd.Flush(time.Second)
 			out.flush(time.Second)
 		},
 	}
+	if store != nil {
+		opts.OnListeners = store.sync
+		log.Info("keeping the listeners in the service manager's fd store across restarts", "max", store.max)
+	}
 	opts.Inspector, opts.Events = obs.options()
-	sup, err := newSupervisor(r, h, taken, opts, log)
+	sup, err := newSupervisor(r, h, taken, activated, opts, log)
 	if err != nil {
 		taken.Abort(err.Error())
 		return err
@@ -222,9 +253,11 @@ func openControl(r *config.Resolved, h *supervisor.UpgradeState, takenCtl int, l
 }
 
 // newSupervisor makes the supervisor: restored from the state the
-// previous baton handed over (h), or new, on the listeners taken over or
-// bound here. On an error the listeners bound or adopted here are closed.
-func newSupervisor(r *config.Resolved, h *supervisor.UpgradeState, taken *takeover.Taken, opts supervisor.Options, log *slog.Logger) (*supervisor.Supervisor, error) {
+// previous baton handed over (h), or new, on the listeners taken over,
+// made from the sockets the service manager handed (activated, when not
+// nil), or bound here. On an error the listeners bound or adopted here
+// are closed.
+func newSupervisor(r *config.Resolved, h *supervisor.UpgradeState, taken *takeover.Taken, activated []*listener.Group, opts supervisor.Options, log *slog.Logger) (*supervisor.Supervisor, error) {
 	if h != nil {
 		sup, err := supervisor.Restore(h, opts)
 		if err != nil {
@@ -234,9 +267,12 @@ func newSupervisor(r *config.Resolved, h *supervisor.UpgradeState, taken *takeov
 	}
 	var listeners []*listener.Group
 	var err error
-	if taken != nil {
+	switch {
+	case taken != nil:
 		listeners, err = taken.Listeners(r.Specs, r.Supervisor.Workers, r.Supervisor.EnableMigrateReq, log)
-	} else {
+	case activated != nil:
+		listeners = activated
+	default:
 		listeners, err = bindAll(r, log)
 	}
 	if err != nil {

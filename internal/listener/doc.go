@@ -19,7 +19,13 @@
 // a directory another user can change is a warning (Socket.Warning).
 //
 // Inherit reads sockets passed with the systemd socket-activation protocol
-// (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES); the worker library uses it.
+// (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES); the worker library uses it,
+// and so does baton when its own service manager activates it. Match then
+// gives each socket handed to baton to its listener (by name, or by
+// address and type), checks it, and refuses what it cannot use; Bind binds
+// only what was not handed. Sockets baton keeps in systemd's file
+// descriptor store come back the same way after a restart, named
+// StoreName ("baton/http", "baton/http/1" for a reuseport slot).
 //
 // Sockets are Linux's: on other systems only Spec and Parse are here (the
 // worker library parses the address it binds itself in development with

@@ -34,7 +34,7 @@ func Inherit(lookup LookupEnv, pid, first int) ([]Inherited, error) {
 		return nil, fmt.Errorf("LISTEN_FDS=%q: want a count of descriptors", fds)
 	}
 	var names []string
-	if v, ok := lookup("LISTEN_FDNAMES"); ok {
+	if v, ok := lookup("LISTEN_FDNAMES"); ok && n > 0 {
 		names = strings.Split(v, ":")
 		if len(names) != n {
 			return nil, fmt.Errorf("LISTEN_FDNAMES has %d names for LISTEN_FDS=%d descriptors", len(names), n)

@@ -40,7 +40,7 @@ func Send(addr, state string) error {
 // use NewNotifier.
 type Notifier struct {
 	addr    string
-	queue   chan string
+	queue   chan message
 	done    chan struct{}
 	failed  func(state string, err error)
 	pending sync.WaitGroup // queued and not yet sent
@@ -64,36 +64,57 @@ func NewNotifier(addr string, failed func(state string, err error)) *Notifier {
 	if addr == "" {
 		return nil
 	}
-	n := &Notifier{addr: addr, queue: make(chan string, notifierQueue), done: make(chan struct{}), failed: failed}
+	n := &Notifier{addr: addr, queue: make(chan message, notifierQueue), done: make(chan struct{}), failed: failed}
 	go n.run()
 	return n
 }
 
+// message is one notification waiting to be sent: its text and the
+// descriptors that go with it (SCM_RIGHTS), which the Notifier owns.
+type message struct {
+	state string
+	fds   []int
+}
+
 // Notify queues state and returns at once. After Close it does nothing.
-func (n *Notifier) Notify(state string) {
+func (n *Notifier) Notify(state string) { n.NotifyFds(state, nil) }
+
+// NotifyFds queues state with descriptors that go with it in the same
+// datagram (SCM_RIGHTS), as sd_pid_notify_with_fds does: "FDSTORE=1" and
+// a descriptor puts it in the service manager's file descriptor store.
+// It returns at once. The Notifier owns fds from then on and closes its
+// copies once they are sent, or dropped (a full queue, a send that
+// failed, a Notifier closed or nil): the caller passes duplicates of
+// what it keeps, never a descriptor it may close meanwhile, whose number
+// could be reused before the datagram goes out.
+func (n *Notifier) NotifyFds(state string, fds []int) {
 	if n == nil {
+		closeFds(fds)
 		return
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
+		closeFds(fds)
 		return
 	}
 	n.pending.Add(1)
 	select {
-	case n.queue <- state:
+	case n.queue <- message{state: state, fds: fds}:
 	default:
 		n.pending.Done()
+		closeFds(fds)
 		n.failed(state, fmt.Errorf("%d notifications wait for the service manager at %s already: it does not read them", notifierQueue, n.addr))
 	}
 }
 
 func (n *Notifier) run() {
 	defer close(n.done)
-	for state := range n.queue {
-		if err := sendWithin(n.addr, state, notifierTimeout); err != nil {
-			n.failed(state, err)
+	for m := range n.queue {
+		if err := sendWithin(n.addr, m.state, m.fds, notifierTimeout); err != nil {
+			n.failed(m.state, err)
 		}
+		closeFds(m.fds)
 		n.pending.Done()
 	}
 }
@@ -135,8 +156,15 @@ func (n *Notifier) Close(timeout time.Duration) {
 	}
 }
 
-// sendWithin is Send with a deadline on the write.
-func sendWithin(addr, state string, timeout time.Duration) error {
+// sendWithin is Send with a deadline on the write, and descriptors
+// (SCM_RIGHTS, sendFds) when fds is not empty. The caller keeps fds.
+func sendWithin(addr, state string, fds []int, timeout time.Duration) error {
+	if len(fds) > 0 {
+		if err := sendFds(addr, state, fds, timeout); err != nil {
+			return fmt.Errorf("sd_notify to %s: %w", addr, err)
+		}
+		return nil
+	}
 	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
 	if err != nil {
 		return fmt.Errorf("sd_notify to %s: %w", addr, err)

@@ -64,6 +64,12 @@ type Options struct {
 	// instance: the UDP sockets of this one serve new peers only once its
 	// workers are ready (the running instance's serve until then).
 	TookOver bool
+	// OnListeners, if set, is called on the loop after every event with
+	// the serving generation's listeners (baton keeps their sockets in
+	// its service manager's fd store). It must never block, and must
+	// duplicate a descriptor it wants to use later: the groups close
+	// their sockets when the loop says so.
+	OnListeners func([]*listener.Group)
 	// BeforeExec, if set, is called on the loop just before baton
 	// re-executes itself (an upgrade): what is buffered for its output or
 	// its service manager must go out first, or be lost. It must return
@@ -271,11 +277,14 @@ func (s *Supervisor) begin() {
 }
 
 // handle runs one event on the loop, then tells the fd store what it
-// changed.
+// changed, and OnListeners which listeners serve.
 func (s *Supervisor) handle(f func()) {
 	f()
 	s.syncHandoff()
 	s.syncFlows()
+	if s.opts.OnListeners != nil && s.active != nil {
+		s.opts.OnListeners(s.active.listeners)
+	}
 }
 
 // closeGroups closes the listener groups no generation needs any more:

@@ -449,14 +449,15 @@ func rawFd(f *os.File) int {
 }
 
 // workerEnv is baton's environment without what belongs to baton's own
-// supervisor (systemd's LISTEN_* and NOTIFY_SOCKET), plus the socket
-// activation variables and baton's own.
+// supervisor (systemd's LISTEN_*, NOTIFY_SOCKET and FDSTORE: a worker's
+// notifications go to baton, whose fd store is not for them), plus the
+// socket activation variables and baton's own.
 func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID", "NOTIFY_SOCKET", "FDSTORE", "WATCHDOG_USEC", "WATCHDOG_PID",
 			"BATON_SOCKET", "BATON_SLOT", "BATON_GENERATION", "BATON_STOP_SIGNAL":
 			continue
 		}
