@@ -8,10 +8,9 @@ LDFLAGS := -X github.com/baton-dev/baton/internal/cli.Version=$(VERSION)
 
 all: build
 
-build: ## build bin/baton and the examples
+build: ## build bin/baton and every example written in Go (bin/hello, bin/chat, bin/selfbind, ...)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
-	$(GO) build -o $(BIN)/hello ./examples/hello
-	$(GO) build -o $(BIN)/chat ./examples/chat
+	$(GO) build -o $(BIN)/ ./examples/...
 
 run: build ## baton supervising its bundled demo server on 127.0.0.1:8080 with 2 workers
 	$(BIN)/baton run --name demo -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- $(BIN)/baton demo

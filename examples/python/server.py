@@ -8,7 +8,9 @@ request: it stops accepting, closes its copy of the listening socket (never
 shutdown(): the socket is shared with baton and the next generation), lets the
 requests it has accepted finish, and exits.
 
-    baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- python3 examples/python/server.py
+From the top of the repository, after make build:
+
+    bin/baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- python3 examples/python/server.py
 
 Run without baton it listens on 127.0.0.1:8080 itself.
 """
