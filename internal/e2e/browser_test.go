@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // browser is a headless Chromium driven over the DevTools protocol on
@@ -258,23 +259,20 @@ func (b *browser) eval(expr string, res any) {
 }
 
 // waitFor evaluates cond (a JavaScript expression) until it is true, at
-// most for within.
+// most for within; the failure shows what the page shows.
 func (b *browser) waitFor(what, cond string, within time.Duration) {
 	b.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	for {
+	err := batontest.Wait(within, func() error {
 		var ok bool
 		b.eval("!!("+cond+")", &ok)
-		if ok {
-			return
+		if !ok {
+			return fmt.Errorf("the page: %s (%s)", what, cond)
 		}
-		select {
-		case <-ctx.Done():
-			var body string
-			b.eval("document.body ? document.body.innerText : ''", &body)
-			b.t.Fatalf("the page: %s not within %s (%s); it shows:\n%s\nerrors: %s", what, within, cond, body, strings.Join(b.Errors(), "\n"))
-		case <-time.After(50 * time.Millisecond):
-		}
+		return nil
+	})
+	if err != nil {
+		var body string
+		b.eval("document.body ? document.body.innerText : ''", &body)
+		b.t.Fatalf("%v; it shows:\n%s\nerrors: %s", err, body, strings.Join(b.Errors(), "\n"))
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // TestStatusPageInBrowser drives the status page in a headless Chromium:
@@ -140,22 +142,18 @@ func screenshot(t *testing.T, br *browser, file string) {
 // between them (they report once a second).
 func waitAccepted(t *testing.T, b *instance, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	batontest.WaitFor(t, 20*time.Second, func() error {
 		var sum int64
 		for _, w := range b.status().Workers {
 			if w.Accepted != nil {
 				sum += *w.Accepted
 			}
 		}
-		if sum >= n {
-			return
+		if sum < n {
+			return fmt.Errorf("the workers report %d accepted connections, not %d", sum, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the workers report %d accepted connections, not %d, after 20s", sum, n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // comparePage reads every value the page shows by its JSON path (data-k)
