@@ -94,6 +94,7 @@ reload swaps worker generations without one refused or reset connection.
   baton reload          # start a new generation, drain the old one
   baton status          # listeners, workers and the kernel's view of them
   baton top             # the same, refreshing
+  baton logs -f         # the workers' output and baton's log, following
   baton stop            # drain every worker and exit`,
 		Version:       Version,
 		SilenceUsage:  true,
@@ -102,7 +103,7 @@ reload swaps worker generations without one refused or reset connection.
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
 	})
-	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd())
+	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newLogsCmd(), newStopCmd(), newDemoCmd())
 	// `baton completion bash|zsh|fish` is cobra's, listed in the help;
 	// gen-man (hidden) writes the manual pages (docs.go).
 	root.AddCommand(newGenManCmd())

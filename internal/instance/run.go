@@ -3,6 +3,7 @@ package instance
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -17,6 +18,7 @@ import (
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/logring"
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
 	"github.com/baton-dev/baton/internal/supervisor"
@@ -71,7 +73,9 @@ func Run(o Options) error {
 	defer signal.Stop(sigs)
 	out := newOutput(r.LogFormat)
 	defer out.close() // last: everything else logs before it
-	log, err := newLogger(out.stderr, r.LogFormat, r.LogLevel)
+	// The ring keeps baton's log and its workers' output for `baton logs`.
+	ring := logring.New(logring.DefaultLimit)
+	log, err := newLogger(io.MultiWriter(out.stderr, logring.Writer{Ring: ring, Source: logring.SourceBaton, Stream: "log"}), r.LogFormat, r.LogLevel)
 	if err != nil {
 		return err
 	}
@@ -141,6 +145,7 @@ func Run(o Options) error {
 		Prepare:     plans.prepare,
 		Spawner:     spawn.New(),
 		Log:         log,
+		Logs:        ring,
 		Stdout:      out.stdout,
 		Stderr:      out.stderr,
 		Args:        os.Args,
@@ -233,7 +238,7 @@ func openControl(r *config.Resolved, h *supervisor.UpgradeState, takenCtl int, l
 	if err != nil {
 		return nil, err
 	}
-	ctl.ConnMethods(api.MethodTakeover)
+	ctl.ConnMethods(api.MethodTakeover, api.MethodLogs)
 	if r.ControlGID >= 0 {
 		if err := ctl.AllowGroup(r.ControlGID); err != nil {
 			ctl.Close()
