@@ -303,4 +303,3 @@ func rssKiB(t *testing.T, pid int) int {
 	t.Fatalf("no VmRSS in /proc/%d/status", pid)
 	return 0
 }
-
