@@ -1,6 +1,7 @@
 package instance
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"github.com/baton-dev/baton/internal/supervisor"
 	"github.com/baton-dev/baton/internal/takeover"
 	"github.com/baton-dev/baton/internal/upgrade"
+	"github.com/baton-dev/baton/internal/watch"
 )
 
 // Options are what Run needs.
@@ -47,6 +49,10 @@ type Options struct {
 	Inherited *upgrade.Inheritance
 	// Version is baton's version, for the log and the metrics.
 	Version string
+	// Watch are files (absolute paths) whose lasting change reloads
+	// (baton run --watch), once unchanged for Settle.
+	Watch  []string
+	Settle time.Duration
 }
 
 // Run runs baton until it stops: it takes every signal of the signal
@@ -83,6 +89,13 @@ func Run(o Options) error {
 	defer sd.Close(time.Second) // STOPPING=1 and the like go out first
 	if err := prepareProcess(r, log); err != nil {
 		return err
+	}
+	var watcher *watch.Watcher
+	if len(o.Watch) > 0 {
+		if watcher, err = watch.New(o.Watch, o.Settle, log); err != nil {
+			return err
+		}
+		defer watcher.Close()
 	}
 
 	// Taking over from a running instance: its sockets, checked against
@@ -187,7 +200,27 @@ func Run(o Options) error {
 	}
 	obs.run(sup)
 	go handleSignals(sigs, sup, ctl, log)
+	if watcher != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go watcher.Run(ctx, reloadOnChange(sup, log))
+		log.Info("watching files: a change that lasts reloads", "paths", o.Watch, "settle", o.Settle)
+	}
 	return sup.Run()
+}
+
+// reloadOnChange is what a lasting change of watched files does: a
+// reload, logged with what changed, whose outcome it waits for (the
+// next change is looked at after it). A reload that fails (a config
+// that does not validate) changed nothing: a warning says so.
+func reloadOnChange(sup *supervisor.Supervisor, log *slog.Logger) func([]watch.Change) {
+	return func(cs []watch.Change) {
+		what := watch.Summary(cs)
+		log.Info("watched files changed: reloading", "changed", what)
+		if o := <-sup.Reload("watched files changed: " + what); o.Err != nil {
+			log.Warn("the reload for changed files failed: nothing changed, the serving generation serves on", "changed", what, "err", o.Err)
+		}
+	}
 }
 
 // prepareProcess readies baton's own process before anything is bound:
