@@ -4,14 +4,13 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/baton-dev/baton/internal/cli.Version=$(VERSION)
 
-.PHONY: all build run test test-short lint cross fuzz reliability bench-reload bench-balance help install install-files uninstall deb
+.PHONY: all build run test test-short tools lint cross fuzz reliability bench-reload bench-balance help install install-files uninstall deb
 
 all: build
 
-build: ## build bin/baton and the examples
+build: ## build bin/baton and every example written in Go (bin/hello, bin/chat, bin/selfbind, ...)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
-	$(GO) build -o $(BIN)/hello ./examples/hello
-	$(GO) build -o $(BIN)/chat ./examples/chat
+	$(GO) build -o $(BIN)/ ./examples/...
 
 run: build ## baton supervising its bundled demo server on 127.0.0.1:8080 with 2 workers
 	$(BIN)/baton run --name demo -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- $(BIN)/baton demo
@@ -23,10 +22,19 @@ test: ## every test, with the race detector
 test-short: ## unit tests only (skips the end-to-end suite)
 	$(GO) test -short -timeout 5m ./...
 
-lint: ## vet, gofmt and staticcheck (when installed)
+# staticcheck at the version CI runs (`staticcheck -version`: 2026.2.2 is
+# v0.8.2): make tools installs it in $(go env GOPATH)/bin.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK ?= $(shell command -v staticcheck || echo "$$($(GO) env GOPATH)/bin/staticcheck")
+
+tools: ## install the staticcheck that make lint runs, at its pinned version
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: ## vet, gofmt and staticcheck (make tools installs it)
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
-	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"; fi
+	@test -x "$(STATICCHECK)" || { echo "staticcheck is not installed: make tools"; exit 1; }
+	$(STATICCHECK) ./...
 
 CROSS_GOOS ?= darwin windows freebsd
 

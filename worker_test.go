@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/listener"
 )
 
@@ -239,15 +240,10 @@ func TestServeDrains(t *testing.T) {
 	go func() { served <- ServeOptions{Worker: w, DrainWindow: 3 * time.Second}.Serve(srv) }()
 
 	var keep net.Conn
-	for i := 0; ; i++ {
-		if keep, err = net.Dial("tcp", addr); err == nil {
-			break
-		}
-		if i > 200 {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	batontest.WaitFor(t, 10*time.Second, func() (err error) {
+		keep, err = net.Dial("tcp", addr)
+		return err
+	})
 	defer keep.Close()
 	br := bufio.NewReader(keep)
 	get := func(path string) *http.Response {
@@ -282,11 +278,11 @@ func TestServeDrains(t *testing.T) {
 	// The listener is closed once Serve has seen the signal: wait for
 	// that, then the open connection is answered, with Connection: close
 	// so the client moves on.
-	waitFor(t, "the listener to close", func() error {
+	batontest.WaitFor(t, 10*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return errors.New("it still accepts")
+			return errors.New("the listener still accepts")
 		}
 		return nil
 	})
@@ -309,22 +305,5 @@ func TestServeDrains(t *testing.T) {
 		if _, ok := states.Load(s); !ok {
 			t.Errorf("the server's own ConnState never saw %v", s)
 		}
-	}
-}
-
-// waitFor retries cond with backoff until it returns nil, for at most 10
-// seconds, and fails with its last error.
-func waitFor(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: %v", what, err)
-		}
-		time.Sleep(wait)
 	}
 }

@@ -4,8 +4,10 @@
 // room, bytes read but not processed); the next generation adopts it and
 // carries on. No line a client sends is lost or processed twice.
 //
-//	baton run -l chat=tcp://127.0.0.1:9000 -n 1 --ready notify -- ./chat
-//	nc 127.0.0.1 9000     (in two terminals; then baton reload, keep chatting)
+// From the top of the repository, after make build:
+//
+//	bin/baton run -l chat=tcp://127.0.0.1:9000 -n 1 --ready notify -- bin/chat
+//	nc 127.0.0.1 9000     (in two terminals; then bin/baton reload, keep chatting)
 //
 // A line is said to everyone in the sender's room. A line that starts
 // with a number, "N text", is also answered to its sender with "ack N", so

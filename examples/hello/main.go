@@ -3,7 +3,9 @@
 // losing a request, all through baton.Serve. Outside baton it listens on
 // -addr itself.
 //
-//	baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- ./hello
+// From the top of the repository, after make build:
+//
+//	bin/baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- bin/hello
 package main
 
 import (

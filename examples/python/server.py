@@ -8,7 +8,9 @@ request: it stops accepting, closes its copy of the listening socket (never
 shutdown(): the socket is shared with baton and the next generation), lets the
 requests it has accepted finish, and exits.
 
-    baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- python3 examples/python/server.py
+From the top of the repository, after make build:
+
+    bin/baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- python3 examples/python/server.py
 
 Run without baton it listens on 127.0.0.1:8080 itself.
 """
@@ -17,6 +19,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SD_LISTEN_FDS_START = 3
@@ -78,9 +81,23 @@ def main():
         # which socketserver ignores.
         server.socket.setblocking(False)
     server.daemon_threads = False  # server_close() waits for every request
+    # The signal handler only sets a flag, which a thread started here looks
+    # at every 50 ms. The handler must not start a thread itself (or take any
+    # lock): it runs in the main thread between two bytecodes, possibly while
+    # that thread holds threading's own lock in Thread.start() for a request,
+    # and a second Thread.start() there deadlocks the worker for good, with a
+    # request accepted and never answered.
+    stopping = []
     stop_signal = getattr(signal, os.environ.get("BATON_STOP_SIGNAL", "SIGTERM"), signal.SIGTERM)
     for sig in {stop_signal, signal.SIGINT}:
-        signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown).start())
+        signal.signal(sig, lambda signum, _: stopping.append(signum))
+
+    def stop_when_asked():
+        while not stopping:
+            time.sleep(0.05)
+        server.shutdown()  # serve_forever returns once its loop sees it
+
+    threading.Thread(target=stop_when_asked, daemon=True).start()
     sd_notify("READY=1")
     server.serve_forever(poll_interval=0.05)
     sd_notify("STOPPING=1")

@@ -11,8 +11,10 @@
 // a new connection, to the new generation), releases its flows
 // (baton.ReleaseFlows) and exits.
 //
-//	baton run -l quic=udp://127.0.0.1:4433 -n 2 --balance reuseport \
-//	    --ready notify --drain-timeout 2m -- ./quic -grace 90s
+// From the top of the repository, after make build:
+//
+//	bin/baton run -l quic=udp://127.0.0.1:4433 -n 2 --balance reuseport \
+//	    --ready notify --drain-timeout 2m -- bin/quic -grace 90s
 //
 // It answers every request with the process that served it, so that a
 // client sees which worker holds its connection. examples/quic/README.md

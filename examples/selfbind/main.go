@@ -8,7 +8,9 @@
 // returned, answers with "Connection: close" for a short window so that
 // keep-alive clients move to a new connection, then shuts down.
 //
-//	baton run --capture-bind --ready bind -l http=tcp://127.0.0.1:8080 -n 2 -- ./selfbind -addr 127.0.0.1:8080
+// From the top of the repository, after make build:
+//
+//	bin/baton run --capture-bind --ready bind -l http=tcp://127.0.0.1:8080 -n 2 -- bin/selfbind -addr 127.0.0.1:8080
 package main
 
 import (

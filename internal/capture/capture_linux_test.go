@@ -18,6 +18,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/listener"
 	"golang.org/x/sys/unix"
 )
@@ -33,17 +34,12 @@ func TestSupported(t *testing.T) {
 	// The probe's thread ends after it: no thread of this process keeps
 	// its filter or no_new_privs. Thread exit is asynchronous, so wait
 	// for it (bounded by the failsafe).
-	start := time.Now()
-	for {
-		filtered := filteredThreads(t)
-		if len(filtered) == 0 {
-			break
+	batontest.WaitFor(t, failsafe, func() error {
+		if filtered := filteredThreads(t); len(filtered) != 0 {
+			return fmt.Errorf("threads %v still carry the probe's filter", filtered)
 		}
-		if time.Since(start) > failsafe {
-			t.Fatalf("threads %v still carry the probe's filter", filtered)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // filteredThreads lists this process's threads that have a seccomp

@@ -4,16 +4,20 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // The test binary doubles as the processes the tests need (STYLE.md §6):
@@ -245,15 +249,13 @@ func (p *program) do(f []string) reply {
 		p.gc, p.gcStdin, p.gcIn, p.gcOut = cmd, in, bufio.NewWriter(in), bufio.NewReader(out)
 		return reply{Pid: cmd.Process.Pid}
 	case "fds":
-		ents, err := os.ReadDir("/proc/self/fd")
+		fds, err := batontest.OpenFDs()
 		if err != nil {
 			return fail(err)
 		}
 		var links []string
-		for _, e := range ents {
-			if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
-				links = append(links, e.Name()+"="+link)
-			}
+		for _, fd := range slices.Sorted(maps.Keys(fds)) {
+			links = append(links, fmt.Sprintf("%d=%s", fd, fds[fd]))
 		}
 		return reply{Addr: strings.Join(links, ",")}
 	case "supported":

@@ -67,7 +67,7 @@ reload waits until the reload has finished unless --no-wait is given.`,
 		Example: `  baton reload
   baton reload --rolling            # one slot at a time
   baton reload --rolling=2 --canary --canary-window=1m
-  baton reload --canary=0 --rolling=0   # all at once, whatever the configuration says`,
+  baton reload --canary=0 --rolling=0   # all at once, whatever the config says`,
 		Args: func(c *cobra.Command, args []string) error {
 			// --rolling 2 is --rolling (1) and an argument 2: say how to
 			// write it.

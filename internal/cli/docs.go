@@ -24,7 +24,7 @@ func newGenManCmd() *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error {
 			date, err := sourceDate(os.Getenv("SOURCE_DATE_EPOCH"))
 			if err != nil {
-				return &usageError{err}
+				return &usageError{err: err}
 			}
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return err

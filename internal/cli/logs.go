@@ -60,7 +60,7 @@ prints each entry as the control API sends it (docs/logs.md).`,
 				p.Lines = &lines
 			}
 			if err := p.Check(); err != nil {
-				return &usageError{err}
+				return &usageError{err: err}
 			}
 			client, err := cf.client()
 			if err != nil {

@@ -41,7 +41,12 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 // usageError marks an error in what the user typed; it exits 2.
-type usageError struct{ err error }
+type usageError struct {
+	err error
+	// help, when set, is the command whose usage Main prints before the
+	// error (a bare `baton`).
+	help *cobra.Command
+}
 
 // Error is the error's own message.
 func (e *usageError) Error() string { return e.err.Error() }
@@ -49,11 +54,14 @@ func (e *usageError) Error() string { return e.err.Error() }
 // Unwrap returns the error in what the user typed.
 func (e *usageError) Unwrap() error { return e.err }
 
+// usagef is a usageError formatted as fmt.Errorf formats.
 func usagef(format string, args ...any) error {
-	return &usageError{fmt.Errorf(format, args...)}
+	return &usageError{err: fmt.Errorf(format, args...)}
 }
 
-// Main runs the command line and returns the exit code.
+// Main runs the command line and returns the exit code: 0 success, 1 the
+// operation failed, 2 a usage error, 3 a degraded service (baton status;
+// see the package doc).
 func Main(args []string, stdout, stderr io.Writer) int {
 	root := newRoot()
 	root.SetArgs(args)
@@ -62,6 +70,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	err := root.Execute()
 	if err == nil {
 		return 0
+	}
+	var ue *usageError
+	if errors.As(err, &ue) && ue.help != nil {
+		// What the user typed was nothing to run: the help says what is.
+		ue.help.SetOut(stderr)
+		ue.help.Usage()
+		fmt.Fprintln(stderr)
 	}
 	fmt.Fprintln(stderr, "baton:", err)
 	return exitCode(err)
@@ -96,17 +111,27 @@ reload swaps worker generations without one refused or reset connection.
   baton top             # the same, refreshing
   baton logs -f         # the workers' output and baton's log, following
   baton stop            # drain every worker and exit`,
-		Version:       Version,
+		Version:       versionLine(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Args and RunE make the root a command of its own, so that
+		// cobra hands it what it does not know instead of answering
+		// with an error of its own (exit 1) or the help (exit 0):
+		// `baton frobnicate` and a bare `baton` are usage errors.
+		Args: unknownCommand,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return &usageError{err: errors.New("missing command: name one of the commands above, for example baton run"), help: c}
+		},
 	}
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return &usageError{fmt.Errorf("%w (see baton %s --help)", err, c.Name())}
-	})
-	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newLogsCmd(), newStopCmd(), newDemoCmd())
+	root.SuggestionsMinimumDistance = 2
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.SetFlagErrorFunc(flagError)
+	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newLogsCmd(), newStopCmd(), newDemoCmd(), newVersionCmd())
+	root.SetHelpCommand(newHelpCmd(root))
 	// `baton completion bash|zsh|fish` is cobra's, listed in the help;
 	// gen-man (hidden) writes the manual pages (docs.go).
 	root.AddCommand(newGenManCmd())
+	setHelpWidth(root)
 	return root
 }
 
@@ -142,7 +167,7 @@ func (f *controlFlags) socketPath() (string, error) {
 	if f.config != "" {
 		l, err := config.Load(f.config, nil, nil, nil)
 		if err != nil {
-			return "", &usageError{err}
+			return "", &usageError{err: err}
 		}
 		if !f.cmd.Flags().Changed("name") {
 			f.name = l.Name

@@ -59,7 +59,8 @@ Signals:
 		Example: `  baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- ./server
   baton run --config /etc/baton/web.toml
   baton run -l tcp://:9000 --fd0 tcp -- ./fastcgi-app
-  baton run -l web=tcp://:80 -l admin=unix:///run/app/admin.sock?mode=0660 --user www-data -- python3 app.py`,
+  baton run -l web=tcp://:80 -l 'admin=unix:///run/app/admin.sock?mode=0660' \
+      --user www-data -- python3 app.py`,
 		RunE: func(c *cobra.Command, args []string) error {
 			paths, err := w.check()
 			if err != nil {
@@ -83,14 +84,14 @@ Signals:
 func load(configPath string, flags *config.Settings, fs *pflag.FlagSet, args []string) (*config.Resolved, error) {
 	l, err := config.Load(configPath, flags, fs, args)
 	if err != nil {
-		return nil, &usageError{err}
+		return nil, &usageError{err: err}
 	}
 	r, err := l.Resolve()
 	if err != nil {
-		return nil, &usageError{err}
+		return nil, &usageError{err: err}
 	}
 	if err := checkListeners(r); err != nil {
-		return nil, &usageError{err}
+		return nil, &usageError{err: err}
 	}
 	return r, nil
 }

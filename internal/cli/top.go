@@ -29,11 +29,18 @@ func newTopCmd() *cobra.Command {
 host's counters of dropped connections (ListenOverflows, ListenDrops, SYN
 cookies) rose since the previous frame. Press q (or Ctrl-C) to quit.
 
-On a terminal top redraws one screen. When its output is not a terminal it
-prints one frame per interval, and reads lines from stdin: a line "q" quits.
---count stops after that many frames, and top then exits as baton status
-would for the last frame (0 healthy, 3 degraded, 1 no baton answered);
-quitting with q or Ctrl-C exits 0.`,
+On a terminal top redraws one screen that fits it (80x24 and up): the
+listeners with their queues and connections, the health, the warnings and
+the slots without a worker, one line each, then as many workers as there
+are rows for, and a line that counts the others. When its output is not a
+terminal it prints baton status's full view once per interval, and reads
+lines from stdin: a line "q" quits. --count stops after that many frames,
+and top then exits as baton status would for the last frame (0 healthy, 3
+degraded, 1 no baton answered); quitting with q or Ctrl-C exits 0.
+
+When no baton answers at the start, top fails as baton status does (exit
+1, the same message); once it runs, a frame without an answer says why
+and keeps the last view.`,
 		Example: `  baton top --name web
   baton top --interval 5s --count 3 > frames.txt`,
 		Args: noArgs,
@@ -56,8 +63,16 @@ quitting with q or Ctrl-C exits 0.`,
 	return c
 }
 
-// top draws frames until q, a signal, or count frames.
+// top draws frames until q, a signal, or count frames. It fails as
+// `baton status` does when the first status cannot be had (no baton
+// answers at the socket): top of nothing is an error, not a screen that
+// says so. Later frames that get no status say why and keep the last one
+// shown (baton may be upgrading itself).
 func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, count int) error {
+	first, err := status(cf, max(every, 5*time.Second))
+	if err != nil {
+		return err
+	}
 	quit := make(chan struct{}, 1)
 	stop := func() {
 		select {
@@ -91,17 +106,37 @@ func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, coun
 	var prev *api.KernelView
 	t := time.NewTicker(every)
 	defer t.Stop()
+	last := first
 	for n := 1; ; n++ {
-		var buf bytes.Buffer
-		var verdict error
-		prev, verdict = frame(&buf, cf, every, prev)
+		var failed error // why this frame has no fresh status
+		if n > 1 {
+			if next, err := status(cf, max(every, 5*time.Second)); err == nil {
+				last = next
+			} else {
+				failed = err
+			}
+		}
+		deltas := ""
+		if failed == nil {
+			deltas = counterDeltas(prev, last.Kernel)
+		}
 		if screen != nil {
-			draw(out, screen, buf.String())
+			rows, cols := screen.size()
+			draw(out, screen, screenFrame(&last, failed, deltas, every, time.Now(), rows, cols))
 		} else {
+			var buf bytes.Buffer
+			frame(&buf, last, failed, deltas, every)
 			fmt.Fprintln(out, buf.String())
 		}
+		if failed == nil && last.Kernel != nil {
+			prev = last.Kernel
+		}
 		if count > 0 && n >= count {
-			return verdict
+			// As baton status would exit for this frame.
+			if failed != nil {
+				return failed
+			}
+			return healthError(&last)
 		}
 		select {
 		case <-quit:
@@ -111,27 +146,23 @@ func top(in io.Reader, out io.Writer, cf controlFlags, every time.Duration, coun
 	}
 }
 
-// frame renders one frame and returns the kernel view it showed (or the
-// previous one when baton did not answer), and what baton status would
-// exit with for it: nil when healthy, the error otherwise.
-func frame(w io.Writer, cf controlFlags, every time.Duration, prev *api.KernelView) (*api.KernelView, error) {
+// frame renders one frame for an output that is not a terminal: the
+// status as baton status prints it, under a line with the time and what
+// the host's drop counters did since the last frame; or why there is no
+// status this time.
+func frame(w io.Writer, st api.Status, failed error, deltas string, every time.Duration) {
 	fmt.Fprintf(w, "baton top, every %s, q quits; %s\n", every, time.Now().Format(time.TimeOnly))
-	st, err := status(cf, max(every, 5*time.Second))
-	if err != nil {
-		for _, line := range wrap(err.Error(), statusWidth, "no status:", "    ") {
+	if failed != nil {
+		for _, line := range wrap(failed.Error(), statusWidth, "no status:", "    ") {
 			fmt.Fprintln(w, line)
 		}
-		return prev, err
+		return
 	}
-	if d := counterDeltas(prev, st.Kernel); d != "" {
-		fmt.Fprintf(w, "since the last frame: %s\n", d)
+	if deltas != "" {
+		fmt.Fprintf(w, "since the last frame: %s\n", deltas)
 	}
 	fmt.Fprintln(w)
 	printStatus(w, st)
-	if st.Kernel == nil {
-		return prev, healthError(&st)
-	}
-	return st.Kernel, healthError(&st)
 }
 
 // status asks the baton the flags name for its status, waiting at most

@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/BurntSushi/toml"
 	"github.com/spf13/pflag"
@@ -283,7 +284,7 @@ func (l *Loaded) loadFile(path string) error {
 	l.lines = indexLines(string(data))
 	var raw map[string]any
 	if _, err := toml.Decode(string(data), &raw); err != nil {
-		return decodeError(path, err)
+		return l.decodeError(err)
 	}
 	if err := l.checkValues(raw); err != nil {
 		return err
@@ -291,11 +292,10 @@ func (l *Loaded) loadFile(path string) error {
 	var file Settings
 	md, err := toml.Decode(string(data), &file)
 	if err != nil {
-		return decodeError(path, err)
+		return l.decodeError(err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		key := und[0].String()
-		return fmt.Errorf("%w %s:%d: unknown key %q; keys are %s", ErrFile, path, l.lines.key(und[0]), key, strings.Join(fileKeys(), ", "))
+		return l.unknownKey(und[0])
 	}
 	for i, t := range file.Listeners {
 		if len(t.unknown) > 0 {
@@ -303,7 +303,7 @@ func (l *Loaded) loadFile(path string) error {
 			if line == 0 { // an inline table: the line of its key
 				line = l.lines.key(toml.Key{"listener"})
 			}
-			return fmt.Errorf("%w %s:%d: unknown key \"listener[%d].%s\"; keys of a [[listener]] table are %s", ErrFile, path, line, i, t.unknown[0], strings.Join(listenerKeys(), ", "))
+			return fmt.Errorf("%w %s:%d: unknown key \"listener[%d].%s\"%s keys of a [[listener]] table are %s", ErrFile, path, line, i, t.unknown[0], didYouMean(t.unknown[0], listenerKeys()), strings.Join(listenerKeys(), ", "))
 		}
 	}
 	fv, dv := reflect.ValueOf(file), reflect.ValueOf(&l.Settings).Elem()
@@ -318,11 +318,25 @@ func (l *Loaded) loadFile(path string) error {
 	return nil
 }
 
-// decodeError names the file and line of a TOML decoding error.
-func decodeError(path string, err error) error {
+// decodeError names the file, the line and the key of a TOML decoding
+// error, and how to write what the parser could not read.
+func (l *Loaded) decodeError(err error) error {
+	path := l.Path
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
-		return fmt.Errorf("%w %s:%d: %s", ErrFile, path, pe.Position.Line, pe.Message)
+		line := ""
+		if n := pe.Position.Line; n >= 1 && n <= len(l.lines.text) {
+			line = l.lines.text[n-1]
+		}
+		key := pe.LastKey
+		if k, _, ok := strings.Cut(line, "="); ok && key == "" {
+			key = strings.TrimSpace(k)
+		}
+		msg := strings.TrimSuffix(pe.Message, ".")
+		if key != "" && !strings.HasPrefix(strings.TrimSpace(line), "[") {
+			return fmt.Errorf("%w %s:%d: %s: %s: %s", ErrFile, path, pe.Position.Line, key, msg, syntaxFix(msg, line))
+		}
+		return fmt.Errorf("%w %s:%d: %s: %s", ErrFile, path, pe.Position.Line, msg, syntaxFix(msg, line))
 	}
 	// A value of the wrong type: "toml: line 3 (last key "workers"):
 	// incompatible types: ...".
@@ -330,6 +344,48 @@ func decodeError(path string, err error) error {
 		return fmt.Errorf("%w %s:%s: %s: %s", ErrFile, path, m[1], m[2], m[3])
 	}
 	return fmt.Errorf("%w %s: %w", ErrFile, path, err)
+}
+
+// syntaxFix says how to write what the TOML parser could not read, from
+// its message and the line it was on: the usual slips are a string
+// without quotes (ready = delay:1s, drain_timeout = 30s), a key or table
+// given twice, and ':' for '='.
+func syntaxFix(msg, line string) string {
+	key, value, isAssignment := strings.Cut(line, "=")
+	key = strings.TrimSpace(key)
+	value, _, _ = strings.Cut(value, " #")
+	value = strings.TrimSpace(value)
+	switch {
+	case strings.Contains(msg, "has already been defined"):
+		return "a key, and a table, may appear once in a file: remove one of the two (several values go in one list: listen = [\"...\", \"...\"])"
+	case strings.Contains(msg, "but got ':'"):
+		return "write key = value, with '='"
+	case strings.Contains(msg, "to end table name"):
+		return "close the table's name with ']', as in [rlimits] (or ']]' for [[listener]])"
+	case strings.Contains(msg, "out of range"):
+		return "use a smaller number"
+	case strings.Contains(msg, "leading zero"):
+		return "write the number without leading zeros (a file mode is a string: mode = \"0660\")"
+	case strings.Contains(msg, "strings cannot contain newlines"):
+		if key == "" {
+			key = "key"
+		}
+		return fmt.Sprintf("end the string with a quote on the same line: %s = \"...\"", key)
+	case strings.Contains(msg, "a comma (',') or array terminator"):
+		return "separate the elements of a list with commas: key = [\"a\", \"b\"]"
+	case strings.Contains(msg, "unexpected EOF"):
+		return "a list, string or table is not closed"
+	case !isAssignment:
+	case strings.HasPrefix(value, "["):
+		return fmt.Sprintf("every string in a list goes in quotes: %s = [\"...\"]", key)
+	case value == "True" || value == "False" || value == "TRUE" || value == "FALSE":
+		return fmt.Sprintf("true and false are lowercase, without quotes: %s = %s", key, strings.ToLower(value))
+	case strings.Contains(msg, "expected value but found"), strings.Contains(msg, "to end with a newline"):
+		if value != "" && (unicode.IsLetter(rune(value[0])) || unicode.IsDigit(rune(value[0]))) {
+			return fmt.Sprintf("a string goes in quotes (and so does a duration): %s = %q", key, value)
+		}
+	}
+	return "a line is key = value, with strings (and durations such as \"30s\") in quotes: see docs/config.md"
 }
 
 // applyFlags copies the flags given on the command line over the values.
@@ -360,13 +416,46 @@ func (l *Loaded) applyFlags(flags *Settings, fs *pflag.FlagSet) {
 	}
 }
 
-// fileKeys lists the keys a config file may have.
-func fileKeys() []string {
+// tableKeys lists the keys of the table that struct type t decodes.
+func tableKeys(t reflect.Type) []string {
 	var keys []string
-	st := reflect.TypeOf(Settings{})
-	for i := 0; i < st.NumField(); i++ {
-		keys = append(keys, st.Field(i).Tag.Get("toml"))
+	for i := 0; i < t.NumField(); i++ {
+		if k := t.Field(i).Tag.Get("toml"); k != "" && k != "-" {
+			keys = append(keys, k)
+		}
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// unknownKey is the error for key, which the file has and Settings does
+// not: it names the line, a near key, and the keys of the table the key
+// is in ([rlimits] has nofile), not those of the top.
+func (l *Loaded) unknownKey(key toml.Key) error {
+	at := fmt.Sprintf("%s:%d", l.Path, l.lines.key(key))
+	last := key[len(key)-1]
+	t := reflect.TypeOf(Settings{})
+	for _, k := range key[:len(key)-1] {
+		f, ok := fieldByKey(t, k)
+		if !ok || f.Type.Kind() != reflect.Struct {
+			break
+		}
+		t = f.Type
+	}
+	keys := tableKeys(t)
+	if len(key) == 1 {
+		return fmt.Errorf("%w %s: unknown key %q%s keys are %s (docs/config.md)", ErrFile, at, last, didYouMean(last, keys), strings.Join(keys, ", "))
+	}
+	table := strings.Join(key[:len(key)-1], ".")
+	return fmt.Errorf("%w %s: unknown key %q in [%s]%s the keys of [%s] are %s (docs/config.md)", ErrFile, at, last, table, didYouMean(last, keys), table, strings.Join(keys, ", "))
+}
+
+// fieldByKey is the field of struct type t whose toml key is key.
+func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		if t.Field(i).Tag.Get("toml") == key {
+			return t.Field(i), true
+		}
+	}
+	return reflect.StructField{}, false
 }

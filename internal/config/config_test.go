@@ -18,13 +18,19 @@ import (
 // message its first line announces ("# want: ..."), which names the line
 // and the key.
 func TestBrokenConfigs(t *testing.T) {
-	files, _ := filepath.Glob("testdata/broken/*.toml")
+	files, err := filepath.Glob("testdata/broken/*.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(files) < 10 {
 		t.Fatalf("only %d broken configs", len(files))
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			b, _ := os.ReadFile(f)
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
 			// A copy in a directory of the test's own: the checkout's
 			// directories may be group-writable, which the config file's
 			// trust check refuses before anything else.
@@ -33,7 +39,10 @@ func TestBrokenConfigs(t *testing.T) {
 				t.Fatal(err)
 			}
 			first, _, _ := strings.Cut(string(b), "\n")
-			want := strings.TrimPrefix(first, "# want: ")
+			want, ok := strings.CutPrefix(first, "# want: ")
+			if !ok || want == "" {
+				t.Fatalf("%s does not start with the error it wants (# want: ...): %q", f, first)
+			}
 			l, err := Load(f, nil, nil, nil)
 			if err == nil {
 				_, err = l.Resolve()
@@ -108,8 +117,13 @@ address = "udp://127.0.0.1:0"
 	// Listeners given with -l replace the file's.
 	fs2 := pflag.NewFlagSet("run", pflag.ContinueOnError)
 	Register(fs2, &flags)
-	fs2.Parse([]string{"-l", "c=tcp://127.0.0.1:0"})
-	l2, _ := Load(path, &flags, fs2, nil)
+	if err := fs2.Parse([]string{"-l", "c=tcp://127.0.0.1:0"}); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := Load(path, &flags, fs2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r2, err := l2.Resolve()
 	if err != nil || len(r2.Specs) != 1 || r2.Specs[0].Name != "c" {
 		t.Errorf("-l did not replace the file's listeners: %v, %v", r2, err)

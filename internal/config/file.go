@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
@@ -28,6 +29,13 @@ const MaxFileSize = 1 << 20
 // fstat, so a FIFO, socket or device is refused, never read.
 func readFile(path string) ([]byte, error) {
 	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		where := ""
+		if !filepath.IsAbs(path) {
+			where = fmt.Sprintf(" (a relative one is from baton's working directory, %s)", workingDir())
+		}
+		return nil, fmt.Errorf("%w %s does not exist: check the path%s; docs/config.md has an example", ErrFile, path, where)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w %s: %w", ErrFile, path, err)
 	}
@@ -53,6 +61,16 @@ func readFile(path string) ([]byte, error) {
 		return nil, tooLarge(path) // it grew while read
 	}
 	return data, nil
+}
+
+// workingDir is baton's working directory, for messages about relative
+// paths; "unknown" when it cannot be had.
+func workingDir() string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "unknown"
+	}
+	return wd
 }
 
 // openRegular opens path for reading without blocking, whatever it is,

@@ -201,3 +201,14 @@ func TestRootWorkersCommandTrust(t *testing.T) {
 		t.Errorf("the same command run as nobody: %v; want it accepted", err)
 	}
 }
+
+// A config file that is not there is named, with where a relative path
+// is looked for.
+func TestConfigFileMissing(t *testing.T) {
+	t.Chdir(t.TempDir())
+	err := loadWithin(t, "web.toml")
+	wd, _ := os.Getwd()
+	if err == nil || !errors.Is(err, ErrFile) || !strings.Contains(err.Error(), "config file web.toml does not exist: check the path (a relative one is from baton's working directory, "+wd+")") {
+		t.Errorf("Load of a missing file: %v", err)
+	}
+}

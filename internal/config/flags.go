@@ -22,8 +22,12 @@ func Register(fs *pflag.FlagSet, s *Settings) {
 	fs.StringArrayVarP(&s.Listen, "listen", "l", nil, "listener [NAME=]ADDRESS, repeatable (see above)")
 	fs.BoolVar(&s.NoListeners, "no-listeners", false, "run the workers without sockets (baton refuses a configuration without listeners unless this is given)")
 	fs.StringVar(&s.Balance, "balance", d.Balance, "default for TCP/UDP listeners without ?balance=: shared (one socket for all workers) or reuseport (one SO_REUSEPORT socket per slot)")
-	fs.StringVar(&s.Fd0, "fd0", "", "also pass listener NAME as fd 0 (the FastCGI convention)")
-	fs.IntVarP(&s.Workers, "workers", "n", d.Workers, "number of worker processes (slots)")
+	fs.StringVar(&s.Fd0, "fd0", "", "also pass listener NAME as fd 0, blocking (the FastCGI convention of spawn-fcgi: php-cgi, libfcgi)")
+	fs.IntVarP(&s.Workers, "workers", "n", d.Workers, fmt.Sprintf("number of worker processes (slots) (default: one per CPU baton may run on, %d here)", d.Workers))
+	// The default depends on the host (and on baton's CPU affinity): the
+	// usage says so, instead of pflag's "(default N)" with the N of the
+	// host that printed it.
+	fs.Lookup("workers").DefValue = "0"
 	fs.StringVar(&s.Ready, "ready", d.Ready, "when a worker is ready: notify (READY=1 on NOTIFY_SOCKET), bind (with --capture-bind: it bound every listener) or delay:DURATION")
 	durationVar(fs, &s.ReadyTimeout, "ready-timeout", d.ReadyTimeout, "with --ready notify or bind: how long a worker may take to be ready")
 	fs.StringVar(&s.StopSignal, "stop-signal", d.StopSignal, "signal that asks a worker to drain and exit")

@@ -41,7 +41,7 @@ func TestListenerOptionKeys(t *testing.T) {
 	}
 	path := writeFile(t, "command = [\"/bin/true\"]\n[[listener]]\naddress = \"tcp://127.0.0.1:0\"\nbacklg = 5\n")
 	_, err := Load(path, nil, nil, nil)
-	want := path + `:4: unknown key "listener[0].backlg"; keys of a [[listener]] table are ` + strings.Join(listenerKeys(), ", ")
+	want := path + `:4: unknown key "listener[0].backlg": did you mean backlog? keys of a [[listener]] table are ` + strings.Join(listenerKeys(), ", ")
 	if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, ErrFile) {
 		t.Errorf("an unknown key: %v\nwant an ErrFile with %q", err, want)
 	}

@@ -55,6 +55,10 @@ type Resolved struct {
 	// use it besides root and baton's user (-1: none).
 	ControlPath string
 	ControlGID  int
+	// ControlDefault is true when ControlPath is the default one (no
+	// control key or --control): baton creates its directory, while one
+	// the user named must exist.
+	ControlDefault bool
 }
 
 // Resolve checks every value and turns the settings into what baton runs.
@@ -127,7 +131,7 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 			found = found || s.Name == l.Fd0
 		}
 		if !found {
-			return nil, bad("fd0", "%s: no listener has that name; name one %s", l.Fd0, l.Fd0)
+			return nil, bad("fd0", "%s: no listener has that name; %s", l.Fd0, listenerNames(r.Specs))
 		}
 	}
 	var env []string
@@ -141,8 +145,8 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 		return nil, err
 	}
 	if l.Metrics != "" {
-		if _, _, err := net.SplitHostPort(l.Metrics); err != nil {
-			return nil, bad("metrics", "%q: want HOST:PORT, for example 127.0.0.1:9100", l.Metrics)
+		if err := checkMetrics(l.Metrics); err != nil {
+			return nil, bad("metrics", "%q: %v", l.Metrics, err)
 		}
 	}
 	if l.InspectInterval < 0 {
@@ -175,6 +179,7 @@ func (l *Loaded) Resolve() (*Resolved, error) {
 	if r.ControlPath, err = l.controlPath(); err != nil {
 		return nil, err
 	}
+	r.ControlDefault = l.Control == ""
 	if l.ControlGroup != "" {
 		g, err := user.LookupGroup(l.ControlGroup)
 		if err != nil {
@@ -493,7 +498,58 @@ func (l *Loaded) controlPath() (string, error) {
 	if len(p) > listener.MaxUnixPath {
 		return "", &Error{Origin: l.Origin("control"), Msg: fmt.Sprintf("%s is %d bytes; the kernel allows at most %d: use a shorter path", p, len(p), listener.MaxUnixPath)}
 	}
+	if l.Control != "" {
+		// baton creates its default directory, never one the user
+		// named: a directory that is missing there is a typo or a
+		// deployment step that did not run.
+		dir := filepath.Dir(p)
+		fi, err := os.Stat(dir)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			return "", &Error{Origin: l.Origin("control"), Msg: fmt.Sprintf("%s: directory %s does not exist: create it (mkdir -m 0700 %s), or leave control out for the default %s, whose directory baton creates", l.Control, dir, dir, DefaultControlPath(l.Name))}
+		case err == nil && !fi.IsDir():
+			return "", &Error{Origin: l.Origin("control"), Msg: fmt.Sprintf("%s: %s is not a directory: give a path in a directory of baton's own", l.Control, dir)}
+		}
+	}
 	return p, nil
+}
+
+// listenerNames says which names --fd0 may take: the listeners', or how
+// to add one when there is none.
+func listenerNames(specs []listener.Spec) string {
+	if len(specs) == 0 {
+		return "there are no listeners: add one with --listen NAME=ADDRESS (-l fcgi=tcp://127.0.0.1:9000)"
+	}
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.Name
+	}
+	return "the listeners are " + strings.Join(names, ", ") + " (a listener's name is the NAME of NAME=ADDRESS, or its scheme)"
+}
+
+// checkMetrics checks the metrics address, HOST:PORT: a HOST that is an
+// address or empty (every address) or a name, and a PORT the kernel can
+// bind, so that an address that cannot be bound is a usage error before
+// anything starts rather than a failure after the listeners are bound.
+func checkMetrics(addr string) error {
+	const example = "for example 127.0.0.1:9100, or :9100 for every address"
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want HOST:PORT, %s", example)
+	}
+	if port == "" {
+		return fmt.Errorf("no port: want HOST:PORT, %s", example)
+	}
+	if n, err := strconv.Atoi(port); err == nil {
+		if n < 0 || n > 65535 {
+			return fmt.Errorf("port %d is out of range: want a port from 1 to 65535 (0 picks a free one), %s", n, example)
+		}
+		return nil
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q is neither a number nor a service in /etc/services: want a port from 1 to 65535, %s", port, example)
+	}
+	return nil
 }
 
 // DefaultControlPath is where the control socket of instance name lives:

@@ -128,6 +128,11 @@ func (l *Loaded) checkValue(v any, t reflect.Type, full string, at func(string) 
 			for _, m := range list {
 				items = append(items, m)
 			}
+		case map[string]any:
+			if t.Elem().Kind() == reflect.Struct {
+				return bad("[%s] is a single table: write [[%s]], with two brackets, above each %s", full, short, short)
+			}
+			return bad("%s is %s: want a list in brackets, %s = [...]", l.literal(at(full), v), typeName(v), short)
 		default:
 			return bad("%s is %s: want a list in brackets, %s = [...]", l.literal(at(full), v), typeName(v), short)
 		}
@@ -315,8 +320,11 @@ func (l *Loaded) literal(o Origin, v any) string {
 	if lit := l.lines.value(o.Line); lit != "" {
 		return lit
 	}
-	if s, ok := v.(string); ok {
-		return fmt.Sprintf("%q", s)
+	switch v := v.(type) {
+	case string:
+		return fmt.Sprintf("%q", v)
+	case map[string]any:
+		return "[" + o.Key + "]" // a table, as its header writes it
 	}
 	return fmt.Sprint(v)
 }

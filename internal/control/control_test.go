@@ -65,7 +65,9 @@ func TestCallRoundTrip(t *testing.T) {
 		Params map[string]int
 		PID    int
 	}
-	json.Unmarshal(raw, &got)
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatalf("reply %s: %v", raw, err)
+	}
 	if got.Params["n"] != 7 || got.PID != os.Getpid() {
 		t.Errorf("got %+v", got)
 	}
@@ -164,8 +166,9 @@ func TestSlowClientHitsDeadline(t *testing.T) {
 }
 
 func TestClientHangupCancelsWait(t *testing.T) {
-	cancelled := make(chan struct{})
+	started, cancelled := make(chan struct{}), make(chan struct{})
 	path := serve(t, func(ctx context.Context, p Peer, r Request) (any, error) {
+		close(started)
 		<-ctx.Done()
 		close(cancelled)
 		return nil, ctx.Err()
@@ -175,7 +178,12 @@ func TestClientHangupCancelsWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Write([]byte(`{"method":"wait"}` + "\n"))
-	time.Sleep(50 * time.Millisecond)
+	// The client goes away while the handler waits, not before it runs.
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler never got the request")
+	}
 	c.Close()
 	select {
 	case <-cancelled:

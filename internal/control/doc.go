@@ -16,8 +16,8 @@
 // root and baton's own user (and, with AllowGroup, a group's members) are
 // served.
 //
-// The socket's directory must be baton's alone: Listen creates it (0700)
-// when missing, and refuses one that is a symlink, owned by another user,
+// The socket's directory must be baton's alone: Listen refuses one that
+// is missing (CreateDir makes the default ones, 0700), a symlink, owned by another user,
 // writable by group or others, or below a directory another user can
 // change, since that user could remove baton's socket and answer in its
 // place. The socket file is born 0600, and its mode and group are set on

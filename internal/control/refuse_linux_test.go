@@ -12,48 +12,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
-
-// lingeringTCP returns a TCP socket (a raw descriptor) whose last close
-// blocks for a minute: SO_LINGER on, unsent data, a peer that never
-// reads. The peer stays open until the test ends.
-func lingeringTCP(t *testing.T) int {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Close() })
-	peer.SetReadBuffer(4096)
-	f, err := c.File()
-	c.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Dup(int(f.Fd()))
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 60})
-	unix.SetNonblock(fd, true)
-	for buf := make([]byte, 64<<10); ; {
-		if _, err := unix.Write(fd, buf); err != nil {
-			break
-		}
-	}
-	return fd
-}
 
 // TestRefusedPeerCannotStallAccept plays a kernel without SO_PASSRIGHTS
 // (the test turns it back on): a refused peer queues a lingering TCP
@@ -84,7 +45,7 @@ func TestRefusedPeerCannotStallAccept(t *testing.T) {
 	})
 	go srv.Serve(func(context.Context, Peer, Request) (any, error) { return nil, nil })
 
-	fd := lingeringTCP(t)
+	fd := batontest.LingeringTCP(t, time.Minute)
 	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: name, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)

@@ -64,8 +64,11 @@ type Server struct {
 
 // Listen creates the control socket at path.
 //
-// Its directory is created when missing (mode 0700, so owned by baton's
-// user). One that exists must be a real directory (not a symlink), owned
+// Its directory must exist: Listen never creates it, since a directory
+// the user named (--control) and that is missing is a mistake to report,
+// not to paper over with a mkdir. The default directories (/run/baton,
+// ...) are created first with CreateDir. The directory must be a real
+// directory (not a symlink), owned
 // by root or baton's user and not writable by group or others, and the
 // directories above it must be safe as pathtrust.Dir says (a sticky /tmp
 // is): otherwise another user could remove baton's socket file and answer
@@ -110,21 +113,30 @@ func Listen(path string, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// CreateDir creates dir, the directory of a default control socket path
+// (/run/baton, $XDG_RUNTIME_DIR/baton, $TMPDIR/baton-UID), with mode 0700
+// when it is missing, and its parents as needed. Listen checks it after:
+// a directory another user made first is found there, whoever won.
+func CreateDir(dir string) error {
+	if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("control socket directory %s: %w: create it (mode 0700) or pass --control with a path in a directory you can write", dir, err)
+	}
+	return nil
+}
+
 // checkDir makes sure the control socket's directory is baton's alone:
-// created (0700) when missing, refused when it is a symlink, not a
-// directory, owned by another user, writable by group or others, or below
-// a directory another user can change (pathtrust.Dir).
+// refused when it is missing, a symlink, not a directory, owned by
+// another user, writable by group or others, or below a directory another
+// user can change (pathtrust.Dir).
 func checkDir(dir string) error {
 	const fix = "remove it (if nobody else uses it) and start baton again, or pass --control with a path in a directory of your own"
-	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("creating its directory: %w: create %s (mode 0700) or pass --control with a path in a directory you can write", err, dir)
-		}
-	}
-	// Checked after creating it: a directory another user made first is
-	// found here, whoever won.
 	var st unix.Stat_t
-	if err := unix.Lstat(dir, &st); err != nil {
+	if err := unix.Lstat(dir, &st); errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("directory %s does not exist: create it (mkdir -m 0700 %s), or leave out --control for the default directory, which baton creates", dir, dir)
+	} else if err != nil {
 		return fmt.Errorf("directory %s: %w", dir, os.NewSyscallError("lstat", err))
 	}
 	euid := os.Geteuid()

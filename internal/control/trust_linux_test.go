@@ -27,8 +27,15 @@ func TestListenChecksItsDirectory(t *testing.T) {
 		setup   func(t *testing.T, base string) string // returns the socket's directory
 		wantErr string                                 // "" for none
 	}{
-		{name: "missing: created 0700", setup: func(t *testing.T, base string) string {
+		{name: "missing: refused, not created", wantErr: "does not exist: create it (mkdir -m 0700", setup: func(t *testing.T, base string) string {
 			return filepath.Join(base, "a", "b")
+		}},
+		{name: "missing, then created by CreateDir", setup: func(t *testing.T, base string) string {
+			d := filepath.Join(base, "a", "b")
+			if err := CreateDir(d); err != nil {
+				t.Fatal(err)
+			}
+			return d
 		}},
 		{name: "existing, private", setup: func(t *testing.T, base string) string {
 			d := filepath.Join(base, "d")
@@ -114,6 +121,9 @@ func TestListenChecksItsDirectory(t *testing.T) {
 			}
 			if _, err := os.Lstat(path); err == nil {
 				t.Errorf("a refused Listen made %s", path)
+			}
+			if _, err := os.Lstat(dir); err == nil && strings.Contains(tt.wantErr, "does not exist") {
+				t.Errorf("a refused Listen made the directory %s", dir)
 			}
 		})
 	}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/sockdiag"
 	"github.com/baton-dev/baton/internal/supervisor"
@@ -71,18 +73,17 @@ func BenchmarkStatus(b *testing.B) {
 		}
 		return string(raw)
 	}
-	deadline := time.Now().Add(60 * time.Second)
 	var addr string
-	for {
+	err = batontest.Wait(60*time.Second, func() error {
 		var st supervisor.Status
-		if raw := status(); raw != "" && json.Unmarshal([]byte(raw), &st) == nil && settled(st, 4) {
-			addr = st.Listeners[0].Address
-			break
+		if raw := status(); raw == "" || json.Unmarshal([]byte(raw), &st) != nil || !settled(st, 4) {
+			return errors.New("baton not ready")
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("baton not ready within 60s:\n%s", &log)
-		}
-		time.Sleep(20 * time.Millisecond)
+		addr = st.Listeners[0].Address
+		return nil
+	})
+	if err != nil {
+		b.Fatalf("%v:\n%s", err, &log)
 	}
 	for i := range conns {
 		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
@@ -91,12 +92,12 @@ func BenchmarkStatus(b *testing.B) {
 		}
 		defer c.Close()
 	}
-	for !strings.Contains(status(), fmt.Sprintf(`"ESTAB":%d`, conns)) {
-		if time.Now().After(deadline) {
-			b.Fatalf("the %d connections never showed as accepted:\n%s", conns, status())
+	batontest.WaitFor(b, 60*time.Second, func() error {
+		if st := status(); !strings.Contains(st, fmt.Sprintf(`"ESTAB":%d`, conns)) {
+			return fmt.Errorf("the %d connections never showed as accepted:\n%s", conns, st)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 
 	if ss, err := sockdiag.ReadSockstat(); err == nil {
 		b.Logf("host: %d TCP sockets in use, %d in TIME-WAIT (the port query walks them all)", ss["TCP"]["inuse"]+ss["TCP6"]["inuse"], ss["TCP"]["tw"])

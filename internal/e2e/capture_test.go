@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/capture"
 	"github.com/baton-dev/baton/internal/loadgen"
 	"github.com/baton-dev/baton/internal/supervisor"
@@ -54,6 +55,7 @@ func TestCapturePythonHTTPServer(t *testing.T) {
 	}
 	wait := closeLoad("127.0.0.1:"+port, 12*time.Second)
 	for i := 0; i < 10; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(300 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			t.Fatalf("reload %d: %s", i+1, out)
@@ -74,6 +76,7 @@ func TestCaptureStaticGoProgram(t *testing.T) {
 	b.waitReady(2)
 	wait := startLoad("127.0.0.1:"+port, 8*time.Second)
 	for i := 0; i < 10; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(400 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			t.Fatalf("reload %d: %s", i+1, out)
@@ -177,6 +180,7 @@ func TestCaptureNginx(t *testing.T) {
 
 	wait := closeLoad(addr, 8*time.Second)
 	for i := 0; i < 10; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(400 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			t.Fatalf("reload %d: %s", i+1, out)
@@ -193,6 +197,7 @@ func TestCaptureNginx(t *testing.T) {
 			ch <- loadgen.Run(context.Background(), loadgen.Config{Addr: addr, KeepAlive: 8, Duration: 5 * time.Second})
 		}()
 		for i := 0; i < 10; i++ {
+			// Pacing: the reloads spread over the load.
 			time.Sleep(400 * time.Millisecond)
 			reload()
 		}
@@ -210,13 +215,13 @@ func TestCaptureNginx(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { own.Process.Signal(syscall.SIGQUIT); own.Wait() }()
-	for i := 0; i < 100; i++ {
-		if c, err := net.Dial("tcp", "127.0.0.1:"+port2); err == nil {
+	batontest.WaitFor(t, 10*time.Second, func() error { // nginx listens
+		c, err := net.Dial("tcp", "127.0.0.1:"+port2)
+		if err == nil {
 			c.Close()
-			break
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 	alone := ka("127.0.0.1:"+port2, func() { exec.Command(nginx, "-c", conf2, "-s", "reload").Run() })
 	t.Logf("keep-alive load, 10 x nginx -s reload:   %v", alone)
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
 
@@ -52,8 +54,7 @@ address = "tcp://127.0.0.1:%d"
 	before := b.waitReady(2)
 	httpInode := listenerByName(before, "http").Inode
 
-	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", web), 6*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	wait := startLoadUnderWay(fmt.Sprintf("127.0.0.1:%d", web), 6*time.Second)
 	writeConfig(t, conf, base+fmt.Sprintf("[[listener]]\nname = \"added\"\naddress = \"tcp://127.0.0.1:%d\"\n", added))
 	if out, code := b.cli("reload"); code != 0 {
 		t.Fatalf("reload: %s", out)
@@ -81,18 +82,14 @@ address = "tcp://127.0.0.1:%d"
 		c.Close()
 	}
 	// The removed listener closes once the old generation has drained.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	batontest.WaitFor(t, 20*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", old), time.Second)
 		if err != nil {
-			break
+			return nil
 		}
 		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("the removed listener still accepts 20s after the reload")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return errors.New("the removed listener still accepts after the reload")
+	})
 	if !b.logHas("listener closed") {
 		t.Errorf("the log does not say the removed listener was closed")
 	}

@@ -22,35 +22,34 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/notify"
 )
 
 // readReports waits for n worker reports in dir and decodes them.
 func readReports[T any](t *testing.T, dir string, n int) []T {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
-		if len(files) >= n {
-			var out []T
-			for _, f := range files {
-				b, err := os.ReadFile(f)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var v T
-				if err := json.Unmarshal(b, &v); err != nil {
-					t.Fatalf("%s: %v", f, err)
-				}
-				out = append(out, v)
-			}
-			return out
+	var files []string
+	batontest.WaitFor(t, 30*time.Second, func() error {
+		files, _ = filepath.Glob(filepath.Join(dir, "*.json"))
+		if len(files) < n {
+			return fmt.Errorf("%d of %d worker reports", len(files), n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d worker reports after 30s", len(files), n)
+		return nil
+	})
+	var out []T
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		var v T
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		out = append(out, v)
 	}
+	return out
 }
 
 func TestWorkerEnvironmentAndDescriptors(t *testing.T) {
@@ -159,6 +158,7 @@ func TestPythonWorkerServesThroughReloads(t *testing.T) {
 	b.waitReady(2)
 	wait := startLoad(b.addr("http"), 5*time.Second)
 	for i := 0; i < 5; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(400 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			t.Fatalf("reload %d: %s", i+1, out)
@@ -185,6 +185,7 @@ func TestUDPAnsweredAcrossReloads(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := 0; i < 4; i++ {
+			// Pacing: the reloads spread over the load.
 			time.Sleep(300 * time.Millisecond)
 			if out, code := b.cli("reload"); code != 0 {
 				t.Errorf("reload %d: %s", i+1, out)
@@ -210,7 +211,7 @@ func TestUDPAnsweredAcrossReloads(t *testing.T) {
 			}
 			answered++
 			pids[pid] = true
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(2 * time.Millisecond) // pacing: a steady stream of datagrams across the reloads
 			continue
 		}
 		break
@@ -328,13 +329,12 @@ func TestBatonAsPID1ReapsOrphans(t *testing.T) {
 	if st.PID != 1 {
 		t.Fatalf("baton sees itself as pid %d, want 1 in its namespace", st.PID)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for b.status().Process.OrphansReap < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("orphans reaped: %d, want 2 (each worker leaves one)", b.status().Process.OrphansReap)
+	batontest.WaitFor(t, 20*time.Second, func() error {
+		if n := b.status().Process.OrphansReap; n < 2 {
+			return fmt.Errorf("orphans reaped: %d, want 2 (each worker leaves one)", n)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	if z := zombiesOf(cmd.Process.Pid); len(z) > 0 {
 		t.Errorf("zombie children of baton: %v", z)
 	}

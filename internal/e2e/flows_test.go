@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/baton-dev/baton/internal/api"
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/steer"
 )
 
@@ -111,10 +112,13 @@ func runFlowPeers(t *testing.T, addr string, n int, stop <-chan struct{}) (*flow
 				length := 10 + rng.IntN(21)
 				for seq := range length {
 					send(fmt.Sprint(seq), seq)
+					// Pacing: a peer's datagrams a few ms apart.
 					time.Sleep(time.Duration(2+rng.IntN(5)) * time.Millisecond)
 				}
 				if rng.IntN(20) == 0 {
 					c.quiet.Add(1)
+					// The time is the test: a peer quiet for longer
+					// than the worker keeps an idle session.
 					time.Sleep(flowIdle + 500*time.Millisecond)
 					continue
 				}
@@ -151,26 +155,20 @@ func flowsActions(t *testing.T, query string, workers int, actions [][]string) (
 	counts, wait := runFlowPeers(t, b.addr("flows"), 200, stop)
 	start := time.Now()
 	for i, action := range actions {
-		for counts.ok.Load() < int64(500*(i+1)) && time.Since(start) < time.Minute {
-			time.Sleep(5 * time.Millisecond) // traffic between reloads
-		}
-		for try := 0; ; try++ {
-			out, code := b.cli(action...)
-			if code == 0 {
-				break
+		// Traffic between reloads: 500 more answers (within the first
+		// minute; past it, the counts at the end say what the peers saw).
+		batontest.Wait(time.Minute-time.Since(start), func() error {
+			if n := counts.ok.Load(); n < int64(500*(i+1)) {
+				return fmt.Errorf("%d answers", n)
 			}
-			// An upgrade waits for what exited workers left running
-			// to be ended: it says to try again.
-			if !strings.Contains(out, "try again") || try == 50 {
-				t.Fatalf("%s (%d): %s", strings.Join(action, " "), i+1, out)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
+		b.cliUntilDone(action...)
 		if action[0] == "scale" {
 			workers, _ = strconv.Atoi(action[1])
 		}
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // pacing: traffic after the last command too
 	close(stop)
 	wait()
 	// Every old worker drains: its sessions end, it releases its flows
@@ -296,15 +294,15 @@ func TestUDPFlowsWithoutPrivilege(t *testing.T) {
 		return string(out), cmd.ProcessState.ExitCode()
 	}
 	var st api.Status
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	err = batontest.Wait(30*time.Second, func() error {
 		out, code := cli("status", "--json")
 		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && len(st.Workers) == 1 && st.Workers[0].State == "ready" {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("baton as user %s not ready: %s\n%s", u.Name, out, b.log)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return fmt.Errorf("baton as user %s not ready: %s", u.Name, out)
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b.log)
 	}
 	fs := st.Listeners[0].Flows
 	if fs == nil || fs.Kept || !strings.Contains(fs.Error, "UDP flows are not kept across reloads") || !strings.Contains(fs.Error, "CAP_BPF") {
@@ -337,25 +335,27 @@ func TestUDPFlowsKeptAcrossTakeover(t *testing.T) {
 	b.waitReady(2)
 	stop := make(chan struct{})
 	counts, wait := runFlowPeers(t, b.addr("flows"), 200, stop)
-	for counts.ok.Load() < 2000 {
-		time.Sleep(5 * time.Millisecond)
+	// answered waits until the peers have had least answers.
+	answered := func(least int64) {
+		t.Helper()
+		batontest.WaitFor(t, time.Minute, func() error {
+			if n := counts.ok.Load(); n < least {
+				return fmt.Errorf("the peers had %d answers, want %d: %s", n, least, counts)
+			}
+			return nil
+		})
 	}
+	answered(2000)
 	n := startTakeover(t, b, env, args...)
 	if code := b.waitExit(30 * time.Second); code != 0 {
 		t.Errorf("the old instance exited %d", code)
 	}
 	n.waitReady(2)
-	before := counts.ok.Load()
-	for counts.ok.Load() < before+2000 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	answered(counts.ok.Load() + 2000)
 	if out, code := n.cli("reload"); code != 0 {
 		t.Fatalf("reload in the new instance: %s", out)
 	}
-	before = counts.ok.Load()
-	for counts.ok.Load() < before+2000 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	answered(counts.ok.Load() + 2000)
 	close(stop)
 	wait()
 	st := n.waitStatus("the old workers to drain", func(st api.Status) bool { return len(st.Workers) == 2 })

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -166,17 +167,15 @@ func sumGen(reps map[int]holdReport, gen int, f func(holdReport) int64) int64 {
 
 func waitReports(tb testing.TB, dir string, ok func(map[int]holdReport) bool) map[int]holdReport {
 	tb.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		reps, err := readHoldReports(dir)
-		if err == nil && ok(reps) {
-			return reps
+	var reps map[int]holdReport
+	batontest.WaitFor(tb, 2*time.Minute, func() error {
+		var err error
+		if reps, err = readHoldReports(dir); err != nil || !ok(reps) {
+			return fmt.Errorf("workers' reports never got there: %+v, %v", reps, err)
 		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("workers' reports never got there: %+v, %v", reps, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
+	return reps
 }
 
 // clientsPerProc is how many connections one client process holds: its
@@ -389,16 +388,17 @@ func startBenchBaton(tb testing.TB, dir, mode string, workers int) *benchBaton {
 			tb.Logf("baton output:\n%s", b)
 		}
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if st, err := bt.tryStatus(); err == nil && settled(st, workers) {
-			return bt
+	batontest.WaitFor(tb, 60*time.Second, func() error {
+		st, err := bt.tryStatus()
+		if err != nil {
+			return fmt.Errorf("baton's workers not ready: %w", err)
 		}
-		if time.Now().After(deadline) {
-			tb.Fatal("baton's workers not ready within 60s")
+		if !settled(st, workers) {
+			return fmt.Errorf("baton's workers not ready: %+v", st.Workers)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return bt
 }
 
 func (bt *benchBaton) call(method string, params any) (json.RawMessage, error) {

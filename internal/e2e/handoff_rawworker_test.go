@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton"
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/handoff"
 )
 
@@ -211,14 +212,17 @@ func (w *rawHolder) fail(err error) {
 // one line on every connection held.
 func (w *rawHolder) answerWhenAsked() {
 	gate := filepath.Join(os.Getenv(reportDir), fmt.Sprintf("check-%d", w.rep.Generation))
-	for {
-		if _, err := os.Stat(gate); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	err := batontest.Wait(10*time.Minute, func() error {
+		_, err := os.Stat(gate)
+		return err
+	})
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if err != nil {
+		w.rep.Errors = append(w.rep.Errors, fmt.Sprintf("never asked to answer: %v", err))
+		w.dirty.Store(true)
+		return
+	}
 	if err := answerAll(w.fds, fmt.Sprintf("%d %d ", w.rep.PID, w.rep.Generation)); err != nil {
 		w.rep.Errors = append(w.rep.Errors, err.Error())
 		w.dirty.Store(true)

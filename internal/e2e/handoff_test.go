@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -26,17 +27,21 @@ import (
 // waitFor polls baton's status until ok holds (bounded) and returns it.
 func (b *instance) waitFor(what string, within time.Duration, ok func(supervisor.Status) bool) supervisor.Status {
 	b.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		st, err := b.tryStatus()
-		if err == nil && ok(st) {
-			return st
+	var st supervisor.Status
+	err := batontest.Wait(within, func() error {
+		var err error
+		if st, err = b.tryStatus(); err != nil {
+			return fmt.Errorf("%s: status: %w", what, err)
 		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("%s: not within %s; last status %+v (err %v)\n%s", what, within, st, err, b.log)
+		if !ok(st) {
+			return fmt.Errorf("%s: last status %+v", what, st)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		b.t.Fatalf("%v\n%s", err, b.log)
 	}
+	return st
 }
 
 // chatClient is one connection to examples/chat that sends numbered
@@ -121,6 +126,8 @@ func (c *chatClient) talk(stop <-chan struct{}) error {
 			if _, err := c.conn.Write(buf[:cut]); err != nil {
 				return fmt.Errorf("%v: writing: %w", c, err)
 			}
+			// Pacing: the rest of the line follows a moment later, as
+			// a slow client's would, in another segment.
 			time.Sleep(time.Duration(1+c.rnd.IntN(5)) * time.Millisecond)
 			buf = buf[cut:]
 		}
@@ -137,6 +144,7 @@ func (c *chatClient) talk(stop <-chan struct{}) error {
 			}
 			c.acked++
 		}
+		// Pacing: a chat client's think time between bursts.
 		time.Sleep(time.Duration(100+c.rnd.IntN(200)) * time.Millisecond)
 	}
 }
@@ -196,6 +204,8 @@ func TestHandoffChatKeepsEveryClient(t *testing.T) {
 	}
 	const upgradeAt = 3
 	for i := 1; i <= reloads; i++ {
+		// Pacing: the clients talk in each generation for a while, so
+		// that the reload meets them mid-conversation.
 		time.Sleep(300 * time.Millisecond)
 		cmd := "reload"
 		if i == upgradeAt {
@@ -218,7 +228,7 @@ func TestHandoffChatKeepsEveryClient(t *testing.T) {
 			return true
 		})
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // pacing: a while in the last generation too
 	close(stop)
 	wg.Wait()
 	failed := 0
@@ -343,17 +353,13 @@ func TestHandoffOldWorkerKilledMidway(t *testing.T) {
 	if out, code := b.cli("reload"); code != 0 {
 		t.Fatalf("reload: %d %s", code, out)
 	}
-	deadline := time.Now().Add(30 * time.Second)
 	var handed []byte
-	for {
-		var err error
-		if handed, err = os.ReadFile(pause); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the old worker did not hand off %d connections:\n%s", half, b.log)
-		}
-		time.Sleep(10 * time.Millisecond)
+	err := batontest.Wait(30*time.Second, func() (err error) {
+		handed, err = os.ReadFile(pause)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the old worker did not hand off %d connections: %v\n%s", half, err, b.log)
 	}
 	if err := killPID(before.Workers[0].PID); err != nil {
 		t.Fatal(err)
@@ -438,20 +444,18 @@ func TestHandoffLowRLIMIT(t *testing.T) {
 	}
 	// The old worker tries every connection once.
 	var old holdReport
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	err := batontest.Wait(60*time.Second, func() error {
 		reps, err := readHoldReports(dir)
 		if err != nil {
-			t.Fatal(err)
+			return batontest.Stop(err)
 		}
-		old = reps[oldPID]
-		if old.StopNS != 0 && int(old.HandedOff)+int(old.Refused) == n {
-			break
+		if old = reps[oldPID]; old.StopNS == 0 || int(old.HandedOff)+int(old.Refused) != n {
+			return fmt.Errorf("the old worker did not try every connection: %+v", old)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the old worker did not try every connection: %+v\n%s", old, b.log)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b.log)
 	}
 	stored := int(old.HandedOff)
 	if stored == 0 || stored >= n || len(old.Errors) == 0 {

@@ -10,7 +10,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,7 +24,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
+	"github.com/baton-dev/baton/internal/sockdiag"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
 
@@ -241,42 +246,43 @@ func (b *instance) tryStatusOf(kernel bool) (supervisor.Status, error) {
 // nothing else is running, and returns the status.
 func (b *instance) waitReady(n int) supervisor.Status {
 	b.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var st supervisor.Status
+	err := batontest.Wait(60*time.Second, func() error {
 		select {
 		case <-b.done:
-			b.t.Fatalf("baton exited: %v\n%s", b.err, b.log)
+			return batontest.Stop(fmt.Errorf("baton exited: %v", b.err))
 		default:
 		}
-		if st, err := b.tryStatusOf(false); err == nil && settled(st, n) {
-			return st
+		var err error
+		if st, err = b.tryStatusOf(false); err != nil {
+			return fmt.Errorf("%d workers not ready: status: %w", n, err)
 		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("workers not ready within 60s; last status: %+v\n%s", b.status(), b.log)
+		if !settled(st, n) {
+			return fmt.Errorf("%d workers not ready; last status: %+v", n, st)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		b.t.Fatalf("%v\n%s", err, b.log)
 	}
+	return st
 }
 
 // waitReplaced waits until baton has noticed that pid exited and n ready
 // workers run again.
 func (b *instance) waitReplaced(pid, n int) supervisor.Status {
 	b.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		st := b.waitReady(n)
-		gone := true
+	var st supervisor.Status
+	batontest.WaitFor(b.t, 60*time.Second, func() error {
+		st = b.waitReady(n)
 		for _, w := range st.Workers {
-			gone = gone && w.PID != pid
+			if w.PID == pid {
+				return fmt.Errorf("worker %d still listed after it was killed", pid)
+			}
 		}
-		if gone {
-			return st
-		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("worker %d still listed 60s after it was killed", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return st
 }
 
 // settled reports whether exactly n workers run, all ready and of the
@@ -310,6 +316,27 @@ func (b *instance) addr(name string) string {
 func (b *instance) cli(args ...string) (string, int) {
 	b.t.Helper()
 	return runBin(b.t, clientBin, nil, append(args, "--control", b.ctl)...)
+}
+
+// cliUntilDone runs a client command until it succeeds, again while
+// baton answers that it cannot yet ("try again": an upgrade waits for what
+// exited workers left running to be ended), for at most 30 seconds; any
+// other failure fails the test. It returns the command's output.
+func (b *instance) cliUntilDone(args ...string) string {
+	b.t.Helper()
+	var out string
+	batontest.WaitFor(b.t, 30*time.Second, func() error {
+		var code int
+		if out, code = b.cli(args...); code == 0 {
+			return nil
+		}
+		err := fmt.Errorf("baton %s: exit %d: %s", strings.Join(args, " "), code, out)
+		if !strings.Contains(out, "try again") {
+			return batontest.Stop(err)
+		}
+		return err
+	})
+	return out
 }
 
 // runBaton runs the baton binary to completion (bounded to 2 minutes).
@@ -360,15 +387,14 @@ func pidAlive(pid int) bool {
 // waitGone waits until none of pids is alive.
 func waitGone(t *testing.T, pids []int, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for _, p := range pids {
-		for pidAlive(p) {
-			if time.Now().After(deadline) {
-				t.Fatalf("pid %d still alive after %s", p, within)
+	batontest.WaitFor(t, within, func() error {
+		for _, p := range pids {
+			if pidAlive(p) {
+				return fmt.Errorf("pid %d still alive", p)
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
-	}
+		return nil
+	})
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -391,3 +417,100 @@ func workerPIDs(st supervisor.Status) []int {
 }
 
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+// waitRequestRead waits until a worker has accepted c's connection and
+// read everything c sent, as the kernel sees it: c has nothing left
+// unacknowledged, and the other end is held by a process (it has an
+// inode) with nothing left to read. The request c carries is then in
+// the worker's hands, not in a queue.
+func waitRequestRead(t *testing.T, c net.Conn) {
+	t.Helper()
+	local, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sockdiag.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	batontest.WaitFor(t, 30*time.Second, func() error {
+		var socks []sockdiag.Socket
+		for _, port := range []uint16{local.Port(), remote.Port()} {
+			s, err := d.Query(sockdiag.Query{States: sockdiag.States(sockdiag.Established), LocalPort: port})
+			if err != nil {
+				return batontest.Stop(err)
+			}
+			socks = append(socks, s...)
+		}
+		var client, server *sockdiag.Socket
+		for i, s := range socks {
+			switch {
+			case s.Local == local && s.Remote == remote:
+				client = &socks[i]
+			case s.Local == remote && s.Remote == local:
+				server = &socks[i]
+			}
+		}
+		switch {
+		case client == nil || server == nil:
+			return fmt.Errorf("the connection %s -> %s is not established (client %+v, server %+v)", local, remote, client, server)
+		case client.SendQ != 0:
+			return fmt.Errorf("%d bytes of the request not yet acknowledged", client.SendQ)
+		case server.Inode == 0:
+			return fmt.Errorf("the connection from %s waits to be accepted", local)
+		case server.RecvQ != 0:
+			return fmt.Errorf("%d bytes of the request not yet read by the worker", server.RecvQ)
+		}
+		return nil
+	})
+}
+
+// getInFlight sends GET url on a connection of its own, in the
+// background, and returns once a worker has read the request
+// (waitRequestRead), with a function that waits for the answer.
+func getInFlight(t *testing.T, url string) func() (body string, err error) {
+	t.Helper()
+	conns := make(chan net.Conn, 1)
+	client := &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				conns <- c
+			}
+			return c, err
+		},
+	}}
+	type answer struct {
+		body string
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := client.Get(url)
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		got <- answer{string(body), err}
+	}()
+	select {
+	case c := <-conns:
+		waitRequestRead(t, c)
+	case a := <-got:
+		t.Fatalf("GET %s: answered before it was in flight: %q, %v", url, a.body, a.err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("GET %s: no connection within 30s", url)
+	}
+	return func() (string, error) {
+		a := <-got
+		return a.body, a.err
+	}
+}

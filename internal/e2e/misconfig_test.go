@@ -75,9 +75,9 @@ func (b *instance) wantStatusExit(code int, reason string) {
 func (b *instance) degradedMetric(addr string, v float64, code inspect.Code, n float64) {
 	b.t.Helper()
 	waitScrape(b.t, addr, fmt.Sprintf("baton_degraded %v and %v %s", v, n, code), func(mf map[string]*dto.MetricFamily) bool {
-		d, _ := value(mf, "baton_degraded")
-		w, _ := value(mf, "baton_warnings", "code="+string(code))
-		return d == v && w == n
+		d, ok := value(mf, "baton_degraded")                      // always exported
+		w, _ := value(mf, "baton_warnings", "code="+string(code)) // absent: none
+		return ok && d == v && w == n
 	})
 }
 

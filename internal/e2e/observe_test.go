@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -30,25 +32,26 @@ import (
 // It waits for a state; it times nothing.
 func (b *instance) waitStatus(what string, cond func(supervisor.Status) bool) supervisor.Status {
 	b.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last supervisor.Status
-	for {
-		st, err := b.tryStatus()
-		if err == nil {
-			if cond(st) {
-				return st
-			}
+	var st, last supervisor.Status
+	err := batontest.Wait(30*time.Second, func() error {
+		var err error
+		if st, err = b.tryStatus(); err != nil {
+			return fmt.Errorf("waiting for %s: status: %w", what, err)
+		}
+		if !cond(st) {
 			last = st
+			return fmt.Errorf("waiting for %s", what)
 		}
-		if time.Now().After(deadline) {
-			var kernel any = last.Kernel
-			if last.Kernel != nil {
-				kernel = *last.Kernel
-			}
-			b.t.Fatalf("waiting for %s: gave up after 30s; last kernel view: %+v\nbaton output:\n%s", what, kernel, b.log)
+		return nil
+	})
+	if err != nil {
+		var kernel any = last.Kernel
+		if last.Kernel != nil {
+			kernel = *last.Kernel
 		}
-		time.Sleep(20 * time.Millisecond)
+		b.t.Fatalf("%v; last kernel view: %+v\nbaton output:\n%s", err, kernel, b.log)
 	}
+	return st
 }
 
 func warningOf(st supervisor.Status, code inspect.Code) *inspect.Warning {
@@ -84,12 +87,14 @@ func firstSocket(st supervisor.Status) inspect.SocketView {
 // waitLog waits until baton's log holds s.
 func (b *instance) waitLog(s string) {
 	b.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(b.log.String(), s) {
-		if time.Now().After(deadline) {
-			b.t.Fatalf("baton's log has no %q after 30s:\n%s", s, b.log)
+	err := batontest.Wait(30*time.Second, func() error {
+		if !strings.Contains(b.log.String(), s) {
+			return fmt.Errorf("baton's log has no %q", s)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		b.t.Fatalf("%v:\n%s", err, b.log)
 	}
 }
 
@@ -103,14 +108,15 @@ func (b *instance) logHas(s string) bool {
 // logCount counts the times s appears in baton's log, waiting up to 10s
 // for at least want of them.
 func (b *instance) logCount(s string, want int) int {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		n := strings.Count(b.log.String(), s)
-		if n >= want || time.Now().After(deadline) {
-			return n
+	n := 0
+	// Not there in time: the caller says what it expected of n.
+	batontest.Wait(10*time.Second, func() error {
+		if n = strings.Count(b.log.String(), s); n < want {
+			return errors.New("not yet")
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return n
 }
 
 // dialHeld opens n connections to addr and closes them when the test ends.
@@ -272,13 +278,15 @@ func TestTopQuitsOnQ(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	deadline := time.Now().Add(30 * time.Second)
-	for strings.Count(out.String(), "baton top, every") < 2 {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("no two frames within 30s:\n%s", out.String())
+	err = batontest.Wait(30*time.Second, func() error {
+		if n := strings.Count(out.String(), "baton top, every"); n < 2 {
+			return fmt.Errorf("%d frames, want two", n)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		cmd.Process.Kill()
+		t.Fatalf("%v:\n%s", err, out.String())
 	}
 	io.WriteString(in, "q\n")
 	select {
@@ -404,16 +412,19 @@ func TestNofileWarnings(t *testing.T) {
 func (b *instance) metricsAddr() string {
 	b.t.Helper()
 	re := regexp.MustCompile(`msg="serving metrics" address=(\S+)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := re.FindStringSubmatch(b.log.String()); m != nil {
-			return m[1]
+	var addr string
+	err := batontest.Wait(30*time.Second, func() error {
+		m := re.FindStringSubmatch(b.log.String())
+		if m == nil {
+			return errors.New("baton did not log its metrics address")
 		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("baton did not log its metrics address:\n%s", b.log)
-		}
-		time.Sleep(20 * time.Millisecond)
+		addr = m[1]
+		return nil
+	})
+	if err != nil {
+		b.t.Fatalf("%v:\n%s", err, b.log)
 	}
+	return addr
 }
 
 // scrapeMetrics fetches and parses /metrics with the Prometheus text
@@ -542,16 +553,10 @@ func TestMetricsEndpoint(t *testing.T) {
 	check(scrapeMetrics(t, addr))
 	// The generation 1 workers exit after the reload; each counts once
 	// as stopped, eventually.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if v, _ := value(scrapeMetrics(t, addr), "baton_worker_exits_total", "reason=stopped"); v == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("baton_worker_exits_total{reason=stopped} never reached 2")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitScrape(t, addr, "baton_worker_exits_total{reason=stopped} 2", func(mf map[string]*dto.MetricFamily) bool {
+		v, _ := value(mf, "baton_worker_exits_total", "reason=stopped")
+		return v == 2
+	})
 }
 
 func TestMetricsFlagErrors(t *testing.T) {
@@ -605,19 +610,16 @@ func tryScrape(addr string) (map[string]*dto.MetricFamily, error) {
 // 30 seconds.
 func waitScrape(t *testing.T, addr, what string, cond func(map[string]*dto.MetricFamily) bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last error
-	for {
+	batontest.WaitFor(t, 30*time.Second, func() error {
 		mf, err := tryScrape(addr)
-		if err == nil && cond(mf) {
-			return
+		if err != nil {
+			return fmt.Errorf("metrics at %s: waiting for %s: %w", addr, what, err)
 		}
-		last = err
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics at %s: waiting for %s: gave up after 30s (last error: %v)", addr, what, last)
+		if !cond(mf) {
+			return fmt.Errorf("metrics at %s: waiting for %s", addr, what)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // The metrics address outlives baton's process image: an upgrade binds it

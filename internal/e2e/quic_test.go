@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/baton-dev/baton/internal/api"
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // quicBin builds examples/quic once, for the tests that need it (not in
@@ -100,9 +101,14 @@ func TestQUICConnectionsSurviveReloadsAndUpgrades(t *testing.T) {
 	}
 	waitRequests := func(more int64) {
 		want := requests.Load() + more
-		for deadline := time.Now().Add(30 * time.Second); requests.Load() < want && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
+		// Traffic between the commands; if it is slow, the checks
+		// below say what the clients saw.
+		batontest.Wait(30*time.Second, func() error {
+			if n := requests.Load(); n < want {
+				return fmt.Errorf("%d requests, want %d", n, want)
+			}
+			return nil
+		})
 	}
 	waitRequests(500)
 	for i := range 12 {
@@ -110,16 +116,7 @@ func TestQUICConnectionsSurviveReloadsAndUpgrades(t *testing.T) {
 		if i == 5 || i == 11 {
 			cmd = "upgrade"
 		}
-		for try := 0; ; try++ {
-			out, code := b.cli(cmd)
-			if code == 0 {
-				break
-			}
-			if !strings.Contains(out, "try again") || try == 50 {
-				t.Fatalf("%s: %s", cmd, out)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		b.cliUntilDone(cmd)
 		waitRequests(200)
 	}
 	close(stop)

@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/loadgen"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -24,7 +26,7 @@ func reloadUntil(t *testing.T, b *instance, d time.Duration) int {
 			t.Fatalf("reload %d exited %d: %s", n+1, code, out)
 		}
 		n++
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // pacing: a reload every 100ms or so
 	}
 	return n
 }
@@ -55,8 +57,7 @@ func TestWorkersThatRecycleThemselves(t *testing.T) {
 	b := startBaton(t, []string{workerEnv + "=maxreq", maxRequestsEnv + "=3000"},
 		"-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "delay:3s", "--", testBin)
 	b.waitReady(2)
-	wait := closeLoad(b.addr("http"), 14*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := loadUnderWay(loadgen.Config{Addr: b.addr("http"), Close: 8, Duration: 14 * time.Second})
 	reloads := reloadUntil(t, b, 11*time.Second)
 	res := wait()
 	checkLoad(t, res)
@@ -93,8 +94,7 @@ func TestPythonHTTPServerDrainsWithoutAFlag(t *testing.T) {
 	b.waitReady(2)
 	// baton reads the worker's signal handling once it is ready.
 	var st supervisor.Status
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	batontest.WaitFor(t, 10*time.Second, func() error {
 		st = b.status()
 		idle := 0
 		for _, w := range st.Workers {
@@ -102,19 +102,17 @@ func TestPythonHTTPServerDrainsWithoutAFlag(t *testing.T) {
 				idle++
 			}
 		}
-		if idle == 2 {
-			break
+		if idle != 2 {
+			return fmt.Errorf("workers' drain: %+v; want when-idle, SIGTERM's handling default", st.Workers)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("workers' drain: %+v; want when-idle, SIGTERM's handling default", st.Workers)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	if why := st.Workers[0].DrainReason; !strings.Contains(why, "no handler for SIGTERM") {
 		t.Errorf("drain reason %q; want it to say the program has no handler for SIGTERM", why)
 	}
 	wait := closeLoad("127.0.0.1:"+port, 12*time.Second)
 	for i := 0; i < 12; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(300 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			t.Fatalf("reload %d: %s", i+1, out)
@@ -185,7 +183,7 @@ func TestMaxUptimeReplacesWorkersUnderLoad(t *testing.T) {
 				}
 				n = max(n, alive)
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // sampling: the most workers at once
 		}
 		most <- n
 	}()

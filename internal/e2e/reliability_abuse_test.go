@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/fdpass"
 	"github.com/baton-dev/baton/internal/loadgen"
@@ -69,8 +70,7 @@ func startAbused(t *testing.T, d time.Duration) *abused {
 	st := b.waitReady(abuseWorkers)
 	a := &abused{b: b, workers: sortedPIDs(st)}
 	a.fds, a.goroutines = resting(b)
-	a.wait = startLoad(b.addr("http"), d)
-	time.Sleep(200 * time.Millisecond) // the load is under way
+	a.wait = startLoadUnderWay(b.addr("http"), d)
 	return a
 }
 
@@ -96,10 +96,13 @@ func (a *abused) survived(t *testing.T) string {
 		t.Errorf("workers replaced: %v, were %v", got, a.workers)
 	}
 	// What a closed connection held may still be on its way out.
-	fds, gs := resting(b)
-	for deadline := time.Now().Add(10 * time.Second); (fds > a.fds || gs > a.goroutines) && time.Now().Before(deadline); {
-		fds, gs = resting(b)
-	}
+	var fds, gs int
+	batontest.Wait(10*time.Second, func() error { // the counts are checked below
+		if fds, gs = resting(b); fds > a.fds || gs > a.goroutines {
+			return errors.New("more than before")
+		}
+		return nil
+	})
 	if fds > a.fds {
 		t.Errorf("baton holds %d descriptors at rest, %d before the abuse: %d leaked", fds, a.fds, fds-a.fds)
 	}
@@ -253,11 +256,7 @@ func otherUIDClient(t *testing.T) string {
 	}
 	// baton's log is written by its own goroutine (it never waits for
 	// whoever reads it): the last lines may still be on their way.
-	logged := func() int { return strings.Count(b.log.String(), "control socket: refused a peer") }
-	for deadline := time.Now().Add(10 * time.Second); logged() < 3*tries && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := logged(); n != 3*tries {
+	if n := b.logCount("control socket: refused a peer", 3*tries); n != 3*tries {
 		t.Errorf("baton logged %d refused peers, want %d:\n%s", n, 3*tries, b.log)
 	}
 	if st := b.status(); st.Generation != 1 || st.Stopping {
@@ -455,6 +454,8 @@ func slowControlClients(t *testing.T) string {
 			t.Fatalf("status while %d slow clients were connected: %v", slow-len(got), err)
 		}
 		answered++
+		// Pacing: another client asks every 50ms while the slow ones
+		// hold their connections.
 		time.Sleep(50 * time.Millisecond)
 	}
 	var first, last time.Duration
@@ -563,9 +564,10 @@ func askTakeover(t *testing.T, b *instance) (*net.UnixConn, takeoverHeader) {
 // askTakeoverWith is askTakeover with the request line req.
 func askTakeoverWith(t *testing.T, b *instance, req string) (*net.UnixConn, takeoverHeader) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c := dialControl(t, b.ctl)
+	var c *net.UnixConn
+	var h takeoverHeader
+	batontest.WaitFor(t, 10*time.Second, func() error {
+		c = dialControl(t, b.ctl)
 		if _, err := c.Write([]byte(req + "\n")); err != nil {
 			t.Fatal(err)
 		}
@@ -577,20 +579,20 @@ func askTakeoverWith(t *testing.T, b *instance, req string) (*net.UnixConn, take
 			OK    *bool  `json:"ok"`
 			Error string `json:"error"`
 		}
-		json.Unmarshal(line, &reply)
+		json.Unmarshal(line, &reply) // not a reply: a header, decoded below
 		if reply.OK == nil {
-			var h takeoverHeader
 			if err := json.Unmarshal(line, &h); err != nil || h.PID != b.cmd.Process.Pid || len(h.Sockets) == 0 {
 				t.Fatalf("takeover: baton answered %q, not a header from pid %d: %v", line, b.cmd.Process.Pid, err)
 			}
-			return c, h
+			return nil
 		}
 		c.Close()
-		if !strings.Contains(reply.Error, "in progress") || time.Now().After(deadline) {
-			t.Fatalf("takeover refused: %s", line)
+		if !strings.Contains(reply.Error, "in progress") {
+			return batontest.Stop(fmt.Errorf("takeover refused: %s", line))
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("takeover refused while an earlier one winds up: %s", line)
+	})
+	return c, h
 }
 
 // readByteLine reads one line a byte at a time, within 10 seconds.
@@ -616,20 +618,21 @@ var abortLine = regexp.MustCompile(`msg="takeover did not happen; serving on, un
 // returns why the last one was.
 func waitAborted(t *testing.T, b *instance, n int) string {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if m := abortLine.FindAllStringSubmatch(b.log.String(), -1); len(m) >= n {
-			reason, err := strconv.Unquote(m[n-1][1])
-			if err != nil {
-				reason = m[n-1][1]
-			}
-			return reason
+	var m [][]string
+	err := batontest.Wait(15*time.Second, func() error {
+		if m = abortLine.FindAllStringSubmatch(b.log.String(), -1); len(m) < n {
+			return fmt.Errorf("baton logged no aborted takeover %d", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("baton logged no aborted takeover %d within 15s:\n%s", n, b.log)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, b.log)
 	}
+	reason, err := strconv.Unquote(m[n-1][1])
+	if err != nil {
+		reason = m[n-1][1]
+	}
+	return reason
 }
 
 // checkServing fails the test unless baton answers a status and keeps
@@ -865,7 +868,8 @@ func takeoverStalls(t *testing.T) string {
 	c, _ := askTakeover(t, b)
 	defer c.Close()
 	// The peer holds the sockets' frame unacknowledged: baton serves on,
-	// and refuses to reload under it, until the peer goes.
+	// and refuses to reload under it, until the peer goes. The stall
+	// lasting a second is the test: nothing to wait for.
 	time.Sleep(time.Second)
 	if _, err := b.tryStatusOf(true); err != nil {
 		t.Errorf("status during a stalled takeover: %v", err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/loadgen"
 	"github.com/baton-dev/baton/internal/sockdiag"
@@ -47,10 +48,13 @@ func rest(b *instance, n int) atRest {
 	b.t.Helper()
 	b.waitReady(n)
 	pid := b.cmd.Process.Pid
-	deadline := time.Now().Add(30 * time.Second)
-	for len(children(pid)) != n && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	// Not so in time: checkRest compares the count.
+	batontest.Wait(30*time.Second, func() error {
+		if k := len(children(pid)); k != n {
+			return fmt.Errorf("%d children, want %d", k, n)
+		}
+		return nil
+	})
 	r := atRest{kids: len(children(pid))}
 	r.fds, r.goroutines = resting(b)
 	r.rss = vmRSS(pid)
@@ -110,12 +114,12 @@ func killDuringReloadStorm(t *testing.T) string {
 				reloadsOK++
 			}
 			cancel()
-			time.Sleep(300 * time.Millisecond)
+			time.Sleep(300 * time.Millisecond) // pacing: a reload every 300ms
 		}
 	}()
 	kills := 0
 	for time.Now().Before(stop) {
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(250 * time.Millisecond) // pacing: a kill every 250ms
 		st, err := b.tryStatusOf(false)
 		if err != nil || len(st.Workers) == 0 {
 			continue
@@ -137,23 +141,26 @@ func killDuringReloadStorm(t *testing.T) string {
 // returns their pids.
 func newWorkers(t *testing.T, b *instance, gen int) []int {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if st, err := b.tryStatusOf(false); err == nil {
-			var pids []int
-			for _, w := range st.Workers {
-				if w.Generation > gen && w.State == supervisor.Starting {
-					pids = append(pids, w.PID)
-				}
-			}
-			if len(pids) > 0 {
-				return pids
+	var pids []int
+	err := batontest.Wait(20*time.Second, func() error {
+		st, err := b.tryStatusOf(false)
+		if err != nil {
+			return err
+		}
+		for _, w := range st.Workers {
+			if w.Generation > gen && w.State == supervisor.Starting {
+				pids = append(pids, w.PID)
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
+		if len(pids) == 0 {
+			return fmt.Errorf("no worker of a generation after %d started", gen)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, b.log)
 	}
-	t.Fatalf("no worker of a generation after %d started within 20s:\n%s", gen, b.log)
-	return nil
+	return pids
 }
 
 // reloadAsync asks for a reload and returns a function that waits for
@@ -173,8 +180,7 @@ func killStartingGeneration(t *testing.T) string {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "delay:2s", "--", helloBin)
 	before := rest(b, 2)
 	old := workerPIDs(b.waitReady(2))
-	wait := startLoad(b.addr("http"), 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 5*time.Second)
 	done := reloadAsync(b)
 	fresh := newWorkers(t, b, 1)
 	for _, p := range fresh {
@@ -219,8 +225,7 @@ func stopStartingWorker(t *testing.T) string {
 	b := startBaton(t, []string{workerEnv + "=http", failFile + "=" + flag},
 		"-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--ready-timeout", "2s", "--drain-timeout", "20s", "--", testBin)
 	before := rest(b, 2)
-	wait := startLoad(b.addr("http"), 6*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 6*time.Second)
 	// The next generation takes 3s before it serves: stopped before that,
 	// it never says it is ready.
 	if err := os.WriteFile(flag, []byte("slow"), 0o644); err != nil {
@@ -255,9 +260,10 @@ func stopServingWorker(t *testing.T) string {
 	before := rest(b, 2)
 	st := b.waitReady(2)
 	stopped := st.Workers[0].PID
-	wait := startLoad(b.addr("http"), 6*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 6*time.Second)
 	syscall.Kill(stopped, syscall.SIGSTOP)
+	// The worker stays stopped for a second under the load: the time is
+	// the test (its requests wait; none may fail).
 	time.Sleep(time.Second)
 	start := time.Now()
 	if out, code := b.cli("reload"); code != 0 {
@@ -282,8 +288,7 @@ func workerNeverExits(t *testing.T) string {
 		"-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--drain-timeout", "2s", "--", testBin)
 	before := rest(b, 2)
 	old := workerPIDs(b.waitReady(2))
-	wait := startLoad(b.addr("http"), 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 5*time.Second)
 	start := time.Now()
 	if out, code := b.cli("reload"); code != 0 {
 		t.Errorf("reload: %s", out)
@@ -305,8 +310,7 @@ func hundredReloads(t *testing.T) string {
 	const n = 2
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", fmt.Sprint(n), "--ready", "delay:300ms", "--drain-timeout", "1s", "--", helloBin)
 	before := rest(b, n)
-	wait := startLoad(b.addr("http"), 12*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 12*time.Second)
 
 	stopSampling := make(chan struct{})
 	most := make(chan int)
@@ -328,6 +332,7 @@ func hundredReloads(t *testing.T) string {
 	var errs []error
 	start := time.Now()
 	for i := range asked {
+		// Pacing: a reload request every 100ms.
 		time.Sleep(time.Until(start.Add(time.Duration(i) * 100 * time.Millisecond)))
 		wg.Add(1)
 		go func() {
@@ -390,11 +395,17 @@ func workerAtNofile(t *testing.T) string {
 		}
 	}()
 	// Let the worker accept until EMFILE, then ask on one more.
-	time.Sleep(500 * time.Millisecond)
-	open, _, _, err := sockdiag.FDUsage(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var open int
+	batontest.WaitFor(t, 10*time.Second, func() error {
+		var err error
+		if open, _, _, err = sockdiag.FDUsage(pid); err != nil {
+			return batontest.Stop(err)
+		}
+		if open < limit {
+			return fmt.Errorf("the worker has %d descriptors open, not yet its limit of %d", open, limit)
+		}
+		return nil
+	})
 	answer := make(chan error, 1)
 	go func() {
 		r := loadgen.Run(context.Background(), loadgen.Config{Addr: addr, Close: 1, MaxRequests: 1, Duration: 30 * time.Second, Timeout: 20 * time.Second})
@@ -404,6 +415,8 @@ func workerAtNofile(t *testing.T) string {
 		}
 		answer <- nil
 	}()
+	// No answer for a second: the time is the test (a request must wait,
+	// not fail, while the worker is at its limit).
 	time.Sleep(time.Second)
 	select {
 	case err := <-answer:

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
 
@@ -52,8 +53,7 @@ func crashWhileDirMissing(t *testing.T) string {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "1", "--ready", "notify", "--dir", link, "--", helloBin)
 	before := rest(b, 1)
 	victim := b.waitReady(1).Workers[0].PID
-	wait := startLoad(b.addr("http"), 4*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 4*time.Second)
 
 	// The deploy swings the link to a release that is not there yet, and
 	// the worker crashes meanwhile.
@@ -61,19 +61,15 @@ func crashWhileDirMissing(t *testing.T) string {
 	down := time.Now()
 	killPID(victim)
 	var slot supervisor.SlotStatus
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	batontest.WaitFor(t, 20*time.Second, func() error {
 		st, err := b.tryStatusOf(false)
 		if err == nil && len(st.SlotStates) == 1 && st.SlotStates[0].State == supervisor.SlotBackoff &&
 			strings.Contains(st.SlotStates[0].LastError, "working directory "+link+": no such file or directory") {
 			slot = st.SlotStates[0]
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the slot never showed its backoff and the missing directory; last status %+v, %v", st.SlotStates, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return fmt.Errorf("the slot never showed its backoff and the missing directory; last status %+v, %v", st.SlotStates, err)
+	})
 	out, _ := b.cli("status")
 	if !regexp.MustCompile(`(?s)slot 0: backoff, next in [0-9.]+m?s \(restarts \d+\); last error at [0-9:.]+: .*working directory`).MatchString(out) {
 		t.Errorf("baton status does not show the slot's backoff and error:\n%s", out)
@@ -174,21 +170,19 @@ func wrapperWithoutExec(t *testing.T) string {
 	before := rest(b, 2)
 	st := b.status()
 	ino := st.Listeners[0].Inode
-	wait := startLoad(b.addr("http"), 6*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 6*time.Second)
 	const reloads = 3
 	for i := range reloads {
 		if out, code := b.cli("reload"); code != 0 {
 			t.Fatalf("reload %d: %s", i+1, out)
 		}
 		cur := workerPIDs(b.waitReady(2))
-		deadline := time.Now().Add(10 * time.Second)
-		for s := strangers(b, ino, cur); len(s) > 0; s = strangers(b, ino, cur) {
-			if time.Now().After(deadline) {
-				t.Fatalf("10s after reload %d, processes outside the serving workers' process groups still hold the listening socket: %v", i+1, describePIDs(s))
+		batontest.WaitFor(t, 10*time.Second, func() error {
+			if s := strangers(b, ino, cur); len(s) > 0 {
+				return fmt.Errorf("after reload %d, processes outside the serving workers' process groups still hold the listening socket: %v", i+1, describePIDs(s))
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	r := wait()
 	checkLoad(t, r)
@@ -211,11 +205,14 @@ func wrapperWithoutExec(t *testing.T) string {
 		}
 	}
 	endedRE := regexp.MustCompile(`worker's leftover process pid \d+ \(hello\), in its process group: sent SIGTERM`)
-	ended := endedRE.FindAllString(b.log.String(), -1)
-	for deadline := time.Now().Add(10 * time.Second); len(ended) < 2*(reloads+1) && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond) // baton's log may still be on its way
-		ended = endedRE.FindAllString(b.log.String(), -1)
-	}
+	var ended []string
+	// baton's log may still be on its way; the count is checked below.
+	batontest.Wait(10*time.Second, func() error {
+		if ended = endedRE.FindAllString(b.log.String(), -1); len(ended) < 2*(reloads+1) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
 	if len(ended) < 2*(reloads+1) {
 		t.Errorf("the log names %d leftover servers sent SIGTERM; want the %d of %d generations:\n%s", len(ended), 2*(reloads+1), reloads+1, b.log)
 	}
@@ -274,22 +271,18 @@ func slowRequests(addr string, n, ms int) func() (ok int, errs []string) {
 // (the kernel's view).
 func waitInFlight(t *testing.T, b *instance, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	batontest.WaitFor(t, 10*time.Second, func() error {
 		held := 0
 		if st, err := b.tryStatus(); err == nil && st.Kernel != nil {
 			for _, w := range st.Kernel.Workers {
 				held += w.Connections["ESTAB"]
 			}
 		}
-		if held >= n {
-			return
+		if held < n {
+			return fmt.Errorf("the workers hold %d established connections, want %d", held, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the workers hold %d established connections after 10s, want %d", held, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func sigquitDrains(t *testing.T) string {
@@ -350,19 +343,14 @@ func meaninglessSignals(t *testing.T) string {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--log-level", "debug", "--", helloBin)
 	before := rest(b, 2)
 	pids := workerPIDs(b.waitReady(2))
-	wait := startLoad(b.addr("http"), 3*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 3*time.Second)
 	sigs := []syscall.Signal{syscall.SIGUSR1, syscall.SIGALRM, syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGPIPE}
 	for _, sig := range sigs {
 		b.cmd.Process.Signal(sig)
 	}
 	for _, name := range []string{"SIGUSR1", "SIGALRM", "SIGWINCH", "SIGTSTP"} {
-		deadline := time.Now().Add(10 * time.Second)
-		for !strings.Contains(b.log.String(), "signal ignored\" signal="+name) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no log line says %s was ignored:\n%s", name, b.log)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !b.logHas("signal ignored\" signal=" + name) {
+			t.Fatalf("no log line says %s was ignored:\n%s", name, b.log)
 		}
 	}
 	r := wait()

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -172,17 +173,13 @@ func waitPipeFull(t *testing.T, fifo string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	batontest.WaitFor(t, 30*time.Second, func() error {
 		n, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
-		if err == nil && n > size-4096 {
-			return
+		if err != nil || n <= size-4096 {
+			return fmt.Errorf("the FIFO holds %d bytes of %d after its reader stopped (%v)", n, size, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the FIFO holds %d bytes of %d 30s after its reader stopped (%v)", n, size, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // dropNotices finds baton's notices of dropped output lines in its
@@ -218,8 +215,7 @@ func configBecomesFIFO(t *testing.T) string {
 	b := startBaton(t, nil, "--config", conf)
 	before := rest(b, 2)
 	gen := b.waitReady(2).Generation
-	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", port), 6*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(fmt.Sprintf("127.0.0.1:%d", port), 6*time.Second)
 
 	saved := conf + ".saved"
 	if err := os.Rename(conf, saved); err != nil {
@@ -271,8 +267,7 @@ func durationWithoutUnit(t *testing.T) string {
 	}
 	b := startBaton(t, nil, "--config", conf)
 	before := b.waitReady(2)
-	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", port), 4*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(fmt.Sprintf("127.0.0.1:%d", port), 4*time.Second)
 
 	writeConfig(t, conf, strings.Replace(text, `drain_timeout = "5s"`, "drain_timeout = 30", 1))
 	want := conf + `:4: drain_timeout: 30 has no unit, so it would mean 30 nanoseconds: write it in quotes with its unit, drain_timeout = "30s"`

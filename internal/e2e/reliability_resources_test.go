@@ -52,7 +52,7 @@ func rssWith64Workers(t *testing.T) string {
 	for range 10 {
 		b.status()
 		peak = max(peak, vmRSS(b.cmd.Process.Pid))
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // sampling: the peak over half a second
 	}
 	if out, code := b.cli("reload"); code != 0 {
 		t.Fatalf("reload: %s", out)

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton"
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -126,42 +127,6 @@ func (s *stranger) line(t *testing.T) string {
 	return ""
 }
 
-// lingeringConn makes, in this process, a TCP connection whose last close
-// blocks for linger: SO_LINGER on, a full send buffer, and a peer (also
-// returned, to keep open and never read) that does not read.
-func lingeringConn(linger int) (fd int, peer net.Conn, err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return -1, nil, err
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		return -1, nil, err
-	}
-	defer c.Close()
-	peer, err = ln.Accept()
-	if err != nil {
-		return -1, nil, err
-	}
-	peer.(*net.TCPConn).SetReadBuffer(4096)
-	raw, _ := c.(*net.TCPConn).SyscallConn()
-	raw.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) })
-	if err != nil {
-		peer.Close()
-		return -1, nil, err
-	}
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: int32(linger)})
-	unix.SetNonblock(fd, true)
-	for buf := make([]byte, 64<<10); ; {
-		if _, err := unix.Write(fd, buf); err != nil {
-			break
-		}
-	}
-	unix.SetNonblock(fd, false)
-	return fd, peer, nil
-}
-
 // strangerNotify is the stranger of lingeringNotify: it sends one
 // datagram to the notify socket carrying a lingering TCP socket (then
 // closes its own copy, so that baton's would be the last), says what the
@@ -169,7 +134,7 @@ func lingeringConn(linger int) (fd int, peer net.Conn, err error) {
 // and holds the lingering connection's peer until stdin closes.
 func strangerNotify() error {
 	target := &unix.SockaddrUnix{Name: os.Getenv(strangerEnv)}
-	fd, peer, err := lingeringConn(300)
+	fd, peer, err := batontest.NewLingeringTCP(300 * time.Second)
 	if err != nil {
 		return err
 	}
@@ -263,7 +228,7 @@ func strangerWorkerSocket() error {
 	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
 	target := &net.UnixAddr{Name: os.Getenv(strangerEnv), Net: "unix"}
 	const want = 4000
-	fd, peer, err := lingeringConn(300)
+	fd, peer, err := batontest.NewLingeringTCP(300 * time.Second)
 	if err != nil {
 		return err
 	}
@@ -298,7 +263,7 @@ func strangerWorkerSocket() error {
 				}
 				c, err := net.DialUnix("unix", nil, target)
 				if err != nil {
-					time.Sleep(10 * time.Millisecond)
+					time.Sleep(10 * time.Millisecond) // pacing: the flood retries
 					continue
 				}
 				mu.Lock()
@@ -318,7 +283,7 @@ func strangerWorkerSocket() error {
 					mu.Unlock()
 				}()
 				if full {
-					time.Sleep(5 * time.Millisecond)
+					time.Sleep(5 * time.Millisecond) // pacing: the flood goes on, more slowly, once full
 				}
 			}
 		}()
@@ -365,6 +330,7 @@ func strangerHoldsWorkerSocket(t *testing.T) string {
 		}()
 	}
 	for i := 1; i <= reloads; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(500 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			close(stop)

@@ -20,6 +20,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // sockfileCases: the socket files baton creates or changes as root (unix
@@ -296,8 +298,7 @@ mode = %q
 		t.Fatalf("socket file %s: %v, mode %v; want 0666", sock, err, fi.Mode().Perm())
 	}
 	fds, _ := resting(b)
-	wait := startLoad(b.addr("http"), 4*time.Second)
-	time.Sleep(200 * time.Millisecond) // the load is under way
+	wait := startLoadUnderWay(b.addr("http"), 4*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if out, err := worker.command(ctx, "sh", "-c", `ln -s "$1" "$2.new" && mv -T "$2.new" "$2"`, "sh", secret, sock).CombinedOutput(); err != nil {
@@ -429,21 +430,23 @@ func fakeControlServer(t *testing.T) string {
 // (true) or has exited (false).
 func runsOrExits(t *testing.T, b *instance) bool {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	ran := false
+	err := batontest.Wait(60*time.Second, func() error {
 		select {
 		case <-b.done:
-			return false
+			return nil
 		default:
 		}
-		if _, err := b.tryStatusOf(false); err == nil {
-			return true
+		if _, err := b.tryStatusOf(false); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("baton neither ran nor exited within 60s:\n%s", b.log)
-		}
-		time.Sleep(20 * time.Millisecond)
+		ran = true
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("baton neither ran nor exited: %v\n%s", err, b.log)
 	}
+	return ran
 }
 
 // clearDir removes what is in dir.

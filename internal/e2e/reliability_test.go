@@ -161,7 +161,7 @@ func resting(b *instance) (fds, goroutines int) {
 		if i == 0 || p.Goroutines < goroutines {
 			goroutines = p.Goroutines
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // sampling: the fewest over half a second
 	}
 	return fds, goroutines
 }

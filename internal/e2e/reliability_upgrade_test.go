@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/loadgen"
 )
@@ -117,13 +118,7 @@ func groupMemberUpgradeTakeover(t *testing.T) string {
 	refusals["takeover"] = lastLine(out)
 	// baton logs a refusal before it answers; its log reaches b.log a
 	// moment later.
-	logged := func() int {
-		return strings.Count(b.log.String(), "refused a method to a peer that is neither root nor baton's user")
-	}
-	for deadline := time.Now().Add(10 * time.Second); logged() < 3 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := logged(); n != 3 {
+	if n := b.logCount("refused a method to a peer that is neither root nor baton's user", 3); n != 3 {
 		t.Errorf("baton logged %d refused methods, want 3", n)
 	}
 	if st := b.status(); st.Upgrades != 0 || st.Stopping {
@@ -208,11 +203,14 @@ func upgradeRacesReloads(t *testing.T) string {
 			// The first upgrade starts with no reload in progress; the
 			// reloads start during its pre-flight, between the state it
 			// checked and its execve. The later ones start amid reloads.
-			for deadline := time.Now().Add(time.Minute); preflights() == 0; {
-				if time.Now().After(deadline) {
-					t.Fatalf("no pre-flight logged within a minute:\n%s", b.log)
+			err := batontest.Wait(time.Minute, func() error {
+				if preflights() == 0 {
+					return errors.New("no pre-flight logged")
 				}
-				time.Sleep(10 * time.Millisecond)
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("%v:\n%s", err, b.log)
 			}
 			close(hammer)
 		}

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +24,24 @@ func startLoad(addr string, d time.Duration) func() *loadgen.Result {
 	return func() *loadgen.Result { return <-ch }
 }
 
+// startLoadUnderWay is startLoad that returns once every client of the
+// load has had an answer (or the load has ended without): what the test
+// does next happens under the load, not before it has started.
+func startLoadUnderWay(addr string, d time.Duration) func() *loadgen.Result {
+	return loadUnderWay(loadgen.Config{Addr: addr, KeepAlive: 4, Close: 4, Duration: d})
+}
+
+// loadUnderWay runs the load cfg in the background and returns once every
+// client of it has had an answer (or the load has ended without), with a
+// function that waits for its result.
+func loadUnderWay(cfg loadgen.Config) func() *loadgen.Result {
+	ch := make(chan *loadgen.Result, 1)
+	cfg.UnderWay = make(chan struct{})
+	go func() { ch <- loadgen.Run(context.Background(), cfg) }()
+	<-cfg.UnderWay
+	return func() *loadgen.Result { return <-ch }
+}
+
 func checkLoad(t *testing.T, r *loadgen.Result) {
 	t.Helper()
 	t.Logf("load: %v", r)
@@ -41,8 +57,7 @@ func TestReloadUnderLoadLosesNothing(t *testing.T) {
 	requireE2E(t)
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--", helloBin)
 	first := b.waitReady(2)
-	wait := startLoad(b.addr("http"), 10*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 10*time.Second)
 
 	old := workerPIDs(first)
 	for i := 0; i < 20; i++ {
@@ -59,6 +74,8 @@ func TestReloadUnderLoadLosesNothing(t *testing.T) {
 				old = append(old, w.PID)
 			}
 		}
+		// Pacing: the 20 reloads spread over the load, each generation
+		// serving it for a while.
 		time.Sleep(300 * time.Millisecond)
 	}
 	checkLoad(t, wait())
@@ -89,8 +106,7 @@ func TestRollbackWhenNewWorkersExit(t *testing.T) {
 	requireE2E(t)
 	b, deploy := badDeploy(t)
 	before := b.waitReady(2)
-	wait := startLoad(b.addr("http"), 4*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 4*time.Second)
 
 	deploy("fail")
 	out, code := b.cli("reload")
@@ -125,8 +141,7 @@ func TestRollbackWhenNewWorkersNeverReady(t *testing.T) {
 	requireE2E(t)
 	b, deploy := badDeploy(t, "--ready-timeout", "2s")
 	b.waitReady(2)
-	wait := startLoad(b.addr("http"), 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 5*time.Second)
 
 	deploy("noready")
 	out, code := b.cli("reload")
@@ -144,13 +159,7 @@ func TestCrashedWorkerRestartsWithBackoff(t *testing.T) {
 	b := startBaton(t, []string{workerEnv + "=crash"}, "--no-listeners", "-n", "1", "--ready", "delay:50ms", "--", testBin)
 	// The worker exits at once, every time: the restarts back off 100ms,
 	// 200ms, 400ms, 800ms.
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(b.log.String(), "in=800ms") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no fourth restart within 30s:\n%s", b.log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	b.waitLog("in=800ms") // the fourth restart
 	log := b.log.String()
 	i100, i200, i400 := strings.Index(log, "in=100ms"), strings.Index(log, "in=200ms"), strings.Index(log, "in=400ms")
 	if i100 < 0 || i200 < i100 || i400 < i200 {
@@ -199,29 +208,13 @@ func TestGracefulStopFinishesInflightRequest(t *testing.T) {
 	b.waitReady(1)
 	addr := b.addr("http")
 
-	type answer struct {
-		body string
-		err  error
-	}
-	got := make(chan answer, 1)
-	go func() {
-		resp, err := http.Get("http://" + addr + "/slow?ms=1500")
-		if err != nil {
-			got <- answer{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		got <- answer{string(body), err}
-	}()
-	time.Sleep(300 * time.Millisecond) // the request is in flight
+	answer := getInFlight(t, "http://"+addr+"/slow?ms=1500")
 	out, code := b.cli("stop")
 	if code != 0 || !strings.Contains(out, "stopped") {
 		t.Errorf("baton stop: exit %d, %q", code, out)
 	}
-	a := <-got
-	if a.err != nil || !strings.Contains(a.body, "slow answer after 1500ms") {
-		t.Errorf("in-flight request during stop: %q, %v; want its full answer", a.body, a.err)
+	if body, err := answer(); err != nil || !strings.Contains(body, "slow answer after 1500ms") {
+		t.Errorf("in-flight request during stop: %q, %v; want its full answer", body, err)
 	}
 	if code := b.waitExit(10 * time.Second); code != 0 {
 		t.Errorf("baton exited %d after a graceful stop, want 0", code)

@@ -97,6 +97,7 @@ func TestReuseportReloadUnderLoad(t *testing.T) {
 	b.waitReady(2)
 	wait := startLoad(b.addr("http"), 6*time.Second)
 	for i := 0; i < 10; i++ {
+		// Pacing: the reloads spread over the load.
 		time.Sleep(300 * time.Millisecond)
 		if out, code := b.cli("reload"); code != 0 {
 			t.Fatalf("reload %d: %s", i+1, out)
@@ -137,8 +138,7 @@ func TestReuseportScaleDownAndUpUnderLoad(t *testing.T) {
 
 	b = startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0?balance=reuseport", "-n", "4", "--ready", "notify", "--enable-migrate-req", "--", helloBin)
 	before := slotInodes(t, b.waitReady(4), "http")
-	wait := startLoad(b.addr("http"), 8*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 8*time.Second)
 	for _, n := range []int{2, 4, 2, 4} {
 		out, code := b.cli("scale", strconv.Itoa(n))
 		if code != 0 {
@@ -148,6 +148,7 @@ func TestReuseportScaleDownAndUpUnderLoad(t *testing.T) {
 		if got := len(slotInodes(t, st, "http")); got != n {
 			t.Errorf("after scale %d: %d sockets", n, got)
 		}
+		// Pacing: each size serves the load for a while.
 		time.Sleep(1500 * time.Millisecond)
 	}
 	checkLoad(t, wait())
@@ -167,7 +168,7 @@ func TestSharedScale(t *testing.T) {
 			t.Fatalf("scale %d: %s", n, out)
 		}
 		b.waitReady(n)
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // pacing: each size serves the load for a while
 	}
 	checkLoad(t, wait())
 	if out, code := b.cli("scale", "0"); code != 2 || !strings.Contains(out, "want a number of workers") {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/baton-dev/baton/internal/api"
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // liveChildren lists the live (not zombie) children of pid: its workers.
@@ -85,8 +86,7 @@ func TestRollingReloadUnderLoad(t *testing.T) {
 	b := startBaton(t, env, "-l", "http=tcp://127.0.0.1:0", "-n", "4", "--ready", "notify", "--rolling", "1", "--", testBin)
 	b.waitReady(4)
 	stop := sampleChildren(t, b.cmd.Process.Pid)
-	wait := startLoad(b.addr("http"), 8*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 8*time.Second)
 
 	for i := 0; i < 2; i++ {
 		out, code := b.cli("reload")
@@ -98,13 +98,12 @@ func TestRollingReloadUnderLoad(t *testing.T) {
 		}
 	}
 	b.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(time.Minute)
-	for st := b.waitReady(4); st.Generation != 4; st = b.waitReady(4) {
-		if time.Now().After(deadline) {
-			t.Fatalf("SIGHUP: generation %d serves a minute later, want 4", st.Generation)
+	batontest.WaitFor(t, time.Minute, func() error {
+		if st := b.waitReady(4); st.Generation != 4 {
+			return fmt.Errorf("SIGHUP: generation %d serves, want 4", st.Generation)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	checkLoad(t, wait())
 	most, samples := stop()
 	t.Logf("at most %d workers at once, in %d samples", most, samples)
@@ -130,8 +129,7 @@ func TestRollingReloadRollsBackUnderLoad(t *testing.T) {
 	requireE2E(t)
 	b, deploy := badDeploy(t, "-n", "4", "--rolling", "1")
 	before := b.waitReady(4)
-	wait := startLoad(b.addr("http"), 5*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 5*time.Second)
 
 	deploy("fail-slot 2")
 	out, code := b.cli("reload")
@@ -253,8 +251,7 @@ func TestCanaryErrorsRollBack(t *testing.T) {
 	}
 
 	deploy("ok")
-	wait := startLoad(addr, 5*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	wait := startLoadUnderWay(addr, 5*time.Second)
 	out, code := b.cli("reload", "--canary-window=2s", "--rolling")
 	if code != 0 || !strings.Contains(out, "canary slot 0 passed its 2s window") || !strings.Contains(out, "rolling 1 slot at a time") {
 		t.Errorf("reload of a good deploy exited %d: %s; want it to say its canary passed and it rolled", code, out)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/notify"
 )
 
@@ -217,25 +218,20 @@ func newManager(t *testing.T) *manager {
 // times.
 func (m *manager) waitFor(t *testing.T, pid int, want string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	batontest.WaitFor(t, 30*time.Second, func() error {
 		m.mu.Lock()
+		defer m.mu.Unlock()
 		got := 0
 		for _, s := range m.msgs {
 			if s == fmt.Sprintf("%d:%s", pid, want) {
 				got++
 			}
 		}
-		all := strings.Join(m.msgs, " ")
-		m.mu.Unlock()
-		if got >= n {
-			return
+		if got < n {
+			return fmt.Errorf("service manager got %d of %d %q from pid %d; all: %s", got, n, want, pid, strings.Join(m.msgs, " "))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("service manager got %d of %d %q from pid %d; all: %s", got, n, want, pid, all)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestSystemdNotifications(t *testing.T) {

@@ -1,15 +1,19 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // startTakeover starts `baton run --takeover CTL` with the same control
@@ -34,19 +38,20 @@ func startTakeover(t *testing.T, b *instance, env []string, args ...string) *ins
 }
 
 // udpLoad sends numbered datagrams to addr one at a time until stop is
-// closed and checks every one is answered.
-func udpLoad(t *testing.T, addr string, stop <-chan struct{}) (answered int, failed error) {
+// closed and checks every one is answered; answered counts them as they
+// are.
+func udpLoad(addr string, stop <-chan struct{}, answered *atomic.Int64) error {
 	raddr, _ := net.ResolveUDPAddr("udp", addr)
 	c, err := net.DialUDP("udp", nil, raddr)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer c.Close()
 	buf := make([]byte, 2048)
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
-			return answered, nil
+			return nil
 		default:
 		}
 		payload := fmt.Sprintf("datagram %d", i)
@@ -54,13 +59,13 @@ func udpLoad(t *testing.T, addr string, stop <-chan struct{}) (answered int, fai
 		c.SetReadDeadline(time.Now().Add(3 * time.Second))
 		n, err := c.Read(buf)
 		if err != nil {
-			return answered, fmt.Errorf("datagram %d not answered: %w", i, err)
+			return fmt.Errorf("datagram %d not answered: %w", i, err)
 		}
 		if _, got, _ := strings.Cut(string(buf[:n]), ":"); got != payload {
-			return answered, fmt.Errorf("datagram %d answered with %q", i, buf[:n])
+			return fmt.Errorf("datagram %d answered with %q", i, buf[:n])
 		}
-		answered++
-		time.Sleep(2 * time.Millisecond)
+		answered.Add(1)
+		time.Sleep(2 * time.Millisecond) // pacing: a steady stream of datagrams
 	}
 }
 
@@ -73,8 +78,7 @@ func TestTakeoverUnderLoad(t *testing.T) {
 	b.waitReady(2)
 	oldPID := b.cmd.Process.Pid
 
-	wait := startLoad(fmt.Sprintf("127.0.0.1:%d", tcp), 6*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	wait := startLoadUnderWay(fmt.Sprintf("127.0.0.1:%d", tcp), 6*time.Second)
 	n := startTakeover(t, b, env, args...)
 	if code := b.waitExit(30 * time.Second); code != 0 {
 		t.Errorf("old instance exited %d after the takeover, want 0", code)
@@ -97,21 +101,32 @@ func TestTakeoverKeepsUDPAnswered(t *testing.T) {
 	b.waitReady(2)
 	addr := b.addr("echo")
 	stop := make(chan struct{})
-	var answered int
+	var answered atomic.Int64
 	var uerr error
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); answered, uerr = udpLoad(t, addr, stop) }()
-	time.Sleep(300 * time.Millisecond)
+	go func() { defer wg.Done(); uerr = udpLoad(addr, stop, &answered) }()
+	// flowing waits until least datagrams are answered: 50 before the
+	// takeover, then 50 more once the new instance is ready.
+	flowing := func(least int64) {
+		t.Helper()
+		batontest.WaitFor(t, 30*time.Second, func() error {
+			if n := answered.Load(); n < least {
+				return fmt.Errorf("%d datagrams answered, want %d", n, least)
+			}
+			return nil
+		})
+	}
+	flowing(50)
 	args[1] = "echo=udp://" + addr
 	n := startTakeover(t, b, env, args...)
 	b.waitExit(30 * time.Second)
 	n.waitReady(2)
-	time.Sleep(300 * time.Millisecond)
+	flowing(answered.Load() + 50)
 	close(stop)
 	wg.Wait()
-	if uerr != nil || answered < 50 {
-		t.Errorf("UDP across the takeover: %d answered, %v", answered, uerr)
+	if uerr != nil || answered.Load() < 100 {
+		t.Errorf("UDP across the takeover: %d answered, %v", answered.Load(), uerr)
 	}
 }
 
@@ -124,19 +139,20 @@ func TestTakeoverKilledMidwayChangesNothing(t *testing.T) {
 	before := b.waitReady(2)
 	base, _ := resting(b)
 	addr := b.addr("http")
-	wait := startLoad(addr, 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(addr, 5*time.Second)
 
 	// The new instance's workers take 3s to be ready: it is killed while
 	// it holds the sockets and has not committed.
 	newArgs := []string{"-l", "http=tcp://" + addr, "-n", "2", "--ready", "delay:3s", "--", helloBin}
 	n := startTakeover(t, b, nil, newArgs...)
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(n.log.String(), "worker started") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the new instance never started its workers:\n%s", n.log)
+	err := batontest.Wait(20*time.Second, func() error {
+		if !strings.Contains(n.log.String(), "worker started") {
+			return errors.New("the new instance never started its workers")
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, n.log)
 	}
 	n.cmd.Process.Signal(syscall.SIGKILL)
 	<-n.done

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // newBinary copies the baton binary, as a package upgrade would put a new
@@ -30,8 +32,7 @@ func TestUpgradeUnderLoadKeepsPid(t *testing.T) {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-l", "dns=udp://127.0.0.1:0", "-n", "2", "--ready", "notify", "--", helloBin)
 	first := b.waitReady(2)
 	next := newBinary(t, "baton-next")
-	wait := startLoad(b.addr("http"), 12*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	wait := startLoadUnderWay(b.addr("http"), 12*time.Second)
 	var old []int
 	for i := 0; i < 10; i++ {
 		st := b.status()
@@ -44,7 +45,7 @@ func TestUpgradeUnderLoadKeepsPid(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "upgraded: baton pid") {
 			t.Fatalf("upgrade %d: exit %d: %s", i+1, code, out)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // pacing: the upgrades spread over the load
 	}
 	checkLoad(t, wait())
 	st := b.waitReady(2)
@@ -92,16 +93,18 @@ func TestUpgradeBySIGUSR2(t *testing.T) {
 	b := startBaton(t, nil, "-l", "http=tcp://127.0.0.1:0", "-n", "1", "--ready", "notify", "--", helloBin)
 	before := b.waitReady(1)
 	b.cmd.Process.Signal(syscall.SIGUSR2)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	err := batontest.Wait(30*time.Second, func() error {
 		st, err := b.tryStatus()
-		if err == nil && st.Upgrades == 1 && st.Generation == before.Generation+1 && settled(st, 1) {
-			break
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no upgrade after SIGUSR2:\n%s", b.log)
+		if st.Upgrades != 1 || st.Generation != before.Generation+1 || !settled(st, 1) {
+			return fmt.Errorf("no upgrade after SIGUSR2: %d upgrades, generation %d", st.Upgrades, st.Generation)
 		}
-		time.Sleep(50 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, b.log)
 	}
 }
 

@@ -107,7 +107,7 @@ func httpWorker() error {
 			<-baton.Stopping()
 			return nil
 		case "slow":
-			time.Sleep(3 * time.Second)
+			time.Sleep(3 * time.Second) // the worker under test: ready after 3s
 		case "crash-after-2s":
 			time.AfterFunc(2*time.Second, func() {
 				fmt.Println("crashing after 2s on purpose")
@@ -132,7 +132,7 @@ func httpWorker() error {
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
-		time.Sleep(time.Duration(ms) * time.Millisecond)
+		time.Sleep(time.Duration(ms) * time.Millisecond) // the slow answer asked for
 		fmt.Fprintf(w, "slow ok pid %d\n", os.Getpid())
 	})
 	var h http.Handler = mux
@@ -142,7 +142,7 @@ func httpWorker() error {
 	err := baton.Serve(&http.Server{Handler: h})
 	if d, perr := time.ParseDuration(os.Getenv(drainDelay)); perr == nil {
 		fmt.Println("drained; lingering for", d)
-		time.Sleep(d)
+		time.Sleep(d) // the worker under test lingers after draining
 	}
 	return err
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // callBound bounds every call in these tests. It is far beyond any wait
@@ -28,7 +30,7 @@ func TestDoneContextDoesNothing(t *testing.T) {
 	cancel()
 
 	t.Run("Send", func(t *testing.T) {
-		checkLeaks(t)
+		batontest.CheckLeaks(t)
 		a, b := pair(t, unix.SOCK_STREAM)
 		sent, err := describe(sockets(t, 2), 8)
 		if err != nil {
@@ -45,7 +47,7 @@ func TestDoneContextDoesNothing(t *testing.T) {
 	})
 
 	t.Run("Recv", func(t *testing.T) {
-		checkLeaks(t)
+		batontest.CheckLeaks(t)
 		c, peer, _ := rawPair(t, unix.SOCK_STREAM)
 		rawSend(t, peer, frameBytes(header{last: true, nfds: 1, total: 1}, FD{Name: "waiting"}), sockets(t, 1)...)
 		var (
@@ -101,7 +103,7 @@ func TestRecvTimeoutWritesNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
+			batontest.CheckLeaks(t)
 			a, b := pair(t, unix.SOCK_STREAM)
 			ctx := tt.end(t, b)
 			var err error
@@ -140,7 +142,7 @@ func (deadlineOnly) Deadline() (time.Time, bool) { return time.Now().Add(time.Ho
 // Done channel leaves the conn's own deadline in charge, and that the
 // conn's deadline passing does not make Recv wait for the context.
 func TestDeadlineWithoutDone(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	_, b := pair(t, unix.SOCK_STREAM)
 	b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 	var err error
@@ -159,7 +161,7 @@ func TestDeadlineWithoutDone(t *testing.T) {
 // order is fixed: the goroutine that moves the deadline keeps running
 // through the hook, and the woken one runs only after it.
 func TestCancelOutlivesDeadlineReset(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	var once sync.Once
 	var calls atomic.Int32

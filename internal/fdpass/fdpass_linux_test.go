@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // The test binary doubles as the child process of the tests that need a
@@ -42,44 +44,6 @@ func TestMain(m *testing.M) {
 		ln.Close()
 	}
 	os.Exit(m.Run())
-}
-
-// fdCount counts this process's open descriptors.
-func fdCount(t testing.TB) int {
-	t.Helper()
-	n, err := countFDs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func countFDs() (int, error) {
-	ents, err := os.ReadDir("/proc/self/fd")
-	return len(ents), err
-}
-
-// checkLeaks fails the test if it ends with more or fewer descriptors or
-// goroutines than it started with. Call it first, so that its cleanup
-// runs after the test's own.
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	fds, gs := fdCount(t), runtime.NumGoroutine()
-	t.Cleanup(func() {
-		if t.Failed() {
-			return
-		}
-		if got := fdCount(t); got != fds {
-			t.Errorf("%d descriptors open after the test, %d before", got, fds)
-		}
-		deadline := time.Now().Add(2 * time.Second)
-		for runtime.NumGoroutine() > gs && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if got := runtime.NumGoroutine(); got > gs {
-			t.Errorf("%d goroutines after the test, %d before", got, gs)
-		}
-	})
 }
 
 // pair returns two connected unix sockets of type typ.
@@ -260,7 +224,7 @@ func goRecv(ctx context.Context, c *net.UnixConn, lim Limits) <-chan recvResult 
 // the end of that sendmsg's data, never reading into the next message
 // with descriptors.
 func TestKernelStreamSemantics(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -359,7 +323,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
+			batontest.CheckLeaks(t)
 			a, b := pair(t, tt.typ)
 			if tt.sockopt != 0 {
 				raw, _ := b.SyscallConn()
@@ -396,7 +360,7 @@ func TestRoundTrip(t *testing.T) {
 // bytes: what either side writes right after a transfer reaches the
 // other side's next reader.
 func TestConnectionReuse(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	a, b := pair(t, unix.SOCK_STREAM)
 	ctx := ctxTimeout(t, 10*time.Second)
 	for round := range 3 {
@@ -438,7 +402,7 @@ func TestConnectionReuse(t *testing.T) {
 // descriptors than the hard RLIMIT_NOFILE of a test machine allows.
 func TestTenThousand(t *testing.T) {
 	const n = 10_000
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	c, cmd := startHelper(t, "send", "FDPASS_TEST_N="+strconv.Itoa(n))
 	ctx := ctxTimeout(t, 30*time.Second)
 	got, err := Recv(ctx, c, Limits{MaxFDs: n})
@@ -468,7 +432,7 @@ func TestTenThousand(t *testing.T) {
 // TestTruncatedControlBuffer gives Recv a control buffer with room for 10
 // descriptors and sends 100: the kernel installs 10 and drops the rest.
 func TestTruncatedControlBuffer(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	a, b := pair(t, unix.SOCK_STREAM)
 	sent, err := describe(sockets(t, 100), 8)
 	if err != nil {
@@ -494,7 +458,7 @@ func TestTruncatedControlBuffer(t *testing.T) {
 // TestTruncatedRlimit sends 300 descriptors to a child whose
 // RLIMIT_NOFILE leaves room for fewer.
 func TestTruncatedRlimit(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	c, cmd := startHelper(t, "recvlow")
 	sent, err := describe(sockets(t, 300), 8)
 	if err != nil {
@@ -515,7 +479,7 @@ func TestPeerRefused(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to start a child under another uid")
 	}
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	name := fmt.Sprintf("@fdpass-test-%d-%d", os.Getpid(), time.Now().UnixNano())
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: name, Net: "unix"})
 	if err != nil {
@@ -650,7 +614,7 @@ func runHelper(name string) error {
 	}
 	c := fc.(*net.UnixConn)
 	defer c.Close()
-	before, err := countFDs()
+	before, err := batontest.CountFDs()
 	if err != nil {
 		return err
 	}
@@ -669,7 +633,7 @@ func runHelper(name string) error {
 		if err := Send(ctx, c, sent); err != nil {
 			return err
 		}
-		if after, _ := countFDs(); after != before+n {
+		if after, _ := batontest.CountFDs(); after != before+n {
 			return fmt.Errorf("%d descriptors open after Send, want %d", after, before+n)
 		}
 		return nil
@@ -679,13 +643,13 @@ func runHelper(name string) error {
 		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 			return err
 		}
-		before, _ = countFDs()
+		before, _ = batontest.CountFDs()
 		got, err := Recv(ctx, c, Limits{})
 		closeFDs(got)
 		if !errors.Is(err, ErrTruncated) {
 			return fmt.Errorf("Recv under RLIMIT_NOFILE 64: %v, want ErrTruncated", err)
 		}
-		if after, _ := countFDs(); after != before {
+		if after, _ := batontest.CountFDs(); after != before {
 			return fmt.Errorf("%d descriptors open after the failed Recv, %d before", after, before)
 		}
 		return nil
@@ -730,7 +694,7 @@ func helperNobody(ctx context.Context) error {
 // call runs under within, so one that outlives its context fails the
 // test instead of hanging it.
 func TestDeadlines(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	a, b := pair(t, unix.SOCK_STREAM)
 	var err error
 
@@ -790,7 +754,7 @@ func TestDeadlines(t *testing.T) {
 }
 
 func TestUnsupportedUse(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	a, b := pair(t, unix.SOCK_DGRAM)
 	ctx := ctxTimeout(t, 5*time.Second)
 	if err := Send(ctx, a, nil); !errors.Is(err, ErrNotSupported) {
@@ -823,7 +787,7 @@ func TestReceiverLimits(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
+			batontest.CheckLeaks(t)
 			a, b := pair(t, unix.SOCK_STREAM)
 			sent, err := describe(sockets(t, tt.n), tt.meta)
 			if err != nil {
@@ -852,7 +816,7 @@ func TestPython(t *testing.T) {
 	if err != nil {
 		t.Skip("python3 is not installed: the Python peer cannot be checked")
 	}
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // frameBytes encodes a frame as Send would, with the body length filled in.
@@ -139,7 +141,7 @@ func TestRecvFromFakePeer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
+			batontest.CheckLeaks(t)
 			typ := tt.typ
 			if typ == 0 {
 				typ = unix.SOCK_STREAM
@@ -214,7 +216,7 @@ func TestSendToFakeReceiver(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
+			batontest.CheckLeaks(t)
 			typ := tt.typ
 			if typ == 0 {
 				typ = unix.SOCK_STREAM
@@ -268,7 +270,7 @@ func TestSendToFakeReceiver(t *testing.T) {
 // while Send is still writing it: Send reports the receiver's reason,
 // not just a broken pipe.
 func TestSendRefusedMidFrame(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	c, peer, hangup := rawPair(t, unix.SOCK_STREAM)
 	sent, err := describe(sockets(t, 3), MetaHardMax)
 	if err != nil {
@@ -315,7 +317,7 @@ func TestSendChecksFirst(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
+			batontest.CheckLeaks(t)
 			a, b := pair(t, unix.SOCK_STREAM)
 			if tt.fd.Fd == 0 {
 				tt.fd.Fd = sockets(t, 1)[0]
@@ -342,7 +344,7 @@ func FuzzRecv(f *testing.F) {
 	f.Add(uint8(2), append(frameBytes(header{nfds: 2, total: 3}, FD{Name: "a"}, FD{Name: "b"}), frameBytes(header{seq: 1, last: true, nfds: 1, total: 3}, FD{Name: "c"})...))
 	f.Add(uint8(3), rawHeader("BFDB", 1, flagLast, 3, 0, 3, 18))
 	f.Fuzz(func(t *testing.T, nfds uint8, data []byte) {
-		before := fdCount(t)
+		before := batontest.NumFDs(t)
 		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -379,7 +381,7 @@ func FuzzRecv(f *testing.F) {
 		c.Close()
 		<-done
 		CloseAll(fds)
-		if after := fdCount(t); after != before {
+		if after := batontest.NumFDs(t); after != before {
 			t.Fatalf("%d descriptors open after Recv, %d before (Recv: %v)", after, before, err)
 		}
 	})

@@ -8,57 +8,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// lingering returns a connected TCP socket (a raw descriptor) whose last
-// close would block for linger: SO_LINGER is on, its send buffer is full
-// and its peer never reads. The peer stays open until the test ends.
-func lingering(t *testing.T, linger time.Duration) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Close() })
-	peer.(*net.TCPConn).SetReadBuffer(4096)
-	f, err := c.(*net.TCPConn).File()
-	c.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Dup(int(f.Fd()))
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: int32(linger / time.Second)}); err != nil {
-		t.Fatal(err)
-	}
-	unix.SetNonblock(fd, true)
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := unix.Write(fd, buf); errors.Is(err, unix.EAGAIN) {
-			break
-		} else if err != nil {
-			t.Fatal(err)
-		}
-	}
-	unix.SetNonblock(fd, false)
-	return fd
-}
+	"github.com/baton-dev/baton/internal/batontest"
+)
 
 func TestCloserDisarmsLinger(t *testing.T) {
 	const linger = 60 * time.Second
-	fd := lingering(t, linger)
+	fd := batontest.LingeringTCP(t, linger)
 	c := NewCloser(2, nil)
 	queued := make(chan struct{})
 	go func() {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // rawFd dups the descriptor of c (a *net.TCPConn, listener, ...) for the
@@ -175,7 +177,7 @@ func TestCheckConn(t *testing.T) {
 // the connections, refuses the rest by index, and the sender keeps its
 // copies of what was refused.
 func TestStoreRefusesWhatIsNotAConnection(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	web, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -243,30 +245,7 @@ func TestStoreRefusesWhatIsNotAConnection(t *testing.T) {
 // held across that close, so the store goes on answering.
 func TestExpiringALingeringConnectionBlocksNothing(t *testing.T) {
 	h := newHarness(t, Config{Timeout: 50 * time.Millisecond})
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close() // the peer: never reads
-	c.SetReadBuffer(4096)
-	sv, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd := rawFd(t, sv)
-	sv.Close()
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 60})
-	unix.SetNonblock(fd, true)
-	for buf := make([]byte, 64<<10); ; {
-		if _, err := unix.Write(fd, buf); err != nil {
-			break
-		}
-	}
+	fd := batontest.LingeringTCP(t, time.Minute)
 	if err := h.sender().Send(ctx(t), []Conn{{Fd: fd, Listener: "web"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -274,15 +253,17 @@ func TestExpiringALingeringConnectionBlocksNothing(t *testing.T) {
 	done := make(chan Stats, 1)
 	go func() {
 		// Expired, then asked again: a lock held across the close would
-		// keep Stats waiting for the linger time.
-		for {
-			st := h.store.Stats()
-			if st.Expired == 1 {
-				h.store.SetWorkers(nil)
-				done <- h.store.Stats()
-				return
+		// keep Stats waiting for the linger time. The select below bounds
+		// the wait.
+		err := batontest.Wait(time.Minute, func() error {
+			if st := h.store.Stats(); st.Expired != 1 {
+				return fmt.Errorf("the connection has not expired: %+v", st)
 			}
-			time.Sleep(5 * time.Millisecond)
+			return nil
+		})
+		if err == nil {
+			h.store.SetWorkers(nil)
+			done <- h.store.Stats()
 		}
 	}()
 	select {
@@ -302,30 +283,7 @@ func TestExpiringALingeringConnectionBlocksNothing(t *testing.T) {
 // connection ends at once instead of after the linger time.
 func TestBrokenTransferWithALingeringSocketBlocksNothing(t *testing.T) {
 	h := newHarness(t, Config{})
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close() // the peer: never reads
-	c.SetReadBuffer(4096)
-	sv, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd := rawFd(t, sv)
-	sv.Close()
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 60})
-	unix.SetNonblock(fd, true)
-	for buf := make([]byte, 64<<10); ; {
-		if _, err := unix.Write(fd, buf); err != nil {
-			break
-		}
-	}
+	fd := batontest.LingeringTCP(t, time.Minute)
 	s := h.sender() // asked for a handoff and holds a grant
 	garbage := make([]byte, 20)
 	if _, _, err := s.c.WriteMsgUnix(garbage, unix.UnixRights(fd), nil); err != nil {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
@@ -136,17 +136,14 @@ func (h *harness) allow() {
 // waitStats polls the store's counts until ok holds (bounded).
 func (h *harness) waitStats(what string, ok func(Stats) bool) Stats {
 	h.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		st := h.store.Stats()
-		if ok(st) {
-			return st
+	var st Stats
+	batontest.WaitFor(h.t, 20*time.Second, func() error {
+		if st = h.store.Stats(); !ok(st) {
+			return fmt.Errorf("store never reached %s; stats %+v", what, st)
 		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("store never reached %s; stats %+v", what, st)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
+	return st
 }
 
 func (h *harness) sender() *Sender {
@@ -252,31 +249,6 @@ func closeFDs(fds []fdpass.FD) {
 	for _, f := range fds {
 		unix.Close(f.Fd)
 	}
-}
-
-// checkLeaks fails the test if it ends with more descriptors or
-// goroutines than it started with (after the test's own cleanups, which
-// run first).
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	fds0, _ := CountFDs()
-	g0 := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			fds, _ := CountFDs()
-			g := runtime.NumGoroutine()
-			if fds <= fds0 && g <= g0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("leak: %d descriptors (was %d), %d goroutines (was %d)\n%s", fds, fds0, g, g0, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
 }
 
 // readAll reads from c until EOF or an error, bounded.

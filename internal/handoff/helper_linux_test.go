@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // runHelper runs the test binary as a helper process.
@@ -77,7 +79,7 @@ func senderHelper() error {
 // its connections: what it handed off is adopted, the rest close with it
 // (their clients read EOF, not a hang), and the store leaks nothing.
 func TestSenderKilled(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	const n, batch = 200, 20
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})

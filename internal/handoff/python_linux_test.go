@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // TestPythonPeer runs both sides of the protocol as docs/handoff.md shows
@@ -23,7 +25,7 @@ func TestPythonPeer(t *testing.T) {
 	if out, err := exec.Command(py, "-c", "import socket; socket.send_fds").CombinedOutput(); err != nil {
 		t.Skipf("python3 lacks socket.send_fds (3.9+): %s", out)
 	}
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	const n = 300 // two transfers each way
 	clients, servers := pairs(t, n)

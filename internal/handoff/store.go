@@ -281,16 +281,25 @@ func (s *Store) roomFreedLocked() {
 	}
 }
 
-// Grant says how much a worker's first transfer may carry, or refuses:
+// grant says how much a worker's first transfer may carry, or refuses:
 // baton is stopping, or its RLIMIT_NOFILE has no room left (after
-// waiting for some, as grantLocked does). Receive reserves that room when
-// it starts.
-func (s *Store) Grant(ctx context.Context) (Grant, error) {
+// waiting for some, as grantLocked does). The room stays reserved until
+// the caller hands the grant to Receive or gives it back with release:
+// a second connection granted in between must not count it as free
+// (two first transfers granted the same room overran the limit, and the
+// kernel cut the second short with MSG_CTRUNC).
+func (s *Store) grant(ctx context.Context) (Grant, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g, err := s.grantLocked(ctx)
+	return s.grantLocked(ctx)
+}
+
+// release gives back the room reserved for g when no transfer will use it.
+func (s *Store) release(g Grant) {
+	s.mu.Lock()
 	s.reserved -= g.MaxFDs
-	return g, err
+	s.roomFreedLocked()
+	s.mu.Unlock()
 }
 
 // grantLocked computes a grant and reserves its room. When the store has
@@ -426,11 +435,12 @@ func (f *fdEstimate) get(held int, fresh bool) int {
 // When it could not answer with a grant, it returns answered false and
 // the reason, for the caller to answer with.
 func (s *Store) ServeHandoff(ctx context.Context, c *net.UnixConn, src Source) (answered bool, err error) {
-	g, err := s.Grant(ctx)
+	g, err := s.grant(ctx)
 	if err != nil {
 		return false, err
 	}
 	if err := control.AcceptRights(c); err != nil {
+		s.release(g)
 		return false, fmt.Errorf("handoff: letting the connection carry descriptors: %w", err)
 	}
 	// Whatever the worker still has queued when the exchange ends leaves
@@ -438,6 +448,7 @@ func (s *Store) ServeHandoff(ctx context.Context, c *net.UnixConn, src Source) (
 	// them here.
 	defer fdpass.Drain(c, s.discard)
 	if err := WriteResult(c, g); err != nil {
+		s.release(g)
 		return true, err
 	}
 	return true, s.Receive(ctx, c, src, g)
@@ -447,14 +458,13 @@ func (s *Store) ServeHandoff(ctx context.Context, c *net.UnixConn, src Source) (
 func (s *Store) discard(fds []int) { s.closer.Close(fds...) }
 
 // Receive serves a handoff connection after its first grant g (from
-// Grant) has been sent: it receives transfers until the worker closes the
-// connection or ctx ends, storing each and answering with the next grant.
-// It returns nil when the worker closed the connection between
-// transfers.
+// grant, whose room Receive now owns and gives back) has been sent: it
+// receives transfers until the worker closes the connection or ctx ends,
+// storing each and answering with the next grant. It returns nil when
+// the worker closed the connection between transfers.
 func (s *Store) Receive(ctx context.Context, c *net.UnixConn, src Source, g Grant) error {
 	s.mu.Lock()
 	s.stats.Senders++
-	s.reserved += g.MaxFDs
 	s.mu.Unlock()
 	total := 0
 	defer func() {

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
 
@@ -70,7 +71,7 @@ func fileConn(t *testing.T, fd int) net.Conn {
 }
 
 func TestMoveKeepsConnectionsStateAndUnreadBytes(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	const n = 600 // three transfers
 	clients, servers := pairs(t, n)
@@ -99,8 +100,8 @@ func TestMoveKeepsConnectionsStateAndUnreadBytes(t *testing.T) {
 		if f.Name != "web" || f.Kind != Kind || string(f.Meta) != "state-"+strconv.Itoa(port) {
 			t.Errorf("port %d: adopted as %q/%q with state %q", port, f.Name, f.Kind, f.Meta)
 		}
-		if flags, _ := unix.FcntlInt(uintptr(f.Fd), unix.F_GETFD, 0); flags&unix.FD_CLOEXEC == 0 {
-			t.Errorf("port %d: adopted descriptor lacks FD_CLOEXEC", port)
+		if flags, err := unix.FcntlInt(uintptr(f.Fd), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+			t.Errorf("port %d: adopted descriptor's flags %#x, %v: want FD_CLOEXEC", port, flags, err)
 		}
 	}
 	// Check a sample end to end: the unread line, a reply, then EOF.
@@ -127,7 +128,7 @@ func TestMoveKeepsConnectionsStateAndUnreadBytes(t *testing.T) {
 }
 
 func TestSpreadsOverSubscribers(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	const n = 1000
 	clients, servers := pairs(t, n)
@@ -185,7 +186,7 @@ func TestSpreadsOverSubscribers(t *testing.T) {
 }
 
 func TestUnadoptedConnectionsCloseAtTheDeadline(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{Timeout: 300 * time.Millisecond})
 	const n = 50
 	clients, servers := pairs(t, n)
@@ -209,7 +210,7 @@ func TestUnadoptedConnectionsCloseAtTheDeadline(t *testing.T) {
 }
 
 func TestNeverBackToItsSource(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{Timeout: 300 * time.Millisecond})
 	h.source.Store(int64(os.Getpid()))
 	_, servers := pairs(t, 10)
@@ -224,7 +225,7 @@ func TestNeverBackToItsSource(t *testing.T) {
 }
 
 func TestStateOverTheLimitIsRefused(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{MaxState: 100})
 	_, servers := pairs(t, 3)
 	s := h.sender()
@@ -251,7 +252,7 @@ func TestStateOverTheLimitIsRefused(t *testing.T) {
 }
 
 func TestMoreThanGrantedIsRefused(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{room: func(committed int) int { return 5 - committed }})
 	_, servers := pairs(t, 6)
 	s := h.sender()
@@ -275,7 +276,7 @@ func TestMoreThanGrantedIsRefused(t *testing.T) {
 // checks that the next transfer is refused with the reason and that what
 // the store holds is adopted afterwards.
 func TestFullStoreRefusesAndKeepsWhatItHolds(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{room: func(committed int) int { return 100 - committed }})
 	const n = 150
 	clients, servers := pairs(t, n)
@@ -325,7 +326,7 @@ func TestFullStoreRefusesAndKeepsWhatItHolds(t *testing.T) {
 // has room for while a worker adopts: the sender is held back, not
 // refused, and every connection arrives.
 func TestFullStoreWaitsWhileAdopting(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{room: func(committed int) int { return 100 - committed }})
 	const n = 250
 	clients, servers := pairs(t, n)
@@ -381,7 +382,7 @@ func TestFullStoreWaitsWhileAdopting(t *testing.T) {
 // ignores the grant meets the kernel's limit (MSG_CTRUNC), which the
 // store reports as a refusal: the sender keeps its connections.
 func TestLowRLIMIT(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	clients, servers := pairs(t, 40)
 	cs := conns(t, servers, "web")
@@ -480,7 +481,7 @@ func restoreNOFILE(t *testing.T) {
 // it and leaks nothing; the connections, never acknowledged, were the
 // sender's to keep.
 func TestSenderGoneMidTransfer(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	clients, servers := pairs(t, 10)
 	s := h.sender()
@@ -522,7 +523,7 @@ func TestSenderGoneMidTransfer(t *testing.T) {
 // limits are too small): the store takes the connections back and gives
 // them to the next subscriber.
 func TestRefusingAdopterLosesNothing(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	const n = 30
 	clients, servers := pairs(t, n)
@@ -553,7 +554,7 @@ func TestRefusingAdopterLosesNothing(t *testing.T) {
 // in its socket, unread: the store gets no acknowledgement, takes the
 // connections back and gives them to another subscriber.
 func TestAdopterGoneMidPushLosesNothing(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	const n = 40
 	clients, servers := pairs(t, n)
@@ -593,7 +594,7 @@ func waitReadableOrFail(t *testing.T, c *net.UnixConn) {
 // them unconfirmed, and never sends them elsewhere (the worker might hold
 // them).
 func TestSilentAdopterIsUnconfirmed(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	transferTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { transferTimeout = TransferTimeout })
 	h := newHarness(t, Config{})
@@ -613,7 +614,7 @@ func TestSilentAdopterIsUnconfirmed(t *testing.T) {
 // worker leaves the list (it was asked to stop): the worker reads the end
 // of the stream, and what waits stays for others.
 func TestRetiredSubscriberGetsNothingMore(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{Timeout: 300 * time.Millisecond})
 	a := h.adopter(0)
 	h.allow()
@@ -633,7 +634,7 @@ func TestRetiredSubscriberGetsNothingMore(t *testing.T) {
 // new generation that is not serving yet): nothing is pushed until the
 // supervisor allows it.
 func TestPendingSubscriberWaits(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	a := h.adopter(0)
 	h.store.SetWorkers([]Worker{{PID: os.Getpid()}})
@@ -648,7 +649,7 @@ func TestPendingSubscriberWaits(t *testing.T) {
 
 // TestSmallSubscriptionsGetSmallTransfers checks an adopter's max_fds.
 func TestSmallSubscriptionsGetSmallTransfers(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	a := h.adopter(7)
 	if a.sub.MaxFDs != 7 {
@@ -675,7 +676,7 @@ func TestSmallSubscriptionsGetSmallTransfers(t *testing.T) {
 }
 
 func TestStopAcceptingAndClose(t *testing.T) {
-	checkLeaks(t)
+	batontest.CheckLeaks(t)
 	h := newHarness(t, Config{})
 	clients, servers := pairs(t, 8)
 	sendAll(t, h.sender(), conns(t, servers, "web"))
@@ -709,8 +710,7 @@ func TestRaiseNOFILE(t *testing.T) {
 	if err != nil || n < 3 {
 		t.Errorf("CountFDs: %d, %v", n, err)
 	}
-	ents, _ := os.ReadDir("/proc/self/fd")
-	if want := len(ents) - 1; n != want && n != want-1 && n != want+1 {
+	if want := batontest.NumFDs(t); n != want {
 		t.Errorf("CountFDs %d, /proc/self/fd lists %d", n, want)
 	}
 }

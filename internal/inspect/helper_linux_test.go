@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // helperEnv makes the test binary a stand-in program (STYLE.md §6):
@@ -29,6 +31,8 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		fmt.Println(ln.Addr())
+		// Nothing to observe: the helper holds its port until the test
+		// kills it, and exits by itself if the test never does.
 		time.Sleep(time.Minute)
 		os.Exit(0)
 	}
@@ -150,25 +154,20 @@ func TestDescendantsAndReadProc(t *testing.T) {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var p proc
+	batontest.WaitFor(t, 10*time.Second, func() error {
 		kids, err := descendants(os.Getpid(), maxDescendants)
 		if err != nil {
-			t.Fatal(err)
+			return batontest.Stop(err)
 		}
 		for _, k := range kids {
-			p, err := readProc(k, true)
-			if err != nil || p.Comm != "sleep" || p.PPID != cmd.Process.Pid {
-				continue
+			if p, err = readProc(k, true); err == nil && p.Comm == "sleep" && p.PPID == cmd.Process.Pid {
+				return nil
 			}
-			if p.ListenPID != 1 || !p.ListenFDs || p.Cmdline != "sleep 60" {
-				t.Errorf("sleep: %+v, want LISTEN_PID 1, LISTEN_FDS, command line sleep 60", p)
-			}
-			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no sleep among the descendants %v", kids)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return fmt.Errorf("no sleep among the descendants %v", kids)
+	})
+	if p.ListenPID != 1 || !p.ListenFDs || p.Cmdline != "sleep 60" {
+		t.Errorf("sleep: %+v, want LISTEN_PID 1, LISTEN_FDS, command line sleep 60", p)
 	}
 }

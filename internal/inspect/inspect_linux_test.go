@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // These tests ask the real kernel (STYLE.md §5) about sockets the test
@@ -69,17 +71,14 @@ func dialN(t *testing.T, addr string, n int) []net.Conn {
 // finishes handshakes and state changes on loopback asynchronously.
 func waitView(t *testing.T, in *Inspector, input Input, what string, cond func(*View) bool) *View {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		v := in.Inspect(context.Background(), input)
-		if cond(v) {
-			return v
+	var v *View
+	batontest.WaitFor(t, 10*time.Second, func() error {
+		if v = in.Inspect(context.Background(), input); !cond(v) {
+			return fmt.Errorf("waiting for %s: last view: %+v", what, v)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: gave up after 10s; last view: %+v", what, v)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
+	return v
 }
 
 func somaxconn(t *testing.T) int {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -266,6 +267,14 @@ func openControl(r *config.Resolved, h *supervisor.UpgradeState, takenCtl int, l
 	case takenCtl >= 0:
 		ctl, err = control.FromFd(takenCtl, r.ControlPath, log)
 	default:
+		// baton creates its default directory (/run/baton, ...); a
+		// directory given with --control must exist (config checked it,
+		// and control.Listen refuses it if it has gone since).
+		if r.ControlDefault {
+			if err := control.CreateDir(filepath.Dir(r.ControlPath)); err != nil {
+				return nil, err
+			}
+		}
 		ctl, err = control.Listen(r.ControlPath, log)
 	}
 	if err != nil {

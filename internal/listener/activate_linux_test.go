@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/sockdiag"
 )
 
@@ -157,7 +158,7 @@ func activate(t *testing.T, specs []string, slots int, handed ...Inherited) (*Ac
 // name or by address, the very sockets (same inode); what no socket was
 // handed for is bound; nothing handed by a unit goes to the store.
 func TestMatchAdoptsHandedSockets(t *testing.T) {
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	dir := t.TempDir()
 	web := tcpSocket(t, 0, false)
 	api := tcpSocket(t, 0, false)
@@ -204,7 +205,7 @@ func TestMatchAdoptsHandedSockets(t *testing.T) {
 	if _, err := os.Lstat(path); err != nil {
 		t.Errorf("closing the listener removed the unit's socket file: %v", err)
 	}
-	if after := countFds(t); after != before+4 { // the test's own copies
+	if after := batontest.NumFDs(t); after != before+4 { // the test's own copies
 		t.Errorf("descriptors: %d before, %d after; want %d", before, after, before+4)
 	}
 }
@@ -276,7 +277,7 @@ func TestMatchRefusesWhatItCannotUse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := countFds(t)
+			before := batontest.NumFDs(t)
 			var specs []Spec
 			for _, s := range tt.specs {
 				specs = append(specs, mustParse(t, s))
@@ -295,7 +296,7 @@ func TestMatchRefusesWhatItCannotUse(t *testing.T) {
 					t.Errorf("error %q\ndoes not say %q", err, w)
 				}
 			}
-			if after := countFds(t); after != before {
+			if after := batontest.NumFDs(t); after != before {
 				t.Errorf("descriptors: %d before, %d after; a refused activation must close every handed descriptor", before, after)
 			}
 		})
@@ -309,7 +310,7 @@ func TestMatchRefusesWhatItCannotUse(t *testing.T) {
 // a listener renamed since takes its socket by address; a listener on
 // port 0 keeps the port it had.
 func TestMatchStore(t *testing.T) {
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	web := tcpSocket(t, 0, false)
 	slot0 := tcpSocket(t, 0, true)
 	slot1 := tcpSocket(t, slot0.port(), true)
@@ -370,7 +371,7 @@ func TestMatchStore(t *testing.T) {
 	for _, g := range gs {
 		g.Close()
 	}
-	if after := countFds(t); after != before+8 { // the test's own copies
+	if after := batontest.NumFDs(t); after != before+8 { // the test's own copies
 		t.Errorf("descriptors: %d before, %d after; want %d", before, after, before+8)
 	}
 }

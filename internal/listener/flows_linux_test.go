@@ -2,6 +2,7 @@ package listener
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/steer"
 )
 
@@ -38,8 +40,9 @@ func countOn(t *testing.T, conns []*net.UDPConn, socks ...*Socket) []int {
 	}
 	got := make([]int, len(socks))
 	buf := make([]byte, 16)
-	deadline := time.Now().Add(5 * time.Second)
-	for total := 0; total < len(conns) && time.Now().Before(deadline); {
+	total := 0
+	// Not all in time: the caller's check of the counts says so.
+	batontest.Wait(5*time.Second, func() error {
 		for i, s := range socks {
 			for {
 				if _, _, err := unix.Recvfrom(s.Fd(), buf, unix.MSG_DONTWAIT); err != nil {
@@ -49,8 +52,11 @@ func countOn(t *testing.T, conns []*net.UDPConn, socks ...*Socket) []int {
 				total++
 			}
 		}
-		time.Sleep(time.Millisecond)
-	}
+		if total < len(conns) {
+			return fmt.Errorf("%d of %d datagrams arrived", total, len(conns))
+		}
+		return nil
+	})
 	return got
 }
 

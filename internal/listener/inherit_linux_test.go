@@ -49,8 +49,8 @@ func TestInheritInProcess(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].Name != "web" || got[0].Fd != first {
 		t.Fatalf("Inherit = %+v, %v", got, err)
 	}
-	if flags, _ := unix.FcntlInt(first, unix.F_GETFD, 0); flags&unix.FD_CLOEXEC == 0 {
-		t.Error("inherited descriptor was not made close-on-exec")
+	if flags, err := unix.FcntlInt(first, unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+		t.Errorf("inherited descriptor's flags %#x, %v: want FD_CLOEXEC", flags, err)
 	}
 	delete(vars, "LISTEN_FDNAMES")
 	if got, err := Inherit(env(vars), 42, first); err != nil || len(got) != 1 || got[0].Name != "" {

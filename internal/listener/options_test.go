@@ -32,7 +32,7 @@ func TestOptionsApply(t *testing.T) {
 					if diff := cmp.Diff(OptionError{Key: o.Key, Value: "\x01", Msg: oe.Msg}, *oe); diff != "" {
 						t.Errorf("the error's key and value (-want +got):\n%s", diff)
 					}
-					probe, _ := Parse(scheme + "://" + addr)
+					probe := mustParse(t, scheme+"://"+addr)
 					applies := o.applies(&probe)
 					if got := strings.Contains(oe.Msg, "does not apply to"); got == applies {
 						t.Errorf("option applies: %v, but the error is %q", applies, oe.Msg)
@@ -112,7 +112,7 @@ func TestOptionErrors(t *testing.T) {
 		})
 	}
 	var se *SpecError
-	a, _ := Parse("tcp://:1")
+	a := mustParse(t, "tcp://:1")
 	if err := CheckNames([]Spec{a, a}); !errors.As(err, &se) || se.Text != "" || !errors.Is(err, ErrSpec) {
 		t.Errorf("CheckNames of a duplicate = %v, want a *SpecError without text", err)
 	}

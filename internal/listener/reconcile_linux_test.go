@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // serving opens the groups of specs as the listeners serving now, closed
@@ -168,7 +170,7 @@ func TestReconcileFailureClosesWhatItBound(t *testing.T) {
 		{"held by another socket", fmt.Sprintf("other=tcp://127.0.0.1:%d", other.Port()), "listener other: listener other, slot 0: bind tcp"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := countFds(t)
+			before := batontest.NumFDs(t)
 			specs := []Spec{mustParse(t, "first=tcp://127.0.0.1:0"), mustParse(t, "second=udp://127.0.0.1:0"), mustParse(t, tc.spec)}
 			r, err := Reconcile(specs, current, 1)
 			if err == nil {
@@ -180,7 +182,7 @@ func TestReconcileFailureClosesWhatItBound(t *testing.T) {
 			if !errors.Is(err, unix.EADDRINUSE) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q; want EADDRINUSE and %q", err, tc.want)
 			}
-			if after := countFds(t); after != before {
+			if after := batontest.NumFDs(t); after != before {
 				t.Errorf("%d descriptors before, %d after the failed Reconcile: what it bound stays open", before, after)
 			}
 			if s := current[0].Sockets(); len(s) != 1 || s[0].Port() != port {
@@ -220,7 +222,7 @@ func TestApplyReportsWhatFailed(t *testing.T) {
 // bound, and its error is the bind's.
 func TestOpenAllIsAllOrNothing(t *testing.T) {
 	held := bind(t, "tcp://127.0.0.1:0")
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	specs := []Spec{mustParse(t, "a=tcp://127.0.0.1:0"), mustParse(t, "b=udp://127.0.0.1:0"), mustParse(t, fmt.Sprintf("c=tcp://127.0.0.1:%d", held.Port()))}
 	if gs, err := OpenAll(specs, 1); err == nil || !errors.Is(err, unix.EADDRINUSE) {
 		for _, g := range gs {
@@ -228,7 +230,7 @@ func TestOpenAllIsAllOrNothing(t *testing.T) {
 		}
 		t.Errorf("OpenAll with an address in use: %v; want EADDRINUSE", err)
 	}
-	if after := countFds(t); after != before {
+	if after := batontest.NumFDs(t); after != before {
 		t.Errorf("%d descriptors before, %d after the failed OpenAll", before, after)
 	}
 	gs, err := OpenAll(specs[:2], 3)

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 func mustParse(t *testing.T, s string) Spec {
@@ -41,9 +43,9 @@ func TestBindTCPPortZeroGetsRealPortAndAccepts(t *testing.T) {
 	if err != nil || flags&unix.O_NONBLOCK == 0 {
 		t.Errorf("socket flags %#x, %v: want O_NONBLOCK", flags, err)
 	}
-	fdflags, _ := unix.FcntlInt(uintptr(s.Fd()), unix.F_GETFD, 0)
-	if fdflags&unix.FD_CLOEXEC == 0 {
-		t.Errorf("socket is not close-on-exec")
+	fdflags, err := unix.FcntlInt(uintptr(s.Fd()), unix.F_GETFD, 0)
+	if err != nil || fdflags&unix.FD_CLOEXEC == 0 {
+		t.Errorf("descriptor flags %#x, %v: want FD_CLOEXEC", fdflags, err)
 	}
 	c, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
@@ -156,7 +158,7 @@ func TestBindPrivilegedPortHint(t *testing.T) {
 }
 
 func TestBindFailureLeaksNothing(t *testing.T) {
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	s := bind(t, "tcp://127.0.0.1:0")
 	for i := 0; i < 20; i++ {
 		if _, err := Bind(mustParse(t, fmt.Sprintf("tcp://127.0.0.1:%d", s.Port()))); err == nil {
@@ -164,16 +166,7 @@ func TestBindFailureLeaksNothing(t *testing.T) {
 		}
 	}
 	s.Close()
-	if after := countFds(t); after != before {
+	if after := batontest.NumFDs(t); after != before {
 		t.Errorf("%d descriptors before, %d after failed binds", before, after)
 	}
-}
-
-func countFds(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }

@@ -97,9 +97,9 @@ func TestParseErrors(t *testing.T) {
 }
 
 func TestCheckNames(t *testing.T) {
-	a, _ := Parse("tcp://:1")
-	b, _ := Parse("tcp://:2")
-	c, _ := Parse("other=tcp://:2")
+	a := mustParse(t, "tcp://:1")
+	b := mustParse(t, "tcp://:2")
+	c := mustParse(t, "other=tcp://:2")
 	if err := CheckNames([]Spec{a, c}); err != nil {
 		t.Errorf("distinct names: %v", err)
 	}

@@ -36,6 +36,11 @@ type Config struct {
 	// Interval, if positive, also splits the run into intervals of this
 	// length and counts what happened in each (Result.Series).
 	Interval time.Duration
+	// UnderWay, if not nil, is closed once every connection loop has had
+	// a complete answer, or when Run returns if some never had one: a
+	// test acts under the load, not before it has started. Run closes
+	// it, so it must be a new channel for each run.
+	UnderWay chan struct{}
 }
 
 // Result counts what happened.
@@ -170,19 +175,31 @@ func Run(ctx context.Context, cfg Config) *Result {
 	}
 	head := "GET " + cfg.Path + " HTTP/1.1\r\nHost: " + cfg.Addr + "\r\nUser-Agent: baton-loadgen\r\n"
 	reqKeepAlive, reqClose := []byte(head+"\r\n"), []byte(head+"Connection: close\r\n\r\n")
-	var wg sync.WaitGroup
+	var wg, first sync.WaitGroup
 	for i := 0; i < cfg.KeepAlive+cfg.Close; i++ {
 		keepAlive, req := i < cfg.KeepAlive, reqClose
 		if keepAlive {
 			req = reqKeepAlive
 		}
 		wg.Add(1)
+		first.Add(1)
+		answered := sync.OnceFunc(first.Done)
 		go func() {
 			defer wg.Done()
-			loop(ctx, cfg, c, req, keepAlive)
+			defer answered() // never answered: the run is over for it
+			loop(ctx, cfg, c, req, keepAlive, answered)
 		}()
 	}
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		first.Wait()
+		if cfg.UnderWay != nil {
+			close(cfg.UnderWay)
+		}
+	}()
 	wg.Wait()
+	<-closed // every loop has called answered: UnderWay is closed when Run returns
 	t := c.total.bucket()
 	r := &Result{
 		Requests: t.Requests, OK: t.OK,
@@ -206,7 +223,10 @@ func Run(ctx context.Context, cfg Config) *Result {
 	return r
 }
 
-func loop(ctx context.Context, cfg Config, c *counters, req []byte, keepAlive bool) {
+// loop sends requests on one connection (or a new one for each, without
+// keepAlive) until the run is over, and calls answered after each
+// complete answer.
+func loop(ctx context.Context, cfg Config, c *counters, req []byte, keepAlive bool, answered func()) {
 	var conn net.Conn
 	var br *bufio.Reader
 	defer func() {
@@ -258,6 +278,7 @@ func loop(ctx context.Context, cfg Config, c *counters, req []byte, keepAlive bo
 		}
 		now := time.Now()
 		c.add(kindRequest, now)
+		answered()
 		lat = append(lat, now.Sub(start))
 		if resp.StatusCode/100 == 2 {
 			c.add(kindOK, now)

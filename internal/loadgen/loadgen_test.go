@@ -2,12 +2,15 @@ package loadgen
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // sum adds up a series.
@@ -100,5 +103,62 @@ func TestNoSeriesWithoutInterval(t *testing.T) {
 	}
 	if r.Requests == 0 || r.Failed() != 0 {
 		t.Errorf("got %v, want answers and no failure", r)
+	}
+}
+
+// TestUnderWay: UnderWay stays open while a connection loop has had no
+// answer, closes once each has had one, and closes when a run ends with
+// loops that never had one.
+func TestUnderWay(t *testing.T) {
+	release := make(chan struct{})
+	var arrived atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Add(1)
+		<-release
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+
+	underWay := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan *Result, 1)
+	go func() {
+		ran <- Run(ctx, Config{Addr: srv.Listener.Addr().String(), KeepAlive: 2, Close: 2, Duration: time.Minute, UnderWay: underWay})
+	}()
+	batontest.WaitFor(t, 10*time.Second, func() error {
+		if n := arrived.Load(); n < 4 {
+			return fmt.Errorf("%d of the 4 loops' first requests arrived", n)
+		}
+		return nil
+	})
+	select {
+	case <-underWay:
+		t.Fatal("UnderWay closed before any answer")
+	default:
+	}
+	close(release)
+	select {
+	case <-underWay:
+	case <-time.After(10 * time.Second):
+		t.Fatal("UnderWay still open after every loop had an answer")
+	}
+	cancel()
+	if r := <-ran; r.OK < 4 {
+		t.Errorf("%d answers, want at least the 4 first ones", r.OK)
+	}
+
+	refused := make(chan struct{})
+	Run(context.Background(), Config{Addr: closedAddr(t), Close: 1, Duration: 100 * time.Millisecond, UnderWay: refused})
+	select {
+	case <-refused:
+	default:
+		t.Error("UnderWay still open after a run that never had an answer")
 	}
 }

@@ -33,16 +33,7 @@ type Server struct {
 func Listen(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		hint := ""
-		switch {
-		case errors.Is(err, syscall.EADDRINUSE):
-			hint = ": another process serves on it; choose another --metrics address"
-		case errors.Is(err, syscall.EACCES):
-			hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port such as 9100"
-		case errors.Is(err, syscall.EADDRNOTAVAIL):
-			hint = ": no interface of this host has that address"
-		}
-		return nil, fmt.Errorf("metrics: %w%s", err, hint)
+		return nil, listenError(addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", h)
@@ -64,6 +55,32 @@ func Listen(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 			ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		},
 	}, nil
+}
+
+// listenError says why the metrics address addr could not be bound, and
+// what to do: it names the flag, as the address comes from --metrics (or
+// the metrics key, which has the same name).
+func listenError(addr string, err error) error {
+	hint := ""
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		_, port, _ := net.SplitHostPort(addr)
+		hint = fmt.Sprintf(": another process serves on it; choose another --metrics address (ss -ltnp 'sport = :%s' names that process)", port)
+	case errors.Is(err, syscall.EACCES):
+		hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port such as 9100"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		hint = ": no interface of this host has that address; use 127.0.0.1, an address of this host (ip -brief address), or :PORT for every address"
+	default:
+		var dns *net.DNSError
+		var ae *net.AddrError
+		switch {
+		case errors.As(err, &dns):
+			hint = ": the host name does not resolve; give an IP address such as 127.0.0.1"
+		case errors.As(err, &ae):
+			hint = ": want HOST:PORT with a port from 0 to 65535, for example 127.0.0.1:9100"
+		}
+	}
+	return fmt.Errorf("--metrics %s: %w%s", addr, err, hint)
 }
 
 // Addr is the bound address, with the real port when addr said 0.

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -51,5 +52,36 @@ func TestServerBoundsConnections(t *testing.T) {
 	}
 	for _, c := range held[1:] {
 		c.Close()
+	}
+}
+
+// An address that cannot be bound is refused with the flag, the cause
+// and the fix.
+func TestListenErrorSaysTheFix(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	for _, tt := range []struct {
+		name, addr string
+		want       []string
+	}{
+		{"in use", held.Addr().String(), []string{"--metrics " + held.Addr().String(), "address already in use", "another process serves on it", "choose another --metrics address"}},
+		{"port out of range", "127.0.0.1:99999", []string{"--metrics 127.0.0.1:99999", "invalid port", "a port from 0 to 65535"}},
+		{"no such local address", "192.0.2.1:9100", []string{"cannot assign requested address", "no interface of this host has that address", "127.0.0.1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Listen(tt.addr, http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+			if err == nil {
+				s.Close()
+				t.Fatalf("Listen(%s) succeeded", tt.addr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Listen(%s): %v\nwant it to contain %q", tt.addr, err, w)
+				}
+			}
+		})
 	}
 }

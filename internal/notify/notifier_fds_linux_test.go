@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // manager is the receiving side of systemd's NOTIFY_SOCKET as systemd
@@ -29,6 +31,7 @@ func manager(t *testing.T) (*net.UnixConn, string) {
 // and the sender's credentials in one datagram, in order with the other
 // notifications, and the Notifier closes its copy once sent.
 func TestNotifierPassesDescriptors(t *testing.T) {
+	batontest.CheckLeaks(t)
 	conn, addr := manager(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,7 +45,7 @@ func TestNotifierPassesDescriptors(t *testing.T) {
 		unix.Fstat(int(fd), &st)
 		dup, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 	})
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	n := NewNotifier(addr, func(state string, err error) { t.Errorf("%q: %v", state, err) })
 	n.Notify("STATUS=first")
 	n.NotifyFds("FDSTORE=1\nFDNAME=http", []int{dup})
@@ -80,7 +83,7 @@ func TestNotifierPassesDescriptors(t *testing.T) {
 		}
 	}
 	n.Close(time.Second)
-	if after := countFds(t); after != before-1 {
+	if after := batontest.NumFDs(t); after != before-1 {
 		t.Errorf("descriptors: %d before the Notifier had the duplicate, %d after it sent it; want one fewer", before, after)
 	}
 }
@@ -89,6 +92,7 @@ func TestNotifierPassesDescriptors(t *testing.T) {
 // closed Notifier, a nil one, or one whose manager is gone are closed,
 // never leaked.
 func TestNotifierClosesDescriptorsItCannotSend(t *testing.T) {
+	batontest.CheckLeaks(t)
 	pipe := func() []int {
 		var p [2]int
 		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
@@ -96,7 +100,7 @@ func TestNotifierClosesDescriptorsItCannotSend(t *testing.T) {
 		}
 		return p[:]
 	}
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	var nilN *Notifier
 	nilN.NotifyFds("FDSTORE=1", pipe())
 
@@ -113,7 +117,7 @@ func TestNotifierClosesDescriptorsItCannotSend(t *testing.T) {
 		t.Fatal("a send to a socket nobody bound was not reported")
 	}
 	gone.Close(time.Second)
-	if after := countFds(t); after != before {
+	if after := batontest.NumFDs(t); after != before {
 		t.Errorf("descriptors: %d before, %d after; the Notifier leaked what it could not send", before, after)
 	}
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 func listen(t *testing.T) (*Server, chan Message) {
@@ -37,6 +39,7 @@ func recv(t *testing.T, got chan Message) Message {
 }
 
 func TestNotifyCarriesSenderPID(t *testing.T) {
+	batontest.CheckLeaks(t)
 	s, got := listen(t)
 	t.Setenv("NOTIFY_SOCKET", s.Addr())
 	if sent, err := Notify("READY=1\nSTATUS=serving 3 clients\nnot an assignment"); !sent || err != nil {
@@ -53,6 +56,7 @@ func TestNotifyCarriesSenderPID(t *testing.T) {
 }
 
 func TestNotifyWithoutSocket(t *testing.T) {
+	batontest.CheckLeaks(t)
 	t.Setenv("NOTIFY_SOCKET", "")
 	if sent, err := Notify("READY=1"); sent || err != nil {
 		t.Errorf("Notify without NOTIFY_SOCKET = %v, %v; want false, nil", sent, err)
@@ -60,8 +64,9 @@ func TestNotifyWithoutSocket(t *testing.T) {
 }
 
 func TestServerDropsOversizeAndClosesPassedFds(t *testing.T) {
+	batontest.CheckLeaks(t)
 	s, got := listen(t)
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -101,25 +106,18 @@ func TestServerDropsOversizeAndClosesPassedFds(t *testing.T) {
 		t.Errorf("got %v; the oversize datagram should have been dropped and this one delivered", m.Fields)
 	}
 	s.closer.Wait()
-	if after := countFds(t); after != before+1 { // +1: the client socket
+	if after := batontest.NumFDs(t); after != before+1 { // +1: the client socket
 		t.Errorf("descriptors: %d before, %d after; passed fds leaked", before, after)
 	}
 }
 
 func TestListenRefusesAPath(t *testing.T) {
+	batontest.CheckLeaks(t)
 	path := t.TempDir() + "/notify.sock"
 	if s, err := Listen(path); err == nil {
 		s.Close()
 		t.Fatalf("Listen(%s) succeeded; want an error: baton never makes a notify socket file", path)
 	}
-}
-
-func countFds(t *testing.T) int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 func FuzzParse(f *testing.F) {
@@ -138,6 +136,7 @@ func FuzzParse(f *testing.F) {
 // socket's queue; Notify still returns at once, what cannot wait is
 // reported, and Close gives up after its timeout.
 func TestNotifierNeverBlocks(t *testing.T) {
+	batontest.CheckLeaks(t)
 	addr := fmt.Sprintf("@baton-notifier-test-%d", os.Getpid())
 	mgr, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
 	if err != nil {
@@ -181,6 +180,7 @@ func TestNotifierNeverBlocks(t *testing.T) {
 }
 
 func TestNotifyAfterClose(t *testing.T) {
+	batontest.CheckLeaks(t)
 	n := NewNotifier("@baton-notifier-closed-test", func(string, error) {})
 	n.Close(time.Second)
 	n.Notify("READY=1") // a late READY=1 (a takeover's commit) must not panic
@@ -188,6 +188,7 @@ func TestNotifyAfterClose(t *testing.T) {
 }
 
 func TestNilNotifier(t *testing.T) {
+	batontest.CheckLeaks(t)
 	var n *Notifier = NewNotifier("", nil)
 	n.Notify("READY=1")
 	n.Flush(time.Second)

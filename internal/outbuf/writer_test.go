@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,50 +16,20 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // waitFor polls cond until it reports true, for at most 10 seconds, and
 // fails with its last detail. It waits for a state; it times nothing.
 func waitFor(tb testing.TB, what string, cond func() (bool, string)) {
 	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
-		ok, detail := cond()
-		if ok {
-			return
+	batontest.WaitFor(tb, 10*time.Second, func() error {
+		if ok, detail := cond(); !ok {
+			return fmt.Errorf("waiting for %s: last: %s", what, detail)
 		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("waiting for %s: gave up after 10s; last: %s", what, detail)
-		}
-		time.Sleep(delay)
-	}
-}
-
-// noLeak fails the test if, at its end, more goroutines or descriptors
-// remain than at its start.
-func noLeak(t *testing.T) {
-	t.Helper()
-	// The runtime's poller (an epoll and an eventfd) opens with the first
-	// pipe and stays: not a leak of the test's.
-	if r, w, err := os.Pipe(); err == nil {
-		r.Close()
-		w.Close()
-	}
-	gs, fds := runtime.NumGoroutine(), countFDs(t)
-	t.Cleanup(func() {
-		waitFor(t, "goroutines and descriptors back to the start's", func() (bool, string) {
-			g, f := runtime.NumGoroutine(), countFDs(t)
-			return g <= gs && f <= fds, fmt.Sprintf("%d goroutines (%d at the start), %d fds (%d)", g, gs, f, fds)
-		})
+		return nil
 	})
-}
-
-func countFDs(t *testing.T) int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skipf("counting descriptors: %v", err)
-	}
-	return len(ents)
 }
 
 // smallPipe is a pipe whose buffer is one page, so that a reader that
@@ -82,7 +51,7 @@ func smallPipe(t *testing.T) (r, w *os.File) {
 // once the reader reads, the notice comes first, then the lines written
 // after the drops: every line written is either read whole or counted.
 func TestNeverBlocksAndReportsDrops(t *testing.T) {
-	noLeak(t)
+	batontest.CheckLeaks(t)
 	r, wf := smallPipe(t)
 	defer r.Close()
 	defer wf.Close()
@@ -182,7 +151,7 @@ func TestNeverBlocksAndReportsDrops(t *testing.T) {
 // would fit is dropped too, until a write ends: one gap, one notice, and
 // the notice comes when writing works again.
 func TestStallDropsShortLines(t *testing.T) {
-	noLeak(t)
+	batontest.CheckLeaks(t)
 	r, wf := smallPipe(t)
 	defer r.Close()
 	defer wf.Close()
@@ -235,7 +204,7 @@ func fillPipe(t *testing.T, w *os.File) int {
 // TestCloseGivesUpOnAStoppedReader: Close waits at most its timeout, and
 // the writing goroutine ends once its write does.
 func TestCloseGivesUpOnAStoppedReader(t *testing.T) {
-	noLeak(t)
+	batontest.CheckLeaks(t)
 	r, wf := smallPipe(t)
 	defer wf.Close()
 	w := New("stderr", wf, Options{})
@@ -264,7 +233,7 @@ func TestCloseGivesUpOnAStoppedReader(t *testing.T) {
 // after a backoff, not at every line; the lines are counted, and when a
 // reader comes back the notice names the error.
 func TestWriteErrorBacksOff(t *testing.T) {
-	noLeak(t)
+	batontest.CheckLeaks(t)
 	fifo := filepath.Join(t.TempDir(), "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Skipf("mkfifo: %v", err)
@@ -451,7 +420,7 @@ func BenchmarkWrite(b *testing.B) {
 // TestAlias: an alias writes into the same buffer, in order, and only its
 // File differs.
 func TestAlias(t *testing.T) {
-	noLeak(t)
+	batontest.CheckLeaks(t)
 	r, wf := smallPipe(t)
 	defer r.Close()
 	defer wf.Close()
@@ -478,7 +447,7 @@ func TestAlias(t *testing.T) {
 // TestLineLargerThanTheBuffer: a line that can never fit is dropped and
 // reported, and does not stall the lines after it.
 func TestLineLargerThanTheBuffer(t *testing.T) {
-	noLeak(t)
+	batontest.CheckLeaks(t)
 	r, wf := smallPipe(t)
 	defer r.Close()
 	defer wf.Close()

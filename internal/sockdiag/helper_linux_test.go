@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // The test binary doubles as the child processes the tests need (STYLE.md
@@ -39,11 +41,10 @@ func runHelper(mode, arg string) int {
 		io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
 	}()
-	go func() {
-		time.Sleep(helperTimeout)
+	time.AfterFunc(helperTimeout, func() {
 		fmt.Fprintln(os.Stderr, "helper: timed out")
 		os.Exit(3)
-	}()
+	})
 	var err error
 	switch mode {
 	case "idle":
@@ -204,17 +205,12 @@ func (h *helper) stop() {
 // this waits for a state, it does not time anything.
 func waitFor(tb testing.TB, what string, cond func() (bool, string)) {
 	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
+	batontest.WaitFor(tb, 10*time.Second, func() error {
+		if ok, detail := cond(); !ok {
+			return fmt.Errorf("waiting for %s: last: %s", what, detail)
 		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("waiting for %s: gave up after 10s; last: %s", what, detail)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func dial(tb testing.TB) *Conn {
@@ -376,15 +372,18 @@ func peerPorts(conns []net.Conn) map[uint16]bool {
 	return ports
 }
 
-// ours keeps the test's own sockets on a port: its listener and the
-// connections whose peer is one of the test's clients. A port picked by
-// bind(port 0) may still carry TIME-WAIT sockets of an earlier
-// connection (SO_REUSEADDR lets bind take such a port), so a count of
-// the whole port would also count sockets that are not the test's.
-func ours(socks []Socket, peers map[uint16]bool) []Socket {
+// ours keeps the test's own sockets on a port: those at local, its
+// listener's address, that are the listener or a connection whose peer is
+// one of the test's clients. A port picked by bind(port 0) may still carry
+// TIME-WAIT sockets of an earlier connection (SO_REUSEADDR lets bind take
+// such a port), and another address may have a listener of its own on the
+// same port number ([::1] beside 127.0.0.1, from a test running in
+// parallel), so a count of the whole port would also count sockets that
+// are not the test's.
+func ours(socks []Socket, local netip.AddrPort, peers map[uint16]bool) []Socket {
 	var kept []Socket
 	for _, s := range socks {
-		if s.State == Listen || peers[s.Remote.Port()] {
+		if s.Local == local && (s.State == Listen || peers[s.Remote.Port()]) {
 			kept = append(kept, s)
 		}
 	}
@@ -392,9 +391,12 @@ func ours(socks []Socket, peers map[uint16]bool) []Socket {
 }
 
 // ssOurs is ours for the lines of ss -tan: state, queues, local, peer.
-func ssOurs(lines [][]string, peers map[uint16]bool) [][]string {
+func ssOurs(lines [][]string, local netip.AddrPort, peers map[uint16]bool) [][]string {
 	var kept [][]string
 	for _, f := range lines {
+		if l, err := netip.ParseAddrPort(f[3]); err != nil || l != local {
+			continue
+		}
 		peer := f[4]
 		p, err := strconv.ParseUint(peer[strings.LastIndexByte(peer, ':')+1:], 10, 16)
 		if f[0] == "LISTEN" || err == nil && peers[uint16(p)] {

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/sockdiag"
 )
 
@@ -273,7 +274,7 @@ func TestMountDevIsStatDevHere(t *testing.T) {
 }
 
 func TestOpenPathLeaksNothing(t *testing.T) {
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	dir := t.TempDir()
 	fd, path := bound(t, dir, "s.sock")
 	for range 20 {
@@ -292,18 +293,9 @@ func TestOpenPathLeaksNothing(t *testing.T) {
 			t.Fatal("verified nothing")
 		}
 	}
-	if after := countFds(t); after != before+1 { // the bound socket
+	if after := batontest.NumFDs(t); after != before+1 { // the bound socket
 		t.Errorf("%d descriptors before, %d after (one socket)", before, after)
 	}
-}
-
-func countFds(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // TestVerifyWithoutUnixDiag: a kernel that cannot say which file a socket

@@ -2,6 +2,7 @@ package spawn
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 func TestParseStat(t *testing.T) {
@@ -106,34 +109,30 @@ func TestOrphansComeToTheSubreaper(t *testing.T) {
 		t.Fatalf("no pid from the shell: %q", buf[:n])
 	}
 	<-exited
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		info, err := ReadProc(orphan)
-		if err != nil {
-			t.Fatal(err)
+	var info ProcInfo
+	batontest.WaitFor(t, 10*time.Second, func() error {
+		if info, err = ReadProc(orphan); err != nil {
+			return batontest.Stop(err)
 		}
-		if info.PPID == os.Getpid() {
-			if info.PGID != p.Pid {
-				t.Errorf("orphan's process group %d; want its worker's, %d", info.PGID, p.Pid)
-			}
-			if spawner.Started(orphan) {
-				t.Errorf("Started(%d) = true for an orphan the Spawner did not start", orphan)
-			}
-			h, err := Open(info)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Close()
-			h.Signal(syscall.SIGKILL)
-			if !WaitExit([]*Handle{h}, time.Now().Add(10*time.Second), nil) {
-				t.Errorf("the orphan did not exit on SIGKILL")
-			}
-			return
+		if info.PPID != os.Getpid() {
+			return fmt.Errorf("orphan %d has parent %d, not this process (%d): not a subreaper", orphan, info.PPID, os.Getpid())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("orphan %d has parent %d, not this process (%d): not a subreaper", orphan, info.PPID, os.Getpid())
-		}
-		time.Sleep(5 * time.Millisecond)
+		return nil
+	})
+	if info.PGID != p.Pid {
+		t.Errorf("orphan's process group %d; want its worker's, %d", info.PGID, p.Pid)
+	}
+	if spawner.Started(orphan) {
+		t.Errorf("Started(%d) = true for an orphan the Spawner did not start", orphan)
+	}
+	h, err := Open(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	h.Signal(syscall.SIGKILL)
+	if !WaitExit([]*Handle{h}, time.Now().Add(10*time.Second), nil) {
+		t.Errorf("the orphan did not exit on SIGKILL")
 	}
 }
 

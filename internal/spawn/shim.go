@@ -141,6 +141,9 @@ func RunShim() {
 			fail(126, "%v", err)
 		}
 	}
+	if err := blockingFd0(); err != nil {
+		fail(126, "%v", err)
+	}
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "BATON_INTERNAL_") || strings.HasPrefix(kv, "LISTEN_PID=") {
@@ -157,6 +160,25 @@ func RunShim() {
 		code = 127
 	}
 	fail(code, "exec %s: %v", path, err)
+}
+
+// blockingFd0 makes fd 0 blocking when it is a listening socket (--fd0):
+// the FastCGI convention, in which programs such as php-cgi and those
+// built on libfcgi block in accept(2) on it and take EAGAIN for an error
+// to exit on, as spawn-fcgi and web servers hand them a blocking socket.
+// baton's listeners are non-blocking, and the flag belongs to the open
+// file description: this makes the listener blocking for every process
+// that holds it, which is right for the FastCGI programs that do, and
+// costs baton nothing (it never accepts on it). Anything else on fd 0
+// (/dev/null) is left as it is.
+func blockingFd0() error {
+	if v, err := unix.GetsockoptInt(0, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || v == 0 {
+		return nil
+	}
+	if err := unix.SetNonblock(0, false); err != nil {
+		return fmt.Errorf("making the --fd0 listener blocking: %w", os.NewSyscallError("fcntl", err))
+	}
+	return nil
 }
 
 // dropPrivileges sets the supplementary groups, the group and the user, in

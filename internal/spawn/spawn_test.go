@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -107,5 +108,54 @@ func TestSignalReachesProcess(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("sleep did not exit on SIGTERM")
+	}
+}
+
+// A listening socket on fd 0 (--fd0, the FastCGI convention) reaches the
+// command blocking, as spawn-fcgi hands it to php-cgi: baton's
+// listeners are non-blocking, and php-cgi exits at the first EAGAIN.
+func TestShimMakesListenerOnFd0Blocking(t *testing.T) {
+	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ln)
+	if err := unix.Bind(ln, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(ln, 8); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	exited := make(chan Exit, 1)
+	// fdinfo's flags are octal; O_NONBLOCK is 04000.
+	argv := []string{"/bin/sh", "-c", "grep ^flags: /proc/self/fdinfo/0"}
+	_, err = spawner.Start(Spec{Path: argv[0], Args: argv, Env: []string{"PATH=/usr/bin:/bin"}, Files: []int{ln, int(w.Fd()), int(w.Fd())}, Pdeathsig: syscall.SIGTERM},
+		func(e Exit) { exited <- e })
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(r)
+	select {
+	case <-exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no exit within 20s")
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 {
+		t.Fatalf("fdinfo of fd 0: %q", out)
+	}
+	flags, err := strconv.ParseUint(f[1], 8, 64)
+	if err != nil || flags&unix.O_NONBLOCK != 0 {
+		t.Errorf("fd 0 in the command has flags %s: want O_NONBLOCK (04000) clear", f[1])
+	}
+	// And with /dev/null on fd 0 the shim changes nothing.
+	if out, e := start(t, []string{"PATH=/usr/bin:/bin"}, nil, "/bin/sh", "-c", "grep ^flags: /proc/self/fdinfo/0"); e.Status.ExitStatus() != 0 {
+		t.Errorf("with /dev/null on fd 0: %v %q", e.Status, out)
 	}
 }

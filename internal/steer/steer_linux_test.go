@@ -2,11 +2,14 @@ package steer
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 // newGroup loads a group or skips the test with the reason.
@@ -101,18 +104,18 @@ func sendAll(t *testing.T, ps []*net.UDPConn, fds ...int) []int {
 		}
 	}
 	got := make([]int, len(fds))
-	deadline := time.Now().Add(10 * time.Second)
-	for total := 0; total < len(ps); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d datagrams arrived within 10s: %v", total, len(ps), got)
-		}
+	total := 0
+	batontest.WaitFor(t, 10*time.Second, func() error {
 		for i, fd := range fds {
 			n, _ := drain(fd)
 			got[i] += n
 			total += n
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		if total < len(ps) {
+			return fmt.Errorf("%d of %d datagrams arrived: %v", total, len(ps), got)
+		}
+		return nil
+	})
 	return got
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/spawn"
 )
@@ -96,20 +97,18 @@ func runSupervisor(t *testing.T, cfg Config) *testRun {
 // and returns that status.
 func (r *testRun) waitStatus(t *testing.T, what string, cond func(Status) bool) Status {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		st, ok := r.Status()
-		if !ok {
-			t.Fatalf("waiting for %s: the supervisor has ended", what)
+	var st Status
+	batontest.WaitFor(t, 20*time.Second, func() error {
+		var ok bool
+		if st, ok = r.Status(); !ok {
+			return batontest.Stop(fmt.Errorf("waiting for %s: the supervisor has ended", what))
 		}
-		if cond(st) {
-			return st
+		if !cond(st) {
+			return fmt.Errorf("waiting for %s: last status: %+v", what, st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: gave up after 20s; last status: %+v", what, st)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
+	return st
 }
 
 // readyWorkers counts the ready workers of the serving generation.
@@ -247,18 +246,15 @@ func workerPIDsOf(st Status) []int {
 // readPID waits for a worker script to write a pid to path.
 func readPID(t *testing.T, path string) int {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	var pid int
+	batontest.WaitFor(t, 20*time.Second, func() error {
 		b, err := os.ReadFile(path)
-		var pid int
 		if _, serr := fmt.Sscan(string(b), &pid); err == nil && serr == nil && pid > 0 {
-			return pid
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no pid in %s within 20s", path)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return fmt.Errorf("no pid in %s (%q, %v)", path, b, err)
+	})
+	return pid
 }
 
 // alive reports whether pid runs (a zombie does not).
@@ -271,29 +267,24 @@ func alive(pid int) bool {
 // into the working directory and executed it.
 func waitExec(t *testing.T, pid int, comm string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	batontest.WaitFor(t, 20*time.Second, func() error {
 		p, err := spawn.ReadProc(pid)
 		if err == nil && p.Comm == comm {
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d does not run %s after 20s (%+v, %v)", pid, comm, p, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return fmt.Errorf("pid %d does not run %s (%+v, %v)", pid, comm, p, err)
+	})
 }
 
 // waitGone waits until pid no longer runs.
 func waitGone(t *testing.T, pid int, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d still runs after %s", pid, within)
+	batontest.WaitFor(t, within, func() error {
+		if alive(pid) {
+			return fmt.Errorf("pid %d still runs", pid)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // stopAndWait stops the supervisor and waits for Run to return.
@@ -318,6 +309,7 @@ func TestStopEndsWhatTheWorkerLeft(t *testing.T) {
 	r := runSupervisor(t, cfg)
 	r.waitStatus(t, "the worker to be ready", func(st Status) bool { return readyWorkers(st) == 1 })
 	child := readPID(t, pidFile)
+	waitExec(t, child, "sleep") // not still a copy of the shell, which baton would name sh
 	r.stopAndWait(t)
 	if alive(child) {
 		syscall.Kill(child, syscall.SIGKILL)
@@ -359,7 +351,11 @@ func TestLeftoverKilledAtDrainDeadline(t *testing.T) {
 func TestCrashLeftoversEnded(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "child")
-	script := `if [ ! -e ` + pidFile + ` ]; then sleep 60 & echo $! > ` + pidFile + `; exit 3; fi; exec sleep 60`
+	// The first worker leaves a child and exits once the child runs sleep
+	// (before that it is a copy of the shell, and baton names it "sh").
+	script := `if [ ! -e ` + pidFile + ` ]; then sleep 60 & ` +
+		`while [ "$(cat /proc/$!/comm 2>/dev/null)" != sleep ]; do :; done; ` +
+		`echo $! > ` + pidFile + `; exit 3; fi; exec sleep 60`
 	r := runSupervisor(t, shellConfig(1, script))
 	child := readPID(t, pidFile)
 	waitGone(t, child, 10*time.Second)

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/outbuf"
 )
 
@@ -13,14 +16,33 @@ import (
 // whose file nobody reads never wait; status counts what was dropped,
 // and says when stdout and stderr share one buffer.
 func TestWorkerOutputNeverBlocks(t *testing.T) {
+	batontest.CheckLeaks(t)
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	defer w.Close()
+	// A one-page pipe: the writer's first batch past it blocks for good,
+	// so the drops stay pending (DroppingSince) instead of going into a
+	// notice, as they may when a batch happens to fill a 64 KiB pipe
+	// exactly and the writer finds its buffer empty.
+	raw, err := w.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) { _, err = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 4096) })
+	if err != nil {
+		t.Fatalf("F_SETPIPE_SZ: %v", err)
+	}
 	out := outbuf.New("stdout and stderr", w, outbuf.Options{Limit: 64 << 10})
-	defer out.Close(0)
+	t.Cleanup(func() {
+		// The writer writes to w's descriptor by its number: its
+		// goroutine must end before w is closed, or it writes to
+		// whatever reuses the number (the next test's pipe). Closing
+		// the read end fails its write (EPIPE), and Close waits for it.
+		r.Close()
+		out.Close(10 * time.Second)
+		w.Close()
+	})
 	s := &Supervisor{opts: Options{Stdout: out.Alias(os.Stdout), Stderr: out}}
 	s.stdout = &sink{w: s.opts.Stdout}
 

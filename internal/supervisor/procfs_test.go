@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -9,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/baton-dev/baton/internal/batontest"
 )
 
 func TestParseProcStat(t *testing.T) {
@@ -127,14 +131,13 @@ func TestReadProcSample(t *testing.T) {
 			// The shell sets its traps, then execs: wait for what it ends
 			// up as.
 			var got procSample
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				got, err = readProcSample(cmd.Process.Pid, syscall.SIGTERM)
-				if err == nil && got.Signal == tt.want || time.Now().After(deadline) {
-					break
+			// Not so in time: the check below says what was seen.
+			batontest.Wait(10*time.Second, func() error {
+				if got, err = readProcSample(cmd.Process.Pid, syscall.SIGTERM); err == nil && got.Signal != tt.want {
+					return fmt.Errorf("SIGTERM %v", got.Signal)
 				}
-				time.Sleep(5 * time.Millisecond)
-			}
+				return err
+			})
 			if err != nil || got.Signal != tt.want {
 				t.Errorf("%s: %v, %v; want SIGTERM %v", tt.script, got.Signal, err, tt.want)
 			}
@@ -240,10 +243,16 @@ func TestHeirHandles(t *testing.T) {
 	if err != nil {
 		t.Skip("needs python3 for a child that catches SIGTERM")
 	}
-	start := func(t *testing.T, script string) int {
+	// start runs script in a shell of its own process group, and returns
+	// its pid and its output.
+	start := func(t *testing.T, script string) (int, *bufio.Reader) {
 		t.Helper()
 		cmd := exec.Command("/bin/sh", "-c", script+"; :") // ": " keeps sh from exec'ing
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -251,21 +260,36 @@ func TestHeirHandles(t *testing.T) {
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			cmd.Wait()
 		})
-		return cmd.Process.Pid
+		return cmd.Process.Pid, bufio.NewReader(out)
 	}
-	catching := start(t, py+` -c "import signal,time; signal.signal(signal.SIGTERM, lambda *a: None); print(flush=True); time.sleep(30)"`)
-	deadline := time.Now().Add(10 * time.Second)
-	for !heirHandles(catching, syscall.SIGTERM) {
-		if time.Now().After(deadline) {
-			t.Fatal("the shell's child that catches SIGTERM was not found within 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	catching, out := start(t, py+` -c "import signal,time; signal.signal(signal.SIGTERM, lambda *a: None); print(flush=True); time.sleep(30)"`)
+	// The child prints its line once it catches SIGTERM. (Before, the
+	// shell's forked copy blocks every signal for an instant, which
+	// heirHandles counts too: a wait for heirHandles alone could end
+	// there, and the child then does not catch SIGTERM yet.)
+	if _, err := out.ReadString('\n'); err != nil {
+		t.Fatalf("the shell's child that catches SIGTERM: %v", err)
+	}
+	if !heirHandles(catching, syscall.SIGTERM) {
+		t.Error("the shell's child that catches SIGTERM was not found")
 	}
 	if got, err := readProcSample(catching, syscall.SIGTERM); err != nil || got.Signal != sigPassed {
 		t.Errorf("readProcSample of the wrapper: %v, %v; want %v", got.Signal, err, sigPassed)
 	}
-	plain := start(t, "sleep 30")
-	time.Sleep(200 * time.Millisecond) // the child has had time to start: it must still not count
+	plain, _ := start(t, "sleep 30")
+	// The shell's child runs sleep: it must still not count.
+	batontest.WaitFor(t, 10*time.Second, func() error {
+		kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", plain, plain))
+		if err != nil {
+			return batontest.Stop(err)
+		}
+		for _, k := range strings.Fields(string(kids)) {
+			if comm, err := os.ReadFile("/proc/" + k + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "sleep" {
+				return nil
+			}
+		}
+		return fmt.Errorf("the shell's children %q do not run sleep yet", kids)
+	})
 	if heirHandles(plain, syscall.SIGTERM) {
 		t.Error("a child that does not catch SIGTERM was taken for one that does")
 	}

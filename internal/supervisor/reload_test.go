@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/listener"
 )
 
@@ -88,18 +90,14 @@ func TestPrepareDeadline(t *testing.T) {
 
 	close(release)
 	addr := <-bound
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	batontest.WaitFor(t, 10*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
-			break // closed: the late plan was discarded
+			return nil // closed: the late plan was discarded
 		}
 		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("the listener of the plan that came after the deadline (%s) is still open", addr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("the listener of the plan that came after the deadline (%s) is still open", addr)
+	})
 	var gen int
 	var st stats
 	var preparing bool

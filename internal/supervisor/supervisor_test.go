@@ -183,14 +183,3 @@ func TestParentPID(t *testing.T) {
 		t.Errorf("parentPID(no such pid) = %d", got)
 	}
 }
-
-func TestDurationJSON(t *testing.T) {
-	b, _ := Duration(1500 * time.Millisecond).MarshalJSON()
-	var d Duration
-	if err := d.UnmarshalJSON(b); err != nil || string(b) != "1.500" || d != Duration(1500*time.Millisecond) {
-		t.Errorf("round trip: %s, %v, %v", b, d, err)
-	}
-	if diff := cmp.Diff("1.500", string(b)); diff != "" {
-		t.Error(diff)
-	}
-}

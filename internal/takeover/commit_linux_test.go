@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/baton-dev/baton/internal/api"
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
 
@@ -113,7 +114,7 @@ func TestCommitWhenReady(t *testing.T) {
 // own timer), and workers ready later commit nothing.
 func TestCommitWhenReadyGivesUp(t *testing.T) {
 	socks := listeners(t, 2)
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	path, _, gave := timedGiver(t, socks)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -148,7 +149,7 @@ func TestCommitWhenReadyGivesUp(t *testing.T) {
 		t.Errorf("committed (%v) after giving up", err)
 	default:
 	}
-	if after := countFds(t); after > before {
+	if after := batontest.NumFDs(t); after > before {
 		t.Errorf("%d descriptors before the takeover, %d after it gave up: the received sockets stay open", before, after)
 	}
 	if taken.OldPID != os.Getpid() {

@@ -13,17 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/api"
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/fdpass"
 )
-
-func countFds(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
 
 // giver serves one takeover request on a unix socket, as baton's control
 // socket would, and reports Give's outcome.
@@ -83,7 +75,7 @@ func listeners(t *testing.T, n int) []Socket {
 }
 
 func TestTakeCommit(t *testing.T) {
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	socks := listeners(t, 3)
 	path, gave := giver(t, socks)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -114,7 +106,7 @@ func TestTakeCommit(t *testing.T) {
 	for _, s := range socks {
 		unix.Close(s.Fd)
 	}
-	if after := countFds(t); after > before {
+	if after := batontest.NumFDs(t); after > before {
 		t.Errorf("%d descriptors before, %d after", before, after)
 	}
 }
@@ -152,7 +144,7 @@ func TestTakeAbortAndVanish(t *testing.T) {
 	for _, how := range []string{"abort", "vanish"} {
 		t.Run(how, func(t *testing.T) {
 			socks := listeners(t, 2)
-			before := countFds(t)
+			before := batontest.NumFDs(t)
 			path, gave := giver(t, socks)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -178,7 +170,7 @@ func TestTakeAbortAndVanish(t *testing.T) {
 			if how == "abort" && err != nil && !strings.Contains(err.Error(), "does not match") {
 				t.Errorf("the reason did not reach the old instance: %v", err)
 			}
-			if after := countFds(t); after > before {
+			if after := batontest.NumFDs(t); after > before {
 				t.Errorf("%d descriptors before, %d after", before, after)
 			}
 		})

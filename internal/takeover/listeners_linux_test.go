@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/listener"
 )
 
@@ -149,7 +150,7 @@ func TestListenersMismatch(t *testing.T) {
 		{"port", "web=tcp://127.0.0.1:1", fmt.Sprintf("is bound to port %d, want 1", port)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := countFds(t)
+			before := batontest.NumFDs(t)
 			other := held(t, "other=tcp://127.0.0.1:0", 1)
 			tk := received(t, other, web)
 			// other is adopted first, then web fails: both are closed.
@@ -159,7 +160,7 @@ func TestListenersMismatch(t *testing.T) {
 			}
 			tk.Abort("mismatch")
 			other.Close()
-			if after := countFds(t); after != before {
+			if after := batontest.NumFDs(t); after != before {
 				t.Errorf("%d descriptors before, %d after the refused takeover", before, after)
 			}
 			if len(web.Sockets()) != 1 {

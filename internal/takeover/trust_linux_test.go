@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 )
 
@@ -57,7 +58,7 @@ func TestTakeRefusesInstanceOfAnotherUser(t *testing.T) {
 	if !lines.Scan() || lines.Text() != "ready" {
 		t.Skipf("the fake baton as uid %d did not start: %q", nobody, lines.Text())
 	}
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	taken, err := Take(ctx, path, WindowFor(0))
 	if err == nil {
 		taken.Abort("test")
@@ -70,7 +71,7 @@ func TestTakeRefusesInstanceOfAnotherUser(t *testing.T) {
 	if !lines.Scan() || lines.Text() != "got 0 bytes" {
 		t.Errorf("the fake baton reports %q; want it sent nothing", lines.Text())
 	}
-	if after := countFds(t); after != before {
+	if after := batontest.NumFDs(t); after != before {
 		t.Errorf("%d descriptors before the refused Take, %d after", before, after)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/pathtrust"
 	"github.com/baton-dev/baton/internal/spawn"
 )
@@ -226,14 +227,14 @@ func TestPreflightOfBinTrue(t *testing.T) {
 // have closed.
 func TestPreflightSeesHeldDescriptors(t *testing.T) {
 	t.Setenv(childEnv, "baton")
-	before := countFds(t)
+	before := batontest.NumFDs(t)
 	t.Run("closed originals", func(t *testing.T) {
 		if err := preflightOf(t, self(t), true); err != nil {
 			t.Fatalf("Preflight with the originals closed: %v", err)
 		}
 	})
 	// Everything of the pre-flight is closed, the test's own too.
-	if after := countFds(t); after > before {
+	if after := batontest.NumFDs(t); after > before {
 		t.Errorf("%d descriptors open after the pre-flight, %d before", after, before)
 	}
 }
@@ -397,14 +398,4 @@ func TestPreflightCancelled(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrNotBaton) {
 		t.Errorf("Preflight cancelled: %v; want it to say it was cancelled", err)
 	}
-}
-
-// countFds counts this process's open descriptors.
-func countFds(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
