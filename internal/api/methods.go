@@ -30,7 +30,7 @@ const (
 )
 
 // Methods lists every method of the control socket.
-var Methods = []string{MethodStatus, MethodReload, MethodScale, MethodUpgrade, MethodTakeover, MethodStop}
+var Methods = []string{MethodStatus, MethodReload, MethodScale, MethodUpgrade, MethodTakeover, MethodStop, MethodLogs}
 
 // StatusParams are the params of MethodStatus.
 type StatusParams struct {

@@ -109,6 +109,7 @@ reload swaps worker generations without one refused or reset connection.
   baton reload          # start a new generation, drain the old one
   baton status          # listeners, workers and the kernel's view of them
   baton top             # the same, refreshing
+  baton logs -f         # the workers' output and baton's log, following
   baton stop            # drain every worker and exit`,
 		Version:       versionLine(),
 		SilenceUsage:  true,
@@ -125,7 +126,7 @@ reload swaps worker generations without one refused or reset connection.
 	root.SuggestionsMinimumDistance = 2
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(flagError)
-	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newStopCmd(), newDemoCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newCheckCmd(), newReloadCmd(), newScaleCmd(), newUpgradeCmd(), newStatusCmd(), newTopCmd(), newLogsCmd(), newStopCmd(), newDemoCmd(), newVersionCmd())
 	root.SetHelpCommand(newHelpCmd(root))
 	// `baton completion bash|zsh|fish` is cobra's, listed in the help;
 	// gen-man (hidden) writes the manual pages (docs.go).

@@ -32,7 +32,7 @@ func TestUsage(t *testing.T) {
 		code int
 		want []string // in stderr (exit 2) or stdout (exit 0)
 	}{
-		{"unknown command", []string{"frobnicate"}, 2, []string{`unknown command "frobnicate"`, "the commands are check, completion, demo, reload, run", "baton --help"}},
+		{"unknown command", []string{"frobnicate"}, 2, []string{`unknown command "frobnicate"`, "the commands are check, completion, demo, logs, reload, run", "baton --help"}},
 		{"misspelt command", []string{"stauts"}, 2, []string{`unknown command "stauts": did you mean status?`}},
 		{"no command", nil, 2, []string{"Available Commands:", "missing command"}},
 		{"help for no such command", []string{"help", "frobnicate"}, 2, []string{`help "frobnicate": no such command`, "the commands are"}},

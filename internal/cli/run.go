@@ -2,7 +2,10 @@ package cli
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -10,11 +13,13 @@ import (
 	"github.com/baton-dev/baton/internal/config"
 	"github.com/baton-dev/baton/internal/instance"
 	"github.com/baton-dev/baton/internal/upgrade"
+	"github.com/baton-dev/baton/internal/watch"
 )
 
 func newRunCmd() *cobra.Command {
 	var flags config.Settings
 	var configPath, takeoverPath string
+	var w watchFlags
 	c := &cobra.Command{
 		Use:   "run [flags] [--config FILE] -- COMMAND [ARGS...]",
 		Short: "Bind the listeners and run N workers of COMMAND on them",
@@ -41,6 +46,14 @@ exponential backoff (100ms doubling to 30s). When a worker exits, what it
 started and left running gets its stop signal, and SIGKILL at its drain
 deadline. If baton dies, every worker receives the stop signal.
 
+--watch PATH (repeatable) reloads when PATH changes and then stays unchanged
+for --watch-settle (500ms): the workers' binary, the config file, a
+` + "`current`" + ` symlink a deploy swings. A burst of changes is one reload, at most
+one per settle time; a change whose reload fails (a config that does not
+validate) changes nothing and logs a warning. Whoever can write PATH's
+directory can trigger reloads: watch paths in directories only root can
+write (docs/logs.md).
+
 Signals:
 ` + signalHelp(),
 		Example: `  baton run -l http=tcp://127.0.0.1:8080 -n 2 --ready notify -- ./server
@@ -48,12 +61,20 @@ Signals:
   baton run -l tcp://:9000 --fd0 tcp -- ./fastcgi-app
   baton run -l web=tcp://:80 -l 'admin=unix:///run/app/admin.sock?mode=0660' \
       --user www-data -- python3 app.py`,
-		RunE: func(c *cobra.Command, args []string) error { return run(c, configPath, takeoverPath, &flags, args) },
+		RunE: func(c *cobra.Command, args []string) error {
+			paths, err := w.check()
+			if err != nil {
+				return err
+			}
+			return run(c, configPath, takeoverPath, &flags, args, paths, w.settle)
+		},
 	}
 	fl := c.Flags()
 	fl.SetInterspersed(false)
 	fl.StringVarP(&configPath, "config", "c", "", "read the settings from this TOML file; flags given on the command line override it")
 	fl.StringVar(&takeoverPath, "takeover", "", "take the listeners over from the baton whose control socket is PATH; it drains and exits once these workers are ready")
+	fl.StringArrayVar(&w.paths, "watch", nil, "reload when this file (binary, config, symlink) changes and stays unchanged for --watch-settle; repeatable")
+	fl.DurationVar(&w.settle, "watch-settle", watch.DefaultSettle, "how long a watched file must stay unchanged before the reload; also the least time between two such reloads")
 	config.Register(fl, &flags)
 	return c
 }
@@ -99,7 +120,7 @@ func checkListeners(r *config.Resolved) error {
 // run is `baton run`: the configuration read and checked, then a
 // pre-flight (when a running baton checks this binary before an upgrade),
 // or baton itself (internal/instance).
-func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settings, args []string) error {
+func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settings, args, watchPaths []string, settle time.Duration) error {
 	loadConfig := func() (*config.Resolved, error) { return load(configPath, flags, c.Flags(), args) }
 	// A previous baton may have re-executed itself as this binary (an
 	// upgrade), or runs it to check that it could (the pre-flight).
@@ -127,9 +148,38 @@ func run(c *cobra.Command, configPath, takeoverPath string, flags *config.Settin
 		Load:       loadConfig,
 		ConfigPath: configPath,
 		Takeover:   takeoverPath,
+		Watch:      watchPaths,
+		Settle:     settle,
 		Inherited:  in,
 		Version:    Version,
 	})
+}
+
+// watchFlags are --watch and --watch-settle.
+type watchFlags struct {
+	paths  []string
+	settle time.Duration
+}
+
+// check makes the watched paths absolute (a reload or an upgrade may run
+// in another directory) and refuses one that does not exist, or a
+// settle time that is not positive: usage errors.
+func (w *watchFlags) check() ([]string, error) {
+	if w.settle <= 0 {
+		return nil, usagef("--watch-settle %s: want a positive duration, such as 500ms", w.settle)
+	}
+	var paths []string
+	for _, p := range w.paths {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, usagef("--watch %s: %v", p, err)
+		}
+		if _, err := os.Lstat(abs); err != nil {
+			return nil, usagef("--watch %s: %v: give the binary, the config file or the symlink to watch", p, err)
+		}
+		paths = append(paths, abs)
+	}
+	return paths, nil
 }
 
 // signalHelp is the signal table (instance.SignalDocs) as `baton run

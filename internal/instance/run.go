@@ -1,8 +1,10 @@
 package instance
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -18,11 +20,13 @@ import (
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/logring"
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
 	"github.com/baton-dev/baton/internal/supervisor"
 	"github.com/baton-dev/baton/internal/takeover"
 	"github.com/baton-dev/baton/internal/upgrade"
+	"github.com/baton-dev/baton/internal/watch"
 )
 
 // Options are what Run needs.
@@ -46,6 +50,10 @@ type Options struct {
 	Inherited *upgrade.Inheritance
 	// Version is baton's version, for the log and the metrics.
 	Version string
+	// Watch are files (absolute paths) whose lasting change reloads
+	// (baton run --watch), once unchanged for Settle.
+	Watch  []string
+	Settle time.Duration
 }
 
 // Run runs baton until it stops: it takes every signal of the signal
@@ -72,7 +80,9 @@ func Run(o Options) error {
 	defer signal.Stop(sigs)
 	out := newOutput(r.LogFormat)
 	defer out.close() // last: everything else logs before it
-	log, err := newLogger(out.stderr, r.LogFormat, r.LogLevel)
+	// The ring keeps baton's log and its workers' output for `baton logs`.
+	ring := logring.New(logring.DefaultLimit)
+	log, err := newLogger(io.MultiWriter(out.stderr, logring.Writer{Ring: ring, Source: logring.SourceBaton, Stream: "log"}), r.LogFormat, r.LogLevel)
 	if err != nil {
 		return err
 	}
@@ -80,6 +90,13 @@ func Run(o Options) error {
 	defer sd.Close(time.Second) // STOPPING=1 and the like go out first
 	if err := prepareProcess(r, log); err != nil {
 		return err
+	}
+	var watcher *watch.Watcher
+	if len(o.Watch) > 0 {
+		if watcher, err = watch.New(o.Watch, o.Settle, log); err != nil {
+			return err
+		}
+		defer watcher.Close()
 	}
 
 	// Taking over from a running instance: its sockets, checked against
@@ -142,6 +159,7 @@ func Run(o Options) error {
 		Prepare:     plans.prepare,
 		Spawner:     spawn.New(),
 		Log:         log,
+		Logs:        ring,
 		Stdout:      out.stdout,
 		Stderr:      out.stderr,
 		Args:        os.Args,
@@ -183,7 +201,27 @@ func Run(o Options) error {
 	}
 	obs.run(sup)
 	go handleSignals(sigs, sup, ctl, log)
+	if watcher != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go watcher.Run(ctx, reloadOnChange(sup, log))
+		log.Info("watching files: a change that lasts reloads", "paths", o.Watch, "settle", o.Settle)
+	}
 	return sup.Run()
+}
+
+// reloadOnChange is what a lasting change of watched files does: a
+// reload, logged with what changed, whose outcome it waits for (the
+// next change is looked at after it). A reload that fails (a config
+// that does not validate) changed nothing: a warning says so.
+func reloadOnChange(sup *supervisor.Supervisor, log *slog.Logger) func([]watch.Change) {
+	return func(cs []watch.Change) {
+		what := watch.Summary(cs)
+		log.Info("watched files changed: reloading", "changed", what)
+		if o := <-sup.Reload("watched files changed: " + what); o.Err != nil {
+			log.Warn("the reload for changed files failed: nothing changed, the serving generation serves on", "changed", what, "err", o.Err)
+		}
+	}
 }
 
 // prepareProcess readies baton's own process before anything is bound:
@@ -242,7 +280,7 @@ func openControl(r *config.Resolved, h *supervisor.UpgradeState, takenCtl int, l
 	if err != nil {
 		return nil, err
 	}
-	ctl.ConnMethods(api.MethodTakeover)
+	ctl.ConnMethods(api.MethodTakeover, api.MethodLogs)
 	if r.ControlGID >= 0 {
 		if err := ctl.AllowGroup(r.ControlGID); err != nil {
 			ctl.Close()

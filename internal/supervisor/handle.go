@@ -93,6 +93,8 @@ func (s *Supervisor) Handle(ctx context.Context, peer control.Peer, req control.
 			return nil, err
 		}
 		return s.giveAway(ctx, peer, within)
+	case api.MethodLogs:
+		return s.serveLogs(ctx, req) // logs.go
 	case api.MethodStop:
 		var p api.WaitParams
 		if err := control.DecodeParams(req.Params, &p); err != nil {

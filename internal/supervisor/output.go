@@ -69,8 +69,9 @@ func (t *tail) String() string {
 }
 
 // copyLines copies r to dst line by line with prefix, recording each line
-// in t, until EOF or a read error.
-func copyLines(r io.Reader, dst *sink, prefix string, t *tail) {
+// in t and giving it to keep (baton's ring buffer) unless nil, until EOF
+// or a read error.
+func copyLines(r io.Reader, dst *sink, prefix string, t *tail, keep func(string)) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), maxLine)
 	sc.Split(splitLines)
@@ -78,6 +79,9 @@ func copyLines(r io.Reader, dst *sink, prefix string, t *tail) {
 		line := string(sc.Bytes())
 		dst.writeLine(prefix, line)
 		t.add(line)
+		if keep != nil {
+			keep(line)
+		}
 	}
 }
 

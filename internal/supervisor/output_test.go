@@ -49,7 +49,7 @@ func TestWorkerOutputNeverBlocks(t *testing.T) {
 	in := strings.Repeat(strings.Repeat("z", 200)+"\n", 5000) // 1 MB, the pipe holds 64 KiB
 	done := make(chan struct{})
 	go func() {
-		copyLines(strings.NewReader(in), s.stdout, "[g1 s0 42] ", &tail{})
+		copyLines(strings.NewReader(in), s.stdout, "[g1 s0 42] ", &tail{}, nil)
 		close(done)
 	}()
 	select {

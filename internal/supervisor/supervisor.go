@@ -16,6 +16,7 @@ import (
 	"github.com/baton-dev/baton/internal/handoff"
 	"github.com/baton-dev/baton/internal/inspect"
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/logring"
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
 )
@@ -38,6 +39,9 @@ type Options struct {
 	// and runs the new binary of an upgrade.
 	Spawner *spawn.Spawner
 	Log     *slog.Logger
+	// Logs, if set, keeps the workers' recent output (with Config.LogPrefix
+	// on: baton reads it) for `baton logs` (logs.go).
+	Logs *logring.Ring
 	// Stdout and Stderr receive worker output. With Config.LogPrefix off
 	// they must be *os.File or have a File method (outbuf.Writer), whose
 	// file workers then inherit directly.

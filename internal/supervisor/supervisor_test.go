@@ -151,7 +151,7 @@ func TestCopyLinesPrefixesAndSplits(t *testing.T) {
 	tl := &tail{}
 	long := strings.Repeat("x", maxLine+10)
 	in := "one\ntwo\r\n" + long + "\nlast without newline"
-	copyLines(strings.NewReader(in), &sink{w: &out}, "[g1 s0 42] ", tl)
+	copyLines(strings.NewReader(in), &sink{w: &out}, "[g1 s0 42] ", tl, nil)
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	if len(lines) != 5 || lines[0] != "[g1 s0 42] one" || lines[1] != "[g1 s0 42] two\r" || lines[4] != "[g1 s0 42] last without newline" {
 		t.Errorf("lines: %q", lines)

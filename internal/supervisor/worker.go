@@ -383,6 +383,7 @@ func (s *Supervisor) workerFiles(w *worker) (files []int, closeAfter []*os.File,
 func (s *Supervisor) copyOutput(w *worker, readers []*os.File) {
 	var wg sync.WaitGroup
 	dsts := []*sink{s.stdout, s.stderr}
+	streams := []string{"stdout", "stderr"}
 	for i, r := range readers {
 		p := &outPipe{f: r}
 		w.pipes = append(w.pipes, p)
@@ -391,7 +392,7 @@ func (s *Supervisor) copyOutput(w *worker, readers []*os.File) {
 			defer wg.Done()
 			defer p.close()
 			<-w.spawned // the prefix needs the pid
-			copyLines(r, dsts[i], fmt.Sprintf("[g%d s%d %d] ", w.gen.id, w.slot.index, w.pid), w.output)
+			copyLines(r, dsts[i], fmt.Sprintf("[g%d s%d %d] ", w.gen.id, w.slot.index, w.pid), w.output, s.keepLine(w, streams[i]))
 		}()
 	}
 	go func() {
