@@ -17,7 +17,7 @@ run: build ## baton supervising its bundled demo server on 127.0.0.1:8080 with 2
 
 test: ## every test, with the race detector
 	$(GO) vet ./...
-	$(GO) test -race -timeout 20m ./...
+	$(GO) test -race -parallel 4 -timeout 20m ./...
 
 test-short: ## unit tests only (skips the end-to-end suite)
 	$(GO) test -short -timeout 5m ./...
@@ -49,7 +49,7 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 20s)
 	@./scripts/fuzz.sh $(or $(FUZZTIME),20s)
 
 reliability: ## every fault and abuse of the reliability suite, 1,000 reloads; writes docs/reliability.md (about 6 min)
-	BATON_E2E_RELOADS=1000 $(GO) test -race -count=1 -timeout 30m -run '^TestReliability$$' ./internal/e2e -args -reliability-doc=$(CURDIR)/docs/reliability.md
+	BATON_E2E_RELOADS=1000 $(GO) test -race -count=1 -parallel 4 -timeout 30m -run '^TestReliability$$' ./internal/e2e -args -reliability-doc=$(CURDIR)/docs/reliability.md
 
 bench-reload: build ## wrk for 30s while reloading every 100ms, and the overhead against hello standalone
 	./bench/reload.sh

@@ -106,12 +106,30 @@ func buildAndRun(m *testing.M) (int, error) {
 	return m.Run(), nil
 }
 
+// requireE2E skips an end-to-end test under -short and otherwise makes
+// it parallel. End-to-end tests run in parallel with each other (go test -parallel
+// says how many at once; make test runs 4): each starts its own baton
+// with its own control path, ports from the kernel and its own users,
+// and asserts on what its own processes and sockets did. Most of their
+// time is spent waiting for drains, reloads and loads of fixed length,
+// so the suite takes a fraction of its serial time on two CPUs.
+// BATON_E2E_SERIAL=1 runs them one at a time, to tell a failure of a test
+// from one of the machine's load.
 func requireE2E(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test: skipped with -short")
 	}
+	if os.Getenv("BATON_E2E_SERIAL") == "" {
+		if _, twice := parallelTests.LoadOrStore(t, true); !twice {
+			t.Parallel()
+		}
+	}
 }
+
+// parallelTests are the tests requireE2E made parallel: t.Parallel may
+// be called once per test, and a helper may call requireE2E again.
+var parallelTests sync.Map
 
 func requireRoot(t *testing.T) {
 	t.Helper()
