@@ -142,6 +142,40 @@ func requireE2EAlone(t *testing.T) {
 	}
 }
 
+// binCopies serializes binCopy; copied are the names already written.
+var (
+	binCopies sync.Mutex
+	copied    = map[string]bool{}
+)
+
+// binCopy copies src into binDir as name, mode 0755, once for the whole
+// run: a binary that other users may run, or an upgrade's new binary.
+// Tests running in parallel share it; it is written to a temporary name
+// and renamed, so an exec of name never meets a file still being written
+// (ETXTBSY) or half a binary.
+func binCopy(t *testing.T, src, name string) string {
+	t.Helper()
+	binCopies.Lock()
+	defer binCopies.Unlock()
+	dst := filepath.Join(binDir, name)
+	if copied[name] {
+		return dst
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatalf("copying %s for the test: %v", src, err)
+	}
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatalf("copying %s for the test: %v", src, err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatalf("copying %s for the test: %v", src, err)
+	}
+	copied[name] = true
+	return dst
+}
+
 // parallelTests are the tests requireE2E made parallel: t.Parallel may
 // be called once per test, and a helper may call requireE2E again.
 var parallelTests sync.Map

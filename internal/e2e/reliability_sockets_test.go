@@ -36,28 +36,11 @@ var socketCases = []reliabilityCase{
 // strangerEnv carries a stranger's target: the abstract socket it abuses.
 const strangerEnv = "E2E_STRANGER_TARGET"
 
-var (
-	strangerOnce sync.Once
-	strangerPath string
-	strangerErr  error
-)
-
 // strangerBin is a copy of the test binary that another user can run
 // (the go test binary's own directory is private).
 func strangerBin(t *testing.T) string {
 	t.Helper()
-	strangerOnce.Do(func() {
-		strangerPath = filepath.Join(binDir, "e2e.test")
-		b, err := os.ReadFile(testBin)
-		if err == nil {
-			err = os.WriteFile(strangerPath, b, 0o755)
-		}
-		strangerErr = err
-	})
-	if strangerErr != nil {
-		t.Fatal(strangerErr)
-	}
-	return strangerPath
+	return binCopy(t, testBin, "e2e.test")
 }
 
 // stranger runs the test binary in mode as u, with target, until the

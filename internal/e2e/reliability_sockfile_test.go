@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -131,27 +130,11 @@ func fakeControl(path string) int {
 	}
 }
 
-var (
-	helperOnce sync.Once
-	helperPath string
-	helperErr  error
-)
-
 // helperBin is a copy of this test binary that any user can run (go test
 // builds it in a directory only its own user may enter).
 func helperBin(t *testing.T) string {
 	t.Helper()
-	helperOnce.Do(func() {
-		var b []byte
-		if b, helperErr = os.ReadFile(testBin); helperErr == nil {
-			helperPath = filepath.Join(binDir, "e2e.test")
-			helperErr = os.WriteFile(helperPath, b, 0o755)
-		}
-	})
-	if helperErr != nil {
-		t.Fatalf("copying the test binary for other users: %v", helperErr)
-	}
-	return helperPath
+	return binCopy(t, testBin, "e2e.test")
 }
 
 // helper is a running helper process and its output, line by line.

@@ -30,6 +30,15 @@ type reliabilityCase struct {
 	run  func(t *testing.T) string
 }
 
+// aloneCases run by themselves, before the others (which run several at
+// a time), by name: their outcome depends on the machine's pace.
+var aloneCases = map[string]bool{
+	// Its workers are killed at a 1 s drain timeout, which a starved
+	// hello can reach with a request in flight (8 resets in 16,187
+	// requests with three other cases beside it).
+	"100 reloads asked for in 10 s": true,
+}
+
 // reliabilityCases lists every case; the table in docs/reliability.md
 // follows this order.
 func reliabilityCases() []reliabilityCase {
@@ -56,7 +65,9 @@ type outcome struct {
 }
 
 func TestReliability(t *testing.T) {
-	requireE2E(t)
+	// The suite runs by itself; its cases run several at a time among
+	// themselves, except those that must run alone.
+	requireE2EAlone(t)
 	cases := reliabilityCases()
 	var (
 		mu       sync.Mutex
@@ -76,7 +87,9 @@ func TestReliability(t *testing.T) {
 	})
 	for i, c := range cases {
 		t.Run(caseName(c), func(t *testing.T) {
-			requireE2E(t)
+			if !aloneCases[c.name] {
+				requireE2E(t)
+			}
 			start := time.Now()
 			var observed string
 			defer func() {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,14 +16,7 @@ import (
 // one in place.
 func newBinary(t *testing.T, name string) string {
 	t.Helper()
-	dst := filepath.Join(binDir, name)
-	if _, err := os.Stat(dst); err == nil {
-		return dst
-	}
-	if out, err := exec.Command("cp", batonBin, dst).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v %s", err, out)
-	}
-	return dst
+	return binCopy(t, batonBin, name)
 }
 
 func TestUpgradeUnderLoadKeepsPid(t *testing.T) {
