@@ -3,7 +3,6 @@ package steer
 import (
 	"encoding/binary"
 	"encoding/hex"
-	"fmt"
 )
 
 // CookieLen is the length of a QUIC cookie: the first bytes of every
@@ -40,15 +39,3 @@ func (c Cookie) Check() uint16 { return binary.BigEndian.Uint16(c[2:]) }
 
 // String is the cookie in hexadecimal, as BATON_QUIC_COOKIE carries it.
 func (c Cookie) String() string { return hex.EncodeToString(c[:]) }
-
-// ParseCookie reads a cookie written by String.
-func ParseCookie(s string) (Cookie, error) {
-	var c Cookie
-	if len(s) != 2*CookieLen {
-		return c, fmt.Errorf("QUIC cookie %q: want %d hexadecimal digits", s, 2*CookieLen)
-	}
-	if _, err := hex.Decode(c[:], []byte(s)); err != nil {
-		return c, fmt.Errorf("QUIC cookie %q: %w", s, err)
-	}
-	return c, nil
-}
