@@ -209,7 +209,7 @@ func flowsActions(t *testing.T, query string, workers int, actions [][]string) (
 // generation drains and exits, with balance=shared (one worker) and
 // balance=reuseport (two).
 func TestUDPFlowsKeptAcrossReloads(t *testing.T) {
-	requireE2E(t)
+	requireE2EAlone(t)
 	requireSteering(t)
 	for _, tc := range []struct {
 		name    string
@@ -245,7 +245,7 @@ func TestUDPFlowsKeptAcrossReloads(t *testing.T) {
 // datagrams reach workers without their session. It shows the check
 // above sees what it checks.
 func TestUDPFlowsOffLosesSessions(t *testing.T) {
-	requireE2E(t)
+	requireE2EAlone(t)
 	c, fs := flowsCase(t, "?flows=off", 1, 5)
 	if c.nostate.Load() == 0 {
 		t.Errorf("flows=off: no datagram reached a worker without its session (%s); the test does not see what it checks", c)
@@ -261,7 +261,7 @@ func TestUDPFlowsOffLosesSessions(t *testing.T) {
 // balance=reuseport: 0 datagrams reach a worker without their session,
 // 0 lost.
 func TestUDPFlowsKeptAcrossUpgradesAndScale(t *testing.T) {
-	requireE2E(t)
+	requireE2EAlone(t)
 	requireSteering(t)
 	c, fs := flowsActions(t, "?balance=reuseport", 2, [][]string{
 		{"reload"}, {"upgrade"}, {"scale", "3"}, {"reload"}, {"upgrade"}, {"scale", "1"}, {"reload"}, {"scale", "2"}, {"upgrade", "--keep-workers"},
@@ -279,7 +279,7 @@ func TestUDPFlowsKeptAcrossUpgradesAndScale(t *testing.T) {
 // to a shared socket and says why, once, in the log and in the status;
 // with flows=on baton refuses to start, with the same reason.
 func TestUDPFlowsWithoutPrivilege(t *testing.T) {
-	requireE2E(t)
+	requireE2EAlone(t)
 	u := newTestUser(t)
 	dir := shortDir(t)
 	os.Chown(dir, u.UID, u.GID)
@@ -352,7 +352,7 @@ func TestUDPFlowsWithoutPrivilege(t *testing.T) {
 // they are ready, and a reload there keeps them too. 0 sessions lost, 0
 // datagrams.
 func TestUDPFlowsKeptAcrossTakeover(t *testing.T) {
-	requireE2E(t)
+	requireE2EAlone(t)
 	requireSteering(t)
 	env := []string{workerEnv + "=udp-flows"}
 	args := []string{"-l", fmt.Sprintf("flows=udp://127.0.0.1:%d?balance=reuseport", freePort(t)), "-n", "2", "--ready", "notify", "--drain-timeout", "30s", "--", testBin}

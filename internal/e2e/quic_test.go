@@ -44,7 +44,7 @@ type h3Client struct {
 // by the worker that accepted it from start to end (its peers stay with
 // it while it drains).
 func TestQUICConnectionsSurviveReloadsAndUpgrades(t *testing.T) {
-	requireE2E(t)
+	requireE2EAlone(t)
 	requireSteering(t)
 	bin, err := quicBin()
 	if err != nil {

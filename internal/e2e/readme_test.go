@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -283,7 +284,8 @@ func docCases(t *testing.T, checkout string) []docCase {
 
 // sandboxScript is the bash script that runs one case: baton started
 // with the documented command, the documented commands once it answers,
-// each of which must exit 0, then a stop; baton must exit 0.
+// each of which must exit 0 (a follower: run until stopped), then a
+// stop; baton must exit 0.
 func sandboxScript(c docCase, checkout, logFile string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `set -u
@@ -302,7 +304,13 @@ if ! probe; then echo "FAIL: %s: nothing answers after: %s"; exit 1; fi
 		if strings.HasSuffix(cmd, " top") || strings.Contains(cmd, " top ") {
 			in = `<<<q` // top reads a line "q" when stdin is no terminal
 		}
-		fmt.Fprintf(&b, "echo \"+ %s ($SECONDS s)\"\nif ! timeout 120 bash -c %q %s; then echo \"FAIL: %s: exit $?: %s\"; exit 1; fi\n", cmd, cmd, in, c.where, cmd)
+		if follows(cmd) {
+			// A follower runs until stopped: 3 s of it must end by the
+			// timeout (124), not by an error of its own.
+			fmt.Fprintf(&b, "echo \"+ %s ($SECONDS s)\"\ntimeout 3 bash -c %q %s; rc=$?\n[ $rc = 124 ] || { echo \"FAIL: %s: exit $rc before being stopped: %s\"; exit 1; }\n", cmd, cmd, in, c.where, cmd)
+		} else {
+			fmt.Fprintf(&b, "echo \"+ %s ($SECONDS s)\"\nif ! timeout 120 bash -c %q %s; then echo \"FAIL: %s: exit $?: %s\"; exit 1; fi\n", cmd, cmd, in, c.where, cmd)
+		}
 		if !strings.HasSuffix(cmd, " stop") {
 			// Still serving after each command.
 			fmt.Fprintf(&b, "probe || { sleep 1; probe; } || { echo \"FAIL: %s: nothing answers after %s\"; exit 1; }\n", c.where, cmd)
@@ -361,4 +369,11 @@ func TestDocumentedCommandsWork(t *testing.T) {
 			}
 		})
 	}
+}
+
+// follows reports whether a documented command follows output until it
+// is stopped (baton logs -f).
+func follows(cmd string) bool {
+	f := strings.Fields(cmd)
+	return len(f) > 1 && strings.HasSuffix(f[0], "baton") && f[1] == "logs" && (slices.Contains(f, "-f") || slices.Contains(f, "--follow"))
 }
