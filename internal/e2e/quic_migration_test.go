@@ -269,7 +269,7 @@ func runMigration(t *testing.T, flows string, n, reloads int, timeout time.Durat
 // same clients are new peers to the flow table, steered to the serving
 // generation, which does not know their connections.
 func TestQUICMigrationAcrossReloads(t *testing.T) {
-	requireE2E(t)
+	requireE2EAlone(t)
 	requireSteering(t)
 	t.Run("quic", func(t *testing.T) {
 		r := runMigration(t, "quic", 8, 3, 10*time.Second)
