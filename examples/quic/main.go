@@ -16,6 +16,10 @@
 //	bin/baton run -l quic=udp://127.0.0.1:4433 -n 2 --balance reuseport \
 //	    --ready notify --drain-timeout 2m -- bin/quic -grace 90s
 //
+// With ?flows=quic on the listener, its connection IDs carry the cookie
+// baton gives it (package quicid): a client whose address changes (NAT
+// rebinding, a new network) keeps its connection with this worker.
+//
 // It answers every request with the process that served it, so that a
 // client sees which worker holds its connection. examples/quic/README.md
 // says how to watch a connection survive reloads.
@@ -42,6 +46,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/baton-dev/baton"
+	"github.com/baton-dev/baton/quicid"
 )
 
 func main() {
@@ -65,6 +70,16 @@ func run(addr string, grace time.Duration, certFile, keyFile string) error {
 		return err
 	}
 	tr := &quic.Transport{Conn: pc}
+	// With flows=quic, every connection ID this worker issues starts with
+	// its cookie: a client that changes address stays with this worker.
+	gen, err := quicid.FromEnv("quic")
+	if err != nil {
+		return err
+	}
+	if gen != nil {
+		tr.ConnectionIDGenerator = gen
+		log.Printf("QUIC connection IDs start with cookie %s", gen.Cookie())
+	}
 	tlsConf := http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}})
 	ln, err := tr.ListenEarly(tlsConf, &quic.Config{MaxIdleTimeout: 30 * time.Second})
 	if err != nil {

@@ -110,7 +110,7 @@ type SocketStatus struct {
 // FlowsStatus says whether baton keeps the flows of a UDP listener across
 // reloads, and what its steering program did (docs/udp.md).
 type FlowsStatus struct {
-	// Mode is the listener's flows option (auto, on); Kept whether the
+	// Mode is the listener's flows option (auto, on, quic); Kept whether the
 	// flows are kept; Error, when they are not, says why and the fix.
 	Mode  string `json:"mode"`
 	Kept  bool   `json:"kept"`
@@ -130,6 +130,9 @@ type FlowsStatus struct {
 	New      uint64 `json:"new"`
 	Moved    uint64 `json:"moved"`
 	Fallback uint64 `json:"fallback"`
+	// QUIC counts the QUIC packets steered by the cookie of their
+	// connection ID (flows=quic), from whatever address they came.
+	QUIC uint64 `json:"quic,omitempty"`
 	// Draining counts the datagrams steered to generations that no
 	// longer served: the peers old workers kept while they drained.
 	Draining uint64 `json:"draining_datagrams"`

@@ -538,6 +538,9 @@ func flowsLine(l api.ListenerStatus) string {
 	}
 	line := fmt.Sprintf("flows %s: kept: %d peers of %d (%s); %d known, %d new, %d moved, %d fallback; %d to draining generations",
 		l.Name, f.Tracked, f.Capacity, strings.Join(gens, ", "), f.Known, f.New, f.Moved, f.Fallback, f.Draining)
+	if f.Mode == "quic" {
+		line += fmt.Sprintf("; %d QUIC packets by connection ID", f.QUIC)
+	}
 	if f.Evicted > 0 {
 		line += fmt.Sprintf("; %d evicted", f.Evicted)
 	}

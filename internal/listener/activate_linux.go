@@ -381,8 +381,8 @@ func (a *Activation) Bind(wait time.Duration) ([]*Group, error) {
 			// A socket unit's UDP socket: systemd holds it too, so baton
 			// cannot give each generation sockets of its own (how it
 			// keeps flows, docs/udp.md).
-			if spec.Flows == FlowsOn {
-				return fail(fmt.Errorf("listener %s (flows=on): %w: baton keeps UDP flows on sockets of its own, one set per generation, and the socket unit holds this one; set flows=auto or off, or leave the listener out of the socket unit", spec.Name, ErrHanded))
+			if spec.NeedsFlows() {
+				return fail(fmt.Errorf("listener %s (flows=%s): %w: baton keeps UDP flows on sockets of its own, one set per generation, and the socket unit holds this one; set flows=auto or off, or leave the listener out of the socket unit", spec.Name, spec.Flows, ErrHanded))
 			}
 			g.FlowsErr = fmt.Errorf("%w: the socket unit handed its socket, which systemd holds too; leave the listener out of the socket unit to keep its flows", steer.ErrNotSupported)
 		}

@@ -43,8 +43,12 @@ type flowSet struct {
 // flowSock is a socket of a flowSet and its place in the socket array.
 type flowSock struct {
 	*Socket
-	index   int // in the socket array; -1: none
-	tag     uint32
+	index int // in the socket array; -1: none
+	tag   uint32
+	// check is the check of its QUIC cookie (steer.Cookie), chosen
+	// when a worker was first told the cookie, or 0; its tag carries it
+	// once it is in the array.
+	check   uint16
 	inArray bool
 	serving bool
 	// base is what the program had steered to it when it stopped
@@ -88,7 +92,7 @@ var attachHook func(g *steer.Group, fd int) error
 // with reuseport, else one), loads the program and attaches it. On an
 // error nothing stays bound or loaded.
 func (g *Group) openFlows(slots int) error {
-	sg, err := steer.New(steer.Options{})
+	sg, err := steer.New(steer.Options{QUIC: g.Spec.QUICFlows()})
 	if err != nil {
 		return err
 	}
@@ -433,7 +437,10 @@ func (f *flowSets) put(s *flowSock) error {
 		}
 		s.index = i
 	}
-	tag, err := f.steer.Put(s.index, s.fd)
+	if s.check == 0 {
+		s.check = f.steer.NewCheck(s.index)
+	}
+	tag, err := f.steer.PutChecked(s.index, s.fd, s.check)
 	if err != nil {
 		return err
 	}
@@ -456,9 +463,46 @@ func (f *flowSets) remove(s *flowSock, free bool) error {
 		f.steer.Remove(s.index, true)
 	}
 	if free {
-		s.index = -1
+		s.index, s.check = -1, 0
 	}
 	return nil
+}
+
+// QUICCookie is the cookie of the socket a worker of generation gen in
+// slot receives, for a listener with flows=quic: the worker puts it at
+// the start of its QUIC connection IDs, and the program steers the
+// short-header packets that carry it to that socket. The socket gets
+// its place in the array now, if it has none yet, so that the cookie
+// holds once it is put there. False when the listener does not steer
+// QUIC, or the socket is not there.
+func (g *Group) QUICCookie(gen, slot int) (steer.Cookie, bool) {
+	f := g.flows
+	if f == nil || !g.Spec.QUICFlows() {
+		return steer.Cookie{}, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !g.Reuseport() {
+		slot = -1
+	}
+	s := f.sock(g, FlowKey{Gen: gen, Slot: slot})
+	if s == nil || f.steer == nil {
+		return steer.Cookie{}, false
+	}
+	if s.index < 0 {
+		i, err := f.steer.Alloc()
+		if err != nil {
+			return steer.Cookie{}, false // put fails the same way, and says so
+		}
+		s.index = i
+	}
+	if s.check == 0 {
+		s.check = steer.CheckOf(s.tag)
+		if s.tag == 0 {
+			s.check = f.steer.NewCheck(s.index)
+		}
+	}
+	return steer.CookieOf(s.index, s.check), true
 }
 
 // FlowStats is what a steered group's program did and holds, for the
@@ -561,6 +605,7 @@ type FlowSocketState struct {
 	Fd      int    `json:"fd"`
 	Index   int    `json:"index"` // -1: not in the socket array
 	Tag     uint32 `json:"tag,omitempty"`
+	Check   uint16 `json:"check,omitempty"`
 	InArray bool   `json:"in_array,omitempty"`
 	Serving bool   `json:"serving,omitempty"`
 	Base    uint64 `json:"base,omitempty"`
@@ -582,7 +627,7 @@ func (g *Group) FlowState() *FlowState {
 				continue
 			}
 			k := g.key(set, i)
-			st.Sockets = append(st.Sockets, FlowSocketState{Gen: k.Gen, Slot: k.Slot, Fd: s.fd, Index: s.index, Tag: s.tag, InArray: s.inArray, Serving: s.serving, Base: s.base})
+			st.Sockets = append(st.Sockets, FlowSocketState{Gen: k.Gen, Slot: k.Slot, Fd: s.fd, Index: s.index, Tag: s.tag, Check: s.check, InArray: s.inArray, Serving: s.serving, Base: s.base})
 		}
 	}
 	return st
@@ -623,7 +668,7 @@ func AdoptFlows(spec Spec, st *FlowState) (*Group, error) {
 		for len(set.socks) <= i {
 			set.socks = append(set.socks, nil)
 		}
-		set.socks[i] = &flowSock{Socket: sock, index: ss.Index, tag: ss.Tag, inArray: ss.InArray, serving: ss.Serving, base: ss.Base}
+		set.socks[i] = &flowSock{Socket: sock, index: ss.Index, tag: ss.Tag, check: ss.Check, inArray: ss.InArray, serving: ss.Serving, base: ss.Base}
 	}
 	sg, err := steer.FromFDs(st.FDs)
 	if err != nil {

@@ -38,6 +38,13 @@ func countOn(t *testing.T, conns []*net.UDPConn, socks ...*Socket) []int {
 	for _, c := range conns {
 		c.Write([]byte("x"))
 	}
+	return countWaiting(t, len(conns), socks...)
+}
+
+// countWaiting counts, per socket, the datagrams that arrive until n
+// have (bounded).
+func countWaiting(t *testing.T, n int, socks ...*Socket) []int {
+	t.Helper()
 	got := make([]int, len(socks))
 	buf := make([]byte, 16)
 	total := 0
@@ -52,8 +59,8 @@ func countOn(t *testing.T, conns []*net.UDPConn, socks ...*Socket) []int {
 				total++
 			}
 		}
-		if total < len(conns) {
-			return fmt.Errorf("%d of %d datagrams arrived", total, len(conns))
+		if total < n {
+			return fmt.Errorf("%d of %d datagrams arrived", total, n)
 		}
 		return nil
 	})
@@ -174,6 +181,7 @@ func TestReconcileSteered(t *testing.T) {
 		{"dns=udp://" + addr + "?flows=on", Adjusted, false},
 		{"dns=udp://" + addr + "?flows=off", 0, true},
 		{"dns=udp://" + addr + "?balance=reuseport", 0, true},
+		{"dns=udp://" + addr + "?flows=quic", 0, true},
 	} {
 		g.Spec = mustParse(t, "dns=udp://"+addr)
 		r, err := Reconcile([]Spec{mustParse(t, tt.to)}, []*Group{g}, 1)
@@ -184,6 +192,52 @@ func TestReconcileSteered(t *testing.T) {
 			t.Errorf("%s: %v", tt.to, err)
 		case !tt.err && r.Changes[0].Fate != tt.fate:
 			t.Errorf("%s: fate %v, want %v", tt.to, r.Changes[0].Fate, tt.fate)
+		}
+	}
+}
+
+// TestQUICCookies: with flows=quic, each socket of a generation has its
+// own cookie, told before the socket is in the array and kept once it is
+// there; a short-header packet that carries it reaches that socket from
+// any peer, while the next generation serves.
+func TestQUICCookies(t *testing.T) {
+	g := steeredGroup(t, "quic=udp://127.0.0.1:0?balance=reuseport&flows=quic", 2)
+	if err := g.ClaimFlows(1, 2); err != nil {
+		t.Fatal(err)
+	}
+	c0, ok0 := g.QUICCookie(1, 0)
+	c1, ok1 := g.QUICCookie(1, 1)
+	if !ok0 || !ok1 || c0 == c1 {
+		t.Fatalf("cookies of generation 1: %s %v, %s %v; want two different ones", c0, ok0, c1, ok1)
+	}
+	state := map[FlowKey]FlowFate{{1, 0}: FlowIn, {1, 1}: FlowIn}
+	fate := func(k FlowKey) FlowFate { return state[k] }
+	if err := g.SyncFlows(fate, []FlowKey{{1, 0}, {1, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := g.QUICCookie(1, 0); again != c0 {
+		t.Errorf("cookie of slot 0 in the array: %s; it was told %s", again, c0)
+	}
+	g.ClaimFlows(2, 2)
+	state[FlowKey{2, 0}], state[FlowKey{2, 1}] = FlowIn, FlowIn
+	g.SyncFlows(fate, []FlowKey{{2, 0}, {2, 1}})
+	all := []*Socket{g.SocketOf(1, 0), g.SocketOf(1, 1), g.SocketOf(2, 0), g.SocketOf(2, 1)}
+	for i, c := range []steer.Cookie{c0, c1} {
+		conns := dialN(t, 20, all[0].Addr())
+		for _, conn := range conns {
+			conn.Write(append([]byte{0x40}, append(c[:], "rest of the id"...)...))
+		}
+		got := countWaiting(t, len(conns), all...)
+		if got[i] != 20 {
+			t.Errorf("short headers with the cookie of generation 1 slot %d from 20 new peers: %v; want all on it", i, got)
+		}
+	}
+	plain, _ := OpenGroup(mustParse(t, "dns=udp://127.0.0.1:0"), 1)
+	if plain != nil {
+		defer plain.Close()
+		plain.ClaimFlows(1, 1)
+		if _, ok := plain.QUICCookie(1, -1); ok {
+			t.Errorf("a listener without flows=quic has a cookie")
 		}
 	}
 }

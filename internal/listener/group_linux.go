@@ -40,7 +40,8 @@ type Group struct {
 // On an error nothing stays bound. A UDP listener that wants its flows
 // kept (Spec.WantsFlows) gets them kept where the program loads and
 // attaches; with flows=auto, where it does not, the group is an ordinary
-// one and FlowsErr says why, and with flows=on that is OpenGroup's error.
+// one and FlowsErr says why, and with flows=on or quic that is OpenGroup's
+// error.
 func OpenGroup(spec Spec, slots int) (*Group, error) {
 	g := &Group{Spec: spec}
 	if spec.WantsFlows() {
@@ -48,7 +49,7 @@ func OpenGroup(spec Spec, slots int) (*Group, error) {
 		switch {
 		case err == nil:
 			return g, nil
-		case spec.Flows == FlowsOn || !errors.Is(err, steer.ErrNotSupported):
+		case spec.NeedsFlows() || !errors.Is(err, steer.ErrNotSupported):
 			return nil, fmt.Errorf("listener %s (flows=%s): %w", spec.Name, cmp.Or(spec.Flows, FlowsAuto), err)
 		}
 		g.FlowsErr = err

@@ -171,12 +171,12 @@ var options = []*Option{
 	{
 		Key:     "flows",
 		Type:    ValueText,
-		Value:   FlowsAuto + "|" + FlowsOn + "|" + FlowsOff,
-		Help:    "keep each UDP peer on the worker that first got its datagrams, across reloads, with an eBPF program baton owns (docs/udp.md): auto does where baton may (CAP_BPF and CAP_NET_ADMIN, or root; Linux 4.19+) and says once why not elsewhere, on refuses to start without it, off never steers (default: auto); a reload may switch between auto and on, not to or from off, without restarting baton",
+		Value:   FlowsAuto + "|" + FlowsOn + "|" + FlowsQUIC + "|" + FlowsOff,
+		Help:    "keep each UDP peer on the worker that first got its datagrams, across reloads, with an eBPF program baton owns (docs/udp.md): auto does where baton may (CAP_BPF and CAP_NET_ADMIN, or root; Linux 4.19+) and says once why not elsewhere, on refuses to start without it, quic is on and also keeps a QUIC connection on its worker when the client's address changes, by the cookie its connection IDs start with (BATON_QUIC_COOKIE; quicid.FromEnv for quic-go), off never steers (default: auto); a reload may switch between auto and on, not to or from quic or off, without restarting baton",
 		applies: func(s *Spec) bool { return s.Kind == Datagram && s.IsInet() },
 		parse: func(s *Spec, v string) error {
-			if v != FlowsAuto && v != FlowsOn && v != FlowsOff {
-				return fmt.Errorf("%q: want %s, %s or %s", v, FlowsAuto, FlowsOn, FlowsOff)
+			if v != FlowsAuto && v != FlowsOn && v != FlowsQUIC && v != FlowsOff {
+				return fmt.Errorf("%q: want %s, %s, %s or %s", v, FlowsAuto, FlowsOn, FlowsQUIC, FlowsOff)
 			}
 			s.Flows = v
 			return nil

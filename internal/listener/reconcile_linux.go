@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 
@@ -110,9 +111,12 @@ func Reconcile(specs []Spec, current []*Group, slots int) (*Reconciled, error) {
 			c.Fate = Kept
 		case old != nil && InPlace(old.Spec, spec):
 			c.Fate, c.From = Adjusted, old.Spec
-		case old != nil && old.Steered() && spec.WantsFlows() && old.Spec.url(notFlows) == spec.url(notFlows):
-			// flows=auto to on, or back: the group steers either way.
+		case old != nil && old.Steered() && spec.WantsFlows() && old.Spec.url(notFlows) == spec.url(notFlows) && old.Spec.QUICFlows() == spec.QUICFlows():
+			// flows=auto to on, or back: the group steers either way
+			// (to or from quic, its program changes: a restart).
 			c.Fate, c.From = Adjusted, old.Spec
+		case old != nil && old.Steered() && spec.WantsFlows() && old.Spec.url(notFlows) == spec.url(notFlows):
+			return fail(fmt.Errorf("listener %s: changing flows from %s to %s changes the steering program, which baton loads with the listener's sockets and keeps for their life; restart baton to change it", spec.Name, cmp.Or(old.Spec.Flows, FlowsAuto), cmp.Or(spec.Flows, FlowsAuto)))
 		case old != nil && spec.Kind == Datagram && old.Spec.Scheme == spec.Scheme && old.Spec.Address() == spec.Address() && (old.Steered() || spec.WantsFlows()):
 			// A new group on the address would join the old one's
 			// reuseport group, and steal or lose its peers.

@@ -111,7 +111,7 @@ type Spec struct {
 	Balance string
 	// Flows says whether baton keeps each UDP peer on the worker that
 	// first got its datagrams, across reloads (FlowsAuto, FlowsOn,
-	// FlowsOff); empty means FlowsAuto. UDP listeners only.
+	// FlowsQUIC, FlowsOff); empty means FlowsAuto. UDP listeners only.
 	Flows string
 
 	family string
@@ -127,16 +127,30 @@ const (
 	FlowsAuto = "auto"
 	// FlowsOn keeps flows, or refuses to start.
 	FlowsOn = "on"
+	// FlowsQUIC is FlowsOn, and also steers QUIC short-header packets
+	// by the cookie their connection ID starts with, to the worker that
+	// issued it: QUIC connections survive a client's change of address.
+	FlowsQUIC = "quic"
 	// FlowsOff never steers: old and new workers read one socket (or one
 	// per slot), as TCP listeners are shared.
 	FlowsOff = "off"
 )
 
 // WantsFlows reports whether the spec asks for its UDP flows to be kept
-// (flows=auto, the default, or on).
+// (flows=auto, the default, on or quic).
 func (s Spec) WantsFlows() bool {
 	return s.Kind == Datagram && s.IsInet() && s.Flows != FlowsOff
 }
+
+// NeedsFlows reports whether baton refuses to start the listener where
+// it cannot keep its flows (flows=on or quic).
+func (s Spec) NeedsFlows() bool {
+	return s.WantsFlows() && (s.Flows == FlowsOn || s.Flows == FlowsQUIC)
+}
+
+// QUICFlows reports whether the steering program also reads QUIC
+// connection IDs (flows=quic).
+func (s Spec) QUICFlows() bool { return s.WantsFlows() && s.Flows == FlowsQUIC }
 
 // IsInet reports whether the spec is a TCP or UDP address.
 func (s Spec) IsInet() bool { return strings.HasPrefix(s.family, "inet") }

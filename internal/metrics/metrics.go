@@ -138,7 +138,7 @@ var (
 	descFlows      = desc("baton_udp_flows", "UDP peers a listener's steering program keeps on a generation's sockets.", "listener", "generation")
 	descFlowCap    = desc("baton_udp_flow_capacity", "The size of a UDP listener's flow table: past it the least recently seen peers are forgotten.", "listener")
 	descFlowEvict  = desc("baton_udp_flow_evictions_total", "An estimate of the peers a UDP listener's flow table forgot to make room (peers recorded less peers held).", "listener")
-	descFlowDgrams = desc("baton_udp_flow_datagrams_total", "Datagrams a UDP listener's steering program handled, by path: known (a known peer to its socket), new (a new peer to a serving socket), moved (a peer whose socket had gone), fallback (no serving socket: the kernel's hash chose).", "listener", "path")
+	descFlowDgrams = desc("baton_udp_flow_datagrams_total", "Datagrams a UDP listener's steering program handled, by path: known (a known peer to its socket), new (a new peer to a serving socket), moved (a peer whose socket had gone), fallback (no serving socket: the kernel's hash chose), quic (a QUIC packet to the socket its connection ID names, flows=quic).", "listener", "path")
 	descFlowDrain  = desc("baton_udp_flow_draining_datagrams_total", "Datagrams steered to generations that no longer served: the peers old workers kept while they drained.", "listener")
 	descFlowRuns   = desc("baton_udp_flow_program_runs_total", "Runs of a UDP listener's steering program (the kernel's BPF statistics: 0 unless kernel.bpf_stats_enabled is 1).", "listener")
 	descFlowTime   = desc("baton_udp_flow_program_seconds_total", "Time a UDP listener's steering program ran (the kernel's BPF statistics: 0 unless kernel.bpf_stats_enabled is 1).", "listener")
@@ -247,7 +247,11 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 				}
 				gauge(descFlowCap, float64(f.Capacity), l.Name)
 				counter(descFlowEvict, float64(f.Evicted), l.Name)
-				for path, n := range map[string]uint64{"known": f.Known, "new": f.New, "moved": f.Moved, "fallback": f.Fallback} {
+				paths := map[string]uint64{"known": f.Known, "new": f.New, "moved": f.Moved, "fallback": f.Fallback}
+				if f.Mode == "quic" {
+					paths["quic"] = f.QUIC
+				}
+				for path, n := range paths {
 					counter(descFlowDgrams, float64(n), l.Name, path)
 				}
 				counter(descFlowDrain, float64(f.Draining), l.Name)

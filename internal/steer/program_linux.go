@@ -47,6 +47,22 @@ const (
 	numCounters
 )
 
+// The counter of QUIC datagrams steered by their connection ID's cookie
+// comes after the per-socket ones (at numCounters+n, n the capacity of
+// the socket array), so that the per-socket counters keep their indexes
+// in the maps of a baton that did not have it.
+
+// QUIC short headers (RFC 9000, 17.3): the first byte's top bit is 0
+// (short), the next is 1 (the fixed bit); the destination connection ID
+// follows it. quicAt is where that byte is, after the UDP header the
+// context's data points at; quicEnd is the end of the cookie.
+const (
+	quicFormMask = 0xc0
+	quicShort    = 0x40
+	quicAt       = 8
+	quicEnd      = quicAt + 1 + CookieLen
+)
+
 // servingMask and servingBank split the serving table's header: the
 // number of serving sockets, and which of its two banks lists them.
 const (
@@ -65,10 +81,19 @@ type maps struct {
 
 // program builds the SK_REUSEPORT program over the group's maps; n is
 // the capacity of the socket array (the size of a bank of the serving
-// table).
+// table). With quic, a QUIC short-header packet goes first to the socket
+// its connection ID's cookie names (see Cookie), when that socket is
+// still the one at the index.
 //
 // In C it would read:
 //
+//	if (quic && data + 13 <= data_end && (data[8] & 0xc0) == 0x40) {
+//	    idx = data[9]<<8 | data[10]                   // the cookie
+//	    t = lookup(tags, idx)
+//	    if (t && (*t & 0xffff) == (data[11]<<8 | data[12]) && select(ctx, socks, idx) == 0) {
+//	        count(numCounters + n); count(numCounters + idx); return SK_PASS
+//	    }
+//	}                                                // else: as any datagram
 //	key = {source address, source port, family}     (zeroed first)
 //	if (v = lookup(flows, key)) {
 //	    t = lookup(tags, v->index)
@@ -87,7 +112,7 @@ type maps struct {
 //
 // A socket index is used again by another socket only with another tag,
 // so a peer of a socket that has gone never reaches its successor.
-func program(m maps, n int) asm.Instructions {
+func program(m maps, n int, quic bool) asm.Instructions {
 	// incr adds 1 to the counter whose index is at cntOff; it clobbers
 	// R0-R5 and jumps to done.
 	incr := func(label, done string) asm.Instructions {
@@ -153,7 +178,12 @@ func program(m maps, n int) asm.Instructions {
 		asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
 		asm.Mov.Imm(asm.R9, 0), // R9: 1 once the key names the peer
 		asm.Mov.Imm(asm.R8, cntNew),
-		asm.LoadMem(asm.R2, asm.R6, ctxEthProto, asm.Word),
+	)
+	if quic {
+		p = append(p, quicCookie(m, n, selectIdx)...)
+	}
+	p = append(p,
+		asm.LoadMem(asm.R2, asm.R6, ctxEthProto, asm.Word).WithSymbol("peer"),
 		asm.JEq.Imm(asm.R2, ethIPv4, "v4"),
 		asm.JEq.Imm(asm.R2, ethIPv6, "v6"),
 		asm.Ja.Label("serving"),
@@ -257,4 +287,53 @@ func program(m maps, n int) asm.Instructions {
 		asm.Return(),
 	)
 	return p
+}
+
+// quicCookie is the program's first part with flows=quic: a QUIC
+// short-header packet whose cookie names a socket in the array, with the
+// check of the socket there now, goes to it (R8 names the cookie counter,
+// and it jumps to "counted"); anything else goes on at "peer". The
+// bytes are read in place, within data_end: where the packet's first
+// bytes are not in its linear part, it goes on at "peer" too. It keeps
+// R6 (the context) and R9.
+func quicCookie(m maps, n int, selectIdx asm.Instructions) asm.Instructions {
+	// R2: data; R3: a byte read; R4: a 16-bit value being built.
+	byte16 := func(off int16) asm.Instructions {
+		return asm.Instructions{
+			asm.LoadMem(asm.R4, asm.R2, off, asm.Byte),
+			asm.LSh.Imm(asm.R4, 8),
+			asm.LoadMem(asm.R3, asm.R2, off+1, asm.Byte),
+			asm.Or.Reg(asm.R4, asm.R3),
+		}
+	}
+	p := asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, ctxData, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R6, ctxDataEnd, asm.DWord),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, quicEnd),
+		asm.JGT.Reg(asm.R4, asm.R3, "peer"),
+		asm.LoadMem(asm.R3, asm.R2, quicAt, asm.Byte),
+		asm.And.Imm(asm.R3, quicFormMask),
+		asm.JNE.Imm(asm.R3, quicShort, "peer"),
+	}
+	p = append(p, byte16(quicAt+1)...) // the index
+	p = append(p, asm.StoreMem(asm.RFP, idxOff, asm.R4, asm.Word))
+	p = append(p, byte16(quicAt+3)...) // the check
+	p = append(p,
+		asm.Mov.Reg(asm.R7, asm.R4), // R7: the check, across the lookup
+		asm.LoadMapPtr(asm.R1, m.tags.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, idxOff),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "peer"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+		asm.And.Imm(asm.R1, 0xffff),
+		asm.JNE.Reg(asm.R1, asm.R7, "peer"),
+	)
+	p = append(p, selectIdx...)
+	return append(p,
+		asm.JNE.Imm(asm.R0, 0, "peer"), // an empty slot: its socket has gone
+		asm.Mov.Imm(asm.R8, int32(numCounters+n)),
+		asm.Ja.Label("counted"),
+	)
 }

@@ -40,6 +40,10 @@ const (
 type Options struct {
 	Flows   int // flow table capacity (DefaultFlows)
 	Sockets int // socket array capacity (DefaultSockets)
+	// QUIC makes the program steer QUIC short-header packets by the
+	// cookie at the start of their destination connection ID (Cookie)
+	// before it looks their peer up: flows=quic.
+	QUIC bool
 }
 
 // Group is the steering program of one reuseport group and its maps.
@@ -83,14 +87,14 @@ func New(o Options) (*Group, error) {
 	if g.serving, err = ebpf.NewMap(&ebpf.MapSpec{Name: "baton_serving", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: uint32(1 + 2*o.Sockets)}); err != nil {
 		return fail("the serving table", err)
 	}
-	if g.counters, err = ebpf.NewMap(&ebpf.MapSpec{Name: "baton_counts", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(numCounters + o.Sockets)}); err != nil {
+	if g.counters, err = ebpf.NewMap(&ebpf.MapSpec{Name: "baton_counts", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(numCounters + o.Sockets + 1)}); err != nil {
 		return fail("the counters", err)
 	}
 	if g.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "baton_steer",
 		Type:         ebpf.SkReuseport,
 		License:      "Dual BSD/GPL",
-		Instructions: program(g.maps, o.Sockets),
+		Instructions: program(g.maps, o.Sockets, o.QUIC),
 	}); err != nil {
 		return fail("the steering program", err)
 	}
@@ -264,13 +268,41 @@ func (g *Group) Put(index, fd int) (uint32, error) {
 	if index < 0 || index >= g.nsocks {
 		return 0, fmt.Errorf("socket index %d: the array holds %d", index, g.nsocks)
 	}
-	g.Reserve(index)
-	var b [4]byte
-	var tag uint32
-	for tag == 0 {
+	return g.PutChecked(index, fd, g.NewCheck(index))
+}
+
+// NewCheck picks the check of a socket about to be put at index (see
+// Cookie): random, not zero, and not the check of the last socket that
+// was there, so that the QUIC cookies of that socket do not name this
+// one.
+func (g *Group) NewCheck(index int) uint16 {
+	var last uint32
+	g.tags.Lookup(uint32(index), &last) // none: zero, which no check is
+	var b [2]byte
+	for {
 		rand.Read(b[:])
-		tag = binary.NativeEndian.Uint32(b[:])
+		if c := binary.NativeEndian.Uint16(b[:]); c != 0 && c != CheckOf(last) {
+			return c
+		}
 	}
+}
+
+// PutChecked is Put with the check the tag carries in its low 16 bits
+// (NewCheck's, chosen before: the cookie a worker was told): the socket's
+// QUIC cookie is CookieOf(index, check). The tag's high bits are new at
+// every call, so that the peers recorded for the index before still
+// move.
+func (g *Group) PutChecked(index, fd int, check uint16) (uint32, error) {
+	if index < 0 || index >= g.nsocks {
+		return 0, fmt.Errorf("socket index %d: the array holds %d", index, g.nsocks)
+	}
+	if check == 0 {
+		return 0, fmt.Errorf("socket index %d: a check of 0 names no socket", index)
+	}
+	g.Reserve(index)
+	var b [2]byte
+	rand.Read(b[:])
+	tag := uint32(binary.NativeEndian.Uint16(b[:]))<<16 | uint32(check)
 	// The tag first: from now on, the peers of what was here before move.
 	if err := g.tags.Put(uint32(index), tag); err != nil {
 		return 0, fmt.Errorf("tagging index %d of the socket array: %w", index, err)
@@ -359,6 +391,9 @@ type Stats struct {
 	New      uint64 `json:"new"`      // new peers, to a serving socket
 	Moved    uint64 `json:"moved"`    // known peers whose socket had gone
 	Fallback uint64 `json:"fallback"` // no serving socket: the kernel chose
+	// QUIC counts the QUIC datagrams steered by their connection ID's
+	// cookie (flows=quic).
+	QUIC uint64 `json:"quic"`
 	// Flows counts the peers in the table by the socket index they are
 	// steered to, the socket there now; Stale those whose socket has gone
 	// (they move on their next datagram). Entries is all of them.
@@ -384,6 +419,12 @@ func (g *Group) Stats(flows bool) (Stats, error) {
 		}
 		for _, n := range per {
 			*p += n
+		}
+	}
+	var per []uint64
+	if g.counters.Lookup(uint32(numCounters+g.nsocks), &per) == nil { // none in an older baton's maps
+		for _, n := range per {
+			st.QUIC += n
 		}
 	}
 	if ps, err := g.prog.Stats(); err == nil {

@@ -353,7 +353,7 @@ func TestFromFDsRefusesOtherObjects(t *testing.T) {
 // verifier walked (the cost of every path).
 func TestProgramSize(t *testing.T) {
 	g := newGroup(t)
-	insns := program(g.maps, g.nsocks)
+	insns := program(g.maps, g.nsocks, false)
 	if n := len(insns); n > 200 {
 		t.Errorf("the program has %d instructions; keep it under 200", n)
 	}

@@ -113,6 +113,7 @@ func flowsStatus(l *listener.Group) *api.FlowsStatus {
 	}
 	fs.Capacity, fs.Stale, fs.Evicted = st.Capacity, st.Stale, st.Evicted
 	fs.Known, fs.New, fs.Moved, fs.Fallback, fs.Draining = st.Known, st.New, st.Moved, st.Fallback, st.Draining
+	fs.QUIC = st.QUIC
 	fs.ProgramRuns, fs.ProgramNS = st.Runs, uint64(st.Runtime)
 	for _, g := range st.Generations {
 		fs.Tracked += g.Flows

@@ -459,7 +459,7 @@ func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
 		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID", "NOTIFY_SOCKET", "FDSTORE", "WATCHDOG_USEC", "WATCHDOG_PID",
-			"BATON_SOCKET", "BATON_SLOT", "BATON_GENERATION", "BATON_STOP_SIGNAL":
+			"BATON_SOCKET", "BATON_SLOT", "BATON_GENERATION", "BATON_STOP_SIGNAL", "BATON_QUIC_COOKIE":
 			continue
 		}
 		env = append(env, kv)
@@ -472,6 +472,9 @@ func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 		}
 		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(g.listeners)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
+	if c := quicCookies(g, sl); c != "" {
+		env = append(env, "BATON_QUIC_COOKIE="+c)
+	}
 	return append(env,
 		"NOTIFY_SOCKET="+s.notify.Addr(),
 		"BATON_SOCKET="+s.workerSock.Path(),
@@ -479,6 +482,21 @@ func (s *Supervisor) workerEnv(g *generation, sl *slot) []string {
 		"BATON_GENERATION="+strconv.Itoa(g.id),
 		"BATON_STOP_SIGNAL="+SignalName(g.cfg.StopSignal),
 	)
+}
+
+// quicCookies is BATON_QUIC_COOKIE for the worker of g in slot sl: for
+// each listener with flows=quic, its name, "=" and the cookie (8
+// hexadecimal digits) of the socket the worker receives, separated by
+// commas; empty when there is none. The worker starts its QUIC
+// connection IDs with it (docs/udp.md).
+func quicCookies(g *generation, sl *slot) string {
+	var out []string
+	for _, l := range g.listeners {
+		if c, ok := l.QUICCookie(g.id, sl.index); ok {
+			out = append(out, l.Spec.Name+"="+c.String())
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 // workerReady marks w ready and completes a reload waiting for it.

@@ -95,9 +95,9 @@ func (t *Taken) Listeners(specs []listener.Spec, slots int, enableMigrateReq boo
 			}
 			log.Info("takeover: listener taken over", "name", spec.Name, "sockets", len(adopted))
 			if spec.WantsFlows() && spec.Kind == listener.Datagram {
-				if spec.Flows == listener.FlowsOn {
+				if spec.NeedsFlows() {
 					g.Close()
-					return fail(fmt.Errorf("takeover: listener %s (flows=on): the running instance does not keep its UDP flows, and this one cannot start keeping them on sockets it shares with it; restart baton to keep them", spec.Name))
+					return fail(fmt.Errorf("takeover: listener %s (flows=%s): the running instance does not keep its UDP flows, and this one cannot start keeping them on sockets it shares with it; restart baton to keep them", spec.Name, spec.Flows))
 				}
 				g.FlowsErr = fmt.Errorf("%w: the running instance this one took over from did not keep them, and sockets shared with it cannot start; restart baton to keep them", steer.ErrNotSupported)
 			}
