@@ -26,12 +26,11 @@ const (
 const bpfHdrStartNet = 1
 
 // The program's stack: the flow key (keySize bytes at keyOff, 24 zeroed),
-// the key of the serving table (srvOff), the key of a counter (cntOff)
-// and a flow's value (valOff: index, tag). The value's first word is the
-// socket index the program is about to select, whatever the path: the
-// key of the socket array, of the tags and of the socket's counter.
+// the socket index (idxOff), the key of the serving table (srvOff), the
+// key of a counter (cntOff) and a flow's value (valOff: index, tag).
 const (
 	keyOff = -24 // [16]byte address, be16 port, u16 family
+	idxOff = -28
 	srvOff = -32
 	cntOff = -36
 	valOff = -48 // u32 index, u32 tag
@@ -128,13 +127,13 @@ func program(m maps, n int, quic bool) asm.Instructions {
 			asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
 		}
 	}
-	// countBoth counts the kind in R8 and the socket at valOff, and
+	// countBoth counts the kind in R8 and the socket at idxOff, and
 	// passes the datagram to the socket selected.
 	countBoth := func(label string) asm.Instructions {
 		p := asm.Instructions{asm.StoreMem(asm.RFP, cntOff, asm.R8, asm.Word).WithSymbol(label)}
 		p = append(p, incr(label+"_kind", label+"_sock")...)
 		p = append(p,
-			asm.LoadMem(asm.R1, asm.RFP, valOff, asm.Word).WithSymbol(label+"_sock"),
+			asm.LoadMem(asm.R1, asm.RFP, idxOff, asm.Word).WithSymbol(label+"_sock"),
 			asm.Add.Imm(asm.R1, numCounters),
 			asm.StoreMem(asm.RFP, cntOff, asm.R1, asm.Word),
 		)
@@ -144,13 +143,12 @@ func program(m maps, n int, quic bool) asm.Instructions {
 			asm.Return(),
 		)
 	}
-	// selectIdx calls bpf_sk_select_reuseport(ctx, socks, &idx, 0), the
-	// index at valOff.
+	// selectIdx calls bpf_sk_select_reuseport(ctx, socks, &idx, 0).
 	selectIdx := asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.LoadMapPtr(asm.R2, m.socks.FD()),
 		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, valOff),
+		asm.Add.Imm(asm.R3, idxOff),
 		asm.Mov.Imm(asm.R4, 0),
 		asm.FnSkSelectReuseport.Call(),
 	}
@@ -204,20 +202,19 @@ func program(m maps, n int, quic bool) asm.Instructions {
 		asm.Mov.Imm(asm.R9, 1),
 
 		// A known peer goes to its socket while that very socket (its
-		// tag) is in the group. Its value, copied whole to valOff, is
-		// only read: the table is written for a new peer or a moved one.
+		// tag) is in the group.
 		asm.LoadMapPtr(asm.R1, m.flows.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, keyOff),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "serving"),
-		asm.LoadMem(asm.R7, asm.R0, 0, asm.DWord), // R7: tag<<32 | index
-		asm.StoreMem(asm.RFP, valOff, asm.R7, asm.DWord),
-		asm.RSh.Imm(asm.R7, 32),       // R7: the flow's tag
-		asm.Mov.Imm(asm.R8, cntMoved), // unless it is found below
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.RFP, idxOff, asm.R1, asm.Word),
+		asm.LoadMem(asm.R7, asm.R0, 4, asm.Word), // R7: the flow's tag
+		asm.Mov.Imm(asm.R8, cntMoved),            // unless it is found below
 		asm.LoadMapPtr(asm.R1, m.tags.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, valOff),
+		asm.Add.Imm(asm.R2, idxOff),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "serving"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
@@ -255,19 +252,20 @@ func program(m maps, n int, quic bool) asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "fallback"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
-		asm.StoreMem(asm.RFP, valOff, asm.R1, asm.Word),
+		asm.StoreMem(asm.RFP, idxOff, asm.R1, asm.Word),
 	)
 	p = append(p, selectIdx...)
 	p = append(p,
 		asm.JNE.Imm(asm.R0, 0, "fallback"),
 		asm.JEq.Imm(asm.R9, 0, "counted"),
-		// The value: the index (at valOff already) and the tag of the
-		// socket there.
+		// The value: the index and the tag of the socket there.
+		asm.LoadMem(asm.R1, asm.RFP, idxOff, asm.Word),
+		asm.StoreMem(asm.RFP, valOff, asm.R1, asm.Word),
 		asm.Mov.Imm(asm.R1, 0),
 		asm.StoreMem(asm.RFP, valOff+4, asm.R1, asm.Word),
 		asm.LoadMapPtr(asm.R1, m.tags.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, valOff),
+		asm.Add.Imm(asm.R2, idxOff),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "record"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
@@ -319,13 +317,13 @@ func quicCookie(m maps, n int, selectIdx asm.Instructions) asm.Instructions {
 		asm.JNE.Imm(asm.R3, quicShort, "peer"),
 	}
 	p = append(p, byte16(quicAt+1)...) // the index
-	p = append(p, asm.StoreMem(asm.RFP, valOff, asm.R4, asm.Word))
+	p = append(p, asm.StoreMem(asm.RFP, idxOff, asm.R4, asm.Word))
 	p = append(p, byte16(quicAt+3)...) // the check
 	p = append(p,
 		asm.Mov.Reg(asm.R7, asm.R4), // R7: the check, across the lookup
 		asm.LoadMapPtr(asm.R1, m.tags.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, valOff),
+		asm.Add.Imm(asm.R2, idxOff),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "peer"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
