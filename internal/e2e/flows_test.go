@@ -90,7 +90,7 @@ func runFlowPeers(t *testing.T, addr string, n int, stop <-chan struct{}) (*flow
 				c.sent.Add(1)
 				conn.Write([]byte(msg))
 				want := fmt.Sprintf(" %d", seq)
-				deadline := time.Now().Add(2 * time.Second)
+				deadline := time.Now().Add(peerWait)
 				for {
 					conn.SetReadDeadline(deadline)
 					m, err := conn.Read(buf)

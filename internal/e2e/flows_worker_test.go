@@ -13,8 +13,17 @@ import (
 )
 
 // flowIdle is how long the udp-flows worker keeps a session that sends
-// nothing, once it drains (a QUIC server's idle timeout).
-const flowIdle = 2 * time.Second
+// nothing, once it drains (a QUIC server's idle timeout). It is longer
+// than a peer waits for an answer (peerWait) plus its pacing, so that
+// only a peer that went quiet on purpose is ever idle that long: at 2 s,
+// an answer that took nearly 2 s on a loaded machine let the draining
+// worker end a live session, and the rest of it reached the next
+// generation without its state.
+const flowIdle = 3 * time.Second
+
+// peerWait is how long a peer waits for an answer before it counts its
+// datagram lost and sends the next.
+const peerWait = 2 * time.Second
 
 // udpFlowsWorker keeps per-peer state, as a QUIC, game or VPN server
 // does: a peer opens a session with "0", then sends "1", "2", ... and
