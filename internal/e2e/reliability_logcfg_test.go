@@ -31,19 +31,7 @@ var logcfgCases = []reliabilityCase{
 // FIFO, say), which baton inherits as it is.
 func startBatonTo(t *testing.T, out *os.File, args ...string) *instance {
 	t.Helper()
-	ctl := filepath.Join(shortDir(t), "ctl.sock")
-	b := &instance{t: t, ctl: ctl, log: &logBuffer{}, done: make(chan struct{})}
-	b.cmd = exec.Command(batonBin, append([]string{"run", "--control", ctl}, args...)...)
-	b.cmd.Stdout, b.cmd.Stderr = out, out
-	if err := b.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		b.err = b.cmd.Wait()
-		close(b.done)
-	}()
-	t.Cleanup(func() { b.stop(20 * time.Second) })
-	return b
+	return startBatonOut(t, batonBin, out, args...)
 }
 
 // callWithin makes a control call that must be answered within d.
