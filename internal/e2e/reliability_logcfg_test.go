@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/baton-dev/baton/internal/batontest"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/supervisor"
 )
@@ -82,7 +79,7 @@ func stoppedOutputReader(t *testing.T) string {
 	before := rest(b, 2)
 
 	reader.Process.Signal(syscall.SIGSTOP)
-	waitPipeFull(t, fifo)
+	waitPipeFull(b)
 	// Reloads and status answer while nothing reads baton's output: first
 	// with the FIFO full, then with baton's buffer full too.
 	const reloads = 6
@@ -145,28 +142,15 @@ func stoppedOutputReader(t *testing.T) string {
 		reloads, took.Seconds(), dropped, len(notices), resumed.Output.Stderr.DroppedLines, code, stopTook.Seconds(), after)
 }
 
-// waitPipeFull waits until the FIFO is full: within a page of its size
-// (the kernel fills it page by page, and a line that does not fit in
-// what is left of the last one takes a new one), so that whoever writes
-// a line to it next blocks. It asks through a reader of its own that
-// reads nothing.
-func waitPipeFull(t *testing.T, fifo string) {
-	t.Helper()
-	fd, err := unix.Open(fifo, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	size, err := unix.FcntlInt(uintptr(fd), unix.F_GETPIPE_SZ, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	batontest.WaitFor(t, 30*time.Second, func() error {
-		n, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
-		if err != nil || n <= size-4096 {
-			return fmt.Errorf("the FIFO holds %d bytes of %d after its reader stopped (%v)", n, size, err)
-		}
-		return nil
+// waitPipeFull waits until the FIFO is full: baton's write to it has
+// waited for the reader for a while. (How many bytes a full pipe holds
+// depends on how the writes fell into its pages: a write that does not
+// fit in the last page's room takes a new one, so lines of a kilobyte
+// leave up to that much of each page empty.)
+func waitPipeFull(b *instance) {
+	b.t.Helper()
+	b.waitFor("baton's write to the FIFO to block", 30*time.Second, func(st supervisor.Status) bool {
+		return time.Duration(st.Output.Stderr.BlockedFor) >= 200*time.Millisecond
 	})
 }
 
