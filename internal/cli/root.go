@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -78,8 +79,29 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		ue.help.Usage()
 		fmt.Fprintln(stderr)
 	}
-	fmt.Fprintln(stderr, "baton:", err)
+	writeWithin(stderr, fmt.Sprintln("baton:", err), finalWriteTimeout)
 	return exitCode(err)
+}
+
+// finalWriteTimeout bounds the last error's write (writeWithin).
+const finalWriteTimeout = time.Second
+
+// writeWithin writes s to w, giving up after d: baton run's stderr may be
+// a pipe whose reader has stopped (everything else baton run writes goes
+// through buffers that never block: internal/outbuf), and an exit must
+// not wait for that reader. A write still blocked ends with the process.
+func writeWithin(w io.Writer, s string, d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.WriteString(w, s)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 }
 
 // exitCode is the exit code for a command's error: 2 for a usage error,

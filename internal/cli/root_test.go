@@ -3,9 +3,11 @@ package cli
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -92,5 +94,31 @@ func TestWorkersHelpSaysCPUs(t *testing.T) {
 	want := fmt.Sprintf("(default: one per CPU baton may run on, %d here)", runtime.NumCPU())
 	if !strings.Contains(help, want) || strings.Contains(help, fmt.Sprintf("slots) (default %d)", runtime.NumCPU())) {
 		t.Errorf("baton run --help does not say %q:\n%s", want, &out)
+	}
+}
+
+// stuckWriter is a stderr whose reader has stopped: every write blocks
+// until released.
+type stuckWriter struct{ release chan struct{} }
+
+func (w stuckWriter) Write(p []byte) (int, error) {
+	<-w.release
+	return len(p), nil
+}
+
+// TestMainExitsWhenStderrIsStuck: the last error's write gives up, so
+// Main returns its exit code although nothing reads stderr.
+func TestMainExitsWhenStderrIsStuck(t *testing.T) {
+	w := stuckWriter{release: make(chan struct{})}
+	defer close(w.release)
+	codes := make(chan int, 1)
+	go func() { codes <- Main([]string{"status", "--control", "/nonexistent/baton.sock"}, io.Discard, w) }()
+	select {
+	case code := <-codes:
+		if code != 1 {
+			t.Errorf("exit %d; want 1 (no baton answers)", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Main still writing its error to a stderr nobody reads after 10s; want it to give up after finalWriteTimeout")
 	}
 }
