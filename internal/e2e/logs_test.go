@@ -135,6 +135,23 @@ func TestLogsCrashedWorker(t *testing.T) {
 	if out, code := b.cli("logs", "--slot", "-1"); code != 2 {
 		t.Errorf("baton logs --slot -1 exited %d, want 2: %s", code, out)
 	}
+
+	// An upgrade hands the lines over: the crash is still readable, with
+	// its numbers, and the new baton's lines come after them (the ring is
+	// far from full: nothing was evicted).
+	before := b.logs()
+	if out, code := b.cli("upgrade"); code != 0 {
+		t.Fatalf("upgrade exited %d: %s", code, out)
+	}
+	after := b.logs()
+	text = strings.Join(workerText(after), "\n")
+	if !strings.Contains(text, "g1 s0 "+dead+" stderr: stack trace of "+dead) {
+		t.Errorf("after the upgrade, baton logs lacks the crashed worker's output:\n%s", text)
+	}
+	first, last := func(es []api.LogEntry) uint64 { return es[0].Line.Seq }, func(es []api.LogEntry) uint64 { return es[len(es)-2].Line.Seq }
+	if len(before) < 2 || len(after) <= len(before) || first(after) != first(before) || last(after) <= last(before) {
+		t.Errorf("after the upgrade the lines are %d..%d, before it %d..%d; want the same first line and more after", first(after), last(after), first(before), last(before))
+	}
 }
 
 // TestLogsFollow: --follow prints lines that come after it started, and

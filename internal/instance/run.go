@@ -82,6 +82,9 @@ func Run(o Options) error {
 	defer out.close() // last: everything else logs before it
 	// The ring keeps baton's log and its workers' output for `baton logs`.
 	ring := logring.New(logring.DefaultLimit)
+	if h != nil {
+		ring.Restore(h.Logs) // what the previous baton held: still readable
+	}
 	log, err := newLogger(io.MultiWriter(out.stderr, logring.Writer{Ring: ring, Source: logring.SourceBaton, Stream: "log"}), r.LogFormat, r.LogLevel)
 	if err != nil {
 		return err

@@ -145,6 +145,34 @@ func (r *Ring) Add(l Line) {
 	}
 }
 
+// Restore takes the lines a previous baton held (an upgrade hands them
+// over), oldest first, before r takes any of its own: they keep their
+// numbers and times, and r numbers its own lines after theirs. Lines
+// beyond r's bound are dropped, oldest first, as Add would have; a Ring
+// that already took lines restores nothing.
+func (r *Ring) Restore(lines []Line) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.seq != 0 {
+		return
+	}
+	for _, l := range lines {
+		if l.Seq <= r.seq {
+			continue // out of order: not from a Ring
+		}
+		if len(l.Text) > MaxLine {
+			l.Text, l.Truncated = cut(l.Text, MaxLine), true
+		}
+		size := l.size()
+		for r.n > 0 && (r.bytes+size > r.limit || r.n == r.maxLines) {
+			r.evictOldest()
+		}
+		r.push(l)
+		r.bytes += size
+		r.seq = l.Seq
+	}
+}
+
 // cut returns the first n bytes of s at most, cut before a rune that
 // would be split, as a copy: the line s came from can be much longer, and
 // must not stay in memory through a substring.

@@ -3,6 +3,7 @@ package logring
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -288,4 +289,42 @@ func BenchmarkAddParallel(b *testing.B) {
 			r.Add(Line{Source: SourceWorker, Stream: "stdout", Text: text})
 		}
 	})
+}
+
+// TestRestore: a new Ring takes a previous one's lines with their numbers
+// and times, within its own bound, and numbers its own after them; a
+// Ring that already took lines restores nothing.
+func TestRestore(t *testing.T) {
+	old := New(0)
+	for i := range 100 {
+		old.Add(Line{Source: SourceWorker, Stream: "stdout", Slot: i % 2, Generation: 1, PID: 42, Text: fmt.Sprintf("line %d", i)})
+	}
+	lines := old.Tail(Filter{}, 0)
+
+	r := New(0)
+	r.Restore(lines)
+	if got := r.Tail(Filter{}, 0); !reflect.DeepEqual(got, lines) {
+		t.Fatalf("restored %d lines, not the %d handed over: first %+v", len(got), len(lines), got[:min(1, len(got))])
+	}
+	r.Add(Line{Source: SourceBaton, Stream: "log", Text: "after"})
+	if got := r.Tail(Filter{}, 1); got[0].Seq != 101 {
+		t.Errorf("the first line after a restore is numbered %d, want 101", got[0].Seq)
+	}
+	r.Restore(lines)
+	if st := r.Stats(); st.Lines != 101 {
+		t.Errorf("a second Restore changed the ring: %d lines, want 101", st.Lines)
+	}
+
+	// A small ring keeps the newest lines that fit.
+	small := New(MaxLine + LineOverhead)
+	big := strings.Repeat("x", MaxLine/2)
+	var many []Line
+	for i := range 10 {
+		many = append(many, Line{Seq: uint64(i + 1), Source: SourceBaton, Stream: "log", Text: big})
+	}
+	small.Restore(many)
+	got := small.Tail(Filter{}, 0)
+	if len(got) == 0 || got[len(got)-1].Seq != 10 || small.Stats().Bytes > small.Limit() {
+		t.Errorf("a small ring restored %+v, %d of %d bytes; want the newest lines within its bound", got, small.Stats().Bytes, small.Limit())
+	}
 }

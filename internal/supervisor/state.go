@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/logring"
 	"github.com/baton-dev/baton/internal/upgrade"
 )
 
@@ -45,6 +46,9 @@ type UpgradeState struct {
 	// Leftovers are the searches for what exited workers left running
 	// that were under way: the new baton runs them again.
 	Leftovers []LeftoverState `json:"leftovers,omitempty"`
+	// Logs are the lines of baton logs' ring (logring.Ring.Restore): a
+	// worker's output from before the upgrade stays readable after it.
+	Logs []logring.Line `json:"logs,omitempty"`
 
 	// Descriptors of baton's own sockets.
 	NotifyFd    int    `json:"notify_fd"`

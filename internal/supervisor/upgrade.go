@@ -13,6 +13,7 @@ import (
 	"github.com/baton-dev/baton/internal/api"
 	"github.com/baton-dev/baton/internal/control"
 	"github.com/baton-dev/baton/internal/listener"
+	"github.com/baton-dev/baton/internal/logring"
 	"github.com/baton-dev/baton/internal/notify"
 	"github.com/baton-dev/baton/internal/spawn"
 	"github.com/baton-dev/baton/internal/upgrade"
@@ -326,6 +327,9 @@ func (s *Supervisor) upgradeState(hold bool) (*UpgradeState, error) {
 	}
 	if s.opts.Control != nil {
 		h.ControlFd, h.ControlPath = s.opts.Control.Fd(), s.opts.Control.Path()
+	}
+	if s.opts.Logs != nil {
+		h.Logs = s.opts.Logs.Tail(logring.Filter{}, 0)
 	}
 	ids := map[*listener.Group]int{}
 	for g := range s.groups {
