@@ -35,7 +35,10 @@ func requireSteering(t *testing.T) {
 // flowCounts is what the peers of the udp-flows worker saw.
 type flowCounts struct {
 	sent, ok, nostate, lost, sessions, quiet atomic.Int64
-	pids                                     sync.Map // answering pids
+	// late counts answers that came after their peer stopped waiting
+	// (and counted the datagram lost): late, not lost.
+	late atomic.Int64
+	pids sync.Map // answering pids
 	// dropped is how many datagrams the kernel dropped meanwhile for a
 	// full receive buffer (Udp RcvbufErrors of /proc/net/snmp, for every
 	// socket of the namespace): UDP's losses on a starved machine, not
@@ -55,8 +58,8 @@ func udpRcvbufErrors(t *testing.T) int64 {
 }
 
 func (c *flowCounts) String() string {
-	return fmt.Sprintf("%d datagrams, %d answered by a worker with the peer's session, %d by one without it, %d lost (the kernel dropped %d for full receive buffers); %d sessions, %d peers went quiet and came back",
-		c.sent.Load(), c.ok.Load(), c.nostate.Load(), c.lost.Load(), c.dropped, c.sessions.Load(), c.quiet.Load())
+	return fmt.Sprintf("%d datagrams, %d answered by a worker with the peer's session, %d by one without it, %d unanswered within %s (%d of them answered later; the kernel dropped %d for full receive buffers); %d sessions, %d peers went quiet and came back",
+		c.sent.Load(), c.ok.Load(), c.nostate.Load(), c.lost.Load(), peerWait, c.late.Load(), c.dropped, c.sessions.Load(), c.quiet.Load())
 }
 
 // runFlowPeers runs n peers of the udp-flows worker at addr until stop
@@ -99,10 +102,18 @@ func runFlowPeers(t *testing.T, addr string, n int, stop <-chan struct{}) (*flow
 						return
 					}
 					reply := string(buf[:m])
-					if !strings.HasSuffix(reply, want) {
-						continue // a late answer to an earlier datagram
-					}
 					f := strings.Fields(reply)
+					if !strings.HasSuffix(reply, want) {
+						// A late answer to an earlier datagram, counted
+						// lost then: late, unless it says the datagram
+						// reached a worker without the session.
+						if f[0] == "ok" {
+							c.late.Add(1)
+						} else {
+							c.nostate.Add(1)
+						}
+						continue
+					}
 					c.pids.Store(f[1], true)
 					if f[0] == "ok" {
 						c.ok.Add(1)
@@ -152,9 +163,12 @@ func runFlowPeers(t *testing.T, addr string, n int, stop <-chan struct{}) (*flow
 	}
 }
 
-// lostToBaton is how many datagrams went unanswered beyond those the
-// kernel dropped for full receive buffers meanwhile.
-func (c *flowCounts) lostToBaton() int64 { return max(c.lost.Load()-c.dropped, 0) }
+// lostToBaton is how many datagrams went unanswered, beyond those
+// answered late and those the kernel dropped for full receive buffers
+// meanwhile.
+func (c *flowCounts) lostToBaton() int64 {
+	return max(c.lost.Load()-c.late.Load()-c.dropped, 0)
+}
 
 // flowsCase runs baton with the udp-flows worker on listener URL url and
 // workers workers, 200 peers, and reloads reloads, one after the other;
