@@ -7,6 +7,7 @@ import (
 	"embed"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"html/template"
 	"log/slog"
 	"net/http"
@@ -101,6 +102,7 @@ func (p *Page) snapshot(w http.ResponseWriter, r *http.Request) (api.Status, []b
 		w.Write([]byte("baton is stopping: no status to show\n"))
 		return st, nil, false
 	}
+	st.Command = PublicCommand(st.Command)
 	raw, err := json.Marshal(st)
 	if err == nil {
 		raw, err = api.IndentJSON(raw)
@@ -110,6 +112,19 @@ func (p *Page) snapshot(w http.ResponseWriter, r *http.Request) (api.Status, []b
 		return st, nil, false
 	}
 	return st, raw, true
+}
+
+// PublicCommand is the workers' command as the page shows it: the
+// program, and how many arguments it has, not the arguments. The page is
+// served without authentication on the metrics listener, which may be
+// reachable from other hosts, and arguments can hold secrets
+// (--password=...); baton status, for those who may use the control
+// socket, shows them.
+func PublicCommand(argv []string) []string {
+	if len(argv) <= 1 {
+		return argv
+	}
+	return []string{argv[0], fmt.Sprintf("(%d more, not shown here: baton status shows them)", len(argv)-1)}
 }
 
 // fail answers 500 and logs why.

@@ -23,7 +23,7 @@ func hostile() api.Status {
 	slot := 0
 	return api.Status{
 		PID: 7, Generation: 3, Slots: 1, Started: time.Unix(1700000000, 0).UTC(),
-		Command:   []string{"/srv/app", `<script>alert("cmd")</script>`},
+		Command:   []string{`/srv/<script>alert("cmd")</script>`, "--password=hunter2"},
 		Health:    api.Health{State: api.HealthDegraded, Reasons: []string{`<img src=x onerror=alert(1)>`}},
 		Listeners: []api.ListenerStatus{{Name: "http", Kind: "stream", Balance: "shared", Address: "127.0.0.1:8080", Backlog: 64}},
 		Workers: []api.WorkerStatus{{Slot: 0, Generation: 3, PID: 100, State: api.WorkerReady, Accepted: &accepted,
@@ -108,10 +108,12 @@ func TestReadOnly(t *testing.T) {
 
 // TestJSONIsStatus: /status.json is byte for byte what `baton status
 // --json` prints for the same snapshot (api.IndentJSON of the reply),
-// from one snapshot per request.
+// but for the command's arguments (PublicCommand), from one snapshot per
+// request.
 func TestJSONIsStatus(t *testing.T) {
 	st := hostile()
 	res, body, calls := serve(t, st, true, http.MethodGet, "/status.json", nil)
+	st.Command = PublicCommand(st.Command)
 	raw, err := json.Marshal(st)
 	if err != nil {
 		t.Fatal(err)
@@ -193,5 +195,23 @@ func TestFormat(t *testing.T) {
 	}
 	if !bytes.Contains([]byte(ContentSecurityPolicy), []byte("script-src 'self'")) {
 		t.Error("the policy does not limit scripts to the page's own")
+	}
+}
+
+// TestCommandArgumentsNotShown: the page and its JSON name the program
+// and count its arguments, but never show them: they can hold secrets,
+// and the metrics listener has no authentication.
+func TestCommandArgumentsNotShown(t *testing.T) {
+	for _, path := range []string{"/", "/status.json"} {
+		_, body, _ := serve(t, hostile(), true, http.MethodGet, path, nil)
+		if strings.Contains(body, "hunter2") {
+			t.Errorf("%s shows the command's arguments", path)
+		}
+		if !strings.Contains(body, "(1 more, not shown here: baton status shows them)") {
+			t.Errorf("%s does not say the command has arguments", path)
+		}
+	}
+	if got := PublicCommand([]string{"/bin/app"}); len(got) != 1 || got[0] != "/bin/app" {
+		t.Errorf("PublicCommand of a command without arguments = %q", got)
 	}
 }
