@@ -378,7 +378,10 @@ func TestUDPFlowsKeptAcrossTakeover(t *testing.T) {
 	requireE2EAlone(t)
 	requireSteering(t)
 	env := []string{workerEnv + "=udp-flows"}
-	args := []string{"-l", fmt.Sprintf("flows=udp://127.0.0.1:%d?balance=reuseport", freePort(t)), "-n", "2", "--ready", "notify", "--drain-timeout", "30s", "--", testBin}
+	// A status every 50 ms (the periodic check): the old instance's
+	// drains through moments when its listener has no socket left (its
+	// workers released their flows), which crashed it.
+	args := []string{"-l", fmt.Sprintf("flows=udp://127.0.0.1:%d?balance=reuseport", freePort(t)), "-n", "2", "--ready", "notify", "--drain-timeout", "30s", "--inspect-interval", "50ms", "--", testBin}
 	b := startBaton(t, env, args...)
 	b.waitReady(2)
 	stop := make(chan struct{})

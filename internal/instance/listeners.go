@@ -25,6 +25,11 @@ func bindAll(r *config.Resolved, log *slog.Logger) ([]*listener.Group, error) {
 func logListeners(groups []*listener.Group, log *slog.Logger) {
 	for _, g := range groups {
 		spec, socks := g.Spec, g.Sockets()
+		if len(socks) == 0 { // a steered listener whose generation has none yet
+			logFlows(log, g)
+			log.Info("listening", "name", spec.Name, "address", spec.Address(), "kind", spec.Kind)
+			continue
+		}
 		if socks[0].StaleRemoved {
 			log.Info("removed a stale socket file nothing answered on", "path", spec.Path)
 		}
@@ -87,11 +92,15 @@ func (p *planner) prepare(current []*listener.Group, workers int) (*supervisor.P
 		case listener.Adjusted:
 			p.log.Info("reload: listener changes in place", "name", c.To.Name, "from", c.From.URL(), "to", c.To.URL())
 		case listener.Opened:
-			first := c.Group.Sockets()[0]
-			p.log.Info("reload: new listener bound", "name", c.To.Name, "address", first.Addr().String())
-			if w := first.Warning; w != nil {
-				p.log.Warn("listener's directory lets another user replace its socket file", "name", c.To.Name, "err", w)
+			address := c.To.Address()
+			socks := c.Group.Sockets()
+			if len(socks) > 0 {
+				address = socks[0].Addr().String()
+				if w := socks[0].Warning; w != nil {
+					p.log.Warn("listener's directory lets another user replace its socket file", "name", c.To.Name, "err", w)
+				}
 			}
+			p.log.Info("reload: new listener bound", "name", c.To.Name, "address", address)
 			logFlows(p.log, c.Group)
 		}
 	}

@@ -167,12 +167,17 @@ func (s *Supervisor) status() Status {
 		st.Rollout = s.rolloutStatus(s.roll, "")
 	}
 	for _, l := range s.active.listeners {
-		socks := l.Sockets()
-		first := socks[0]
 		ls := ListenerStatus{
 			Name: l.Spec.Name, URL: l.Spec.URL(), Kind: string(l.Spec.Kind), Balance: listener.Shared,
-			Address: first.Addr().String(), Port: first.Port(), Backlog: first.Backlog(),
-			Inode: first.Inode(), Fd: first.Fd(),
+			Address: l.Spec.Address(), Fd: -1,
+		}
+		// A listener whose UDP flows baton keeps has sockets only while a
+		// generation holds some: none between a takeover's handing them
+		// over and the old workers' exit, say.
+		if socks := l.Sockets(); len(socks) > 0 {
+			first := socks[0]
+			ls.Address, ls.Port, ls.Backlog = first.Addr().String(), first.Port(), first.Backlog()
+			ls.Inode, ls.Fd = first.Inode(), first.Fd()
 		}
 		if l.Steered() {
 			if l.Reuseport() {
@@ -190,8 +195,8 @@ func (s *Supervisor) status() Status {
 					ls.Sockets = append(ls.Sockets, SocketStatus{Slot: sl.index, Inode: sock.Inode(), Fd: sock.Fd()})
 				}
 			}
-		} else {
-			ls.Sockets = []SocketStatus{{Slot: -1, Inode: first.Inode(), Fd: first.Fd()}}
+		} else if ls.Fd >= 0 {
+			ls.Sockets = []SocketStatus{{Slot: -1, Inode: ls.Inode, Fd: ls.Fd}}
 		}
 		st.Listeners = append(st.Listeners, ls)
 	}
