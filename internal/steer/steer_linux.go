@@ -374,6 +374,11 @@ func (g *Group) Serve(indexes []int) error {
 // Delivered reads how many datagrams the program steered to the socket at
 // index since it was put there.
 func (g *Group) Delivered(index int) (uint64, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.counters == nil {
+		return 0, errClosed
+	}
 	var per []uint64
 	if err := g.counters.Lookup(uint32(numCounters+index), &per); err != nil {
 		return 0, fmt.Errorf("reading the counter of index %d: %w", index, err)
@@ -410,7 +415,16 @@ type Stats struct {
 
 // Stats reads the counters and, with flows, walks the flow table (a few
 // milliseconds per 100,000 peers: not for a hot path).
+//
+// It holds the Group's lock throughout, so that Close (baton's exit, on
+// a goroutine of its own) never closes a map it reads: a closed map's
+// descriptor number may already name another file.
 func (g *Group) Stats(flows bool) (Stats, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.prog == nil {
+		return Stats{}, errClosed
+	}
 	st := Stats{Capacity: int(g.flows.MaxEntries())}
 	for i, p := range []*uint64{&st.Known, &st.New, &st.Moved, &st.Fallback} {
 		var per []uint64
@@ -492,6 +506,9 @@ func (g *Group) iterate(f func(idx, tag uint32)) error {
 	}
 	return nil
 }
+
+// errClosed is what a Group answers once closed.
+var errClosed = errors.New("steering: the program and its maps are closed (baton is exiting)")
 
 // Close releases the program and the maps. Sockets it is attached to keep
 // the program until they close.

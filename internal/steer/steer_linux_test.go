@@ -367,3 +367,30 @@ func TestProgramSize(t *testing.T) {
 	}
 	t.Logf("%d instructions, %d verified", len(insns), n)
 }
+
+// TestStatsWhileClosing: Stats on one goroutine while baton's exit closes
+// the Group on another answers errClosed once closed, and never reads a
+// closed map (whose descriptor number another file may have by then):
+// the race detector saw that before Stats took the Group's lock.
+func TestStatsWhileClosing(t *testing.T) {
+	g := newGroup(t)
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := g.Stats(true); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	if _, err := g.Stats(true); err != nil {
+		t.Fatalf("Stats of an open group: %v", err)
+	}
+	g.Close()
+	if err := <-done; !errors.Is(err, errClosed) {
+		t.Errorf("Stats after Close: %v, want errClosed", err)
+	}
+	if _, err := g.Delivered(0); !errors.Is(err, errClosed) {
+		t.Errorf("Delivered after Close: %v, want errClosed", err)
+	}
+}
