@@ -79,6 +79,9 @@ func swapWhenCreated(dir, name, target string) int {
 	buf := make([]byte, 4096)
 	for {
 		n, err := unix.Read(in, buf)
+		if err == unix.EINTR {
+			continue // a signal of the Go runtime's own (SIGURG)
+		}
 		if err != nil {
 			fmt.Println("read:", err)
 			return 1

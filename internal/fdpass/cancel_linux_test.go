@@ -182,7 +182,7 @@ func TestCancelOutlivesDeadlineReset(t *testing.T) {
 	go func() {
 		// Take the frame and cancel instead of answering.
 		b, oob := make([]byte, 4096), make([]byte, oobSize)
-		_, oobn, _, _, err := unix.Recvmsg(peer, b, oob, unix.MSG_CMSG_CLOEXEC)
+		_, oobn, _, _, err := recvmsgRetry(peer, b, oob, unix.MSG_CMSG_CLOEXEC)
 		got, _ := parseRights(oob[:oobn])
 		CloseAll(got)
 		read <- err

@@ -248,7 +248,7 @@ func TestKernelStreamSemantics(t *testing.T) {
 	recv := func(size int) (string, int) {
 		t.Helper()
 		b := make([]byte, size)
-		n, oobn, flags, _, err := unix.Recvmsg(sp[1], b, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, flags, _, err := recvmsgRetry(sp[1], b, oob, unix.MSG_CMSG_CLOEXEC)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -284,7 +284,7 @@ func TestKernelStreamSemantics(t *testing.T) {
 	}
 	for left := len(big) - 1; left > 0; {
 		b := make([]byte, left)
-		n, oobn, _, _, err := unix.Recvmsg(sp[1], b, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, _, _, err := recvmsgRetry(sp[1], b, oob, unix.MSG_CMSG_CLOEXEC)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -902,4 +902,16 @@ func TestCloseAll(t *testing.T) {
 		}
 	}
 	fds = slices.DeleteFunc(fds, func(fd int) bool { return slices.Contains(shut, fd) })
+}
+
+// recvmsgRetry is recvmsg(2) on a blocking descriptor, tried again when a
+// signal interrupts it: the Go runtime's own (SIGURG, to preempt a
+// goroutine) end a blocking recvmsg with EINTR.
+func recvmsgRetry(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, from unix.Sockaddr, err error) {
+	for {
+		n, oobn, recvflags, from, err = unix.Recvmsg(fd, p, oob, flags)
+		if err != unix.EINTR {
+			return n, oobn, recvflags, from, err
+		}
+	}
 }

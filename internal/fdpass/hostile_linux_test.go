@@ -233,7 +233,7 @@ func TestSendToFakeReceiver(t *testing.T) {
 				// what came with it, answer.
 				defer close(done)
 				b, oob := make([]byte, 4096), make([]byte, oobSize)
-				_, oobn, _, _, err := unix.Recvmsg(peer, b, oob, unix.MSG_CMSG_CLOEXEC)
+				_, oobn, _, _, err := recvmsgRetry(peer, b, oob, unix.MSG_CMSG_CLOEXEC)
 				if err != nil {
 					t.Errorf("fake receiver: %v", err)
 					return
@@ -280,7 +280,7 @@ func TestSendRefusedMidFrame(t *testing.T) {
 	go func() {
 		defer close(done)
 		b, oob := make([]byte, HeaderSize), make([]byte, oobSize)
-		_, oobn, _, _, err := unix.Recvmsg(peer, b, oob, unix.MSG_CMSG_CLOEXEC)
+		_, oobn, _, _, err := recvmsgRetry(peer, b, oob, unix.MSG_CMSG_CLOEXEC)
 		got, _ := parseRights(oob[:oobn])
 		CloseAll(got)
 		if err != nil {
