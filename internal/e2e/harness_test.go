@@ -117,9 +117,7 @@ func buildAndRun(m *testing.M) (int, error) {
 // from one of the machine's load.
 func requireE2E(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("end-to-end test: skipped with -short")
-	}
+	requireE2EAlone(t)
 	if os.Getenv("BATON_E2E_SERIAL") == "" {
 		if _, twice := parallelTests.LoadOrStore(t, true); !twice {
 			t.Parallel()

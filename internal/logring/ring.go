@@ -132,12 +132,7 @@ func (r *Ring) Add(l Line) {
 	if l.Truncated {
 		r.truncated++
 	}
-	size := l.size()
-	for r.n > 0 && (r.bytes+size > r.limit || r.n == r.maxLines) {
-		r.evictOldest()
-	}
-	r.push(l)
-	r.bytes += size
+	r.hold(l)
 	for f := range r.followers {
 		if f.filter.Match(&l) {
 			f.offer(l)
@@ -163,14 +158,20 @@ func (r *Ring) Restore(lines []Line) {
 		if len(l.Text) > MaxLine {
 			l.Text, l.Truncated = cut(l.Text, MaxLine), true
 		}
-		size := l.size()
-		for r.n > 0 && (r.bytes+size > r.limit || r.n == r.maxLines) {
-			r.evictOldest()
-		}
-		r.push(l)
-		r.bytes += size
+		r.hold(l)
 		r.seq = l.Seq
 	}
+}
+
+// hold keeps l, evicting the oldest lines it needs room from. r.mu is
+// held.
+func (r *Ring) hold(l Line) {
+	size := l.size()
+	for r.n > 0 && (r.bytes+size > r.limit || r.n == r.maxLines) {
+		r.evictOldest()
+	}
+	r.push(l)
+	r.bytes += size
 }
 
 // cut returns the first n bytes of s at most, cut before a rune that
