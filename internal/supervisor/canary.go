@@ -225,8 +225,8 @@ func (s *Supervisor) canaryExited(r *roll, w *worker, status syscall.WaitStatus)
 	if status.Exited() && status.ExitStatus() == 0 && up >= StableAfter {
 		c.recycled++
 		s.log.Warn("canary exited with status 0 after staying up; restarted in its slot (a worker that recycles itself), the window goes on", w.attrs("uptime", up.Round(time.Millisecond))...)
-		if err := s.startWorker(r.g, w.slot); err == nil && s.roll == r {
-			c.workers = append(c.workers, r.g.workers[w.slot.index])
+		if nw, err := s.spawnWorker(r.g, w.slot, nil); err == nil && s.roll == r {
+			c.workers = append(c.workers, nw)
 		}
 		return
 	}

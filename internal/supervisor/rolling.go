@@ -180,11 +180,11 @@ func (r *roll) limit() int {
 	if r.batchSize == 0 {
 		return 0
 	}
-	n := max(len(r.old.slots), len(r.g.slots)) + r.batchSize
+	extra := r.batchSize
 	if r.canary != nil && r.canary.running() {
-		n = max(len(r.old.slots), len(r.g.slots)) + max(r.batchSize, len(r.canary.slots))
+		extra = max(extra, len(r.canary.slots))
 	}
-	return n
+	return max(len(r.old.slots), len(r.g.slots)) + extra
 }
 
 // roomFor reports whether n more workers may start now: a bounded
@@ -233,14 +233,15 @@ func (s *Supervisor) startBatch(r *roll, n int) {
 	r.batch, r.todo = slices.Clone(r.todo[:n]), r.todo[n:]
 	s.log.Info("rolling: starting a batch", "generation", r.g.id, "slots", r.batch, "done", len(r.done), "of", len(r.g.slots))
 	for _, i := range r.batch {
-		if err := s.startWorker(r.g, r.g.slots[i]); err != nil {
+		w, err := s.spawnWorker(r.g, r.g.slots[i], nil)
+		if err != nil {
 			return // startFailed has failed the reload
 		}
 		if s.roll != r || r.back {
 			return
 		}
 		if r.canary != nil && r.canary.running() {
-			r.canary.workers = append(r.canary.workers, r.g.workers[i])
+			r.canary.workers = append(r.canary.workers, w)
 		}
 	}
 }
