@@ -89,15 +89,18 @@ func (w *Watcher) watchDirs(path string) error {
 	defer w.mu.Unlock()
 	for _, dn := range dirsOf(path) {
 		dir, name := dn[0], dn[1]
-		wd, ok := w.wds[dir]
-		if !ok {
-			var err error
-			wd, err = w.addWatch(dir)
-			if err != nil {
-				return fmt.Errorf("watch %s: watching its directory %s: %w", path, dir, os.NewSyscallError("inotify_add_watch", err))
-			}
-			w.wds[dir] = wd
+		// Added every time: the kernel answers with the same descriptor
+		// for the directory it already watches, and with a new one when
+		// the directory at that path is another (replaced by a rename,
+		// or removed and made again), whose old watch it has dropped.
+		wd, err := w.addWatch(dir)
+		if err != nil {
+			return fmt.Errorf("watch %s: watching its directory %s: %w", path, dir, os.NewSyscallError("inotify_add_watch", err))
 		}
+		if old, ok := w.wds[dir]; ok && old != wd {
+			delete(w.names, old)
+		}
+		w.wds[dir] = wd
 		dn := w.names[wd]
 		if dn.names == nil {
 			dn = dirNames{dir: dir, names: map[string]bool{}}

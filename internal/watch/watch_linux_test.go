@@ -231,3 +231,37 @@ func TestNewRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestWatchDirectoryReplaced: the watched file's directory replaced by a
+// rename (a release directory swapped in whole) is watched anew: an edit
+// in the new directory is reported too. With the old directory's watch
+// kept, it went unseen.
+func TestWatchDirectoryReplaced(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "conf")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "baton.toml")
+	write(t, path, "one")
+	ch := watching(t, path)
+
+	next := filepath.Join(root, "conf.new")
+	if err := os.Mkdir(next, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(next, "baton.toml"), "two, longer")
+	if err := os.Rename(dir, filepath.Join(root, "conf.old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, dir); err != nil {
+		t.Fatal(err)
+	}
+	if got := reports(ch); len(got) != 1 {
+		t.Fatalf("the directory replaced: %d reports, want 1: %v", len(got), got)
+	}
+	write(t, path, "three, longer still")
+	if got := reports(ch); len(got) != 1 {
+		t.Errorf("an edit in the new directory: %d reports, want 1: %v", len(got), got)
+	}
+}
