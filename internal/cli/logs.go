@@ -33,8 +33,8 @@ bookkeeping, and the oldest lines go first. A line longer than 4 KiB is cut
 there and marked [truncated]. Worker output reaches the buffer when baton
 reads it (log_prefix, on by default); with --log-prefix=false workers write
 to baton's stdout and stderr directly, and the buffer has baton's log only.
-The buffer lives in baton's memory: it starts empty when baton starts or
-upgrades itself.
+The buffer lives in baton's memory: it starts empty when baton starts; an
+upgrade hands its lines to the new baton.
 
 --follow keeps printing new lines as they come, until interrupted. A
 follower that reads slower than the workers print does not slow baton down:

@@ -162,6 +162,9 @@ func (f *fdStore) sync(groups []*listener.Group) {
 func (f *fdStore) changed(groups []*listener.Group) bool {
 	now := f.scratch[:0]
 	for _, g := range groups {
+		if g.Spec.WantsFlows() {
+			continue // never stored (sync): its sockets change nothing here
+		}
 		for _, s := range g.Sockets() {
 			now = append(now, groupSocket{g, s.Inode()})
 		}

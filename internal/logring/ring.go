@@ -234,10 +234,10 @@ func (r *Ring) tail(f Filter, n int) []Line {
 	return out
 }
 
-// Follow returns the last n lines that f selects (as Tail) and a
-// Follower that gets every line f selects added after them: none is
-// missed or repeated in between. The Follower's queue holds at most
-// limit bytes (FollowerLimit when limit <= 0). Close it when done.
+// Follow returns the last n lines that f selects (as Tail; none when
+// n < 0) and a Follower that gets every line f selects added after them:
+// none is missed or repeated in between. The Follower's queue holds at
+// most limit bytes (FollowerLimit when limit <= 0). Close it when done.
 func (r *Ring) Follow(f Filter, n, limit int) ([]Line, *Follower) {
 	if limit <= 0 {
 		limit = FollowerLimit
@@ -246,6 +246,9 @@ func (r *Ring) Follow(f Filter, n, limit int) ([]Line, *Follower) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.followers[fl] = struct{}{}
+	if n < 0 {
+		return nil, fl
+	}
 	return r.tail(f, n), fl
 }
 

@@ -90,9 +90,10 @@ func secure(w http.ResponseWriter, ctype, cache string) {
 	h.Set("Cache-Control", cache)
 }
 
-// snapshot asks for the status and its JSON, bounded by SnapshotTimeout.
+// snapshot asks for the status (its command as PublicCommand), bounded
+// by SnapshotTimeout.
 // It answers the request itself, 503, when baton has finished.
-func (p *Page) snapshot(w http.ResponseWriter, r *http.Request) (api.Status, []byte, bool) {
+func (p *Page) snapshot(w http.ResponseWriter, r *http.Request) (api.Status, bool) {
 	ctx, cancel := context.WithTimeout(r.Context(), SnapshotTimeout)
 	defer cancel()
 	st, ok := p.status(ctx)
@@ -100,18 +101,10 @@ func (p *Page) snapshot(w http.ResponseWriter, r *http.Request) (api.Status, []b
 		secure(w, "text/plain; charset=utf-8", "no-store")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		w.Write([]byte("baton is stopping: no status to show\n"))
-		return st, nil, false
+		return st, false
 	}
 	st.Command = PublicCommand(st.Command)
-	raw, err := json.Marshal(st)
-	if err == nil {
-		raw, err = api.IndentJSON(raw)
-	}
-	if err != nil {
-		p.fail(w, "encoding the status", err)
-		return st, nil, false
-	}
-	return st, raw, true
+	return st, true
 }
 
 // PublicCommand is the workers' command as the page shows it: the
@@ -137,8 +130,16 @@ func (p *Page) fail(w http.ResponseWriter, what string, err error) {
 
 // serveJSON serves the snapshot as `baton status --json` prints it.
 func (p *Page) serveJSON(w http.ResponseWriter, r *http.Request) {
-	_, raw, ok := p.snapshot(w, r)
+	st, ok := p.snapshot(w, r)
 	if !ok {
+		return
+	}
+	raw, err := json.Marshal(st)
+	if err == nil {
+		raw, err = api.IndentJSON(raw)
+	}
+	if err != nil {
+		p.fail(w, "encoding the status", err)
 		return
 	}
 	secure(w, "application/json; charset=utf-8", "no-store")
@@ -156,7 +157,7 @@ func write(w http.ResponseWriter, r *http.Request, body []byte) {
 // servePage renders the page from a snapshot, numbers included, so that
 // it reads without JavaScript.
 func (p *Page) servePage(w http.ResponseWriter, r *http.Request) {
-	st, _, ok := p.snapshot(w, r)
+	st, ok := p.snapshot(w, r)
 	if !ok {
 		return
 	}

@@ -74,11 +74,8 @@ func (s *Supervisor) serveLogs(ctx context.Context, req control.Request) (any, e
 	if p.Lines != nil && n == 0 {
 		n = -1 // only new lines
 	}
-	backlog, fl := ring.Follow(f, max(n, 0), 0)
+	backlog, fl := ring.Follow(f, n, 0)
 	defer fl.Close()
-	if n < 0 {
-		backlog = nil
-	}
 	// Closing the connection unblocks a write to a client that does not
 	// read, so that baton's control server can stop.
 	ctx, cancel := context.WithCancel(ctx)
