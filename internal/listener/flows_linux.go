@@ -134,6 +134,26 @@ func (g *Group) bindSet(gen, slots int) (*flowSet, error) {
 	return set, nil
 }
 
+// growTo binds the sockets set lacks among its first slots; on an error
+// it closes those it bound and returns the error.
+func (g *Group) growTo(set *flowSet, slots int) error {
+	var made []int
+	for i := range slots {
+		if i < len(set.socks) && set.socks[i] != nil {
+			continue
+		}
+		if err := g.growSet(set, i); err != nil {
+			for _, j := range made {
+				set.socks[j].Close()
+				set.socks[j] = nil
+			}
+			return err
+		}
+		made = append(made, i)
+	}
+	return nil
+}
+
 // growSet binds the socket of slot i of set, if it has none.
 func (g *Group) growSet(set *flowSet, i int) error {
 	for len(set.socks) <= i {
@@ -233,32 +253,19 @@ func (g *Group) ClaimFlows(gen, slots int) error {
 		if !g.Reuseport() {
 			return nil
 		}
-		var made []int
-		for i := range slots {
-			if i >= len(set.socks) || set.socks[i] == nil {
-				if err := g.growSet(set, i); err != nil {
-					for _, j := range made {
-						set.socks[j].Close()
-						set.socks[j] = nil
-					}
-					return err
-				}
-				made = append(made, i)
-			}
-		}
-		return nil
+		return g.growTo(set, slots)
 	}
 	if set := f.sets[0]; set != nil && gen != 0 {
+		if g.Reuseport() {
+			set.gen = gen // as its errors name it
+			if err := g.growTo(set, slots); err != nil {
+				set.gen = 0
+				return err
+			}
+		}
 		delete(f.sets, 0)
 		set.gen = gen
 		f.sets[gen] = set
-		if g.Reuseport() {
-			for i := range slots {
-				if err := g.growSet(set, i); err != nil {
-					return err // the set keeps what it has; SyncFlows closes it with its generation
-				}
-			}
-		}
 		return nil
 	}
 	set, err := g.bindSet(gen, slots)
