@@ -504,10 +504,10 @@ func (g *Group) QUICCookie(gen, slot int) (steer.Cookie, bool) {
 		s.index = i
 	}
 	if s.check == 0 {
-		s.check = steer.CheckOf(s.tag)
-		if s.tag == 0 {
-			s.check = f.steer.NewCheck(s.index)
-		}
+		s.check = steer.CheckOf(s.tag) // zero without a tag, or with one whose low half is
+	}
+	if s.check == 0 {
+		s.check = f.steer.NewCheck(s.index)
 	}
 	return steer.CookieOf(s.index, s.check), true
 }
