@@ -535,8 +535,9 @@ type FlowGeneration struct {
 	Draining uint64 // datagrams it got since it stopped serving
 }
 
-// FlowStats reads the program's counters and walks its flow table: a few
-// milliseconds per 100,000 peers, so not on the supervisor's loop.
+// FlowStats reads the program's counters and walks its flow table: about
+// 12 ms for 100,000 peers (steer's BenchmarkStats), so not on the
+// supervisor's loop.
 func (g *Group) FlowStats() (FlowStats, error) {
 	f := g.flows
 	if f == nil {

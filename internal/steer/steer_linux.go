@@ -413,8 +413,8 @@ type Stats struct {
 	Runtime time.Duration `json:"runtime_ns"`
 }
 
-// Stats reads the counters and, with flows, walks the flow table (a few
-// milliseconds per 100,000 peers: not for a hot path).
+// Stats reads the counters and, with flows, walks the flow table (about
+// 12 ms for 100,000 peers on 2 CPUs, BenchmarkStats: not for a hot path).
 //
 // It holds the Group's lock throughout, so that Close (baton's exit, on
 // a goroutine of its own) never closes a map it reads: a closed map's

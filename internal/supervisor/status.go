@@ -70,7 +70,8 @@ const (
 // Status returns a snapshot. It returns false if baton has finished.
 //
 // The flows of steered UDP listeners are read after the loop's snapshot,
-// off the loop: walking a flow table takes milliseconds.
+// off the loop: walking a flow table takes about 12 ms for 100,000 peers
+// (steer's BenchmarkStats).
 func (s *Supervisor) Status() (Status, bool) {
 	var st Status
 	var groups []*listener.Group
