@@ -127,8 +127,7 @@ func (s *Supervisor) comingUpExited(w *worker, prev State, how string, clean boo
 	if clean {
 		pause := recyclePause(s.since(w.started))
 		s.log.Info("worker recycled itself while its generation comes up; restarting it in its slot", w.attrs("status", how, "was", prev, "in", pause)...)
-		s.noteRecycle(sl, RecycleExited)
-		s.emit(Event{Kind: EventRecycle, Slot: sl.index, Generation: g.id, Reason: RecycleExited})
+		s.noteRecycle(g, sl, RecycleExited)
 		if pause == 0 {
 			s.startWorker(g, sl) // startFailed ends the reload if it cannot
 		} else {

@@ -49,10 +49,12 @@ type recycleState struct {
 	started  time.Time
 }
 
-// noteRecycle counts a recycle of slot sl's worker, for reason.
-func (s *Supervisor) noteRecycle(sl *slot, reason string) {
+// noteRecycle counts a recycle of the worker of slot sl of generation g,
+// for reason, and reports it (EventRecycle).
+func (s *Supervisor) noteRecycle(g *generation, sl *slot, reason string) {
 	sl.recycles++
 	sl.lastRecycle, sl.lastRecycleAt = reason, s.now()
+	s.emit(Event{Kind: EventRecycle, Slot: sl.index, Generation: g.id, Reason: reason})
 }
 
 // recycledItself restarts the slot of w, a worker of the serving
@@ -62,8 +64,7 @@ func (s *Supervisor) recycledItself(w *worker, how string, uptime time.Duration)
 	g, sl := w.gen, w.slot
 	pause := recyclePause(uptime)
 	s.log.Info("worker recycled itself; restarting it in its slot", w.attrs("status", how, "uptime", uptime.Round(time.Millisecond), "in", pause)...)
-	s.noteRecycle(sl, RecycleExited)
-	s.emit(Event{Kind: EventRecycle, Slot: sl.index, Generation: g.id, Reason: RecycleExited})
+	s.noteRecycle(g, sl, RecycleExited)
 	sl.cancelRestart()
 	if pause == 0 {
 		s.startWorker(g, sl) // startFailed schedules a restart after the backoff if it cannot
@@ -185,8 +186,7 @@ func (s *Supervisor) recycleDone(nw *worker) {
 		return
 	}
 	g.workers[sl.index] = nw
-	s.noteRecycle(sl, r.reason)
-	s.emit(Event{Kind: EventRecycle, Slot: sl.index, Generation: g.id, Reason: r.reason})
+	s.noteRecycle(g, sl, r.reason)
 	s.log.Info("worker recycled: its replacement is ready", old.attrs("reason", r.reason, "replacement", nw.pid, "took", s.since(r.started).Round(time.Millisecond))...)
 	s.stopWorker(old, fmt.Sprintf("recycled (%s); pid %d serves in its place", r.why, nw.pid))
 }
